@@ -1,0 +1,100 @@
+// Command lavit-worker runs the lavit worker agent on a training host.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/lavit-org/lavit/coordinator"
+	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/worker"
+)
+
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "dev"
+
+func main() {
+	cliutil.Main(newApp())
+}
+
+func env(name string) []string { return []string{"LAVIT_" + name} }
+
+func newApp() *cli.App {
+	d := worker.DefaultConfig()
+	return &cli.App{
+		Name:    "lavit-worker",
+		Usage:   "the lavit worker agent: joins a coordinator's fleet and trains what it is given",
+		Version: version,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return cliutil.UsageError{Err: err}
+		},
+		Commands: []*cli.Command{{
+			Name:  "join",
+			Usage: "join the fleet and heartbeat until stopped (SIGTERM deregisters)",
+			Flags: append(cliutil.LogFlags(),
+				&cli.StringFlag{Name: "coord", Value: d.Coord, Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
+				&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
+				&cli.StringFlag{Name: "data-dir", Value: coordinator.DefaultConfig().DataDir, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
+				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
+				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, or auto (first GPU, else CPU)", EnvVars: env("DEVICE")},
+				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim (checked to exist; training comes with the trainer)", EnvVars: env("TORCH_LIB")},
+				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
+			),
+			Action: runJoin,
+		}},
+	}
+}
+
+func runJoin(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cliutil.Usagef("join takes no arguments (got %q)", c.Args().Slice())
+	}
+	log, err := cliutil.Logger(c)
+	if err != nil {
+		return err
+	}
+	cfg := worker.DefaultConfig()
+	cfg.Coord = c.String("coord")
+	cfg.Token = c.String("token")
+	if cfg.Token == "" {
+		if t, err := coordinator.ReadToken(c.String("data-dir")); err == nil {
+			cfg.Token = t
+			log.Info("using the join token from the local coordinator's data dir", "path", coordinator.TokenPath(c.String("data-dir")))
+		}
+	}
+	cfg.Host, _ = os.Hostname()
+	cfg.Devices = worker.DetectDevices()
+	if cfg.Device, err = worker.PickDevice(c.String("device"), cfg.Devices); err != nil {
+		return cliutil.UsageError{Err: err}
+	}
+	if p := c.String("torch-lib"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return cliutil.Usagef("--torch-lib %q: %v", p, err)
+		}
+	}
+	cfg.ID = c.String("id")
+	if cfg.ID == "" {
+		cfg.ID = cfg.Host
+		if strings.HasPrefix(cfg.Device, "cuda:") {
+			cfg.ID += "-cuda" + strings.TrimPrefix(cfg.Device, "cuda:")
+		}
+	}
+	cfg.HeartbeatInterval = c.Duration("heartbeat-interval")
+	cfg.Build = version
+	cfg.Logger = log
+	agent, err := worker.New(cfg)
+	if err != nil {
+		return cliutil.UsageError{Err: err}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintf(os.Stderr, "lavit-worker %s: id %s, device %s, coordinator %s\n", version, cfg.ID, cfg.Device, cfg.Coord)
+	return agent.Run(ctx)
+}

@@ -1,0 +1,121 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// CommandType numbers the FSM commands. The numbers are written into the
+// raft log, so they are append-only: never renumber or reuse one.
+type CommandType uint8
+
+const (
+	CmdInitCluster       CommandType = 1
+	CmdUpsertCoordinator CommandType = 2
+	CmdRemoveCoordinator CommandType = 3
+	CmdRegisterWorker    CommandType = 4
+	CmdDeregisterWorker  CommandType = 5
+	CmdSetWorkerState    CommandType = 6
+	CmdCreateRun         CommandType = 7
+	CmdSetRunState       CommandType = 8
+)
+
+// IgnorableCommandFlag marks a command that an older coordinator may skip
+// if it does not know the type. Without it, an unknown command stops the
+// node: applying the rest of the log without it could diverge from the
+// other replicas.
+const IgnorableCommandFlag CommandType = 0x80
+
+// commandVersion is the body version this build writes and reads.
+const commandVersion = 1
+
+func (t CommandType) String() string {
+	switch t &^ IgnorableCommandFlag {
+	case CmdInitCluster:
+		return "InitCluster"
+	case CmdUpsertCoordinator:
+		return "UpsertCoordinator"
+	case CmdRemoveCoordinator:
+		return "RemoveCoordinator"
+	case CmdRegisterWorker:
+		return "RegisterWorker"
+	case CmdDeregisterWorker:
+		return "DeregisterWorker"
+	case CmdSetWorkerState:
+		return "SetWorkerState"
+	case CmdCreateRun:
+		return "CreateRun"
+	case CmdSetRunState:
+		return "SetRunState"
+	}
+	return fmt.Sprintf("Command(%d)", uint8(t))
+}
+
+// encodeCommand frames a command as [type][version][JSON body].
+func encodeCommand(t CommandType, body any) ([]byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", t, err)
+	}
+	out := make([]byte, 0, 2+len(b))
+	out = append(out, byte(t), commandVersion)
+	return append(out, b...), nil
+}
+
+// The command bodies. The leader fills in every time stamp and id before
+// Apply, so applying a command never reads a clock or a random source.
+
+// InitClusterCmd is the first command of a new cluster.
+type InitClusterCmd struct {
+	ClusterID string    `json:"cluster_id"`
+	TokenHash string    `json:"token_hash"` // hex sha256 of the join token
+	At        time.Time `json:"at"`
+}
+
+// UpsertCoordinatorCmd records a coordinator's addresses.
+type UpsertCoordinatorCmd struct {
+	Coordinator CoordinatorRecord `json:"coordinator"`
+}
+
+// RemoveCoordinatorCmd forgets a coordinator's addresses.
+type RemoveCoordinatorCmd struct {
+	ID string `json:"id"`
+}
+
+// RegisterWorkerCmd adds a worker or refreshes a known one (a restart).
+type RegisterWorkerCmd struct {
+	Worker WorkerRecord `json:"worker"`
+}
+
+// DeregisterWorkerCmd removes a worker that left on purpose.
+type DeregisterWorkerCmd struct {
+	ID       string    `json:"id"`
+	Instance string    `json:"instance"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// SetWorkerStateCmd records a worker state transition (IDLE ↔ LOST, …).
+type SetWorkerStateCmd struct {
+	ID     string    `json:"id"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// CreateRunCmd records a submitted run. The spec is opaque here; the run
+// issue gives it a schema.
+type CreateRunCmd struct {
+	ID   string          `json:"id"`
+	Spec json.RawMessage `json:"spec"`
+	At   time.Time       `json:"at"`
+}
+
+// SetRunStateCmd moves a run to another state.
+type SetRunStateCmd struct {
+	ID     string    `json:"id"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}

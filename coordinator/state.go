@@ -1,0 +1,234 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// Errors an Apply can return. They are deterministic: every replica
+// returns the same one for the same command.
+var (
+	ErrUnknownWorker      = errors.New("unknown worker")
+	ErrStaleInstance      = errors.New("stale worker instance")
+	ErrUnknownRun         = errors.New("unknown run")
+	ErrRunExists          = errors.New("run already exists")
+	ErrBadTransition      = errors.New("invalid state transition")
+	ErrAlreadyInitialized = errors.New("cluster already initialized")
+)
+
+// Run states. PENDING → RUNNING ↔ PAUSED → COMPLETED | FAILED | CANCELLED.
+const (
+	RunPending   = "PENDING"
+	RunRunning   = "RUNNING"
+	RunPaused    = "PAUSED"
+	RunCompleted = "COMPLETED"
+	RunFailed    = "FAILED"
+	RunCancelled = "CANCELLED"
+)
+
+// CoordinatorRecord is what the cluster knows about one coordinator node
+// besides its raft address.
+type CoordinatorRecord struct {
+	ID        string `json:"id"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr,omitempty"`
+	NATSURL   string `json:"nats_url,omitempty"`
+	NATSRoute string `json:"nats_route,omitempty"`
+}
+
+// WorkerRecord is one worker in the replicated registry. Liveness (the last
+// heartbeat) is not here: it lives in the leader's memory.
+type WorkerRecord struct {
+	ID         string        `json:"id"`
+	Instance   string        `json:"instance"`
+	Host       string        `json:"host"`
+	Device     string        `json:"device"`
+	Devices    []wire.Device `json:"devices"`
+	Capacity   int           `json:"capacity"`
+	Build      string        `json:"build,omitempty"`
+	State      string        `json:"state"`
+	Since      time.Time     `json:"since"`
+	Registered time.Time     `json:"registered"`
+	Run        string        `json:"run,omitempty"`
+}
+
+// RunRecord is one training run. Generation and Members change whenever
+// the set of workers training it changes.
+type RunRecord struct {
+	ID         string          `json:"id"`
+	State      string          `json:"state"`
+	Spec       json.RawMessage `json:"spec"`
+	Generation uint64          `json:"generation"`
+	Members    map[string]int  `json:"members,omitempty"` // worker id → rank
+	Created    time.Time       `json:"created"`
+	Updated    time.Time       `json:"updated"`
+	Reason     string          `json:"reason,omitempty"`
+}
+
+// State is the replicated state machine's data. It is only changed by
+// apply* methods, which the FSM calls with its write lock held.
+type State struct {
+	ClusterID    string                        `json:"cluster_id"`
+	TokenHash    string                        `json:"token_hash"`
+	Created      time.Time                     `json:"created"`
+	Coordinators map[string]*CoordinatorRecord `json:"coordinators"`
+	Workers      map[string]*WorkerRecord      `json:"workers"`
+	Runs         map[string]*RunRecord         `json:"runs"`
+}
+
+func newState() *State {
+	return &State{
+		Coordinators: map[string]*CoordinatorRecord{},
+		Workers:      map[string]*WorkerRecord{},
+		Runs:         map[string]*RunRecord{},
+	}
+}
+
+func (s *State) applyInitCluster(c InitClusterCmd) error {
+	if s.ClusterID != "" {
+		return ErrAlreadyInitialized
+	}
+	if c.ClusterID == "" || c.TokenHash == "" {
+		return errors.New("init cluster: cluster id and token hash are required")
+	}
+	s.ClusterID, s.TokenHash, s.Created = c.ClusterID, c.TokenHash, c.At
+	return nil
+}
+
+func (s *State) applyUpsertCoordinator(c UpsertCoordinatorCmd) error {
+	if err := wire.ValidateID("coordinator", c.Coordinator.ID); err != nil {
+		return err
+	}
+	rec := c.Coordinator
+	s.Coordinators[rec.ID] = &rec
+	return nil
+}
+
+func (s *State) applyRemoveCoordinator(c RemoveCoordinatorCmd) error {
+	delete(s.Coordinators, c.ID)
+	return nil
+}
+
+// applyRegisterWorker adds a worker, or refreshes it when it comes back
+// (a restart gets a new instance id). Registration always leaves the
+// worker IDLE: a restarted process has lost whatever it was doing.
+func (s *State) applyRegisterWorker(c RegisterWorkerCmd) error {
+	w := c.Worker
+	if err := wire.ValidateID("worker", w.ID); err != nil {
+		return err
+	}
+	if old, ok := s.Workers[w.ID]; ok {
+		w.Registered = old.Registered
+	}
+	w.State = wire.WorkerIdle
+	w.Run = ""
+	s.Workers[w.ID] = &w
+	return nil
+}
+
+func (s *State) applyDeregisterWorker(c DeregisterWorkerCmd) error {
+	w, ok := s.Workers[c.ID]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownWorker, c.ID)
+	}
+	if c.Instance != "" && w.Instance != c.Instance {
+		return fmt.Errorf("%w: worker %q is now instance %s, not %s", ErrStaleInstance, c.ID, w.Instance, c.Instance)
+	}
+	delete(s.Workers, c.ID)
+	return nil
+}
+
+func (s *State) applySetWorkerState(c SetWorkerStateCmd) error {
+	w, ok := s.Workers[c.ID]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownWorker, c.ID)
+	}
+	switch c.State {
+	case wire.WorkerIdle, wire.WorkerTraining, wire.WorkerLost:
+	default:
+		return fmt.Errorf("%w: worker state %q", ErrBadTransition, c.State)
+	}
+	if w.State != c.State {
+		w.State, w.Since = c.State, c.At
+	}
+	return nil
+}
+
+func (s *State) applyCreateRun(c CreateRunCmd) error {
+	if err := wire.ValidateID("run", c.ID); err != nil {
+		return err
+	}
+	if _, ok := s.Runs[c.ID]; ok {
+		return fmt.Errorf("%w: %q", ErrRunExists, c.ID)
+	}
+	s.Runs[c.ID] = &RunRecord{ID: c.ID, State: RunPending, Spec: c.Spec, Created: c.At, Updated: c.At}
+	return nil
+}
+
+// runTransitions lists the states each run state may move to.
+var runTransitions = map[string][]string{
+	RunPending: {RunRunning, RunCancelled, RunFailed},
+	RunRunning: {RunPaused, RunCompleted, RunFailed, RunCancelled},
+	RunPaused:  {RunRunning, RunCancelled, RunFailed},
+}
+
+func (s *State) applySetRunState(c SetRunStateCmd) error {
+	r, ok := s.Runs[c.ID]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownRun, c.ID)
+	}
+	if r.State == c.State {
+		return nil
+	}
+	allowed := false
+	for _, next := range runTransitions[r.State] {
+		allowed = allowed || next == c.State
+	}
+	if !allowed {
+		return fmt.Errorf("%w: run %q from %s to %s", ErrBadTransition, c.ID, r.State, c.State)
+	}
+	r.State, r.Updated, r.Reason = c.State, c.At, c.Reason
+	return nil
+}
+
+// clone deep-copies the state, for snapshots and readers.
+func (s *State) clone() *State {
+	out := newState()
+	out.ClusterID, out.TokenHash, out.Created = s.ClusterID, s.TokenHash, s.Created
+	for id, c := range s.Coordinators {
+		cc := *c
+		out.Coordinators[id] = &cc
+	}
+	for id, w := range s.Workers {
+		wc := *w
+		wc.Devices = append([]wire.Device(nil), w.Devices...)
+		out.Workers[id] = &wc
+	}
+	for id, r := range s.Runs {
+		rc := *r
+		rc.Spec = append(json.RawMessage(nil), r.Spec...)
+		if r.Members != nil {
+			rc.Members = make(map[string]int, len(r.Members))
+			for k, v := range r.Members {
+				rc.Members[k] = v
+			}
+		}
+		out.Runs[id] = &rc
+	}
+	return out
+}
+
+// sortedWorkers returns the workers ordered by id.
+func (s *State) sortedWorkers() []*WorkerRecord {
+	out := make([]*WorkerRecord, 0, len(s.Workers))
+	for _, w := range s.Workers {
+		out = append(out, w)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

@@ -1,0 +1,113 @@
+// Package cliutil holds what both lavit CLIs share: exit codes, logging
+// flags, human tables and JSON output.
+package cliutil
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/lavit-org/lavit/internal/logging"
+)
+
+// Exit codes, documented in docs/cli.md.
+const (
+	ExitOK    = 0
+	ExitError = 1 // the command ran and failed
+	ExitUsage = 2 // bad flags or arguments
+)
+
+// UsageError marks an error in how the command was called.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a UsageError.
+func Usagef(format string, args ...any) error {
+	return UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// Main runs app and exits with the documented code. It is the only place
+// a lavit binary calls os.Exit.
+func Main(app *cli.App) {
+	app.ExitErrHandler = func(*cli.Context, error) {} // we print and exit below
+	err := app.Run(os.Args)
+	if err == nil {
+		os.Exit(ExitOK)
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", app.Name, err)
+	var ue UsageError
+	if errors.As(err, &ue) {
+		os.Exit(ExitUsage)
+	}
+	os.Exit(ExitError)
+}
+
+// LogFlags are the logging flags every command takes.
+func LogFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"LAVIT_LOG_LEVEL"}},
+		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"LAVIT_LOG_FORMAT"}},
+	}
+}
+
+// Logger builds the logger from the logging flags. Logs go to stderr;
+// stdout is for results.
+func Logger(c *cli.Context) (*slog.Logger, error) {
+	l, err := logging.New(os.Stderr, logging.Options{Level: c.String("log-level"), Format: c.String("log-format")})
+	if err != nil {
+		return nil, UsageError{Err: err}
+	}
+	return l, nil
+}
+
+// PrintJSON writes v as indented JSON to w.
+func PrintJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// Table writes aligned columns.
+func Table(w io.Writer, header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	line := func(cols []string) {
+		for i, c := range cols {
+			if i > 0 {
+				fmt.Fprint(tw, "\t")
+			}
+			fmt.Fprint(tw, c)
+		}
+		fmt.Fprintln(tw)
+	}
+	line(header)
+	for _, r := range rows {
+		line(r)
+	}
+	return tw.Flush()
+}
+
+// Ago renders how long ago t was ("-" for zero).
+func Ago(t time.Time, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%dms ago", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%.1fs ago", d.Seconds())
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds ago", int(d.Minutes()), int(d.Seconds())%60)
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}

@@ -1,0 +1,140 @@
+// Package natsembed runs a NATS server inside a lavit process. Every
+// coordinator embeds one by default; the servers of a coordinator cluster
+// join one NATS cluster through routes, so a worker connected to any of them
+// reaches the current leader.
+package natsembed
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/lavit-org/lavit/internal/logging"
+)
+
+// ClusterName is the NATS cluster name shared by every coordinator.
+const ClusterName = "lavit"
+
+// Options configures an embedded server.
+type Options struct {
+	// ServerName names the server in the NATS cluster (the coordinator's node id).
+	ServerName string
+	// ClientAddr is host:port for clients; port 0 picks a free port.
+	ClientAddr string
+	// ClusterAddr is host:port for routes to other coordinators; empty
+	// disables clustering, port 0 picks a free port.
+	ClusterAddr string
+	// Routes are nats-route://host:port URLs of other coordinators' cluster listeners.
+	Routes []string
+	// StoreDir is where the server may keep state.
+	StoreDir string
+	// MaxPayload bounds every message the server accepts.
+	MaxPayload int32
+	// ReadyTimeout bounds the wait for the listeners (default 10 s).
+	ReadyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	srv *server.Server
+}
+
+// splitHostPort parses host:port where a port of 0 means "pick one"; the NATS
+// server wants -1 for that.
+func splitHostPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("address %q: bad port %q", addr, portStr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
+// Start starts a server and waits until it accepts connections.
+func Start(opts Options) (*Server, error) {
+	host, port, err := splitHostPort(opts.ClientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("nats client listener: %w", err)
+	}
+	so := &server.Options{
+		ServerName: opts.ServerName,
+		Host:       host,
+		Port:       port,
+		NoSigs:     true,
+		StoreDir:   opts.StoreDir,
+		MaxPayload: opts.MaxPayload,
+		// Heartbeats to a coordinator must notice a dead client quickly.
+		PingInterval: 5 * time.Second,
+		MaxPingsOut:  3,
+	}
+	if opts.ClusterAddr != "" {
+		chost, cport, err := splitHostPort(opts.ClusterAddr)
+		if err != nil {
+			return nil, fmt.Errorf("nats cluster listener: %w", err)
+		}
+		so.Cluster = server.ClusterOpts{Name: ClusterName, Host: chost, Port: cport}
+		for _, r := range opts.Routes {
+			u, err := url.Parse(r)
+			if err != nil || u.Host == "" {
+				return nil, fmt.Errorf("nats route %q: want nats-route://host:port", r)
+			}
+			so.Routes = append(so.Routes, u)
+		}
+	} else if len(opts.Routes) > 0 {
+		return nil, fmt.Errorf("nats routes given without a cluster listener address")
+	}
+	srv, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("create nats server: %w", err)
+	}
+	if opts.Logger != nil {
+		srv.SetLoggerV2(logging.NATSLogger{L: opts.Logger}, false, false, false)
+	}
+	srv.Start()
+	wait := opts.ReadyTimeout
+	if wait == 0 {
+		wait = 10 * time.Second
+	}
+	if !srv.ReadyForConnections(wait) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("nats server on %s not ready after %s (is the port in use?)", opts.ClientAddr, wait)
+	}
+	return &Server{srv: srv}, nil
+}
+
+// ClientURL is the nats:// URL clients connect to.
+func (s *Server) ClientURL() string { return s.srv.ClientURL() }
+
+// RouteURL is the nats-route:// URL other coordinators route to, or "" when
+// clustering is off.
+func (s *Server) RouteURL() string {
+	a := s.srv.ClusterAddr()
+	if a == nil {
+		return ""
+	}
+	return "nats-route://" + a.String()
+}
+
+// NumRoutes reports how many routes to other servers are up.
+func (s *Server) NumRoutes() int { return s.srv.NumRoutes() }
+
+// Inner exposes the server for in-process client connections.
+func (s *Server) Inner() *server.Server { return s.srv }
+
+// Shutdown stops the server and waits for it.
+func (s *Server) Shutdown() {
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+}

@@ -1,0 +1,86 @@
+// Package testutil has helpers shared by lavit's tests: polling with a
+// deadline (never fixed sleeps), free loopback ports, and building the
+// binaries for process-level tests.
+package testutil
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// WaitFor polls cond every 10 ms until it holds or timeout passes, then
+// fails the test naming what it waited for.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// FreePort returns a loopback port that was free a moment ago. Prefer
+// port 0 where the code under test can report what it bound; process
+// tests that must pass ports on a command line use this.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// RepoRoot finds the module root from this file's location.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds lavit-coord (with CGO_ENABLED=0, as shipped) and
+// lavit-worker once per test process and returns the directory holding
+// them. Set LAVIT_BIN_DIR to use binaries built elsewhere.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	if dir := os.Getenv("LAVIT_BIN_DIR"); dir != "" {
+		return dir
+	}
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "lavit-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []struct{ name, cgo string }{{"lavit-coord", "0"}, {"lavit-worker", "1"}} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.name), "./cmd/"+b.name)
+			cmd.Dir = RepoRoot()
+			cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b.name, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildDir
+}

@@ -1,0 +1,320 @@
+// Package wire defines lavit's control protocol: the NATS subjects the
+// coordinator leader serves, the request and reply messages, their size
+// bounds and validation, and a small client that makes the calls.
+//
+// Every subject carries the protocol version (lavit.v1.…); a message body is
+// JSON with a "v" field. Only the current raft leader subscribes to these
+// subjects, so a client never needs to know which coordinator leads.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Version is the control protocol version carried in subjects and bodies.
+const Version = 1
+
+// MaxMessageBytes bounds every control message body. Control messages are
+// small; anything bigger is refused before it is decoded.
+const MaxMessageBytes = 64 << 10
+
+// Subjects served by the coordinator leader.
+const (
+	SubjectRegister   = "lavit.v1.ctl.register"
+	SubjectHeartbeat  = "lavit.v1.ctl.heartbeat"
+	SubjectDeregister = "lavit.v1.ctl.deregister"
+	SubjectStatus     = "lavit.v1.ctl.status"
+
+	SubjectWorkers      = "lavit.v1.admin.workers"
+	SubjectRaftPeers    = "lavit.v1.admin.raft.peers"
+	SubjectRaftJoin     = "lavit.v1.admin.raft.join"
+	SubjectRaftRemove   = "lavit.v1.admin.raft.remove"
+	SubjectRaftTransfer = "lavit.v1.admin.raft.transfer"
+	SubjectAnnounce     = "lavit.v1.admin.coord.announce"
+)
+
+// LeaderQueue is the queue group every leader subscription uses, so that
+// during a leadership change at most one coordinator answers a request.
+const LeaderQueue = "lavit-leader"
+
+// Worker states as the registry reports them.
+const (
+	WorkerIdle     = "IDLE"
+	WorkerTraining = "TRAINING"
+	WorkerLost     = "LOST"
+)
+
+// Error codes in replies. Clients branch on these, so they are stable.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeTooLarge    = "too_large"
+	CodeBadVersion  = "unsupported_version"
+	CodeAuth        = "unauthorized"
+	CodeUnknown     = "unknown_worker"
+	CodeStale       = "stale_instance"
+	CodeConflict    = "conflict"
+	CodeNotLeader   = "not_leader"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal"
+)
+
+// Error is a failure reported by the coordinator.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message + " (" + e.Code + ")" }
+
+// Errorf builds an *Error with a code.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// HasCode reports whether err is a coordinator *Error with the given code.
+func HasCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Reply wraps every answer: either Error or Body is set.
+type Reply struct {
+	V     int             `json:"v"`
+	Error *Error          `json:"error,omitempty"`
+	Body  json.RawMessage `json:"body,omitempty"`
+}
+
+// Auth is carried by every request.
+type Auth struct {
+	V     int    `json:"v"`
+	Token string `json:"token"`
+	// From names the caller: the worker id for worker requests, a free-form
+	// client name for CLI calls.
+	From string `json:"from"`
+}
+
+// Device is one accelerator (or the CPU) a worker can train on.
+type Device struct {
+	Name   string `json:"name"` // cpu, cuda:0, …
+	Kind   string `json:"kind"` // cpu or cuda
+	Detail string `json:"detail,omitempty"`
+}
+
+// RegisterRequest announces a worker to the coordinator.
+type RegisterRequest struct {
+	Auth
+	// Instance is a random id for this worker process; a restarted worker
+	// gets a new one, which lets the coordinator tell a restart from a
+	// duplicate id.
+	Instance string   `json:"instance"`
+	Host     string   `json:"host"`
+	Devices  []Device `json:"devices"`
+	// Device is the device this worker trains on.
+	Device string `json:"device"`
+	// Capacity is how many training slots the worker offers (1 today).
+	Capacity int    `json:"capacity"`
+	Build    string `json:"build,omitempty"`
+}
+
+// DesiredState is what the coordinator wants a worker to be doing. A worker
+// reconciles to it after every heartbeat reply (level-triggered).
+type DesiredState struct {
+	State      string   `json:"state"` // IDLE or TRAINING
+	Run        string   `json:"run,omitempty"`
+	Generation uint64   `json:"generation,omitempty"`
+	Rank       int      `json:"rank,omitempty"`
+	Peers      []string `json:"peers,omitempty"`
+	StartStep  int64    `json:"start_step,omitempty"`
+}
+
+// RegisterReply confirms a registration.
+type RegisterReply struct {
+	Worker            Worker       `json:"worker"`
+	HeartbeatInterval Duration     `json:"heartbeat_interval"`
+	Desired           DesiredState `json:"desired"`
+	Leader            string       `json:"leader"`
+}
+
+// HeartbeatRequest says a worker is alive and what it is doing.
+type HeartbeatRequest struct {
+	Auth
+	Instance string `json:"instance"`
+	Seq      uint64 `json:"seq"`
+	// State is the worker's observed state (IDLE or TRAINING).
+	State string `json:"state"`
+	// Run and Generation echo what the worker is reconciled to.
+	Run        string `json:"run,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+}
+
+// HeartbeatReply carries the worker's desired state.
+type HeartbeatReply struct {
+	Desired DesiredState `json:"desired"`
+	Leader  string       `json:"leader"`
+}
+
+// DeregisterRequest says a worker leaves on purpose.
+type DeregisterRequest struct {
+	Auth
+	Instance string `json:"instance"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// DeregisterReply confirms a deregistration.
+type DeregisterReply struct {
+	Removed bool `json:"removed"`
+}
+
+// StatusRequest asks the leader for the cluster status.
+type StatusRequest struct {
+	Auth
+}
+
+// Worker is one worker in the registry, as clients see it.
+type Worker struct {
+	ID       string    `json:"id"`
+	Host     string    `json:"host"`
+	Device   string    `json:"device"`
+	Devices  []Device  `json:"devices"`
+	Capacity int       `json:"capacity"`
+	State    string    `json:"state"`
+	Since    time.Time `json:"since"`
+	// Registered is when the worker first registered.
+	Registered time.Time `json:"registered"`
+	Run        string    `json:"run,omitempty"`
+	// LastHeartbeat is the leader's in-memory view; zero after a leader
+	// change until the worker's next heartbeat arrives.
+	LastHeartbeat time.Time `json:"last_heartbeat,omitempty"`
+	Instance      string    `json:"instance"`
+	Build         string    `json:"build,omitempty"`
+}
+
+// Coordinator is one coordinator node.
+type Coordinator struct {
+	ID         string `json:"id"`
+	RaftAddr   string `json:"raft_addr"`
+	HTTPAddr   string `json:"http_addr,omitempty"`
+	NATSURL    string `json:"nats_url,omitempty"`
+	NATSRoute  string `json:"nats_route,omitempty"`
+	Suffrage   string `json:"suffrage"`
+	Leader     bool   `json:"leader"`
+	Registered bool   `json:"registered"` // false: in the raft configuration but never announced itself
+}
+
+// Status is the cluster status the leader reports.
+type Status struct {
+	ClusterID    string        `json:"cluster_id"`
+	Leader       string        `json:"leader"`
+	LeaderAddr   string        `json:"leader_addr"`
+	Term         uint64        `json:"term"`
+	CommitIndex  uint64        `json:"commit_index"`
+	AppliedIndex uint64        `json:"applied_index"`
+	Coordinators []Coordinator `json:"coordinators"`
+	Workers      WorkerCounts  `json:"workers"`
+	Runs         int           `json:"runs"`
+	Build        string        `json:"build,omitempty"`
+}
+
+// WorkerCounts summarises the registry by state.
+type WorkerCounts struct {
+	Total    int `json:"total"`
+	Idle     int `json:"idle"`
+	Training int `json:"training"`
+	Lost     int `json:"lost"`
+}
+
+// WorkersRequest lists the registry.
+type WorkersRequest struct {
+	Auth
+}
+
+// WorkersReply is the registry, sorted by id.
+type WorkersReply struct {
+	Workers []Worker `json:"workers"`
+}
+
+// RaftPeersRequest lists the raft configuration.
+type RaftPeersRequest struct {
+	Auth
+}
+
+// RaftPeersReply is the raft configuration with coordinator metadata.
+type RaftPeersReply struct {
+	Peers []Coordinator `json:"peers"`
+}
+
+// RaftJoinRequest adds a coordinator to the raft configuration as a voter.
+type RaftJoinRequest struct {
+	Auth
+	ID        string `json:"id"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr,omitempty"`
+	NATSURL   string `json:"nats_url,omitempty"`
+	NATSRoute string `json:"nats_route,omitempty"`
+}
+
+// RaftJoinReply answers a join with the NATS routes of the cluster, so the
+// new node's embedded NATS server can route to the others.
+type RaftJoinReply struct {
+	Leader     string   `json:"leader"`
+	NATSRoutes []string `json:"nats_routes"`
+}
+
+// RaftRemoveRequest removes a coordinator from the raft configuration.
+type RaftRemoveRequest struct {
+	Auth
+	ID string `json:"id"`
+}
+
+// RaftTransferRequest moves leadership, to ID if set.
+type RaftTransferRequest struct {
+	Auth
+	ID string `json:"id,omitempty"`
+}
+
+// AnnounceRequest is a coordinator telling the leader its addresses.
+type AnnounceRequest struct {
+	Auth
+	Coordinator Coordinator `json:"coordinator"`
+}
+
+// Empty is the body of replies that carry nothing but success.
+type Empty struct{}
+
+// Duration is a time.Duration that marshals as a Go duration string.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string like \"500ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidateID checks a worker or coordinator id: 1 to 128 characters of
+// letters, digits, dot, dash and underscore, starting with a letter or digit.
+func ValidateID(kind, id string) error {
+	if id == "" {
+		return fmt.Errorf("%s id is empty", kind)
+	}
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("%s id %q is invalid: use 1-128 letters, digits, '.', '-' or '_', starting with a letter or digit", kind, id)
+	}
+	return nil
+}

@@ -1,0 +1,324 @@
+// Package worker is the agent that runs on every training host: it joins
+// the fleet through the coordinator's control service, heartbeats, and
+// reconciles to the desired state each heartbeat reply carries.
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/lavit-org/lavit/internal/logging"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// Config configures an agent.
+type Config struct {
+	// Coord is the NATS URL (or comma-separated URLs) of the coordinators.
+	Coord string
+	Token string
+	// ID is the worker's stable id (default: host name, plus the device
+	// when it is a GPU).
+	ID     string
+	Host   string
+	Device string
+	// Devices are the devices found on the host.
+	Devices []wire.Device
+	// HeartbeatInterval is used until the coordinator suggests another.
+	HeartbeatInterval time.Duration
+	// RequestTimeout bounds one control call.
+	RequestTimeout time.Duration
+	// MaxBackoff caps the wait between connection or registration attempts.
+	MaxBackoff time.Duration
+	Build      string
+	Logger     *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `lavit-worker join`.
+func DefaultConfig() Config {
+	return Config{
+		Coord:             "nats://127.0.0.1:4222",
+		HeartbeatInterval: 500 * time.Millisecond,
+		RequestTimeout:    2 * time.Second,
+		MaxBackoff:        5 * time.Second,
+	}
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	if err := wire.ValidateID("worker", c.ID); err != nil {
+		return fmt.Errorf("--id: %w", err)
+	}
+	if c.Coord == "" {
+		return errors.New("--coord is empty: give the coordinator's NATS URL, e.g. nats://127.0.0.1:4222")
+	}
+	if c.Token == "" {
+		return errors.New("no join token: pass --token or LAVIT_TOKEN (the coordinator printed it and saved it in its data dir as 'token')")
+	}
+	if c.Host == "" || c.Device == "" {
+		return errors.New("host and device must be set")
+	}
+	if c.HeartbeatInterval <= 0 || c.RequestTimeout <= 0 || c.MaxBackoff <= 0 {
+		return errors.New("heartbeat interval, request timeout and max backoff must be positive")
+	}
+	return nil
+}
+
+// ErrFatal wraps refusals that retrying cannot fix (wrong token, id in use).
+var ErrFatal = errors.New("worker cannot continue")
+
+// Agent is a running worker agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	instance string
+
+	mu        sync.Mutex
+	desired   wire.DesiredState
+	leader    string
+	lastReply time.Time
+	interval  time.Duration
+	seq       uint64
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = logging.Discard()
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	return &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger.With("worker", cfg.ID),
+		instance: hex.EncodeToString(b),
+		interval: cfg.HeartbeatInterval,
+		desired:  wire.DesiredState{State: wire.WorkerIdle},
+	}, nil
+}
+
+// Desired returns the last desired state the coordinator sent.
+func (a *Agent) Desired() wire.DesiredState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.desired
+}
+
+// Leader returns the coordinator that answered the last heartbeat.
+func (a *Agent) Leader() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.leader
+}
+
+// LastReply is when the last heartbeat reply arrived.
+func (a *Agent) LastReply() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastReply
+}
+
+// Run connects, registers and heartbeats until ctx is cancelled, then
+// deregisters. It returns nil after a clean stop, or an error wrapping
+// ErrFatal when the coordinator refuses the worker for good.
+func (a *Agent) Run(ctx context.Context) error {
+	nc, err := a.connect(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer nc.Close()
+	client := &wire.Client{NC: nc, Token: a.cfg.Token, From: a.cfg.ID}
+
+	if err := a.register(ctx, client); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	err = a.heartbeatLoop(ctx, client)
+	a.deregister(client)
+	return err
+}
+
+// connect dials NATS, retrying with backoff while no coordinator listens.
+func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("lavit-worker " + a.cfg.ID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
+		nats.Timeout(a.cfg.RequestTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.log.Warn("lost connection to the coordinators' NATS; reconnecting", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			a.log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+		}),
+	}
+	backoff := newBackoff(250*time.Millisecond, a.cfg.MaxBackoff)
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(a.cfg.Coord, opts...)
+		if err == nil {
+			a.log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+			return nc, nil
+		}
+		wait := backoff.next()
+		a.log.Warn("waiting for a coordinator: cannot reach NATS", "coord", a.cfg.Coord, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+		if err := sleepCtx(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// register announces the worker, retrying while no leader answers.
+func (a *Agent) register(ctx context.Context, c *wire.Client) error {
+	req := &wire.RegisterRequest{
+		Instance: a.instance, Host: a.cfg.Host, Devices: a.cfg.Devices,
+		Device: a.cfg.Device, Capacity: 1, Build: a.cfg.Build,
+	}
+	backoff := newBackoff(200*time.Millisecond, a.cfg.MaxBackoff)
+	for attempt := 1; ; attempt++ {
+		var reply wire.RegisterReply
+		callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+		err := c.Call(callCtx, wire.SubjectRegister, req, &reply)
+		cancel()
+		if err == nil {
+			a.mu.Lock()
+			a.desired, a.leader, a.lastReply = reply.Desired, reply.Leader, time.Now()
+			if iv := time.Duration(reply.HeartbeatInterval); iv > 0 {
+				a.interval = iv
+			}
+			a.mu.Unlock()
+			a.log.Info("registered", "leader", reply.Leader, "device", a.cfg.Device, "heartbeat", a.interval)
+			return nil
+		}
+		if isFatal(err) {
+			return fmt.Errorf("%w: register: %v", ErrFatal, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := backoff.next()
+		a.log.Warn("waiting for the coordinator leader to accept registration", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+		if err := sleepCtx(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// isFatal reports refusals that waiting will not fix.
+func isFatal(err error) bool {
+	return wire.HasCode(err, wire.CodeAuth) || wire.HasCode(err, wire.CodeConflict) ||
+		wire.HasCode(err, wire.CodeBadRequest) || wire.HasCode(err, wire.CodeBadVersion) ||
+		wire.HasCode(err, wire.CodeStale)
+}
+
+// heartbeatLoop sends a heartbeat every interval and applies the reply. A
+// missed reply costs one interval, never correctness: the next reply
+// carries the full desired state again.
+func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
+	failingSince := time.Time{}
+	for {
+		start := time.Now()
+		a.mu.Lock()
+		interval := a.interval
+		a.seq++
+		req := &wire.HeartbeatRequest{Instance: a.instance, Seq: a.seq, State: a.desired.State, Run: a.desired.Run, Generation: a.desired.Generation}
+		a.mu.Unlock()
+
+		timeout := min(a.cfg.RequestTimeout, 2*interval)
+		callCtx, cancel := context.WithTimeout(ctx, timeout)
+		var reply wire.HeartbeatReply
+		err := c.Call(callCtx, wire.SubjectHeartbeat, req, &reply)
+		cancel()
+		switch {
+		case err == nil:
+			a.mu.Lock()
+			if a.leader != reply.Leader && a.leader != "" {
+				a.log.Info("heartbeats answered by a new leader", "leader", reply.Leader, "previous", a.leader)
+			}
+			a.desired, a.leader, a.lastReply = reply.Desired, reply.Leader, time.Now()
+			a.mu.Unlock()
+			if !failingSince.IsZero() {
+				a.log.Info("heartbeats answered again", "after", time.Since(failingSince).Round(time.Millisecond))
+				failingSince = time.Time{}
+			}
+		case ctx.Err() != nil:
+			return nil
+		case wire.HasCode(err, wire.CodeUnknown):
+			// The registry forgot us (removed by an operator, or restored
+			// from an old snapshot): register again.
+			a.log.Warn("coordinator does not know this worker; registering again")
+			if err := a.register(ctx, c); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		case isFatal(err):
+			return fmt.Errorf("%w: heartbeat: %v", ErrFatal, err)
+		default:
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			a.log.Warn("heartbeat not answered (coordinator electing a leader?)", "failing_for", time.Since(failingSince).Round(time.Millisecond), "err", err)
+		}
+		if err := sleepCtx(ctx, max(0, interval-time.Since(start))); err != nil {
+			return nil
+		}
+	}
+}
+
+// deregister tells the coordinator this worker leaves on purpose.
+func (a *Agent) deregister(c *wire.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
+	defer cancel()
+	err := c.Call(ctx, wire.SubjectDeregister, &wire.DeregisterRequest{Instance: a.instance, Reason: "worker shut down"}, nil)
+	if err != nil {
+		a.log.Warn("deregister failed; the coordinator will mark this worker lost after its timeout", "err", err)
+		return
+	}
+	a.log.Info("deregistered")
+}
+
+// backoff is exponential with full jitter.
+type backoff struct {
+	cur, max time.Duration
+}
+
+func newBackoff(start, max time.Duration) *backoff { return &backoff{cur: start, max: max} }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(d/2)+1))
+	if err != nil {
+		return d
+	}
+	return d/2 + time.Duration(n.Int64())
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,75 @@
+package worker
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// DetectDevices lists what this host can train on: always the CPU, plus one
+// cuda:N per NVIDIA GPU device node (/dev/nvidiaN). Detection reads device
+// files only, so it works without a driver library or cgo.
+func DetectDevices() []wire.Device {
+	devs := []wire.Device{{Name: "cpu", Kind: "cpu", Detail: fmt.Sprintf("%d cores", runtime.NumCPU())}}
+	paths, _ := filepath.Glob("/dev/nvidia[0-9]*")
+	var idx []int
+	for _, p := range paths {
+		if n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(p), "nvidia")); err == nil {
+			idx = append(idx, n)
+		}
+	}
+	sort.Ints(idx)
+	for _, n := range idx {
+		devs = append(devs, wire.Device{Name: fmt.Sprintf("cuda:%d", n), Kind: "cuda", Detail: gpuModel(n)})
+	}
+	return devs
+}
+
+// gpuModel reads the GPU's model name from the driver's procfs, if present.
+func gpuModel(n int) string {
+	dirs, _ := filepath.Glob("/proc/driver/nvidia/gpus/*/information")
+	sort.Strings(dirs)
+	if n >= len(dirs) {
+		return ""
+	}
+	b, err := os.ReadFile(dirs[n])
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Model" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// PickDevice resolves the --device flag against the detected devices:
+// "auto" takes the first GPU, else the CPU; a named device must exist.
+func PickDevice(flag string, devs []wire.Device) (string, error) {
+	if flag == "" || flag == "auto" {
+		for _, d := range devs {
+			if d.Kind == "cuda" {
+				return d.Name, nil
+			}
+		}
+		return "cpu", nil
+	}
+	if flag != "cpu" && !strings.HasPrefix(flag, "cuda:") {
+		return "", fmt.Errorf("--device %q: want cpu, cuda:N or auto", flag)
+	}
+	var names []string
+	for _, d := range devs {
+		if d.Name == flag {
+			return flag, nil
+		}
+		names = append(names, d.Name)
+	}
+	return "", fmt.Errorf("--device %q: not found on this host (found: %s)", flag, strings.Join(names, ", "))
+}
