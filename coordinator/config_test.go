@@ -25,7 +25,11 @@ func TestConfigValidate(t *testing.T) {
 		{"unspecified raft addr without advertise", func(c *Config) { c.RaftAddr = "0.0.0.0:7000" }, "--raft-advertise"},
 		{"unspecified raft addr with advertise", func(c *Config) { c.RaftAddr = "0.0.0.0:7000"; c.RaftAdvertise = "10.0.0.1:7000" }, ""},
 		{"advertise unspecified", func(c *Config) { c.RaftAdvertise = "0.0.0.0:7000" }, "unspecified"},
-		{"join and peers", func(c *Config) { c.Join = "127.0.0.1:8080"; c.Peers = []string{"c1=127.0.0.1:7000"}; c.Token = strings.Repeat("t", 16) }, "contradict"},
+		{"join and peers", func(c *Config) {
+			c.Join = "127.0.0.1:8080"
+			c.Peers = []string{"c1=127.0.0.1:7000"}
+			c.Token = strings.Repeat("t", 16)
+		}, "contradict"},
 		{"no-bootstrap and join", func(c *Config) { c.NoBootstrap = true; c.Join = "x:1"; c.Token = strings.Repeat("t", 16) }, "contradicts"},
 		{"nats-url and routes", func(c *Config) { c.NATSURL = "nats://x:4222"; c.NATSRoutes = []string{"nats-route://y:6222"} }, "contradict"},
 		{"join without token", func(c *Config) { c.Join = "127.0.0.1:8080" }, "--token"},

@@ -26,8 +26,5 @@ func newApp() *cli.App {
 			workersCommand(),
 			raftCommand(),
 		},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return cliutil.UsageError{Err: err}
-		},
 	}
 }

@@ -31,9 +31,6 @@ func newApp() *cli.App {
 		Name:    "lavit-worker",
 		Usage:   "the lavit worker agent: joins a coordinator's fleet and trains what it is given",
 		Version: version,
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return cliutil.UsageError{Err: err}
-		},
 		Commands: []*cli.Command{{
 			Name:  "join",
 			Usage: "join the fleet and heartbeat until stopped (SIGTERM deregisters)",

@@ -39,6 +39,8 @@ func Usagef(format string, args ...any) error {
 // a lavit binary calls os.Exit.
 func Main(app *cli.App) {
 	app.ExitErrHandler = func(*cli.Context, error) {} // we print and exit below
+	app.OnUsageError = asUsageError
+	markUsageErrors(app.Commands)
 	err := app.Run(os.Args)
 	if err == nil {
 		os.Exit(ExitOK)
@@ -49,6 +51,18 @@ func Main(app *cli.App) {
 		os.Exit(ExitUsage)
 	}
 	os.Exit(ExitError)
+}
+
+func asUsageError(_ *cli.Context, err error, _ bool) error { return UsageError{Err: err} }
+
+// markUsageErrors makes flag-parsing errors of every command usage errors.
+func markUsageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		if c.OnUsageError == nil {
+			c.OnUsageError = asUsageError
+		}
+		markUsageErrors(c.Subcommands)
+	}
 }
 
 // LogFlags are the logging flags every command takes.

@@ -1,0 +1,180 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/testutil"
+)
+
+type workerRow struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+}
+
+type statusDoc struct {
+	Leader       string `json:"leader"`
+	Coordinators []struct {
+		ID     string `json:"id"`
+		Leader bool   `json:"leader"`
+	} `json:"coordinators"`
+}
+
+// TestFleetProcesses runs the built binaries: 3 × `lavit-coord up`,
+// 2 × `lavit-worker join`; reads `workers ls --json`; SIGKILLs a worker and
+// sees it marked LOST; SIGTERMs the leader and sees leadership handed over;
+// stops everything cleanly.
+func TestFleetProcesses(t *testing.T) {
+	bin := testutil.Binaries(t)
+	coordBin := filepath.Join(bin, "lavit-coord")
+
+	c1 := startCoord(t, bin, "c1")
+	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+	tokenBytes, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
+	if err != nil {
+		t.Fatalf("read generated token: %v", err)
+	}
+	token := strings.TrimSpace(string(tokenBytes))
+	if !strings.Contains(c1.out.String(), token) {
+		t.Fatal("the bootstrap node did not print its generated token")
+	}
+	env := []string{"LAVIT_TOKEN=" + token}
+	c2 := startCoord(t, bin, "c2", "--join", c1.http, "--token", token)
+	c3 := startCoord(t, bin, "c3", "--join", c1.http, "--token", token)
+	coords := []*coordNode{c1, c2, c3}
+	coordURLs := "nats://" + c1.nats + ",nats://" + c2.nats + ",nats://" + c3.nats
+	for _, c := range coords {
+		testutil.WaitFor(t, 20*time.Second, c.id+" ready", c.ready)
+	}
+	testutil.WaitFor(t, 20*time.Second, "three coordinators in status", func() bool {
+		st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", coordURLs)
+		return err == nil && len(st.Coordinators) == 3 && st.Leader != ""
+	})
+
+	workerBin := filepath.Join(bin, "lavit-worker")
+	w1 := startProc(t, "worker w1", workerBin, env, "join", "--coord", coordURLs, "--id", "w1", "--device", "cpu")
+	w2 := startProc(t, "worker w2", workerBin, env, "join", "--coord", "nats://"+c2.nats, "--id", "w2", "--device", "cpu")
+
+	states := func() map[string]string {
+		rows, err := jsonOut[[]workerRow](t, coordBin, env, "workers", "ls", "--json", "--coord", coordURLs)
+		if err != nil {
+			t.Logf("workers ls: %v", err)
+			return nil
+		}
+		out := map[string]string{}
+		for _, r := range rows {
+			out[r.ID] = r.State
+		}
+		return out
+	}
+	testutil.WaitFor(t, 20*time.Second, "both workers IDLE in workers ls", func() bool {
+		s := states()
+		return s["w1"] == "IDLE" && s["w2"] == "IDLE"
+	})
+
+	// SIGKILL w1: marked LOST after the 2 s timeout (plus the checker's tick
+	// and the CLI's own latency).
+	killed := time.Now()
+	w1.cmd.Process.Kill()
+	testutil.WaitFor(t, 5*time.Second, "w1 LOST", func() bool { return states()["w1"] == "LOST" })
+	t.Logf("w1 marked LOST %s after SIGKILL (timeout 2s)", time.Since(killed).Round(time.Millisecond))
+	if s := states(); s["w2"] != "IDLE" {
+		t.Fatalf("w2 is %q after w1 died, want IDLE", s["w2"])
+	}
+
+	// SIGTERM the leader: it hands leadership over and exits 0.
+	st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", coordURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leader *coordNode
+	var rest []*coordNode
+	for _, c := range coords {
+		if c.id == st.Leader {
+			leader = c
+		} else {
+			rest = append(rest, c)
+		}
+	}
+	if leader == nil {
+		t.Fatalf("status names leader %q, not one of ours", st.Leader)
+	}
+	if code := leader.signalAndWait(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Fatalf("leader exited %d on SIGTERM", code)
+	}
+	if !strings.Contains(leader.out.String(), "transferring leadership") {
+		t.Error("leader did not transfer leadership before stopping")
+	}
+	restURLs := "nats://" + rest[0].nats + ",nats://" + rest[1].nats
+	testutil.WaitFor(t, 10*time.Second, "a new leader", func() bool {
+		st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", restURLs, "--timeout", "2s")
+		return err == nil && st.Leader != "" && st.Leader != leader.id
+	})
+
+	// w2 leaves cleanly: exit 0, deregistered.
+	if code := w2.signalAndWait(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Fatalf("worker exited %d on SIGTERM", code)
+	}
+	rows, err := jsonOut[[]workerRow](t, coordBin, env, "workers", "ls", "--json", "--coord", restURLs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.ID == "w2" {
+			t.Fatal("w2 still listed after a clean stop")
+		}
+	}
+	for _, c := range rest {
+		if code := c.signalAndWait(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+			t.Fatalf("%s exited %d on SIGTERM", c.id, code)
+		}
+	}
+}
+
+// TestCLIBadInput: clear errors and the documented exit codes.
+func TestCLIBadInput(t *testing.T) {
+	bin := testutil.Binaries(t)
+	coordBin := filepath.Join(bin, "lavit-coord")
+	c1 := startCoord(t, bin, "c1")
+	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+
+	tests := []struct {
+		name     string
+		bin      string
+		args     []string
+		wantCode int
+		wantText string
+	}{
+		{"second up on a used data dir", coordBin, []string{"up", "--id", "c1", "--data-dir", c1.dataDir, "--raft-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--nats-addr", "127.0.0.1:0", "--nats-cluster-addr", "127.0.0.1:0"}, 1, "locked by another lavit-coord"},
+		{"join and peers", coordBin, []string{"up", "--join", "127.0.0.1:1", "--peers", "a=127.0.0.1:2", "--token", "0123456789abcdef"}, 2, "contradict"},
+		{"nats-url and nats-addr", coordBin, []string{"up", "--nats-url", "nats://127.0.0.1:1", "--nats-addr", "127.0.0.1:2"}, 2, "contradicts"},
+		{"join without token", coordBin, []string{"up", "--join", "127.0.0.1:1", "--data-dir", t.TempDir()}, 2, "--token"},
+		{"unknown flag", coordBin, []string{"up", "--no-such-flag"}, 2, "no-such-flag"},
+		{"bad duration", coordBin, []string{"up", "--worker-timeout", "soon"}, 2, "worker-timeout"},
+		{"wrong token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "wrong-token-xxxxxxxx"}, 1, "invalid join token"},
+		{"no coordinator", coordBin, []string{"status", "--coord", "nats://127.0.0.1:1", "--token", "x"}, 1, "connect to coordinator NATS"},
+		{"raft remove without id", coordBin, []string{"raft", "remove", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 2, "needs one ID"},
+		{"worker with bad device", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "tpu:0", "--token", "x"}, 2, "--device"},
+		{"worker with missing torch lib", filepath.Join(bin, "lavit-worker"), []string{"join", "--torch-lib", "/nonexistent/libx.so", "--token", "x"}, 2, "--torch-lib"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := run(t, tc.bin, nil, tc.args...)
+			if code != tc.wantCode || !strings.Contains(stderr, tc.wantText) {
+				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, tc.wantCode, tc.wantText)
+			}
+		})
+	}
+	// The first node is untouched by all of that.
+	if !c1.ready() {
+		t.Fatal("c1 not ready after the bad invocations")
+	}
+	st, err := jsonOut[statusDoc](t, coordBin, nil, "status", "--json", "--coord", "nats://"+c1.nats, "--data-dir", c1.dataDir)
+	if err != nil || st.Leader != "c1" {
+		t.Fatalf("status after bad input: %+v, %v", st, err)
+	}
+}

@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/testutil"
+)
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a running lavit binary.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.Env = append(os.Environ(), env...)
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("---- output of %s ----\n%s", name, p.out.String())
+		}
+	})
+	return p
+}
+
+// signalAndWait sends sig and waits for the exit; it returns the exit code.
+func (p *proc) signalAndWait(t *testing.T, sig syscall.Signal, timeout time.Duration) int {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("%s did not exit within %s of %s", p.name, timeout, sig)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// run runs a binary to completion and returns its stdout, stderr and exit code.
+func run(t *testing.T, bin string, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("run %s %v: %v", bin, args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// coordNode is one `lavit-coord up` process and its addresses.
+type coordNode struct {
+	*proc
+	id, dataDir, raft, http, nats, natsCluster string
+}
+
+func startCoord(t *testing.T, bin, id string, extra ...string) *coordNode {
+	t.Helper()
+	n := &coordNode{
+		id:          id,
+		dataDir:     filepath.Join(t.TempDir(), id),
+		raft:        fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		http:        fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		nats:        fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+		natsCluster: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
+	}
+	args := append([]string{"up", "--id", id, "--data-dir", n.dataDir, "--raft-addr", n.raft,
+		"--http-addr", n.http, "--nats-addr", n.nats, "--nats-cluster-addr", n.natsCluster}, extra...)
+	n.proc = startProc(t, "coord "+id, filepath.Join(bin, "lavit-coord"), nil, args...)
+	return n
+}
+
+// ready polls /readyz.
+func (n *coordNode) ready() bool {
+	resp, err := http.Get("http://" + n.http + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func jsonOut[T any](t *testing.T, bin string, env []string, args ...string) (T, error) {
+	t.Helper()
+	var v T
+	stdout, stderr, code := run(t, bin, env, args...)
+	if code != 0 {
+		return v, fmt.Errorf("%v exited %d: %s", args, code, strings.TrimSpace(stderr))
+	}
+	if err := json.Unmarshal([]byte(stdout), &v); err != nil {
+		return v, fmt.Errorf("%v: bad JSON %q: %v", args, stdout, err)
+	}
+	return v, nil
+}
