@@ -1,0 +1,75 @@
+package worker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+func TestPickDevice(t *testing.T) {
+	cpuOnly := []wire.Device{{Name: "cpu", Kind: "cpu"}}
+	gpus := []wire.Device{{Name: "cpu", Kind: "cpu"}, {Name: "cuda:0", Kind: "cuda"}, {Name: "cuda:1", Kind: "cuda"}}
+	tests := []struct {
+		flag    string
+		devs    []wire.Device
+		want    string
+		wantErr bool
+	}{
+		{"auto", cpuOnly, "cpu", false},
+		{"", cpuOnly, "cpu", false},
+		{"auto", gpus, "cuda:0", false},
+		{"cpu", gpus, "cpu", false},
+		{"cuda:1", gpus, "cuda:1", false},
+		{"cuda:0", cpuOnly, "", true},
+		{"tpu:0", gpus, "", true},
+	}
+	for _, tc := range tests {
+		got, err := PickDevice(tc.flag, tc.devs)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("PickDevice(%q) = %q, %v; want %q (error %v)", tc.flag, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestDetectDevicesHasCPU(t *testing.T) {
+	devs := DetectDevices()
+	if len(devs) == 0 || devs[0].Name != "cpu" {
+		t.Fatalf("DetectDevices() = %+v, want the CPU first", devs)
+	}
+}
+
+func TestBackoffGrowsAndCaps(t *testing.T) {
+	b := newBackoff(100*time.Millisecond, time.Second)
+	var last time.Duration
+	for i := 0; i < 10; i++ {
+		d := b.next()
+		if d > time.Second {
+			t.Fatalf("attempt %d waits %s, over the 1s cap", i, d)
+		}
+		last = d
+	}
+	if last < 500*time.Millisecond {
+		t.Fatalf("after 10 attempts the wait is %s; want at least half the cap", last)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	base := DefaultConfig()
+	base.ID, base.Token, base.Host, base.Device = "w1", "tok", "h", "cpu"
+	if err := base.Validate(); err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"no id":    func(c *Config) { c.ID = "" },
+		"no token": func(c *Config) { c.Token = "" },
+		"no coord": func(c *Config) { c.Coord = "" },
+		"zero hb":  func(c *Config) { c.HeartbeatInterval = 0 },
+	} {
+		c := base
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
