@@ -29,7 +29,7 @@ func testLogger() *slog.Logger {
 
 // nodeConfig is a coordinator on random loopback ports with production
 // timings (the tests check the defaults, not faster ones).
-func nodeConfig(t *testing.T, id string) coordinator.Config {
+func nodeConfig(t testing.TB, id string) coordinator.Config {
 	c := coordinator.DefaultConfig()
 	c.NodeID = id
 	c.DataDir = t.TempDir()
@@ -42,14 +42,14 @@ func nodeConfig(t *testing.T, id string) coordinator.Config {
 }
 
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes map[string]*coordinator.Server
 	token string
 }
 
 // startCluster starts n coordinators: the first bootstraps, the others
 // join it over HTTP, as `lavit-coord up --join` does.
-func startCluster(t *testing.T, n int) *cluster {
+func startCluster(t testing.TB, n int) *cluster {
 	t.Helper()
 	c := &cluster{t: t, nodes: map[string]*coordinator.Server{}}
 	first := nodeConfig(t, "c1")
@@ -154,7 +154,7 @@ type runningAgent struct {
 }
 
 // startWorker runs a real worker agent against the cluster.
-func startWorker(t *testing.T, coord, token, id string) *runningAgent {
+func startWorker(t testing.TB, coord, token, id string) *runningAgent {
 	t.Helper()
 	cfg := worker.DefaultConfig()
 	cfg.Coord, cfg.Token, cfg.ID = coord, token, id
@@ -172,7 +172,7 @@ func startWorker(t *testing.T, coord, token, id string) *runningAgent {
 }
 
 // stop cancels the agent (it deregisters) and returns Run's error.
-func (r *runningAgent) stop(t *testing.T) error {
+func (r *runningAgent) stop(t testing.TB) error {
 	r.cancel()
 	select {
 	case err := <-r.done:

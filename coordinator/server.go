@@ -92,13 +92,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.token = tok
+	s.token, s.tokenGenerated = tok, generated
 	if err = s.startRaft(snaps, hasState); err != nil {
 		return nil, err
 	}
 	if generated {
 		s.log.Info("generated a join token; workers and clients need it (LAVIT_TOKEN)", "path", TokenPath(cfg.DataDir))
-		fmt.Fprintf(os.Stdout, "lavit join token: %s\n(saved in %s; pass it to workers as --token or LAVIT_TOKEN)\n", tok, TokenPath(cfg.DataDir))
 	}
 
 	// Start serving HTTP early: a joining node's peers may ask for it.

@@ -44,7 +44,7 @@ type proc struct {
 	err  error
 }
 
-func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+func startProc(t testing.TB, name, bin string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -64,7 +64,7 @@ func startProc(t *testing.T, name, bin string, env []string, args ...string) *pr
 }
 
 // signalAndWait sends sig and waits for the exit; it returns the exit code.
-func (p *proc) signalAndWait(t *testing.T, sig syscall.Signal, timeout time.Duration) int {
+func (p *proc) signalAndWait(t testing.TB, sig syscall.Signal, timeout time.Duration) int {
 	t.Helper()
 	p.cmd.Process.Signal(sig)
 	select {
@@ -100,7 +100,7 @@ type coordNode struct {
 	id, dataDir, raft, http, nats, natsCluster string
 }
 
-func startCoord(t *testing.T, bin, id string, extra ...string) *coordNode {
+func startCoord(t testing.TB, bin, id string, extra ...string) *coordNode {
 	t.Helper()
 	n := &coordNode{
 		id:          id,

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make bench: the control-plane benchmark table. Each row is a go test
+# benchmark; the raw `go test -bench` output is kept in bench-out/raw.txt.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p bench-out
+raw=bench-out/raw.txt
+: >"$raw"
+
+echo "running benchmarks (about 2 minutes)..." >&2
+go test -run '^$' -bench 'BenchmarkHeartbeat|BenchmarkRegister' -benchtime 3s ./coordinator/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coordinator/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkLeaderCPU' -benchtime 1x -timeout 10m ./internal/e2e/ | tee -a "$raw" >&2
+
+# Print "name | metric value unit ..." rows as a table.
+echo
+echo "| benchmark | results |"
+echo "| --- | --- |"
+grep '^Benchmark' "$raw" | while read -r name iters nsop _ rest; do
+  metrics=$(echo "$rest" | awk '{ out=""; for (i=1; i<NF; i+=2) out = out sprintf("%s %s, ", $i, $(i+1)); sub(/, $/, "", out); print out }')
+  echo "| ${name%-*} | $metrics |"
+done
+echo
+echo "machine: $(nproc) cores, $(go env GOOS)/$(go env GOARCH), $(go version | awk '{print $3}'); raw output in $raw"
