@@ -180,6 +180,9 @@ func (c *Config) Validate() error {
 			return errors.New("--peers needs --token: every node of a fixed peer list must share the join token")
 		}
 	}
+	if c.NATSURL == "" && len(c.NATSRoutes) == 0 && (c.NoBootstrap || len(c.Peers) > 1) {
+		return errors.New("--peers (with other nodes) and --no-bootstrap need --nats-routes: this node's embedded NATS must reach the others' (nats-route://host:port of at least one other coordinator)")
+	}
 	if (c.Join != "" || c.NoBootstrap) && c.Token == "" {
 		return errors.New("--join needs --token (or LAVIT_TOKEN): the cluster's join token, printed by the first node and saved in its data dir as 'token'")
 	}

@@ -34,6 +34,16 @@ func TestConfigValidate(t *testing.T) {
 		{"nats-url and routes", func(c *Config) { c.NATSURL = "nats://x:4222"; c.NATSRoutes = []string{"nats-route://y:6222"} }, "contradict"},
 		{"join without token", func(c *Config) { c.Join = "127.0.0.1:8080" }, "--token"},
 		{"peers without token", func(c *Config) { c.Peers = []string{"c1=127.0.0.1:7000"} }, "--token"},
+		{"peers without routes", func(c *Config) {
+			c.Peers = []string{"c1=127.0.0.1:7000", "c2=127.0.0.1:7001"}
+			c.Token = strings.Repeat("t", 16)
+		}, "--nats-routes"},
+		{"no-bootstrap without routes", func(c *Config) { c.NoBootstrap = true; c.Token = strings.Repeat("t", 16) }, "--nats-routes"},
+		{"no-bootstrap with external nats", func(c *Config) {
+			c.NoBootstrap = true
+			c.Token = strings.Repeat("t", 16)
+			c.NATSURL = "nats://127.0.0.1:4222"
+		}, ""},
 		{"peers without self", func(c *Config) { c.Peers = []string{"c2=127.0.0.1:7001"}; c.Token = strings.Repeat("t", 16) }, "does not list this node"},
 		{"peers malformed", func(c *Config) { c.Peers = []string{"c1"}; c.Token = strings.Repeat("t", 16) }, "id=host:port"},
 		{"peers duplicate", func(c *Config) {
