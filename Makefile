@@ -8,7 +8,22 @@ LDFLAGS := -X main.version=$(VERSION)
 # The race detector needs cgo; the coordinator itself is built without it.
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all deps build test demo bench lint fmt clean
+# The libtorch shim. Default: Debian's libtorch-dev (CPU). For CUDA give a
+# libtorch (e.g. PyTorch's bundled one): make torch TORCH_DIR=/path/to/torch
+TORCH_DIR ?=
+CXX       ?= g++
+SHIM      := $(BIN)/liblavit_torch.so
+SHIM_SRC  := trainer/csrc/models.cpp trainer/csrc/shim.cpp
+SHIM_HDR  := trainer/csrc/lavit.h trainer/csrc/models.h
+ifeq ($(TORCH_DIR),)
+TORCH_CFLAGS := -I/usr/include/torch/csrc/api/include
+TORCH_LIBS   := -ltorch -ltorch_cpu -lc10
+else
+TORCH_CFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include $(TORCH_CXX_FLAGS)
+TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 $(if $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
+endif
+
+.PHONY: all deps build torch test demo bench lint fmt clean
 
 all: build
 
@@ -22,17 +37,24 @@ build: deps
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/lavit-coord ./cmd/lavit-coord
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/lavit-worker ./cmd/lavit-worker
 
+## torch: the libtorch shim bin/liblavit_torch.so (loaded by lavit-worker at run time)
+torch: deps $(SHIM)
+
+$(SHIM): $(SHIM_SRC) $(SHIM_HDR)
+	@mkdir -p $(BIN)
+	$(CXX) -O2 -std=c++17 -fPIC -shared -Wall $(TORCH_CFLAGS) $(SHIM_SRC) $(TORCH_LIBS) -o $@
+
 ## test: every test (unit, in-process cluster, process-level), with -race
-test: build
-	LAVIT_BIN_DIR= $(GO) test $(TESTFLAGS) ./...
+test: build torch
+	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) $(GO) test $(TESTFLAGS) ./...
 
 ## demo: a coordinator and two workers join, are listed, and leave cleanly
 demo: build
 	@deploy/local/demo.sh
 
 ## bench: the benchmark table (control-plane throughput, failover, leader CPU)
-bench: build
-	@deploy/local/bench.sh
+bench: build torch
+	@LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) deploy/local/bench.sh
 
 ## lint: gofmt, go vet
 lint: deps

@@ -1,0 +1,166 @@
+package trainer
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Config is a model config: which stage, the architecture, the optimizer.
+// It is parsed strictly (unknown fields are errors) and validated in Go
+// before it reaches the shim, which checks it again.
+type Config struct {
+	Stage     int              `json:"stage"`
+	Tokenizer *TokenizerConfig `json:"tokenizer,omitempty"`
+	LM        *LMConfig        `json:"lm,omitempty"`
+	Optim     *OptimConfig     `json:"optim,omitempty"`
+}
+
+// TokenizerConfig is stage 1 (MODEL.md's names; zero means the tiny default).
+type TokenizerConfig struct {
+	Image                int64   `json:"image,omitempty"`
+	Patch                int64   `json:"patch,omitempty"`
+	Channels             int64   `json:"channels,omitempty"`
+	Width                int64   `json:"width,omitempty"`
+	Heads                int64   `json:"heads,omitempty"`
+	MLPRatio             int64   `json:"mlp_ratio,omitempty"`
+	MergerBlocks         int64   `json:"merger_blocks,omitempty"`
+	DecoderBlocks        int64   `json:"decoder_blocks,omitempty"`
+	CodeDim              int64   `json:"code_dim,omitempty"`
+	Codebook             int64   `json:"codebook,omitempty"`
+	Rho                  float64 `json:"rho,omitempty"`
+	RatioWeight          float64 `json:"ratio_weight,omitempty"`
+	CommitBeta           float64 `json:"commit_beta,omitempty"`
+	EMADecay             float64 `json:"ema_decay,omitempty"`
+	GumbelTau            float64 `json:"gumbel_tau,omitempty"`
+	DecoderLocalityAlpha float64 `json:"decoder_locality_alpha"`
+	EncoderPosScale      float64 `json:"encoder_pos_scale,omitempty"`
+	KMeansIters          int64   `json:"kmeans_iters,omitempty"`
+}
+
+// LMConfig is stage 2.
+type LMConfig struct {
+	Vocab  int64 `json:"vocab,omitempty"`
+	DModel int64 `json:"d_model,omitempty"`
+	Layers int64 `json:"layers,omitempty"`
+	Heads  int64 `json:"heads,omitempty"`
+	MLP    int64 `json:"mlp,omitempty"`
+	MaxLen int64 `json:"max_len,omitempty"`
+}
+
+// OptimConfig is AdamW with linear warmup then cosine decay to
+// lr·min_lr_ratio at total_steps, global-norm clipping, and the selector's
+// own learning rate.
+type OptimConfig struct {
+	LR          float64 `json:"lr,omitempty"`
+	SelectorLR  float64 `json:"selector_lr,omitempty"`
+	MinLRRatio  float64 `json:"min_lr_ratio,omitempty"`
+	WeightDecay float64 `json:"weight_decay,omitempty"`
+	Beta1       float64 `json:"beta1,omitempty"`
+	Beta2       float64 `json:"beta2,omitempty"`
+	Eps         float64 `json:"eps,omitempty"`
+	Clip        float64 `json:"clip,omitempty"`
+	WarmupSteps int64   `json:"warmup_steps,omitempty"`
+	TotalSteps  int64   `json:"total_steps,omitempty"`
+}
+
+// ParseConfig decodes a JSON model config strictly and validates it.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("model config: %w", err)
+	}
+	if dec.More() {
+		return c, errors.New("model config: trailing data after the JSON object")
+	}
+	return c, c.Validate()
+}
+
+// LoadConfig reads a JSON model config file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read model config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks ranges and names the offending field.
+func (c Config) Validate() error {
+	switch c.Stage {
+	case 1:
+		if c.LM != nil {
+			return errors.New("model config: stage 1 takes \"tokenizer\", not \"lm\"")
+		}
+	case 2:
+		if c.Tokenizer != nil {
+			return errors.New("model config: stage 2 takes \"lm\", not \"tokenizer\"")
+		}
+	default:
+		return fmt.Errorf("model config: stage must be 1 or 2, got %d", c.Stage)
+	}
+	neg := func(name string, v float64) error {
+		if v < 0 {
+			return fmt.Errorf("model config: %s must not be negative (got %v)", name, v)
+		}
+		return nil
+	}
+	if t := c.Tokenizer; t != nil {
+		for name, v := range map[string]int64{"tokenizer.image": t.Image, "tokenizer.patch": t.Patch, "tokenizer.width": t.Width,
+			"tokenizer.heads": t.Heads, "tokenizer.codebook": t.Codebook, "tokenizer.code_dim": t.CodeDim,
+			"tokenizer.merger_blocks": t.MergerBlocks, "tokenizer.decoder_blocks": t.DecoderBlocks} {
+			if err := neg(name, float64(v)); err != nil {
+				return err
+			}
+		}
+		if t.Image > 0 && t.Patch > 0 && t.Image%t.Patch != 0 {
+			return fmt.Errorf("model config: tokenizer.image %d is not a multiple of tokenizer.patch %d", t.Image, t.Patch)
+		}
+		if t.Width > 0 && t.Heads > 0 && t.Width%t.Heads != 0 {
+			return fmt.Errorf("model config: tokenizer.width %d is not divisible by tokenizer.heads %d", t.Width, t.Heads)
+		}
+		if t.Rho < 0 || t.Rho > 1 {
+			return fmt.Errorf("model config: tokenizer.rho must be in [0,1], got %v", t.Rho)
+		}
+		if t.EMADecay < 0 || t.EMADecay >= 1 {
+			return fmt.Errorf("model config: tokenizer.ema_decay must be in [0,1), got %v", t.EMADecay)
+		}
+		if err := neg("tokenizer.decoder_locality_alpha", t.DecoderLocalityAlpha); err != nil {
+			return err
+		}
+	}
+	if l := c.LM; l != nil {
+		for name, v := range map[string]int64{"lm.vocab": l.Vocab, "lm.d_model": l.DModel, "lm.layers": l.Layers,
+			"lm.heads": l.Heads, "lm.mlp": l.MLP, "lm.max_len": l.MaxLen} {
+			if err := neg(name, float64(v)); err != nil {
+				return err
+			}
+		}
+		if l.DModel > 0 && l.Heads > 0 && l.DModel%l.Heads != 0 {
+			return fmt.Errorf("model config: lm.d_model %d is not divisible by lm.heads %d", l.DModel, l.Heads)
+		}
+	}
+	if o := c.Optim; o != nil {
+		for name, v := range map[string]float64{"optim.lr": o.LR, "optim.selector_lr": o.SelectorLR, "optim.weight_decay": o.WeightDecay,
+			"optim.clip": o.Clip, "optim.warmup_steps": float64(o.WarmupSteps), "optim.total_steps": float64(o.TotalSteps)} {
+			if err := neg(name, v); err != nil {
+				return err
+			}
+		}
+		if o.MinLRRatio < 0 || o.MinLRRatio > 1 {
+			return fmt.Errorf("model config: optim.min_lr_ratio must be in [0,1], got %v", o.MinLRRatio)
+		}
+		if o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 {
+			return errors.New("model config: optim.beta1 and optim.beta2 must be in [0,1)")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,257 @@
+// models.cpp: the LaVIT modules. Shapes: B batch, N patches, D width,
+// C code dim, K codebook size, T sequence length, V vocabulary.
+#include "models.h"
+
+#include <cmath>
+
+namespace F = torch::nn::functional;
+
+namespace lavit {
+
+namespace {
+constexpr double kPolicyEps = 1e-6;
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+uint64_t sample_key(uint64_t seed, uint64_t salt, int64_t step, int64_t position) {
+  uint64_t h = splitmix64(seed);
+  h = splitmix64(h ^ salt);
+  h = splitmix64(h ^ static_cast<uint64_t>(step));
+  h = splitmix64(h ^ static_cast<uint64_t>(position));
+  return h;
+}
+
+torch::Tensor policy_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& weight, bool hard) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto s = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  if (!weight.defined()) {
+    return torch::matmul(torch::softmax(s, -1), v);
+  }
+  if (hard) {
+    return torch::matmul(torch::softmax(s.masked_fill(weight == 0, -INFINITY), -1), v);
+  }
+  s = s - std::get<0>(s.max(-1, true)).detach();
+  auto e = s.exp() * weight;
+  const double nk = static_cast<double>(k.size(-2));
+  auto attn = (e + kPolicyEps / nk) / (e.sum(-1, true) + kPolicyEps);
+  return torch::matmul(attn, v);
+}
+
+MHAImpl::MHAImpl(int64_t dim_, int64_t heads_) : heads(heads_), dim(dim_) {
+  TORCH_CHECK(dim % heads == 0, "width ", dim, " is not divisible by heads ", heads);
+  q = register_module("q", torch::nn::Linear(dim, dim));
+  k = register_module("k", torch::nn::Linear(dim, dim));
+  v = register_module("v", torch::nn::Linear(dim, dim));
+  o = register_module("o", torch::nn::Linear(dim, dim));
+}
+
+torch::Tensor MHAImpl::forward(const torch::Tensor& xq, const torch::Tensor& xkv, const torch::Tensor& weight,
+                               bool hard) {
+  const auto B = xq.size(0), Nq = xq.size(1), Nk = xkv.size(1), dh = dim / heads;
+  auto split = [&](const torch::Tensor& t, int64_t n) { return t.view({B, n, heads, dh}).transpose(1, 2); };
+  auto out = policy_attention(split(q(xq), Nq), split(k(xkv), Nk), split(v(xkv), Nk), weight, hard);
+  return o(out.transpose(1, 2).reshape({B, Nq, dim}));
+}
+
+MLPImpl::MLPImpl(int64_t dim, int64_t hidden) {
+  fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
+  fc2 = register_module("fc2", torch::nn::Linear(hidden, dim));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) { return fc2(torch::gelu(fc1(x))); }
+
+SelectorImpl::SelectorImpl(int64_t dim) {
+  TORCH_CHECK(dim % 4 == 0, "selector width ", dim, " must be divisible by 4");
+  ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  in = register_module("in", torch::nn::Linear(dim, dim));
+  h1 = register_module("h1", torch::nn::Linear(dim, dim / 2));
+  h2 = register_module("h2", torch::nn::Linear(dim / 2, dim / 4));
+  out = register_module("out", torch::nn::Linear(dim / 4, 2));
+}
+
+torch::Tensor SelectorImpl::forward(const torch::Tensor& feats) {
+  auto h = torch::gelu(in(ln(feats)));
+  const auto half = h.size(-1) / 2;
+  auto local = h.narrow(-1, 0, half);
+  // Every patch counts as kept for the global half (single-stage selector).
+  auto global = h.narrow(-1, half, half).mean(1, true).expand_as(local);
+  auto x = torch::cat({local, global}, -1);
+  x = torch::gelu(h1(x));
+  x = torch::gelu(h2(x));
+  return torch::log_softmax(out(x), -1);
+}
+
+MergerBlockImpl::MergerBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  ln3 = register_module("ln3", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  self_attn = register_module("self_attn", MHA(dim, heads));
+  cross_attn = register_module("cross_attn", MHA(dim, heads));
+  mlp = register_module("mlp", MLP(dim, hidden));
+}
+
+torch::Tensor MergerBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& memory,
+                                       const torch::Tensor& self_w, const torch::Tensor& cross_w) {
+  auto h = ln1(x_in);
+  auto x = x_in + self_attn(h, h, self_w);
+  x = x + cross_attn(ln2(x), memory, cross_w);
+  return x + mlp(ln3(x));
+}
+
+DecoderBlockImpl::DecoderBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  ln3 = register_module("ln3", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  self_attn = register_module("self_attn", MHA(dim, heads));
+  cross_attn = register_module("cross_attn", MHA(dim, heads));
+  mlp = register_module("mlp", MLP(dim, hidden));
+}
+
+torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& q_in, const torch::Tensor& codes,
+                                        const torch::Tensor& cross_w) {
+  auto h = ln1(q_in);
+  auto q = q_in + self_attn(h, h, torch::Tensor());
+  q = q + cross_attn(ln2(q), codes, cross_w);
+  return q + mlp(ln3(q));
+}
+
+TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
+  const int64_t N = c.patches(), D = c.width, P = c.patch_dim(), hidden = c.width * c.mlp_ratio;
+  TORCH_CHECK(c.image % c.patch == 0, "image size ", c.image, " is not a multiple of patch ", c.patch);
+  // The frozen encoder stand-in comes from its own generator so it does not
+  // depend on the order modules are built in.
+  auto gen = at::detail::createCPUGenerator(sample_key(seed, 0xE1C0DE, 0, 0));
+  enc_proj = register_buffer("enc_proj", torch::randn({P, D}, gen) / std::sqrt(static_cast<double>(P)));
+  enc_pos = register_buffer("enc_pos", torch::randn({N, D}, gen) * c.encoder_pos_scale);
+  codebook = register_buffer("codebook", F::normalize(torch::randn({c.codebook, c.code_dim}, gen),
+                                                      F::NormalizeFuncOptions().dim(-1)));
+  // Masks, precomputed.
+  const int64_t side = c.image / c.patch;
+  auto idx = torch::arange(N, torch::kLong);
+  auto row = torch::div(idx, side, "floor").to(torch::kFloat), col = (idx % side).to(torch::kFloat);
+  auto d2 = (row.unsqueeze(1) - row.unsqueeze(0)).pow(2) + (col.unsqueeze(1) - col.unsqueeze(0)).pow(2);
+  locality = register_buffer("locality", torch::exp(-c.decoder_locality_alpha * d2));
+  causal_strict = register_buffer("causal_strict", torch::ones({N, N}).tril(-1));
+  eye = register_buffer("eye", torch::eye(N));
+
+  selector = register_module("selector", Selector(D));
+  memory_ln = register_module("memory_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  merger = register_module("merger", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.merger_blocks; ++i) merger->push_back(MergerBlock(D, c.heads, hidden));
+  merger_ln = register_module("merger_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  task1 = register_module("task1", torch::nn::Linear(D, D));
+  task2 = register_module("task2", torch::nn::Linear(D, c.code_dim));
+  code_in = register_module("code_in", torch::nn::Linear(c.code_dim, D));
+  rank_emb = register_parameter("rank_emb", torch::randn({N, D}) * 0.02);
+  queries = register_parameter("queries", torch::randn({N, D}) * 0.02);
+  decoder = register_module("decoder", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.decoder_blocks; ++i) decoder->push_back(DecoderBlock(D, c.heads, hidden));
+  decoder_ln = register_module("decoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  out1 = register_module("out1", torch::nn::Linear(D, D));
+  out2 = register_module("out2", torch::nn::Linear(D, D));
+}
+
+torch::Tensor TokenizerImpl::encode(const torch::Tensor& images) {
+  const int64_t B = images.size(0), p = cfg.patch, side = cfg.image / p;
+  // [B,C,H,W] -> [B, side, side, C, p, p] -> [B, N, C*p*p]
+  auto x = images.view({B, cfg.channels, side, p, side, p}).permute({0, 2, 4, 1, 3, 5}).reshape(
+      {B, side * side, cfg.patch_dim()});
+  auto h = torch::gelu(torch::matmul(x, enc_proj) + enc_pos);
+  return F::layer_norm(h, F::LayerNormFuncOptions({cfg.width}));
+}
+
+SelectOut TokenizerImpl::select(const torch::Tensor& images, const std::vector<int64_t>& positions, int64_t step,
+                                uint64_t seed, uint64_t salt) {
+  SelectOut s;
+  {
+    torch::NoGradGuard no_grad;
+    s.feats = encode(images);
+  }
+  s.logp = selector(s.feats);
+  const int64_t B = images.size(0), N = cfg.patches();
+  // Gumbel noise from a generator per sample, keyed by its global position.
+  std::vector<torch::Tensor> noise;
+  noise.reserve(B);
+  for (int64_t i = 0; i < B; ++i) {
+    auto gen = at::detail::createCPUGenerator(sample_key(seed, salt, step, positions[i]));
+    auto u = torch::rand({N, 2}, gen).clamp(1e-10, 1.0 - 1e-7);
+    noise.push_back(-torch::log(-torch::log(u)));
+  }
+  auto g = torch::stack(noise).to(s.logp.device());
+  auto y = torch::softmax((s.logp + g) / cfg.gumbel_tau, -1);
+  auto hard = torch::zeros_like(y).scatter_(-1, y.argmax(-1, true), 1.0);
+  auto st = hard - y.detach() + y;  // straight-through
+  s.keep = st.select(-1, 0);
+  s.keep_hard = hard.select(-1, 0);
+  return s;
+}
+
+torch::Tensor TokenizerImpl::merge(const SelectOut& s) {
+  auto memory = memory_ln(s.feats);
+  // Self: key j visible to query i if j < i and kept, or j == i.
+  auto self_w = (causal_strict.unsqueeze(0) * s.keep.unsqueeze(1) + eye.unsqueeze(0)).unsqueeze(1);
+  // Cross: only dropped patches, anywhere in the image.
+  auto cross_w = (1.0 - s.keep).unsqueeze(1).unsqueeze(1);
+  auto x = s.feats;
+  for (const auto& blk : *merger) x = blk->as<MergerBlock>()->forward(x, memory, self_w, cross_w);
+  x = merger_ln(x);
+  auto z = task2(torch::tanh(task1(x)));
+  return F::normalize(z, F::NormalizeFuncOptions().dim(-1));
+}
+
+torch::Tensor TokenizerImpl::decode(const torch::Tensor& zq, const torch::Tensor& keep, const torch::Tensor& keep_hard) {
+  const int64_t B = zq.size(0);
+  // Positional embedding by rank among kept tokens (not by patch location).
+  auto rank = (keep_hard.cumsum(1) - 1.0).clamp_min(0).to(torch::kLong);
+  auto codes = code_in(zq) + rank_emb.index_select(0, rank.view(-1)).view({B, -1, cfg.width});
+  auto cross_w = keep.unsqueeze(1).unsqueeze(1);
+  if (cfg.decoder_locality_alpha > 0) cross_w = cross_w * locality.unsqueeze(0).unsqueeze(0);
+  auto q = queries.unsqueeze(0).expand({B, -1, -1});
+  for (const auto& blk : *decoder) q = blk->as<DecoderBlock>()->forward(q, codes, cross_w);
+  return out2(torch::tanh(out1(decoder_ln(q))));
+}
+
+torch::Tensor TokenizerImpl::nearest(const torch::Tensor& z) {
+  return torch::matmul(z, codebook.t()).argmax(-1);
+}
+
+LMBlockImpl::LMBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  attn = register_module("attn", MHA(dim, heads));
+  mlp = register_module("mlp", MLP(dim, hidden));
+}
+
+torch::Tensor LMBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& causal) {
+  auto h = ln1(x_in);
+  auto x = x_in + attn(h, h, causal, /*hard=*/true);
+  return x + mlp(ln2(x));
+}
+
+LMImpl::LMImpl(const LMConfig& c) : cfg(c) {
+  tok = register_module("tok", torch::nn::Embedding(c.vocab, c.d_model));
+  pos = register_parameter("pos", torch::randn({c.max_len, c.d_model}) * 0.02);
+  causal = register_buffer("causal", torch::ones({c.max_len, c.max_len}).tril());
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.layers; ++i) blocks->push_back(LMBlock(c.d_model, c.heads, c.mlp));
+  ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
+  head = register_module("head", torch::nn::Linear(c.d_model, c.vocab));
+}
+
+torch::Tensor LMImpl::forward(const torch::Tensor& tokens) {
+  const int64_t T = tokens.size(1);
+  TORCH_CHECK(T <= cfg.max_len, "sequence length ", T, " exceeds max_len ", cfg.max_len);
+  auto x = tok(tokens) + pos.narrow(0, 0, T).unsqueeze(0);
+  auto mask = causal.narrow(0, 0, T).narrow(1, 0, T).unsqueeze(0).unsqueeze(0);
+  for (const auto& blk : *blocks) x = blk->as<LMBlock>()->forward(x, mask);
+  return head(ln(x));
+}
+
+}  // namespace lavit

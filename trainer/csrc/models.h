@@ -1,0 +1,146 @@
+// models.h: LaVIT stage 1 (dynamic visual tokenizer) and stage 2 (unified
+// next-token LM) as libtorch modules. See ../DESIGN.md and MODEL.md.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace lavit {
+
+// Stage-1 configuration (tiny defaults from MODEL.md).
+struct TokenizerConfig {
+  int64_t image = 32, patch = 4, channels = 3;
+  int64_t width = 64, heads = 4, mlp_ratio = 4;
+  int64_t merger_blocks = 2, decoder_blocks = 2;
+  int64_t code_dim = 16, codebook = 256;
+  double rho = 1.0 / 3.0, ratio_weight = 2.0, commit_beta = 1.0, ema_decay = 0.99, gumbel_tau = 1.0;
+  double decoder_locality_alpha = 0.5;
+  double encoder_pos_scale = 0.1;
+  int64_t kmeans_iters = 10;
+  int64_t patches() const { return (image / patch) * (image / patch); }
+  int64_t patch_dim() const { return channels * patch * patch; }
+};
+
+// Stage-2 configuration.
+struct LMConfig {
+  int64_t vocab = 278, d_model = 64, layers = 2, heads = 4, mlp = 256, max_len = 56;
+};
+
+// Seeded per-sample randomness: a generator keyed by (seed, salt, step, position),
+// so a sample gets the same noise whichever worker holds it.
+uint64_t sample_key(uint64_t seed, uint64_t salt, int64_t step, int64_t position);
+
+// Attention with a multiplicative non-negative weight on the scores
+// (DynamicViT's policy trick): exp(s)·w renormalised with eps, so 0/1 policies
+// with straight-through gradients can mask keys while tensors stay dense.
+// With hard = true the weight is a strict 0/1 mask (masked softmax, no eps
+// leak), as the LM's causal mask must be.
+torch::Tensor policy_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& weight, bool hard = false);
+
+struct MHAImpl : torch::nn::Module {
+  MHAImpl(int64_t dim, int64_t heads);
+  // weight: multiplicative mask broadcastable to [B, heads, Nq, Nk], or undefined for none.
+  torch::Tensor forward(const torch::Tensor& xq, const torch::Tensor& xkv, const torch::Tensor& weight,
+                        bool hard = false);
+  int64_t heads, dim;
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+};
+TORCH_MODULE(MHA);
+
+struct MLPImpl : torch::nn::Module {
+  MLPImpl(int64_t dim, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(MLP);
+
+// Selector: LN -> Lin -> GELU; local half + global mean half -> MLP -> log-softmax(keep, drop).
+struct SelectorImpl : torch::nn::Module {
+  explicit SelectorImpl(int64_t dim);
+  torch::Tensor forward(const torch::Tensor& feats);  // [B,N,D] -> log-probs [B,N,2]
+  torch::nn::LayerNorm ln{nullptr};
+  torch::nn::Linear in{nullptr}, h1{nullptr}, h2{nullptr}, out{nullptr};
+};
+TORCH_MODULE(Selector);
+
+// Merger block: causal self-attention among kept tokens, cross-attention to the
+// LayerNormed frozen features restricted to dropped patches, MLP.
+struct MergerBlockImpl : torch::nn::Module {
+  MergerBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& self_w,
+                        const torch::Tensor& cross_w);
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr}, ln3{nullptr};
+  MHA self_attn{nullptr}, cross_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(MergerBlock);
+
+// Decoder block: self-attention over queries, cross-attention to the codes, MLP.
+struct DecoderBlockImpl : torch::nn::Module {
+  DecoderBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& codes, const torch::Tensor& cross_w);
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr}, ln3{nullptr};
+  MHA self_attn{nullptr}, cross_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderBlock);
+
+// Output of the stage-1 forward pass up to the batch statistics.
+struct SelectOut {
+  torch::Tensor feats;      // frozen features [B,N,D]
+  torch::Tensor logp;       // selector log-probs [B,N,2]
+  torch::Tensor keep;       // straight-through keep, values 0/1 [B,N]
+  torch::Tensor keep_hard;  // detached 0/1 [B,N]
+};
+
+struct TokenizerImpl : torch::nn::Module {
+  explicit TokenizerImpl(const TokenizerConfig& c, uint64_t seed);
+  // Frozen encoder stand-in: patchify, fixed projection, position vector, GELU, LN.
+  torch::Tensor encode(const torch::Tensor& images);
+  // Selector + hard Gumbel keep decisions keyed per sample.
+  SelectOut select(const torch::Tensor& images, const std::vector<int64_t>& positions, int64_t step,
+                   uint64_t seed, uint64_t salt);
+  // Merger + task layer: l2-normalised code-space vectors [B,N,C].
+  torch::Tensor merge(const SelectOut& s);
+  // Decoder: reconstruct all N features from code vectors of kept tokens.
+  torch::Tensor decode(const torch::Tensor& zq, const torch::Tensor& keep, const torch::Tensor& keep_hard);
+  // Nearest code (max cosine) for l2-normalised z [.., C].
+  torch::Tensor nearest(const torch::Tensor& z);
+
+  TokenizerConfig cfg;
+  // Frozen, never trained (buffers, not parameters).
+  torch::Tensor enc_proj, enc_pos, codebook, locality, causal_strict, eye;
+  Selector selector{nullptr};
+  torch::nn::ModuleList merger{nullptr}, decoder{nullptr};
+  torch::nn::LayerNorm memory_ln{nullptr}, merger_ln{nullptr}, decoder_ln{nullptr};
+  torch::nn::Linear task1{nullptr}, task2{nullptr}, code_in{nullptr}, out1{nullptr}, out2{nullptr};
+  torch::Tensor rank_emb, queries;
+};
+TORCH_MODULE(Tokenizer);
+
+// Stage 2: a causal transformer LM over text and visual ids.
+struct LMBlockImpl : torch::nn::Module {
+  LMBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& causal);
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  MHA attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(LMBlock);
+
+struct LMImpl : torch::nn::Module {
+  explicit LMImpl(const LMConfig& c);
+  torch::Tensor forward(const torch::Tensor& tokens);  // [B,T] -> logits [B,T,V]
+  LMConfig cfg;
+  torch::nn::Embedding tok{nullptr};
+  torch::Tensor pos, causal;
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(LM);
+
+}  // namespace lavit

@@ -1,0 +1,778 @@
+// shim.cpp: the C ABI over the LaVIT models: flat parameter and gradient
+// buffers, the split training step, AdamW with schedule and groups, the VQ
+// EMA, state bytes, evaluation. Every entry point catches every exception.
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "lavit.h"
+#include "models.h"
+
+namespace F = torch::nn::functional;
+using json = nlohmann::json;
+
+namespace {
+
+thread_local std::string g_error;
+std::mutex g_construct_mu;  // torch::manual_seed is global
+
+// Salts for per-sample randomness: training selection, evaluation, tokenization.
+constexpr uint64_t kSaltTrain = 1, kSaltEval = 2, kSaltKMeans = 3;
+
+struct Optim {
+  double lr = 1e-3, selector_lr = 1e-2, min_lr_ratio = 0.1, weight_decay = 0.01;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, clip = 1.0;
+  int64_t warmup_steps = 0, total_steps = 0;  // total 0 = constant after warmup
+
+  double lr_at(int64_t step, double base) const {
+    if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
+    if (total_steps <= warmup_steps) return base;
+    double t = std::min(1.0, static_cast<double>(step - warmup_steps) / (total_steps - warmup_steps));
+    double min_lr = base * min_lr_ratio;
+    return min_lr + 0.5 * (base - min_lr) * (1.0 + std::cos(M_PI * t));
+  }
+};
+
+struct Segment {
+  std::string name, group;
+  int64_t offset = 0, numel = 0;
+  std::vector<int64_t> shape;
+  bool decay = false;
+  torch::Tensor param;
+};
+
+// Reads a JSON object strictly: unknown keys are errors naming the key.
+void check_keys(const json& obj, const std::string& where, const std::set<std::string>& allowed) {
+  if (!obj.is_object()) throw std::invalid_argument(where + ": want a JSON object");
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (!allowed.count(it.key())) throw std::invalid_argument(where + ": unknown field \"" + it.key() + "\"");
+  }
+}
+
+template <typename T>
+void read(const json& obj, const char* key, T& out) {
+  if (obj.contains(key)) out = obj.at(key).get<T>();
+}
+
+}  // namespace
+
+struct lavit_model {
+  int stage = 1;
+  uint64_t seed = 0;
+  torch::Device device{torch::kCPU};
+  lavit::Tokenizer tok{nullptr};
+  lavit::LM lm{nullptr};
+  Optim opt;
+
+  std::vector<Segment> segs;
+  torch::Tensor params, grads, exp_avg, exp_avg_sq, lr_scale, decay_mask, train_mask;
+  int64_t adam_t = 0;
+  int64_t last_step = 0;
+  bool vq_on = false, selector_frozen = false;
+
+  // The step in flight between begin and finish.
+  bool in_flight = false, finished = false;
+  lavit::SelectOut sel;
+  torch::Tensor valid, tokens, targets;
+  int64_t batch = 0, global_batch = 0;
+  json metrics = json::object();
+
+  torch::nn::Module& root() { return stage == 1 ? static_cast<torch::nn::Module&>(*tok) : *lm; }
+  int64_t patches() const { return tok ? tok->cfg.patches() : 0; }
+};
+
+namespace {
+
+torch::TensorOptions f32(const lavit_model* m) { return torch::TensorOptions().dtype(torch::kFloat).device(m->device); }
+
+// Builds the flat buffers: every trainable parameter's data and .grad become
+// views into one contiguous float32 tensor each.
+void flatten(lavit_model* m) {
+  int64_t total = 0;
+  for (auto& kv : m->root().named_parameters(/*recurse=*/true)) {
+    Segment s;
+    s.name = kv.key();
+    s.param = kv.value();
+    s.numel = s.param.numel();
+    s.shape = s.param.sizes().vec();
+    s.offset = total;
+    s.group = (m->stage == 1 && s.name.rfind("selector.", 0) == 0) ? "selector" : "main";
+    s.decay = s.param.dim() >= 2;
+    total += s.numel;
+    m->segs.push_back(s);
+  }
+  m->params = torch::empty({total}, f32(m));
+  m->grads = torch::zeros({total}, f32(m));
+  m->exp_avg = torch::zeros({total}, f32(m));
+  m->exp_avg_sq = torch::zeros({total}, f32(m));
+  m->lr_scale = torch::ones({total}, f32(m));
+  m->decay_mask = torch::zeros({total}, f32(m));
+  m->train_mask = torch::ones({total}, f32(m));
+  torch::NoGradGuard no_grad;
+  for (auto& s : m->segs) {
+    auto pv = m->params.narrow(0, s.offset, s.numel);
+    pv.copy_(s.param.reshape({-1}));
+    s.param.set_data(pv.view(s.shape));
+    s.param.mutable_grad() = m->grads.narrow(0, s.offset, s.numel).view(s.shape);
+    if (s.group == "selector") m->lr_scale.narrow(0, s.offset, s.numel).fill_(m->opt.selector_lr / m->opt.lr);
+    if (s.decay) m->decay_mask.narrow(0, s.offset, s.numel).fill_(1.0);
+  }
+}
+
+void freeze_group(lavit_model* m, const std::string& group) {
+  torch::NoGradGuard no_grad;
+  for (auto& s : m->segs) {
+    if (s.group == group) m->train_mask.narrow(0, s.offset, s.numel).zero_();
+  }
+}
+
+lavit_model* create(const char* config_json, const char* device, uint64_t seed) {
+  if (!config_json) throw std::invalid_argument("config is NULL");
+  json cfg = json::parse(config_json);
+  check_keys(cfg, "config", {"stage", "tokenizer", "lm", "optim"});
+  auto m = std::make_unique<lavit_model>();
+  m->seed = seed;
+  m->device = torch::Device(device && *device ? device : "cpu");
+  if (m->device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::runtime_error(std::string("device ") + device + " requested but this libtorch has no usable CUDA");
+  }
+  m->stage = cfg.value("stage", 1);
+  if (m->stage != 1 && m->stage != 2) throw std::invalid_argument("config.stage must be 1 or 2");
+  if (cfg.contains("optim")) {
+    const auto& o = cfg["optim"];
+    check_keys(o, "config.optim", {"lr", "selector_lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps",
+                                   "clip", "warmup_steps", "total_steps"});
+    read(o, "lr", m->opt.lr);
+    read(o, "selector_lr", m->opt.selector_lr);
+    read(o, "min_lr_ratio", m->opt.min_lr_ratio);
+    read(o, "weight_decay", m->opt.weight_decay);
+    read(o, "beta1", m->opt.beta1);
+    read(o, "beta2", m->opt.beta2);
+    read(o, "eps", m->opt.eps);
+    read(o, "clip", m->opt.clip);
+    read(o, "warmup_steps", m->opt.warmup_steps);
+    read(o, "total_steps", m->opt.total_steps);
+    if (!(m->opt.lr > 0)) throw std::invalid_argument("config.optim.lr must be positive");
+  }
+  std::lock_guard<std::mutex> lock(g_construct_mu);
+  torch::manual_seed(seed);
+  if (m->stage == 1) {
+    lavit::TokenizerConfig c;
+    if (cfg.contains("tokenizer")) {
+      const auto& t = cfg["tokenizer"];
+      check_keys(t, "config.tokenizer",
+                 {"image", "patch", "channels", "width", "heads", "mlp_ratio", "merger_blocks", "decoder_blocks",
+                  "code_dim", "codebook", "rho", "ratio_weight", "commit_beta", "ema_decay", "gumbel_tau",
+                  "decoder_locality_alpha", "encoder_pos_scale", "kmeans_iters"});
+      read(t, "image", c.image);
+      read(t, "patch", c.patch);
+      read(t, "channels", c.channels);
+      read(t, "width", c.width);
+      read(t, "heads", c.heads);
+      read(t, "mlp_ratio", c.mlp_ratio);
+      read(t, "merger_blocks", c.merger_blocks);
+      read(t, "decoder_blocks", c.decoder_blocks);
+      read(t, "code_dim", c.code_dim);
+      read(t, "codebook", c.codebook);
+      read(t, "rho", c.rho);
+      read(t, "ratio_weight", c.ratio_weight);
+      read(t, "commit_beta", c.commit_beta);
+      read(t, "ema_decay", c.ema_decay);
+      read(t, "gumbel_tau", c.gumbel_tau);
+      read(t, "decoder_locality_alpha", c.decoder_locality_alpha);
+      read(t, "encoder_pos_scale", c.encoder_pos_scale);
+      read(t, "kmeans_iters", c.kmeans_iters);
+    }
+    m->tok = lavit::Tokenizer(c, seed);
+    m->tok->to(m->device);
+  } else {
+    lavit::LMConfig c;
+    if (cfg.contains("lm")) {
+      const auto& l = cfg["lm"];
+      check_keys(l, "config.lm", {"vocab", "d_model", "layers", "heads", "mlp", "max_len"});
+      read(l, "vocab", c.vocab);
+      read(l, "d_model", c.d_model);
+      read(l, "layers", c.layers);
+      read(l, "heads", c.heads);
+      read(l, "mlp", c.mlp);
+      read(l, "max_len", c.max_len);
+    }
+    m->lm = lavit::LM(c);
+    m->lm->to(m->device);
+  }
+  flatten(m.get());
+  return m.release();
+}
+
+torch::Tensor images_tensor(const lavit_model* m, const float* images, int64_t n) {
+  if (!images) throw std::invalid_argument("images is NULL");
+  const auto& c = m->tok->cfg;
+  auto t = torch::from_blob(const_cast<float*>(images), {n, c.channels, c.image, c.image}, torch::kFloat).clone();
+  if (!torch::isfinite(t).all().item<bool>()) throw std::invalid_argument("images contain NaN or Inf");
+  return t.to(m->device);
+}
+
+std::vector<int64_t> positions_vec(const int64_t* positions, int64_t n) {
+  if (!positions) throw std::invalid_argument("positions is NULL");
+  return std::vector<int64_t>(positions, positions + n);
+}
+
+void check_batch(const lavit_model* m, const lavit_batch* b) {
+  if (!b) throw std::invalid_argument("batch is NULL");
+  if (b->batch <= 0) throw std::invalid_argument("batch size must be positive");
+  if (b->global_batch < b->batch) throw std::invalid_argument("global_batch is smaller than the local batch");
+  if (b->step < 0) throw std::invalid_argument("step is negative");
+  if (m->in_flight) throw std::logic_error("a step is already in flight: call step_finish first");
+}
+
+void step_begin(lavit_model* m, const lavit_batch* b, float* pre) {
+  check_batch(m, b);
+  auto pos = positions_vec(b->positions, b->batch);
+  torch::Tensor valid = b->valid ? torch::from_blob(const_cast<uint8_t*>(b->valid), {b->batch}, torch::kUInt8)
+                                       .to(torch::kFloat)
+                                 : torch::ones({b->batch});
+  if (m->stage == 1) {
+    auto images = images_tensor(m, b->images, b->batch);
+    m->sel = m->tok->select(images, pos, b->step, m->seed, kSaltTrain);
+    m->valid = valid.to(m->device);
+    auto kept = (m->sel.keep_hard * m->valid.unsqueeze(1)).sum().item<double>();
+    if (!pre) throw std::invalid_argument("pre_stats is NULL");
+    pre[0] = static_cast<float>(kept);
+    pre[1] = static_cast<float>(valid.sum().item<double>() * m->patches());
+  } else {
+    if (!b->tokens || !b->targets) throw std::invalid_argument("stage 2 needs tokens and targets");
+    const auto V = m->lm->cfg.vocab;
+    if (b->seq_len <= 0 || b->seq_len > m->lm->cfg.max_len) {
+      throw std::invalid_argument("seq_len " + std::to_string(b->seq_len) + " out of range 1.." +
+                                  std::to_string(m->lm->cfg.max_len));
+    }
+    auto tokens = torch::from_blob(const_cast<int64_t*>(b->tokens), {b->batch, b->seq_len}, torch::kLong).clone();
+    auto targets = torch::from_blob(const_cast<int64_t*>(b->targets), {b->batch, b->seq_len}, torch::kLong).clone();
+    if ((tokens < 0).any().item<bool>() || (tokens >= V).any().item<bool>()) {
+      throw std::invalid_argument("token id out of range 0.." + std::to_string(V - 1));
+    }
+    if ((targets < -1).any().item<bool>() || (targets >= V).any().item<bool>()) {
+      throw std::invalid_argument("target id out of range -1.." + std::to_string(V - 1));
+    }
+    m->tokens = tokens.to(m->device);
+    m->targets = targets.to(m->device);
+    m->valid = valid.to(m->device);
+  }
+  m->batch = b->batch;
+  m->global_batch = b->global_batch;
+  m->last_step = b->step;
+  m->in_flight = true;
+}
+
+int64_t pre_stats_numel(const lavit_model* m) { return m->stage == 1 ? 2 : 0; }
+int64_t post_stats_numel(const lavit_model* m) {
+  return m->stage == 1 ? m->tok->cfg.codebook * (m->tok->cfg.code_dim + 1) : 0;
+}
+
+double step_finish(lavit_model* m, const float* gpre, float* post) {
+  if (!m->in_flight) throw std::logic_error("no step in flight: call step_begin first");
+  m->in_flight = false;  // whatever happens, the in-flight graph is dropped below
+  m->grads.zero_();
+  json met = json::object();
+  double local_sum = 0;
+  if (m->stage == 1) {
+    if (!gpre) throw std::invalid_argument("global pre_stats is NULL");
+    auto& tok = m->tok;
+    const auto& c = tok->cfg;
+    const double N = static_cast<double>(c.patches());
+    const double count = std::max<double>(gpre[1], 1.0);
+    const double keep_mean = gpre[0] / count;
+    const double real_samples = count / N;
+    auto sel = std::move(m->sel);
+    m->sel = lavit::SelectOut();
+    auto valid = m->valid;
+    auto z = tok->merge(sel);
+    torch::Tensor zst = z, commit = torch::zeros({z.size(0)}, f32(m)), idx;
+    if (m->vq_on) {
+      idx = tok->nearest(z.detach());
+      auto zq = tok->codebook.index_select(0, idx.view(-1)).view(z.sizes());
+      auto mse = (zq - z).pow(2).mean(-1);  // [B,N]
+      commit = c.commit_beta * (mse * sel.keep_hard).sum(1) / sel.keep_hard.sum(1).clamp_min(1.0);
+      zst = z + (zq - z).detach();
+    }
+    auto xhat = tok->decode(zst, sel.keep, sel.keep_hard);
+    auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
+    auto rec = (1.0 - cos).mean(1);  // [B]
+    auto per_sample = (rec + commit) * valid;
+    auto loss_sum = per_sample.sum();
+    // The ratio penalty λ(ρ − m̄)² over the global batch, as a surrogate whose
+    // gradient, summed over ranks and divided by the global batch, is exact.
+    const double coef = -2.0 * c.ratio_weight * (c.rho - keep_mean) * m->global_batch / (real_samples * N);
+    auto surrogate = coef * (sel.keep * valid.unsqueeze(1)).sum();
+    (loss_sum + surrogate).backward();
+    local_sum = loss_sum.item<double>();
+    const double penalty = c.ratio_weight * (c.rho - keep_mean) * (c.rho - keep_mean);
+    met["rec_sum"] = (rec * valid).sum().item<double>();
+    met["commit_sum"] = (commit * valid).sum().item<double>();
+    met["ratio_penalty"] = penalty;
+    met["keep_mean"] = keep_mean;
+    met["vq"] = m->vq_on ? 1 : 0;
+    if (m->vq_on) {
+      if (!post) throw std::invalid_argument("post_stats is NULL");
+      torch::NoGradGuard no_grad;
+      const int64_t K = c.codebook, C = c.code_dim;
+      auto w = (sel.keep_hard * valid.unsqueeze(1)).reshape({-1});  // [B*N]
+      auto onehot = F::one_hot(idx.reshape({-1}), K).to(torch::kFloat) * w.unsqueeze(1);  // [B*N,K]
+      auto sums = torch::matmul(onehot.t(), z.detach().reshape({-1, C}));                  // [K,C]
+      auto counts = onehot.sum(0);                                                       // [K]
+      auto out = torch::cat({sums.reshape({-1}), counts}).to(torch::kCPU).contiguous();
+      std::memcpy(post, out.data_ptr<float>(), sizeof(float) * out.numel());
+    } else if (post) {
+      std::memset(post, 0, sizeof(float) * post_stats_numel(m));
+    }
+  } else {
+    auto logits = m->lm->forward(m->tokens);
+    auto logp = torch::log_softmax(logits, -1);
+    auto mask = (m->targets >= 0).to(torch::kFloat);
+    auto nll = -logp.gather(-1, m->targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask;
+    auto per_sample = nll.sum(1) / mask.sum(1).clamp_min(1.0) * m->valid;
+    auto loss_sum = per_sample.sum();
+    loss_sum.backward();
+    local_sum = loss_sum.item<double>();
+    met["tokens"] = mask.sum().item<double>();
+    m->tokens = m->targets = torch::Tensor();
+  }
+  met["loss_sum"] = local_sum;
+  met["samples"] = m->valid.sum().item<double>();
+  m->metrics = met;
+  m->finished = true;
+  return local_sum;
+}
+
+void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
+  if (!m->finished) throw std::logic_error("no finished step to apply: call step_finish first");
+  if (global_batch <= 0) throw std::invalid_argument("global_batch must be positive");
+  m->finished = false;
+  torch::NoGradGuard no_grad;
+  auto g = m->grads / static_cast<double>(global_batch) * m->train_mask;
+  if (!torch::isfinite(g).all().item<bool>()) throw std::runtime_error("gradients contain NaN or Inf; step not applied");
+  const double norm = g.norm().item<double>();
+  if (m->opt.clip > 0 && norm > m->opt.clip) g = g * (m->opt.clip / (norm + 1e-6));
+  m->metrics["grad_norm"] = norm;
+  m->adam_t += 1;
+  const double lr = m->opt.lr_at(m->last_step, m->opt.lr);
+  m->metrics["lr"] = lr;
+  const double b1 = m->opt.beta1, b2 = m->opt.beta2;
+  auto train = m->train_mask > 0;
+  auto ea = torch::where(train, m->exp_avg * b1 + g * (1 - b1), m->exp_avg);
+  auto eas = torch::where(train, m->exp_avg_sq * b2 + g * g * (1 - b2), m->exp_avg_sq);
+  const double bc1 = 1 - std::pow(b1, static_cast<double>(m->adam_t));
+  const double bc2 = 1 - std::pow(b2, static_cast<double>(m->adam_t));
+  auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps) + m->opt.weight_decay * m->decay_mask * m->params;
+  m->params.sub_(lr * m->lr_scale * m->train_mask * update);
+  m->exp_avg.copy_(ea);
+  m->exp_avg_sq.copy_(eas);
+  if (m->stage == 1 && m->vq_on) {
+    if (!gpost) throw std::invalid_argument("global post_stats is NULL");
+    const auto& c = m->tok->cfg;
+    const int64_t K = c.codebook, C = c.code_dim;
+    auto stats = torch::from_blob(const_cast<float*>(gpost), {K * (C + 1)}, torch::kFloat).to(m->device);
+    auto sums = stats.narrow(0, 0, K * C).view({K, C});
+    auto counts = stats.narrow(0, K * C, K);
+    auto used = (counts > 0).unsqueeze(1);
+    auto centroid = F::normalize(sums / counts.clamp_min(1.0).unsqueeze(1), F::NormalizeFuncOptions().dim(-1));
+    auto next = F::normalize(m->tok->codebook * c.ema_decay + centroid * (1 - c.ema_decay),
+                             F::NormalizeFuncOptions().dim(-1));
+    m->tok->codebook.copy_(torch::where(used, next, m->tok->codebook));  // dead codes keep their value
+    m->metrics["codes_used"] = (counts > 0).sum().item<double>();
+  }
+}
+
+// Spherical k-means on rows of x (l2-normalised), seeded.
+torch::Tensor kmeans(const torch::Tensor& x, int64_t K, int64_t iters, uint64_t key) {
+  auto gen = at::detail::createCPUGenerator(key);
+  const int64_t M = x.size(0);
+  torch::Tensor init;
+  if (M >= K) {
+    init = x.index_select(0, torch::randperm(M, gen).narrow(0, 0, K).to(x.device()));
+  } else {
+    auto pick = torch::randint(M, {K}, gen).to(x.device());
+    init = x.index_select(0, pick) + 0.01 * torch::randn({K, x.size(1)}, gen).to(x.device());
+  }
+  auto cent = F::normalize(init, F::NormalizeFuncOptions().dim(-1));
+  for (int64_t it = 0; it < iters; ++it) {
+    auto assign = torch::matmul(x, cent.t()).argmax(-1);
+    auto onehot = F::one_hot(assign, K).to(torch::kFloat);
+    auto sums = torch::matmul(onehot.t(), x);
+    auto counts = onehot.sum(0).unsqueeze(1);
+    auto next = F::normalize(sums / counts.clamp_min(1.0), F::NormalizeFuncOptions().dim(-1));
+    cent = torch::where(counts > 0, next, cent);  // empty clusters keep their centre
+  }
+  return cent;
+}
+
+void vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step) {
+  if (m->stage != 1) throw std::logic_error("vq_enable is for stage-1 models");
+  if (m->in_flight) throw std::logic_error("a step is in flight");
+  if (n <= 0) throw std::invalid_argument("vq_enable needs at least one image");
+  torch::NoGradGuard no_grad;
+  auto imgs = images_tensor(m, images, n);
+  auto pos = positions_vec(positions, n);
+  auto sel = m->tok->select(imgs, pos, step, m->seed, kSaltKMeans);
+  auto z = m->tok->merge(sel);
+  auto kept = sel.keep_hard.reshape({-1}) > 0;
+  auto rows = z.reshape({-1, z.size(-1)}).index({kept});
+  if (rows.size(0) == 0) throw std::runtime_error("vq_enable: the selector kept no tokens in these images");
+  const auto& c = m->tok->cfg;
+  m->tok->codebook.copy_(kmeans(rows, c.codebook, c.kmeans_iters, lavit::sample_key(m->seed, kSaltKMeans, step, 0)));
+  m->vq_on = true;
+  if (!m->selector_frozen) {
+    freeze_group(m, "selector");
+    m->selector_frozen = true;
+  }
+}
+
+// ---- state bytes -------------------------------------------------------------
+// "LAVITST1" | u32 abi | u32 stage | u64 adam_t | u64 last_step | u8 vq_on | u8 selector_frozen
+// | u32 tensor count | per tensor: u32 name length, name, u64 numel, float32 data
+// | u32 FNV-1a checksum of everything before it.
+
+constexpr char kMagic[8] = {'L', 'A', 'V', 'I', 'T', 'S', 'T', '1'};
+
+uint32_t fnv1a(const uint8_t* p, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> state_tensors(lavit_model* m) {
+  std::vector<std::pair<std::string, torch::Tensor>> t = {
+      {"params", m->params}, {"exp_avg", m->exp_avg}, {"exp_avg_sq", m->exp_avg_sq}, {"train_mask", m->train_mask}};
+  if (m->stage == 1) t.push_back({"codebook", m->tok->codebook});
+  return t;
+}
+
+template <typename T>
+void put(std::vector<uint8_t>& out, T v) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&v);
+  out.insert(out.end(), p, p + sizeof(T));
+}
+
+std::vector<uint8_t> state_save(lavit_model* m) {
+  if (m->in_flight) throw std::logic_error("cannot save while a step is in flight");
+  std::vector<uint8_t> out(kMagic, kMagic + 8);
+  put<uint32_t>(out, LAVIT_ABI_VERSION);
+  put<uint32_t>(out, static_cast<uint32_t>(m->stage));
+  put<uint64_t>(out, static_cast<uint64_t>(m->adam_t));
+  put<uint64_t>(out, static_cast<uint64_t>(m->last_step));
+  put<uint8_t>(out, m->vq_on);
+  put<uint8_t>(out, m->selector_frozen);
+  auto ts = state_tensors(m);
+  put<uint32_t>(out, static_cast<uint32_t>(ts.size()));
+  for (auto& [name, t] : ts) {
+    put<uint32_t>(out, static_cast<uint32_t>(name.size()));
+    out.insert(out.end(), name.begin(), name.end());
+    auto cpu = t.detach().to(torch::kCPU).contiguous().reshape({-1});
+    put<uint64_t>(out, static_cast<uint64_t>(cpu.numel()));
+    const auto* p = reinterpret_cast<const uint8_t*>(cpu.data_ptr<float>());
+    out.insert(out.end(), p, p + cpu.numel() * sizeof(float));
+  }
+  put<uint32_t>(out, fnv1a(out.data(), out.size()));
+  return out;
+}
+
+struct Reader {
+  const uint8_t* p;
+  size_t n, off = 0;
+  template <typename T>
+  T get(const char* what) {
+    if (off + sizeof(T) > n) throw std::invalid_argument(std::string("state is truncated (reading ") + what + ")");
+    T v;
+    std::memcpy(&v, p + off, sizeof(T));
+    off += sizeof(T);
+    return v;
+  }
+};
+
+void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
+  if (m->in_flight) throw std::logic_error("cannot load while a step is in flight");
+  if (!data || len < 12) throw std::invalid_argument("state is empty or truncated");
+  const size_t n = static_cast<size_t>(len);
+  if (std::memcmp(data, kMagic, 8) != 0) throw std::invalid_argument("not a lavit state (bad magic)");
+  uint32_t sum;
+  std::memcpy(&sum, data + n - 4, 4);
+  if (fnv1a(data, n - 4) != sum) throw std::invalid_argument("state checksum mismatch (truncated or corrupt)");
+  Reader r{data, n - 4, 8};
+  if (r.get<uint32_t>("abi") != LAVIT_ABI_VERSION) throw std::invalid_argument("state written by another ABI version");
+  if (static_cast<int>(r.get<uint32_t>("stage")) != m->stage) throw std::invalid_argument("state is for another stage");
+  auto adam_t = static_cast<int64_t>(r.get<uint64_t>("adam_t"));
+  auto last_step = static_cast<int64_t>(r.get<uint64_t>("step"));
+  bool vq_on = r.get<uint8_t>("vq") != 0, frozen = r.get<uint8_t>("frozen") != 0;
+  auto targets = state_tensors(m);
+  auto count = r.get<uint32_t>("tensor count");
+  if (count != targets.size()) throw std::invalid_argument("state has " + std::to_string(count) + " tensors, model " + std::to_string(targets.size()));
+  // Parse everything into temporaries first: nothing changes unless all is well.
+  std::vector<torch::Tensor> loaded;
+  for (auto& [name, t] : targets) {
+    auto nl = r.get<uint32_t>("name length");
+    if (nl > 256 || r.off + nl > r.n) throw std::invalid_argument("state is truncated (tensor name)");
+    std::string got(reinterpret_cast<const char*>(data + r.off), nl);
+    r.off += nl;
+    if (got != name) throw std::invalid_argument("state tensor \"" + got + "\" where \"" + name + "\" was expected");
+    auto numel = r.get<uint64_t>("numel");
+    if (static_cast<int64_t>(numel) != t.numel()) {
+      throw std::invalid_argument("state tensor " + name + " has " + std::to_string(numel) + " values, model needs " +
+                                  std::to_string(t.numel()));
+    }
+    if (r.off + numel * sizeof(float) > r.n) throw std::invalid_argument("state is truncated (" + name + " data)");
+    auto cpu = torch::empty({static_cast<int64_t>(numel)}, torch::kFloat);
+    std::memcpy(cpu.data_ptr<float>(), data + r.off, numel * sizeof(float));
+    r.off += numel * sizeof(float);
+    loaded.push_back(cpu);
+  }
+  if (r.off != r.n) throw std::invalid_argument("state has trailing bytes");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < targets.size(); ++i) targets[i].second.copy_(loaded[i].view(targets[i].second.sizes()));
+  m->adam_t = adam_t;
+  m->last_step = last_step;
+  m->vq_on = vq_on;
+  m->selector_frozen = frozen;
+  m->finished = false;
+}
+
+json model_info(lavit_model* m) {
+  json info = json::object();
+  info["stage"] = m->stage;
+  info["device"] = m->device.str();
+  int64_t trainable = 0;
+  json ps = json::array();
+  for (auto& s : m->segs) {
+    ps.push_back({{"name", s.name}, {"shape", s.shape}, {"offset", s.offset}, {"numel", s.numel}, {"group", s.group}});
+    trainable += s.numel;
+  }
+  info["params"] = ps;
+  info["param_count"] = trainable;
+  info["grad_numel"] = m->grads.numel();
+  info["pre_stats"] = pre_stats_numel(m);
+  info["post_stats"] = post_stats_numel(m);
+  info["vq_on"] = m->vq_on;
+  info["selector_frozen"] = m->selector_frozen;
+  info["adam_t"] = m->adam_t;
+  if (m->stage == 1) {
+    const auto& c = m->tok->cfg;
+    info["patches"] = c.patches();
+    info["width"] = c.width;
+    info["code_dim"] = c.code_dim;
+    info["codebook"] = c.codebook;
+    info["image"] = c.image;
+    info["channels"] = c.channels;
+  } else {
+    info["vocab"] = m->lm->cfg.vocab;
+    info["max_len"] = m->lm->cfg.max_len;
+    info["d_model"] = m->lm->cfg.d_model;
+  }
+  return info;
+}
+
+char* dup_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+// guard runs fn and turns any exception into an error return.
+template <typename Fn>
+int guard(Fn&& fn) {
+  try {
+    fn();
+    return 0;
+  } catch (const c10::Error& e) {
+    g_error = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    g_error = e.what();
+  } catch (...) {
+    g_error = "unknown C++ exception";
+  }
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+int lavit_abi_version(void) { return LAVIT_ABI_VERSION; }
+
+const char* lavit_last_error(void) { return g_error.c_str(); }
+
+char* lavit_build_info(void) {
+  char* out = nullptr;
+  guard([&] {
+    json j = {{"torch", TORCH_VERSION}, {"cuda", torch::cuda::is_available()}, {"threads", torch::get_num_threads()},
+              {"abi", LAVIT_ABI_VERSION}};
+    out = dup_string(j.dump());
+  });
+  return out;
+}
+
+void lavit_free_string(char* s) { std::free(s); }
+
+int lavit_set_threads(int n) {
+  return guard([&] {
+    if (n < 1) throw std::invalid_argument("threads must be at least 1");
+    torch::set_num_threads(n);
+  });
+}
+
+lavit_model* lavit_model_create(const char* config_json, const char* device, uint64_t seed) {
+  lavit_model* out = nullptr;
+  guard([&] { out = create(config_json, device, seed); });
+  return out;
+}
+
+void lavit_model_free(lavit_model* m) { delete m; }
+
+char* lavit_model_info(lavit_model* m) {
+  char* out = nullptr;
+  guard([&] { out = dup_string(model_info(m).dump()); });
+  return out;
+}
+
+int64_t lavit_grad_numel(lavit_model* m) { return m->grads.numel(); }
+void* lavit_grad_data(lavit_model* m) { return m->grads.data_ptr(); }
+void* lavit_param_data(lavit_model* m) { return m->params.data_ptr(); }
+int64_t lavit_pre_stats_numel(lavit_model* m) { return pre_stats_numel(m); }
+int64_t lavit_post_stats_numel(lavit_model* m) { return post_stats_numel(m); }
+
+int lavit_step_begin(lavit_model* m, const lavit_batch* b, float* pre_stats) {
+  return guard([&] {
+    try {
+      step_begin(m, b, pre_stats);
+    } catch (...) {
+      m->in_flight = false;
+      m->sel = lavit::SelectOut();
+      throw;
+    }
+  });
+}
+
+int lavit_step_finish(lavit_model* m, const float* global_pre_stats, float* post_stats, double* local_loss_sum) {
+  return guard([&] {
+    double v = step_finish(m, global_pre_stats, post_stats);
+    if (local_loss_sum) *local_loss_sum = v;
+  });
+}
+
+int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats) {
+  return guard([&] { step_apply(m, global_batch, global_post_stats); });
+}
+
+char* lavit_last_metrics(lavit_model* m) {
+  char* out = nullptr;
+  guard([&] { out = dup_string(m->metrics.dump()); });
+  return out;
+}
+
+int lavit_vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step) {
+  return guard([&] { vq_enable(m, images, n, positions, step); });
+}
+
+int lavit_state_save(lavit_model* m, uint8_t** out, int64_t* out_len) {
+  return guard([&] {
+    auto bytes = state_save(m);
+    auto* p = static_cast<uint8_t*>(std::malloc(bytes.size()));
+    if (!p) throw std::bad_alloc();
+    std::memcpy(p, bytes.data(), bytes.size());
+    *out = p;
+    *out_len = static_cast<int64_t>(bytes.size());
+  });
+}
+
+void lavit_free_bytes(uint8_t* p) { std::free(p); }
+
+int lavit_state_load(lavit_model* m, const uint8_t* data, int64_t len) {
+  return guard([&] { state_load(m, data, len); });
+}
+
+int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step,
+                      float* cos_loss, float* keep_prob, uint8_t* keep, int64_t* codes, float* features) {
+  return guard([&] {
+    if (m->stage != 1) throw std::logic_error("eval_stage1 needs a stage-1 model");
+    torch::NoGradGuard no_grad;
+    auto imgs = images_tensor(m, images, n);
+    auto sel = m->tok->select(imgs, positions_vec(positions, n), step, m->seed, kSaltEval);
+    auto z = m->tok->merge(sel);
+    torch::Tensor zq = z, idx = torch::full({n, m->patches()}, -1, torch::kLong);
+    if (m->vq_on) {
+      idx = m->tok->nearest(z);
+      zq = m->tok->codebook.index_select(0, idx.view(-1)).view(z.sizes());
+    }
+    auto xhat = m->tok->decode(zq, sel.keep_hard, sel.keep_hard);
+    auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
+    auto copy = [](const torch::Tensor& t, void* dst, size_t elem) {
+      auto c = t.to(torch::kCPU).contiguous();
+      std::memcpy(dst, c.data_ptr(), c.numel() * elem);
+    };
+    if (cos_loss) copy((1.0 - cos).to(torch::kFloat), cos_loss, sizeof(float));
+    if (keep_prob) copy(sel.logp.select(-1, 0).exp(), keep_prob, sizeof(float));
+    if (keep) copy(sel.keep_hard.to(torch::kUInt8), keep, 1);
+    if (codes) copy(idx.to(torch::kLong), codes, sizeof(int64_t));
+    if (features) copy(sel.feats, features, sizeof(float));
+  });
+}
+
+int lavit_tokenize(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step,
+                   int64_t* ids, int64_t* counts) {
+  return guard([&] {
+    if (m->stage != 1) throw std::logic_error("tokenize needs a stage-1 model");
+    if (!m->vq_on) throw std::logic_error("tokenize needs a trained tokenizer with VQ on (phase B)");
+    torch::NoGradGuard no_grad;
+    auto imgs = images_tensor(m, images, n);
+    auto sel = m->tok->select(imgs, positions_vec(positions, n), step, m->seed, kSaltEval);
+    auto idx = m->tok->nearest(m->tok->merge(sel)).to(torch::kCPU);
+    auto kh = sel.keep_hard.to(torch::kCPU);
+    const int64_t N = m->patches();
+    auto ia = idx.accessor<int64_t, 2>();
+    auto ka = kh.accessor<float, 2>();
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t c = 0;
+      for (int64_t j = 0; j < N; ++j) {
+        if (ka[i][j] > 0.5f) ids[i * N + c++] = ia[i][j];
+      }
+      for (int64_t j = c; j < N; ++j) ids[i * N + j] = -1;
+      counts[i] = c;
+    }
+  });
+}
+
+int lavit_lm_logprobs(lavit_model* m, const int64_t* tokens, int64_t n, int64_t seq_len, float* out) {
+  return guard([&] {
+    if (m->stage != 2) throw std::logic_error("lm_logprobs needs a stage-2 model");
+    if (!tokens || !out) throw std::invalid_argument("tokens or out is NULL");
+    torch::NoGradGuard no_grad;
+    auto t = torch::from_blob(const_cast<int64_t*>(tokens), {n, seq_len}, torch::kLong).clone();
+    if ((t < 0).any().item<bool>() || (t >= m->lm->cfg.vocab).any().item<bool>()) {
+      throw std::invalid_argument("token id out of range");
+    }
+    auto lp = torch::log_softmax(m->lm->forward(t.to(m->device)), -1).to(torch::kCPU).contiguous();
+    std::memcpy(out, lp.data_ptr<float>(), lp.numel() * sizeof(float));
+  });
+}
+
+int lavit_bench_steps(lavit_model* m, const lavit_batch* b, int64_t n, double* ms_per_step) {
+  return guard([&] {
+    std::vector<float> pre(pre_stats_numel(m)), post(post_stats_numel(m));
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < n; ++i) {
+      step_begin(m, b, pre.data());
+      step_finish(m, pre.data(), post.data());
+      step_apply(m, b->global_batch, post.data());
+    }
+    auto dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    *ms_per_step = dt / static_cast<double>(std::max<int64_t>(n, 1));
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,491 @@
+package trainer
+
+/*
+#include <stdlib.h>
+#include "shim_loader.h"
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+)
+
+// withThread runs fn on a locked OS thread, so the shim's thread-local
+// error message is read on the thread that failed.
+func withThread(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return fn()
+}
+
+// ParamInfo is one parameter's place in the flat buffers.
+type ParamInfo struct {
+	Name   string  `json:"name"`
+	Shape  []int64 `json:"shape"`
+	Offset int64   `json:"offset"`
+	Numel  int64   `json:"numel"`
+	Group  string  `json:"group"`
+}
+
+// Info describes a model.
+type Info struct {
+	Stage          int         `json:"stage"`
+	Device         string      `json:"device"`
+	Params         []ParamInfo `json:"params"`
+	ParamCount     int64       `json:"param_count"`
+	GradNumel      int64       `json:"grad_numel"`
+	PreStats       int64       `json:"pre_stats"`
+	PostStats      int64       `json:"post_stats"`
+	VQOn           bool        `json:"vq_on"`
+	SelectorFrozen bool        `json:"selector_frozen"`
+	AdamT          int64       `json:"adam_t"`
+	Patches        int64       `json:"patches"`
+	Width          int64       `json:"width"`
+	CodeDim        int64       `json:"code_dim"`
+	Codebook       int64       `json:"codebook"`
+	Image          int64       `json:"image"`
+	Channels       int64       `json:"channels"`
+	Vocab          int64       `json:"vocab"`
+	MaxLen         int64       `json:"max_len"`
+	DModel         int64       `json:"d_model"`
+}
+
+// Model is one LaVIT model (stage 1 or stage 2) in the shim. A Model is not
+// safe for concurrent use.
+type Model struct {
+	lib  *Lib
+	m    *C.lavit_model
+	info Info
+	cfg  Config
+}
+
+// NewModel creates a model from a validated config on a device ("cpu",
+// "cuda:0") with a seed.
+func (l *Lib) NewModel(cfg Config, device string, seed uint64) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode model config: %w", err)
+	}
+	ccfg, cdev := C.CString(string(js)), C.CString(device)
+	defer C.free(unsafe.Pointer(ccfg))
+	defer C.free(unsafe.Pointer(cdev))
+	mod := &Model{lib: l, cfg: cfg}
+	err = withThread(func() error {
+		mod.m = C.c_model_create(&l.api, ccfg, cdev, C.uint64_t(seed))
+		if mod.m == nil {
+			return l.lastError("create model")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	runtime.SetFinalizer(mod, (*Model).Close)
+	if err := mod.refreshInfo(); err != nil {
+		mod.Close()
+		return nil, err
+	}
+	return mod, nil
+}
+
+func (m *Model) refreshInfo() error {
+	s := m.lib.takeString(C.c_model_info(&m.lib.api, m.m))
+	if s == "" {
+		return errors.New("model info unavailable")
+	}
+	return json.Unmarshal([]byte(s), &m.info)
+}
+
+// Info describes the model (refreshed after VQ is switched on or a state loads).
+func (m *Model) Info() Info { return m.info }
+
+// Config is the model's config.
+func (m *Model) Config() Config { return m.cfg }
+
+// Close frees the model. It is safe to call twice.
+func (m *Model) Close() {
+	if m.m != nil {
+		C.c_model_free(&m.lib.api, m.m)
+		m.m = nil
+		runtime.SetFinalizer(m, nil)
+	}
+}
+
+// Grads is the flat gradient buffer (every trainable parameter's gradient
+// is a view into it), valid until Close. On a CUDA model it is device memory
+// and nil here; collectives use GradsDevicePtr.
+func (m *Model) Grads() []float32 {
+	if m.info.Device != "cpu" {
+		return nil
+	}
+	n := int(C.c_grad_numel(&m.lib.api, m.m))
+	return unsafe.Slice((*float32)(C.c_grad_data(&m.lib.api, m.m)), n)
+}
+
+// GradsDevicePtr is the flat gradient buffer's address on the model's device.
+func (m *Model) GradsDevicePtr() uintptr { return uintptr(C.c_grad_data(&m.lib.api, m.m)) }
+
+// Params is the flat parameter buffer (CPU models only), same layout as Grads.
+func (m *Model) Params() []float32 {
+	if m.info.Device != "cpu" {
+		return nil
+	}
+	n := int(C.c_grad_numel(&m.lib.api, m.m))
+	return unsafe.Slice((*float32)(C.c_param_data(&m.lib.api, m.m)), n)
+}
+
+// Batch is one local batch.
+type Batch struct {
+	Step        int64
+	GlobalBatch int64
+	// Positions are the samples' global positions in the epoch stream; they
+	// key per-sample randomness, so a sample gets the same noise on any worker.
+	Positions []int64
+	// Valid marks real samples; nil means all are real. Masked samples keep
+	// their place but add nothing to the loss or the statistics.
+	Valid []bool
+	// Images (stage 1): len(Positions) × channels × image × image floats in [0,1].
+	Images []float32
+	// Tokens and Targets (stage 2): len(Positions) × SeqLen ids; target -1 = no loss.
+	Tokens  []int64
+	Targets []int64
+	SeqLen  int
+}
+
+func (m *Model) checkBatch(b *Batch) error {
+	n := len(b.Positions)
+	if n == 0 {
+		return errors.New("batch: no samples")
+	}
+	if b.GlobalBatch < int64(n) {
+		return fmt.Errorf("batch: global batch %d is smaller than the local batch %d", b.GlobalBatch, n)
+	}
+	if b.Valid != nil && len(b.Valid) != n {
+		return fmt.Errorf("batch: %d valid flags for %d samples", len(b.Valid), n)
+	}
+	switch m.info.Stage {
+	case 1:
+		want := n * int(m.info.Channels*m.info.Image*m.info.Image)
+		if len(b.Images) != want {
+			return fmt.Errorf("batch: %d image floats, want %d (%d samples × %d×%d×%d)", len(b.Images), want, n, m.info.Channels, m.info.Image, m.info.Image)
+		}
+	case 2:
+		if b.SeqLen <= 0 || int64(b.SeqLen) > m.info.MaxLen {
+			return fmt.Errorf("batch: sequence length %d out of range 1..%d", b.SeqLen, m.info.MaxLen)
+		}
+		if len(b.Tokens) != n*b.SeqLen || len(b.Targets) != n*b.SeqLen {
+			return fmt.Errorf("batch: %d tokens and %d targets, want %d each (%d × %d)", len(b.Tokens), len(b.Targets), n*b.SeqLen, n, b.SeqLen)
+		}
+	}
+	return nil
+}
+
+// cBatch builds the C batch struct; the pinner keeps the Go memory it points
+// to in place for the call.
+func cBatch(b *Batch, p *runtime.Pinner) *C.lavit_batch {
+	cb := &C.lavit_batch{
+		batch:        C.int64_t(len(b.Positions)),
+		global_batch: C.int64_t(b.GlobalBatch),
+		step:         C.int64_t(b.Step),
+		seq_len:      C.int64_t(b.SeqLen),
+	}
+	p.Pin(&b.Positions[0])
+	cb.positions = (*C.int64_t)(unsafe.Pointer(&b.Positions[0]))
+	if b.Valid != nil {
+		v := make([]uint8, len(b.Valid))
+		for i, ok := range b.Valid {
+			if ok {
+				v[i] = 1
+			}
+		}
+		p.Pin(&v[0])
+		cb.valid = (*C.uint8_t)(unsafe.Pointer(&v[0]))
+	}
+	if len(b.Images) > 0 {
+		p.Pin(&b.Images[0])
+		cb.images = (*C.float)(unsafe.Pointer(&b.Images[0]))
+	}
+	if len(b.Tokens) > 0 {
+		p.Pin(&b.Tokens[0])
+		p.Pin(&b.Targets[0])
+		cb.tokens = (*C.int64_t)(unsafe.Pointer(&b.Tokens[0]))
+		cb.targets = (*C.int64_t)(unsafe.Pointer(&b.Targets[0]))
+	}
+	p.Pin(cb)
+	return cb
+}
+
+func floatPtr(s []float32) *C.float {
+	if len(s) == 0 {
+		return nil
+	}
+	return (*C.float)(unsafe.Pointer(&s[0]))
+}
+
+// StepBegin runs the forward pass up to the batch statistics and returns
+// this rank's partial sums (to be all-reduced by sum).
+func (m *Model) StepBegin(b *Batch) ([]float32, error) {
+	if err := m.checkBatch(b); err != nil {
+		return nil, err
+	}
+	pre := make([]float32, max(m.info.PreStats, 1))
+	err := withThread(func() error {
+		var p runtime.Pinner
+		defer p.Unpin()
+		if C.c_step_begin(&m.lib.api, m.m, cBatch(b, &p), floatPtr(pre)) != 0 {
+			return m.lib.lastError("step begin")
+		}
+		return nil
+	})
+	return pre[:m.info.PreStats], err
+}
+
+// StepFinish finishes the forward pass with the globally reduced statistics
+// and runs backward into the flat gradient buffer. It returns this rank's
+// partial post-step statistics (VQ sums and counts) and its loss sum.
+func (m *Model) StepFinish(globalPre []float32) (post []float32, lossSum float64, err error) {
+	if int64(len(globalPre)) != m.info.PreStats {
+		return nil, 0, fmt.Errorf("step finish: %d pre-stats, want %d", len(globalPre), m.info.PreStats)
+	}
+	post = make([]float32, max(m.info.PostStats, 1))
+	var loss C.double
+	err = withThread(func() error {
+		if C.c_step_finish(&m.lib.api, m.m, floatPtr(globalPre), floatPtr(post), &loss) != 0 {
+			return m.lib.lastError("step finish")
+		}
+		return nil
+	})
+	return post[:m.info.PostStats], float64(loss), err
+}
+
+// ApplyGrads applies the optimizer step after the gradient buffer and the
+// post-stats have been all-reduced: gradients are divided by the global
+// batch, clipped, and AdamW updates the trainable groups.
+func (m *Model) ApplyGrads(globalBatch int64, globalPost []float32) error {
+	if int64(len(globalPost)) != m.info.PostStats {
+		return fmt.Errorf("apply: %d post-stats, want %d", len(globalPost), m.info.PostStats)
+	}
+	return withThread(func() error {
+		if C.c_step_apply(&m.lib.api, m.m, C.int64_t(globalBatch), floatPtr(globalPost)) != 0 {
+			return m.lib.lastError("apply gradients")
+		}
+		return nil
+	})
+}
+
+// Metrics returns the last step's metrics.
+func (m *Model) Metrics() (map[string]float64, error) {
+	s := m.lib.takeString(C.c_last_metrics(&m.lib.api, m.m))
+	out := map[string]float64{}
+	return out, json.Unmarshal([]byte(s), &out)
+}
+
+// Reducer sums a buffer across all ranks in place (a collective all-reduce).
+type Reducer func(ctx context.Context, buf []float32) error
+
+// LocalReducer is the reducer of a world of one: nothing to add.
+func LocalReducer(context.Context, []float32) error { return nil }
+
+// StepResult is what one full step reports.
+type StepResult struct {
+	LossSum float64
+	Metrics map[string]float64
+}
+
+// Step runs one full data-parallel step: begin, reduce the batch
+// statistics, finish, reduce the gradients and post-statistics, apply.
+func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer) (StepResult, error) {
+	pre, err := m.StepBegin(b)
+	if err != nil {
+		return StepResult{}, err
+	}
+	if err := reduce(ctx, pre); err != nil {
+		return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
+	}
+	post, loss, err := m.StepFinish(pre)
+	if err != nil {
+		return StepResult{}, err
+	}
+	if err := reduce(ctx, m.Grads()); err != nil {
+		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
+	}
+	if err := reduce(ctx, post); err != nil {
+		return StepResult{}, fmt.Errorf("reduce codebook statistics: %w", err)
+	}
+	if err := m.ApplyGrads(b.GlobalBatch, post); err != nil {
+		return StepResult{}, err
+	}
+	met, err := m.Metrics()
+	return StepResult{LossSum: loss, Metrics: met}, err
+}
+
+// EnableVQ switches stage 1 to phase B: k-means codebook init from these
+// images' kept tokens, selector frozen.
+func (m *Model) EnableVQ(images []float32, positions []int64, step int64) error {
+	if err := m.checkImages(images, positions); err != nil {
+		return err
+	}
+	err := withThread(func() error {
+		if C.c_vq_enable(&m.lib.api, m.m, floatPtr(images), C.int64_t(len(positions)), (*C.int64_t)(unsafe.Pointer(&positions[0])), C.int64_t(step)) != 0 {
+			return m.lib.lastError("enable VQ")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.refreshInfo()
+}
+
+func (m *Model) checkImages(images []float32, positions []int64) error {
+	if m.info.Stage != 1 {
+		return errors.New("this needs a stage-1 model")
+	}
+	if len(positions) == 0 {
+		return errors.New("no images")
+	}
+	want := len(positions) * int(m.info.Channels*m.info.Image*m.info.Image)
+	if len(images) != want {
+		return fmt.Errorf("%d image floats for %d images, want %d", len(images), len(positions), want)
+	}
+	return nil
+}
+
+// State returns the full training state (params, Adam moments, counters,
+// codebook, phase) as bytes.
+func (m *Model) State() ([]byte, error) {
+	var out []byte
+	err := withThread(func() error {
+		var p *C.uint8_t
+		var n C.int64_t
+		if C.c_state_save(&m.lib.api, m.m, &p, &n) != 0 {
+			return m.lib.lastError("save state")
+		}
+		defer C.c_free_bytes(&m.lib.api, p)
+		out = C.GoBytes(unsafe.Pointer(p), C.int(n))
+		return nil
+	})
+	return out, err
+}
+
+// Load restores a state from State. On error nothing changes.
+func (m *Model) Load(state []byte) error {
+	if len(state) == 0 {
+		return errors.New("load state: empty")
+	}
+	err := withThread(func() error {
+		if C.c_state_load(&m.lib.api, m.m, (*C.uint8_t)(unsafe.Pointer(&state[0])), C.int64_t(len(state))) != 0 {
+			return m.lib.lastError("load state")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.refreshInfo()
+}
+
+// Stage1Eval holds per-patch evaluation outputs, row-major [n, patches].
+type Stage1Eval struct {
+	N, Patches, Width int
+	CosLoss           []float32 // 1 − cos(reconstruction, frozen feature)
+	KeepProb          []float32
+	Keep              []bool
+	Codes             []int64   // -1 without VQ
+	Features          []float32 // [n, patches, width], if asked for
+}
+
+// EvalStage1 evaluates a stage-1 model on images.
+func (m *Model) EvalStage1(images []float32, positions []int64, step int64, withFeatures bool) (*Stage1Eval, error) {
+	if err := m.checkImages(images, positions); err != nil {
+		return nil, err
+	}
+	n, np := len(positions), int(m.info.Patches)
+	e := &Stage1Eval{N: n, Patches: np, Width: int(m.info.Width),
+		CosLoss: make([]float32, n*np), KeepProb: make([]float32, n*np), Keep: make([]bool, n*np), Codes: make([]int64, n*np)}
+	keep := make([]uint8, n*np)
+	var feats *C.float
+	if withFeatures {
+		e.Features = make([]float32, n*np*e.Width)
+		feats = floatPtr(e.Features)
+	}
+	err := withThread(func() error {
+		if C.c_eval_stage1(&m.lib.api, m.m, floatPtr(images), C.int64_t(n), (*C.int64_t)(unsafe.Pointer(&positions[0])), C.int64_t(step),
+			floatPtr(e.CosLoss), floatPtr(e.KeepProb), (*C.uint8_t)(unsafe.Pointer(&keep[0])), (*C.int64_t)(unsafe.Pointer(&e.Codes[0])), feats) != 0 {
+			return m.lib.lastError("evaluate stage 1")
+		}
+		return nil
+	})
+	for i, k := range keep {
+		e.Keep[i] = k != 0
+	}
+	return e, err
+}
+
+// Tokenize returns each image's visual code ids (kept patches, raster order).
+func (m *Model) Tokenize(images []float32, positions []int64, step int64) ([][]int64, error) {
+	if err := m.checkImages(images, positions); err != nil {
+		return nil, err
+	}
+	n, np := len(positions), int(m.info.Patches)
+	ids, counts := make([]int64, n*np), make([]int64, n)
+	err := withThread(func() error {
+		if C.c_tokenize(&m.lib.api, m.m, floatPtr(images), C.int64_t(n), (*C.int64_t)(unsafe.Pointer(&positions[0])), C.int64_t(step),
+			(*C.int64_t)(unsafe.Pointer(&ids[0])), (*C.int64_t)(unsafe.Pointer(&counts[0]))) != 0 {
+			return m.lib.lastError("tokenize")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]int64, n)
+	for i := range out {
+		out[i] = append([]int64(nil), ids[i*np:i*np+int(counts[i])]...)
+	}
+	return out, nil
+}
+
+// LMLogProbs returns log-probabilities [n, seqLen, vocab] for token rows.
+func (m *Model) LMLogProbs(tokens []int64, n, seqLen int) ([]float32, error) {
+	if m.info.Stage != 2 {
+		return nil, errors.New("log-probs need a stage-2 model")
+	}
+	if n <= 0 || seqLen <= 0 || len(tokens) != n*seqLen {
+		return nil, fmt.Errorf("log-probs: %d tokens for %d × %d", len(tokens), n, seqLen)
+	}
+	out := make([]float32, n*seqLen*int(m.info.Vocab))
+	err := withThread(func() error {
+		if C.c_lm_logprobs(&m.lib.api, m.m, (*C.int64_t)(unsafe.Pointer(&tokens[0])), C.int64_t(n), C.int64_t(seqLen), floatPtr(out)) != 0 {
+			return m.lib.lastError("LM log-probs")
+		}
+		return nil
+	})
+	return out, err
+}
+
+// BenchSteps runs n full steps in C++ (no Go in the loop) and returns the
+// mean milliseconds per step.
+func (m *Model) BenchSteps(b *Batch, n int) (float64, error) {
+	if err := m.checkBatch(b); err != nil {
+		return 0, err
+	}
+	var ms C.double
+	err := withThread(func() error {
+		var p runtime.Pinner
+		defer p.Unpin()
+		if C.c_bench_steps(&m.lib.api, m.m, cBatch(b, &p), C.int64_t(n), &ms) != 0 {
+			return m.lib.lastError("bench steps")
+		}
+		return nil
+	})
+	return float64(ms), err
+}

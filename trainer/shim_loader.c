@@ -1,0 +1,45 @@
+// shim_loader.c: see shim_loader.h.
+#include <dlfcn.h>
+#include <malloc.h>
+#include "shim_loader.h"
+#define LOAD(name) api->name = dlsym(h, "lavit_" #name); if (!api->name) { *missing = "lavit_" #name; dlclose(h); return -2; }
+
+int shim_load(const char* path, lavit_api* api, const char** missing) {
+	void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!h) { *missing = dlerror(); return -1; }
+	api->handle = h;
+	LOAD(abi_version) LOAD(last_error) LOAD(build_info) LOAD(free_string) LOAD(set_threads)
+	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data)
+	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
+	LOAD(last_metrics) LOAD(vq_enable) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
+	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
+	return 0;
+}
+
+// Trampolines: cgo cannot call C function pointers directly.
+int c_abi_version(lavit_api* a) { return a->abi_version(); }
+const char* c_last_error(lavit_api* a) { return a->last_error(); }
+char* c_build_info(lavit_api* a) { return a->build_info(); }
+void c_free_string(lavit_api* a, char* s) { a->free_string(s); }
+int c_set_threads(lavit_api* a, int n) { return a->set_threads(n); }
+lavit_model* c_model_create(lavit_api* a, const char* cfg, const char* dev, uint64_t seed) { return a->model_create(cfg, dev, seed); }
+void c_model_free(lavit_api* a, lavit_model* m) { a->model_free(m); }
+char* c_model_info(lavit_api* a, lavit_model* m) { return a->model_info(m); }
+int64_t c_grad_numel(lavit_api* a, lavit_model* m) { return a->grad_numel(m); }
+void* c_grad_data(lavit_api* a, lavit_model* m) { return a->grad_data(m); }
+void* c_param_data(lavit_api* a, lavit_model* m) { return a->param_data(m); }
+int64_t c_pre_stats_numel(lavit_api* a, lavit_model* m) { return a->pre_stats_numel(m); }
+int64_t c_post_stats_numel(lavit_api* a, lavit_model* m) { return a->post_stats_numel(m); }
+int c_step_begin(lavit_api* a, lavit_model* m, const lavit_batch* b, float* pre) { return a->step_begin(m, b, pre); }
+int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, double* loss) { return a->step_finish(m, gpre, post, loss); }
+int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost) { return a->step_apply(m, gb, gpost); }
+char* c_last_metrics(lavit_api* a, lavit_model* m) { return a->last_metrics(m); }
+int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step) { return a->vq_enable(m, im, n, pos, step); }
+int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len) { return a->state_save(m, out, len); }
+void c_free_bytes(lavit_api* a, uint8_t* p) { a->free_bytes(p); }
+int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n) { return a->state_load(m, d, n); }
+int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats) { return a->eval_stage1(m, im, n, pos, step, cl, kp, k, codes, feats); }
+int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts) { return a->tokenize(m, im, n, pos, step, ids, counts); }
+int c_lm_logprobs(lavit_api* a, lavit_model* m, const int64_t* t, int64_t n, int64_t T, float* out) { return a->lm_logprobs(m, t, n, T, out); }
+int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms) { return a->bench_steps(m, b, n, ms); }
+void c_tune_malloc(void) { mallopt(M_MMAP_THRESHOLD, 32 << 20); mallopt(M_TRIM_THRESHOLD, 256 << 20); }

@@ -1,0 +1,63 @@
+// shim_loader.h: loads the lavit shim with dlopen and calls it through
+// function pointers (cgo cannot call C function pointers directly).
+#ifndef LAVIT_SHIM_LOADER_H
+#define LAVIT_SHIM_LOADER_H
+#include <stdint.h>
+#include "csrc/lavit.h"
+typedef struct {
+	void* handle;
+	int (*abi_version)(void);
+	const char* (*last_error)(void);
+	char* (*build_info)(void);
+	void (*free_string)(char*);
+	int (*set_threads)(int);
+	lavit_model* (*model_create)(const char*, const char*, uint64_t);
+	void (*model_free)(lavit_model*);
+	char* (*model_info)(lavit_model*);
+	int64_t (*grad_numel)(lavit_model*);
+	void* (*grad_data)(lavit_model*);
+	void* (*param_data)(lavit_model*);
+	int64_t (*pre_stats_numel)(lavit_model*);
+	int64_t (*post_stats_numel)(lavit_model*);
+	int (*step_begin)(lavit_model*, const lavit_batch*, float*);
+	int (*step_finish)(lavit_model*, const float*, float*, double*);
+	int (*step_apply)(lavit_model*, int64_t, const float*);
+	char* (*last_metrics)(lavit_model*);
+	int (*vq_enable)(lavit_model*, const float*, int64_t, const int64_t*, int64_t);
+	int (*state_save)(lavit_model*, uint8_t**, int64_t*);
+	void (*free_bytes)(uint8_t*);
+	int (*state_load)(lavit_model*, const uint8_t*, int64_t);
+	int (*eval_stage1)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, float*, float*, uint8_t*, int64_t*, float*);
+	int (*tokenize)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, int64_t*, int64_t*);
+	int (*lm_logprobs)(lavit_model*, const int64_t*, int64_t, int64_t, float*);
+	int (*bench_steps)(lavit_model*, const lavit_batch*, int64_t, double*);
+} lavit_api;
+
+int shim_load(const char* path, lavit_api* api, const char** missing);
+int c_abi_version(lavit_api* a);
+const char* c_last_error(lavit_api* a);
+char* c_build_info(lavit_api* a);
+void c_free_string(lavit_api* a, char* s);
+int c_set_threads(lavit_api* a, int n);
+lavit_model* c_model_create(lavit_api* a, const char* cfg, const char* dev, uint64_t seed);
+void c_model_free(lavit_api* a, lavit_model* m);
+char* c_model_info(lavit_api* a, lavit_model* m);
+int64_t c_grad_numel(lavit_api* a, lavit_model* m);
+void* c_grad_data(lavit_api* a, lavit_model* m);
+void* c_param_data(lavit_api* a, lavit_model* m);
+int64_t c_pre_stats_numel(lavit_api* a, lavit_model* m);
+int64_t c_post_stats_numel(lavit_api* a, lavit_model* m);
+int c_step_begin(lavit_api* a, lavit_model* m, const lavit_batch* b, float* pre);
+int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, double* loss);
+int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost);
+char* c_last_metrics(lavit_api* a, lavit_model* m);
+int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step);
+int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len);
+void c_free_bytes(lavit_api* a, uint8_t* p);
+int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n);
+int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats);
+int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts);
+int c_lm_logprobs(lavit_api* a, lavit_model* m, const int64_t* t, int64_t n, int64_t T, float* out);
+int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms);
+void c_tune_malloc(void);
+#endif
