@@ -296,3 +296,31 @@ func inside(shape int, dx, dy, r float64) bool {
 		panic(fmt.Sprintf("synth: invalid shape index %d", shape))
 	}
 }
+
+// Covers reports whether the pixel whose centre is (px, py) is painted by
+// the object.
+func (o Object) Covers(px, py float64) bool {
+	for i, name := range shapeWords {
+		if name == o.Shape {
+			return inside(i, px-o.CX, py-o.CY, o.R)
+		}
+	}
+	return false
+}
+
+// PatchMask reports, for each patch of a square patch grid (patch × patch
+// pixels, raster order), whether any of its pixels belongs to an object.
+func (s Sample) PatchMask(patch int) []bool {
+	side := Size / patch
+	mask := make([]bool, side*side)
+	for j := 0; j < Size; j++ {
+		for i := 0; i < Size; i++ {
+			for _, o := range s.Objects {
+				if o.Covers(float64(i)+0.5, float64(j)+0.5) {
+					mask[(j/patch)*side+i/patch] = true
+				}
+			}
+		}
+	}
+	return mask
+}
