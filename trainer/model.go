@@ -142,6 +142,21 @@ func (m *Model) Params() []float32 {
 	return unsafe.Slice((*float32)(C.c_param_data(&m.lib.api, m.m)), n)
 }
 
+// ParamGrad copies parameter i's own .grad tensor (as autograd holds it).
+func (m *Model) ParamGrad(i int) ([]float32, error) {
+	if i < 0 || i >= len(m.info.Params) {
+		return nil, fmt.Errorf("parameter index %d out of range", i)
+	}
+	out := make([]float32, m.info.Params[i].Numel)
+	err := withThread(func() error {
+		if C.c_param_grad(&m.lib.api, m.m, C.int64_t(i), floatPtr(out)) != 0 {
+			return m.lib.lastError("parameter gradient")
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Batch is one local batch.
 type Batch struct {
 	Step        int64

@@ -17,6 +17,7 @@ typedef struct {
 	int64_t (*grad_numel)(lavit_model*);
 	void* (*grad_data)(lavit_model*);
 	void* (*param_data)(lavit_model*);
+	int (*param_grad)(lavit_model*, int64_t, float*);
 	int64_t (*pre_stats_numel)(lavit_model*);
 	int64_t (*post_stats_numel)(lavit_model*);
 	int (*step_begin)(lavit_model*, const lavit_batch*, float*);
@@ -45,6 +46,7 @@ char* c_model_info(lavit_api* a, lavit_model* m);
 int64_t c_grad_numel(lavit_api* a, lavit_model* m);
 void* c_grad_data(lavit_api* a, lavit_model* m);
 void* c_param_data(lavit_api* a, lavit_model* m);
+int c_param_grad(lavit_api* a, lavit_model* m, int64_t i, float* out);
 int64_t c_pre_stats_numel(lavit_api* a, lavit_model* m);
 int64_t c_post_stats_numel(lavit_api* a, lavit_model* m);
 int c_step_begin(lavit_api* a, lavit_model* m, const lavit_batch* b, float* pre);

@@ -56,6 +56,10 @@ int64_t lavit_grad_numel(lavit_model* m);
 void* lavit_grad_data(lavit_model* m);
 /* The flat parameter buffer (same layout as the gradients). */
 void* lavit_param_data(lavit_model* m);
+/* Copies parameter `index`'s own .grad tensor (as autograd sees it) to out
+ * (CPU floats, numel of that parameter): lets tests check that every .grad
+ * is a view into the flat buffer. */
+int lavit_param_grad(lavit_model* m, int64_t index, float* out);
 
 /* Batch statistics exchanged between workers (sum all-reduce):
  * pre-stats after step_begin (stage 1: keep sum, patch count),

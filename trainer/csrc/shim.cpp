@@ -643,6 +643,16 @@ char* lavit_model_info(lavit_model* m) {
 int64_t lavit_grad_numel(lavit_model* m) { return m->grads.numel(); }
 void* lavit_grad_data(lavit_model* m) { return m->grads.data_ptr(); }
 void* lavit_param_data(lavit_model* m) { return m->params.data_ptr(); }
+int lavit_param_grad(lavit_model* m, int64_t index, float* out) {
+  return guard([&] {
+    if (index < 0 || index >= static_cast<int64_t>(m->segs.size())) throw std::out_of_range("parameter index out of range");
+    auto g = m->segs[index].param.grad();
+    if (!g.defined()) throw std::runtime_error("parameter " + m->segs[index].name + " has no .grad");
+    auto c = g.detach().to(torch::kCPU).contiguous().reshape({-1});
+    std::memcpy(out, c.data_ptr<float>(), c.numel() * sizeof(float));
+  });
+}
+
 int64_t lavit_pre_stats_numel(lavit_model* m) { return pre_stats_numel(m); }
 int64_t lavit_post_stats_numel(lavit_model* m) { return post_stats_numel(m); }
 
