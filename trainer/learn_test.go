@@ -44,7 +44,8 @@ func TestTinyLaVITLearns(t *testing.T) {
 	sched := TinyStage1Schedule()
 	err = TrainStage1(ctx, tok, dataSeed, sched, func(step int, r StepResult) {
 		if step%100 == 0 || step == sched.PhaseA+sched.PhaseB-1 {
-			t.Logf("stage 1 step %3d  loss %.4f  keep %.3f  vq %v", step, r.LossSum/float64(sched.Batch), r.Metrics["keep_mean"], r.Metrics["vq"])
+			met, _ := tok.Metrics()
+			t.Logf("stage 1 step %3d  loss %.4f  keep %.3f  vq %v", step, r.LossSum/float64(sched.Batch), met["keep_mean"], met["vq"])
 		}
 	})
 	if err != nil {

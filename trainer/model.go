@@ -309,10 +309,10 @@ type Reducer func(ctx context.Context, buf []float32) error
 // LocalReducer is the reducer of a world of one: nothing to add.
 func LocalReducer(context.Context, []float32) error { return nil }
 
-// StepResult is what one full step reports.
+// StepResult is what one full step reports. Metrics (a JSON round trip)
+// are fetched separately with Model.Metrics, when a caller logs them.
 type StepResult struct {
 	LossSum float64
-	Metrics map[string]float64
 }
 
 // Step runs one full data-parallel step: begin, reduce the batch
@@ -338,8 +338,7 @@ func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer) (StepResult,
 	if err := m.ApplyGrads(b.GlobalBatch, post); err != nil {
 		return StepResult{}, err
 	}
-	met, err := m.Metrics()
-	return StepResult{LossSum: loss, Metrics: met}, err
+	return StepResult{LossSum: loss}, nil
 }
 
 // EnableVQ switches stage 1 to phase B: k-means codebook init from these

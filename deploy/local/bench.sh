@@ -7,10 +7,11 @@ mkdir -p bench-out
 raw=bench-out/raw.txt
 : >"$raw"
 
-echo "running benchmarks (about 2 minutes)..." >&2
+echo "running benchmarks (about 3 minutes)..." >&2
 go test -run '^$' -bench 'BenchmarkHeartbeat|BenchmarkRegister' -benchtime 3s ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkLeaderCPU' -benchtime 1x -timeout 10m ./internal/e2e/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkStepOverhead' -benchtime 1x -timeout 10m ./trainer/ | tee -a "$raw" >&2
 
 # Print "name | metric value unit ..." rows as a table.
 echo

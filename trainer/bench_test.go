@@ -1,0 +1,90 @@
+package trainer
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+)
+
+// The Go-driven step (StepBegin, StepFinish, ApplyGrads through cgo, with
+// the reductions as Go calls) against the same step looped inside C++
+// (BenchSteps): the difference is the binding's overhead. Run with
+// -benchtime=Nx; both report ms/step and the parameter count.
+
+func benchModels(b *testing.B, stage int) (*Model, *Batch) {
+	lib := loadLib(b)
+	if stage == 1 {
+		m, err := lib.NewModel(TinyStage1(), "cpu", 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, batch := SyntheticBatch(0, 0, TinyBatch, 0, TinyBatch)
+		return m, batch
+	}
+	tok, err := lib.NewModel(TinyStage1(), "cpu", 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tok.Close()
+	sched := Stage1Schedule{Batch: 8, PhaseA: 1, PhaseB: 0, KMeansBatches: 2}
+	if err := TrainStage1(context.Background(), tok, 0, sched, nil); err != nil {
+		b.Fatal(err)
+	}
+	if err := sched.EnableVQAt(tok, 0); err != nil {
+		b.Fatal(err)
+	}
+	m, err := lib.NewModel(TinyStage2(), "cpu", 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch, err := Stage2Batch(tok, TinyVocab(256), 55, 0, 0, TinyBatch, 0, TinyBatch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m, batch
+}
+
+// BenchmarkStepOverhead interleaves blocks of Go-driven and C++-looped
+// steps on the same model and batch (so machine noise hits both alike) and
+// reports the medians and the overhead. One iteration = 10 rounds of 20
+// steps each way; run with -benchtime=1x.
+func BenchmarkStepOverhead(b *testing.B) {
+	for _, stage := range []int{1, 2} {
+		b.Run(fmt.Sprintf("stage%d", stage), func(b *testing.B) {
+			m, batch := benchModels(b, stage)
+			defer m.Close()
+			ctx := context.Background()
+			const rounds, block = 10, 20
+			var goMS, cppMS []float64
+			for i := 0; i < b.N; i++ {
+				for r := 0; r < rounds; r++ {
+					start := time.Now()
+					for k := 0; k < block; k++ {
+						if _, err := m.Step(ctx, batch, LocalReducer); err != nil {
+							b.Fatal(err)
+						}
+					}
+					goMS = append(goMS, float64(time.Since(start).Microseconds())/1000/block)
+					ms, err := m.BenchSteps(batch, block)
+					if err != nil {
+						b.Fatal(err)
+					}
+					cppMS = append(cppMS, ms)
+				}
+			}
+			g, c := median(goMS), median(cppMS)
+			b.ReportMetric(g, "go_ms/step")
+			b.ReportMetric(c, "cpp_ms/step")
+			b.ReportMetric(100*(g-c)/c, "overhead_%")
+			b.ReportMetric(float64(m.Info().ParamCount), "params")
+		})
+	}
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
