@@ -50,15 +50,19 @@ var (
 	loaded = map[string]*Lib{}
 )
 
-// FindLibrary resolves where the shim is: the explicit path, else
+// FindLibrary resolves where the shim is: an explicit path is used as is
+// (a wrong --torch-lib is an error, never silently replaced); otherwise
 // $LAVIT_TORCH_LIB, else next to the running executable, else ./bin.
 func FindLibrary(explicit string) (string, error) {
-	var tried []string
-	candidates := []string{explicit, os.Getenv("LAVIT_TORCH_LIB")}
-	if exe, err := os.Executable(); err == nil {
-		candidates = append(candidates, filepath.Join(filepath.Dir(exe), LibraryName))
+	candidates := []string{explicit}
+	if explicit == "" {
+		candidates = []string{os.Getenv("LAVIT_TORCH_LIB")}
+		if exe, err := os.Executable(); err == nil {
+			candidates = append(candidates, filepath.Join(filepath.Dir(exe), LibraryName))
+		}
+		candidates = append(candidates, filepath.Join("bin", LibraryName))
 	}
-	candidates = append(candidates, filepath.Join("bin", LibraryName))
+	var tried []string
 	for _, c := range candidates {
 		if c == "" {
 			continue
