@@ -40,14 +40,19 @@ type TokenizerConfig struct {
 	KMeansIters          int64   `json:"kmeans_iters,omitempty"`
 }
 
-// LMConfig is stage 2.
+// LMConfig is stage 2. Arch "gpt" (default: learned positions, LayerNorm,
+// GELU) is the tiny LM; "llama" (RoPE, RMSNorm, SwiGLU, no biases) gives
+// Llama-2 shapes.
 type LMConfig struct {
-	Vocab  int64 `json:"vocab,omitempty"`
-	DModel int64 `json:"d_model,omitempty"`
-	Layers int64 `json:"layers,omitempty"`
-	Heads  int64 `json:"heads,omitempty"`
-	MLP    int64 `json:"mlp,omitempty"`
-	MaxLen int64 `json:"max_len,omitempty"`
+	Arch      string  `json:"arch,omitempty"`
+	RopeTheta float64 `json:"rope_theta,omitempty"`
+	NormEps   float64 `json:"norm_eps,omitempty"`
+	Vocab     int64   `json:"vocab,omitempty"`
+	DModel    int64   `json:"d_model,omitempty"`
+	Layers    int64   `json:"layers,omitempty"`
+	Heads     int64   `json:"heads,omitempty"`
+	MLP       int64   `json:"mlp,omitempty"`
+	MaxLen    int64   `json:"max_len,omitempty"`
 }
 
 // OptimConfig is AdamW with linear warmup then cosine decay to
@@ -143,6 +148,9 @@ func (c Config) Validate() error {
 			if err := neg(name, float64(v)); err != nil {
 				return err
 			}
+		}
+		if l.Arch != "" && l.Arch != "gpt" && l.Arch != "llama" {
+			return fmt.Errorf("model config: lm.arch must be gpt or llama, got %q", l.Arch)
 		}
 		if l.DModel > 0 && l.Heads > 0 && l.DModel%l.Heads != 0 {
 			return fmt.Errorf("model config: lm.d_model %d is not divisible by lm.heads %d", l.DModel, l.Heads)

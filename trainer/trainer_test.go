@@ -77,7 +77,11 @@ func relDiff(a, b []float32) float64 {
 // and the buffer is not trivially zero.
 func TestFlatGradients(t *testing.T) {
 	lib := loadLib(t)
-	for _, cfg := range []Config{TinyStage1(), TinyStage2()} {
+	llama := TinyStage2()
+	arch := *llama.LM
+	arch.Arch = "llama"
+	llama.LM = &arch
+	for _, cfg := range []Config{TinyStage1(), TinyStage2(), llama} {
 		m := newModel(t, lib, cfg, 3)
 		var b *Batch
 		if cfg.Stage == 1 {

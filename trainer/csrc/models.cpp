@@ -235,21 +235,82 @@ torch::Tensor LMBlockImpl::forward(const torch::Tensor& x_in, const torch::Tenso
   return x + mlp(ln2(x));
 }
 
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
+}
+
+LlamaBlockImpl::LlamaBlockImpl(int64_t dim_, int64_t heads_, int64_t hidden, double eps) : heads(heads_), dim(dim_) {
+  TORCH_CHECK(dim % heads == 0, "d_model ", dim, " is not divisible by heads ", heads);
+  TORCH_CHECK((dim / heads) % 2 == 0, "head width must be even for RoPE");
+  auto lin = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+  norm1 = register_module("norm1", RMSNorm(dim, eps));
+  norm2 = register_module("norm2", RMSNorm(dim, eps));
+  q = register_module("q", lin(dim, dim));
+  k = register_module("k", lin(dim, dim));
+  v = register_module("v", lin(dim, dim));
+  o = register_module("o", lin(dim, dim));
+  gate = register_module("gate", lin(dim, hidden));
+  up = register_module("up", lin(dim, hidden));
+  down = register_module("down", lin(hidden, dim));
+}
+
+namespace {
+// Rotary embedding on [B,h,T,dh] with cos/sin [T, dh/2] (rotate pairs of halves).
+torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const auto half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+}
+}  // namespace
+
+torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& causal, const torch::Tensor& cos,
+                                      const torch::Tensor& sin) {
+  const auto B = x_in.size(0), T = x_in.size(1), dh = dim / heads;
+  auto h = norm1(x_in);
+  auto split = [&](const torch::Tensor& t) { return t.view({B, T, heads, dh}).transpose(1, 2); };
+  auto att = policy_attention(rope(split(q(h)), cos, sin), rope(split(k(h)), cos, sin), split(v(h)), causal, true);
+  auto x = x_in + o(att.transpose(1, 2).reshape({B, T, dim}));
+  auto m = norm2(x);
+  return x + down(torch::silu(gate(m)) * up(m));
+}
+
 LMImpl::LMImpl(const LMConfig& c) : cfg(c) {
+  TORCH_CHECK(c.arch == "gpt" || c.arch == "llama", "lm.arch must be gpt or llama, got ", c.arch);
   tok = register_module("tok", torch::nn::Embedding(c.vocab, c.d_model));
-  pos = register_parameter("pos", torch::randn({c.max_len, c.d_model}) * 0.02);
   causal = register_buffer("causal", torch::ones({c.max_len, c.max_len}).tril());
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.layers; ++i) blocks->push_back(LMBlock(c.d_model, c.heads, c.mlp));
-  ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
-  head = register_module("head", torch::nn::Linear(c.d_model, c.vocab));
+  if (llama()) {
+    for (int64_t i = 0; i < c.layers; ++i) blocks->push_back(LlamaBlock(c.d_model, c.heads, c.mlp, c.norm_eps));
+    rms = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
+    const int64_t half = c.d_model / c.heads / 2;
+    auto inv = torch::pow(c.rope_theta, -torch::arange(half, torch::kDouble) / half);
+    auto ang = torch::arange(c.max_len, torch::kDouble).unsqueeze(1) * inv.unsqueeze(0);
+    rope_cos = register_buffer("rope_cos", ang.cos().to(torch::kFloat));
+    rope_sin = register_buffer("rope_sin", ang.sin().to(torch::kFloat));
+    head = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab).bias(false)));
+  } else {
+    pos = register_parameter("pos", torch::randn({c.max_len, c.d_model}) * 0.02);
+    for (int64_t i = 0; i < c.layers; ++i) blocks->push_back(LMBlock(c.d_model, c.heads, c.mlp));
+    ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
+    head = register_module("head", torch::nn::Linear(c.d_model, c.vocab));
+  }
 }
 
 torch::Tensor LMImpl::forward(const torch::Tensor& tokens) {
   const int64_t T = tokens.size(1);
   TORCH_CHECK(T <= cfg.max_len, "sequence length ", T, " exceeds max_len ", cfg.max_len);
-  auto x = tok(tokens) + pos.narrow(0, 0, T).unsqueeze(0);
   auto mask = causal.narrow(0, 0, T).narrow(1, 0, T).unsqueeze(0).unsqueeze(0);
+  if (llama()) {
+    auto x = tok(tokens);
+    auto cos = rope_cos.narrow(0, 0, T), sin = rope_sin.narrow(0, 0, T);
+    for (const auto& blk : *blocks) x = blk->as<LlamaBlock>()->forward(x, mask, cos, sin);
+    return head(rms(x));
+  }
+  auto x = tok(tokens) + pos.narrow(0, 0, T).unsqueeze(0);
   for (const auto& blk : *blocks) x = blk->as<LMBlock>()->forward(x, mask);
   return head(ln(x));
 }

@@ -24,8 +24,12 @@ struct TokenizerConfig {
 };
 
 // Stage-2 configuration.
+// arch "gpt": learned positions, LayerNorm, GELU MLP, biases (the tiny LM).
+// arch "llama": RoPE, RMSNorm, SwiGLU MLP, no biases (Llama-2 shapes).
 struct LMConfig {
+  std::string arch = "gpt";
   int64_t vocab = 278, d_model = 64, layers = 2, heads = 4, mlp = 256, max_len = 56;
+  double rope_theta = 10000.0, norm_eps = 1e-5;
 };
 
 // Seeded per-sample randomness: a generator keyed by (seed, salt, step, position),
@@ -131,14 +135,35 @@ struct LMBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(LMBlock);
 
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// A Llama-style block: RMSNorm → attention with RoPE (no biases) → RMSNorm → SwiGLU.
+struct LlamaBlockImpl : torch::nn::Module {
+  LlamaBlockImpl(int64_t dim, int64_t heads, int64_t hidden, double eps);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& causal, const torch::Tensor& cos,
+                        const torch::Tensor& sin);
+  int64_t heads, dim;
+  RMSNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
+};
+TORCH_MODULE(LlamaBlock);
+
 struct LMImpl : torch::nn::Module {
   explicit LMImpl(const LMConfig& c);
   torch::Tensor forward(const torch::Tensor& tokens);  // [B,T] -> logits [B,T,V]
+  bool llama() const { return cfg.arch == "llama"; }
   LMConfig cfg;
   torch::nn::Embedding tok{nullptr};
-  torch::Tensor pos, causal;
+  torch::Tensor pos, causal, rope_cos, rope_sin;
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln{nullptr};
+  RMSNorm rms{nullptr};
   torch::nn::Linear head{nullptr};
 };
 TORCH_MODULE(LM);

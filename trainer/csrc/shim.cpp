@@ -111,6 +111,21 @@ void flatten(lavit_model* m) {
   }
   m->params = torch::empty({total}, f32(m));
   m->grads = torch::zeros({total}, f32(m));
+  torch::NoGradGuard no_grad;
+  for (auto& s : m->segs) {
+    auto pv = m->params.narrow(0, s.offset, s.numel);
+    pv.copy_(s.param.reshape({-1}));
+    s.param.set_data(pv.view(s.shape));
+    s.param.mutable_grad() = m->grads.narrow(0, s.offset, s.numel).view(s.shape);
+  }
+}
+
+// ensure_optim allocates the optimizer's flat buffers on first use (as
+// PyTorch does), so building a large model for inspection costs only its
+// parameters and gradients.
+void ensure_optim(lavit_model* m) {
+  if (m->exp_avg.defined()) return;
+  const int64_t total = m->params.numel();
   m->exp_avg = torch::zeros({total}, f32(m));
   m->exp_avg_sq = torch::zeros({total}, f32(m));
   m->lr_scale = torch::ones({total}, f32(m));
@@ -118,16 +133,13 @@ void flatten(lavit_model* m) {
   m->train_mask = torch::ones({total}, f32(m));
   torch::NoGradGuard no_grad;
   for (auto& s : m->segs) {
-    auto pv = m->params.narrow(0, s.offset, s.numel);
-    pv.copy_(s.param.reshape({-1}));
-    s.param.set_data(pv.view(s.shape));
-    s.param.mutable_grad() = m->grads.narrow(0, s.offset, s.numel).view(s.shape);
     if (s.group == "selector") m->lr_scale.narrow(0, s.offset, s.numel).fill_(m->opt.selector_lr / m->opt.lr);
     if (s.decay) m->decay_mask.narrow(0, s.offset, s.numel).fill_(1.0);
   }
 }
 
 void freeze_group(lavit_model* m, const std::string& group) {
+  ensure_optim(m);
   torch::NoGradGuard no_grad;
   for (auto& s : m->segs) {
     if (s.group == group) m->train_mask.narrow(0, s.offset, s.numel).zero_();
@@ -197,7 +209,10 @@ lavit_model* create(const char* config_json, const char* device, uint64_t seed) 
     lavit::LMConfig c;
     if (cfg.contains("lm")) {
       const auto& l = cfg["lm"];
-      check_keys(l, "config.lm", {"vocab", "d_model", "layers", "heads", "mlp", "max_len"});
+      check_keys(l, "config.lm", {"arch", "vocab", "d_model", "layers", "heads", "mlp", "max_len", "rope_theta", "norm_eps"});
+      read(l, "arch", c.arch);
+      read(l, "rope_theta", c.rope_theta);
+      read(l, "norm_eps", c.norm_eps);
       read(l, "vocab", c.vocab);
       read(l, "d_model", c.d_model);
       read(l, "layers", c.layers);
@@ -356,6 +371,7 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
   if (!m->finished) throw std::logic_error("no finished step to apply: call step_finish first");
   if (global_batch <= 0) throw std::invalid_argument("global_batch must be positive");
   m->finished = false;
+  ensure_optim(m);
   torch::NoGradGuard no_grad;
   auto g = m->grads / static_cast<double>(global_batch) * m->train_mask;
   if (!torch::isfinite(g).all().item<bool>()) throw std::runtime_error("gradients contain NaN or Inf; step not applied");
@@ -449,6 +465,7 @@ uint32_t fnv1a(const uint8_t* p, size_t n) {
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(lavit_model* m) {
+  ensure_optim(m);
   std::vector<std::pair<std::string, torch::Tensor>> t = {
       {"params", m->params}, {"exp_avg", m->exp_avg}, {"exp_avg_sq", m->exp_avg_sq}, {"train_mask", m->train_mask}};
   if (m->stage == 1) t.push_back({"codebook", m->tok->codebook});
