@@ -11,7 +11,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	LOAD(abi_version) LOAD(last_error) LOAD(build_info) LOAD(free_string) LOAD(set_threads)
 	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data) LOAD(param_grad)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
-	LOAD(last_metrics) LOAD(vq_enable) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
+	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
 	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
 	return 0;
 }
@@ -36,6 +36,7 @@ int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, 
 int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost) { return a->step_apply(m, gb, gpost); }
 char* c_last_metrics(lavit_api* a, lavit_model* m) { return a->last_metrics(m); }
 int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step) { return a->vq_enable(m, im, n, pos, step); }
+int c_load_safetensors(lavit_api* a, lavit_model* m, const char* path, const char* prefix, const char* mapping) { return a->load_safetensors(m, path, prefix, mapping); }
 int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len) { return a->state_save(m, out, len); }
 void c_free_bytes(lavit_api* a, uint8_t* p) { a->free_bytes(p); }
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n) { return a->state_load(m, d, n); }

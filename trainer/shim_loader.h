@@ -25,6 +25,7 @@ typedef struct {
 	int (*step_apply)(lavit_model*, int64_t, const float*);
 	char* (*last_metrics)(lavit_model*);
 	int (*vq_enable)(lavit_model*, const float*, int64_t, const int64_t*, int64_t);
+	int (*load_safetensors)(lavit_model*, const char*, const char*, const char*);
 	int (*state_save)(lavit_model*, uint8_t**, int64_t*);
 	void (*free_bytes)(uint8_t*);
 	int (*state_load)(lavit_model*, const uint8_t*, int64_t);
@@ -54,6 +55,7 @@ int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, 
 int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost);
 char* c_last_metrics(lavit_api* a, lavit_model* m);
 int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step);
+int c_load_safetensors(lavit_api* a, lavit_model* m, const char* path, const char* prefix, const char* mapping);
 int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len);
 void c_free_bytes(lavit_api* a, uint8_t* p);
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n);

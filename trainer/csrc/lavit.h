@@ -88,6 +88,13 @@ char* lavit_last_metrics(lavit_model* m);
  * images, so every rank computes the same codebook), then freeze the selector. */
 int lavit_vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step);
 
+/* Loads parameters from a safetensors file (F32, F16 or BF16). mapping_json is
+ * NULL, or a JSON object {model name: file name} for renaming. Every
+ * parameter of the model whose name starts with `prefix` ("" = all) must be in
+ * the file with the model's shape; otherwise nothing is loaded and the error
+ * names the tensor. */
+int lavit_load_safetensors(lavit_model* m, const char* path, const char* prefix, const char* mapping_json);
+
 /* Full state (params, Adam moments, step counters, codebook, phase flags) as bytes.
  * lavit_state_save returns a malloc'd buffer (free with lavit_free_bytes). */
 int lavit_state_save(lavit_model* m, uint8_t** out, int64_t* out_len);

@@ -3,6 +3,12 @@
 // EMA, state bytes, evaluation. Every entry point catches every exception.
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -560,6 +566,110 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   m->finished = false;
 }
 
+// ---- safetensors -------------------------------------------------------------
+
+// MappedFile maps a file read-only for its lifetime.
+struct MappedFile {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  explicit MappedFile(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      throw std::runtime_error("stat " + path + ": " + std::strerror(errno));
+    }
+    size = static_cast<size_t>(st.st_size);
+    if (size > 0) {
+      void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+      ::close(fd);
+      if (p == MAP_FAILED) throw std::runtime_error("mmap " + path + ": " + std::strerror(errno));
+      data = static_cast<const uint8_t*>(p);
+    } else {
+      ::close(fd);
+    }
+  }
+  ~MappedFile() {
+    if (data) ::munmap(const_cast<uint8_t*>(data), size);
+  }
+};
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal
+      float f = std::ldexp(static_cast<float>(mant), -24);
+      return (h & 0x8000u) ? -f : f;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void load_safetensors(lavit_model* m, const std::string& path, const std::string& prefix, const json& mapping) {
+  if (m->in_flight) throw std::logic_error("cannot load weights while a step is in flight");
+  MappedFile file(path);
+  if (file.size < 8) throw std::invalid_argument(path + ": not a safetensors file (too short)");
+  uint64_t hlen;
+  std::memcpy(&hlen, file.data, 8);
+  if (hlen > file.size - 8 || hlen > (100u << 20)) throw std::invalid_argument(path + ": bad safetensors header length");
+  json header = json::parse(file.data + 8, file.data + 8 + hlen);
+  const uint8_t* base = file.data + 8 + hlen;
+  const size_t data_size = file.size - 8 - hlen;
+  // Validate everything first; copy only if all of it is right.
+  std::vector<std::pair<Segment*, torch::Tensor>> loads;
+  for (auto& seg : m->segs) {
+    if (seg.name.rfind(prefix, 0) != 0) continue;
+    std::string fname = seg.name;
+    if (mapping.is_object() && mapping.contains(seg.name)) fname = mapping[seg.name].get<std::string>();
+    if (!header.contains(fname)) throw std::invalid_argument(path + ": missing tensor \"" + fname + "\"");
+    const auto& e = header[fname];
+    auto shape = e.at("shape").get<std::vector<int64_t>>();
+    if (shape != seg.shape) {
+      throw std::invalid_argument(path + ": tensor \"" + fname + "\" has shape " + json(shape).dump() +
+                                  ", the model needs " + json(seg.shape).dump());
+    }
+    auto dtype = e.at("dtype").get<std::string>();
+    auto offs = e.at("data_offsets").get<std::vector<uint64_t>>();
+    size_t elem = dtype == "F32" ? 4 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
+    if (elem == 0) throw std::invalid_argument(path + ": tensor \"" + fname + "\" has unsupported dtype " + dtype);
+    if (offs.size() != 2 || offs[1] < offs[0] || offs[1] > data_size || offs[1] - offs[0] != seg.numel * elem) {
+      throw std::invalid_argument(path + ": tensor \"" + fname + "\" has bad data offsets");
+    }
+    auto t = torch::empty({seg.numel}, torch::kFloat);
+    float* dst = t.data_ptr<float>();
+    const uint8_t* src = base + offs[0];
+    if (dtype == "F32") {
+      std::memcpy(dst, src, seg.numel * 4);
+    } else {
+      for (int64_t i = 0; i < seg.numel; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        if (dtype == "BF16") {
+          uint32_t bits = static_cast<uint32_t>(h) << 16;
+          std::memcpy(dst + i, &bits, 4);
+        } else {
+          dst[i] = half_to_float(h);
+        }
+      }
+    }
+    if (!torch::isfinite(t).all().item<bool>()) throw std::invalid_argument(path + ": tensor \"" + fname + "\" contains NaN or Inf");
+    loads.emplace_back(&seg, t);
+  }
+  if (loads.empty()) throw std::invalid_argument("no model parameter matches prefix \"" + prefix + "\"");
+  torch::NoGradGuard no_grad;
+  for (auto& [seg, t] : loads) m->params.narrow(0, seg->offset, seg->numel).copy_(t.to(m->device));
+}
+
 json model_info(lavit_model* m) {
   json info = json::object();
   info["stage"] = m->stage;
@@ -704,6 +814,14 @@ char* lavit_last_metrics(lavit_model* m) {
 
 int lavit_vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step) {
   return guard([&] { vq_enable(m, images, n, positions, step); });
+}
+
+int lavit_load_safetensors(lavit_model* m, const char* path, const char* prefix, const char* mapping_json) {
+  return guard([&] {
+    if (!path) throw std::invalid_argument("path is NULL");
+    json mapping = mapping_json && *mapping_json ? json::parse(mapping_json) : json();
+    load_safetensors(m, path, prefix ? prefix : "", mapping);
+  });
 }
 
 int lavit_state_save(lavit_model* m, uint8_t** out, int64_t* out_len) {

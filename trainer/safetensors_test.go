@@ -1,0 +1,124 @@
+package trainer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// f16 converts a float32 to IEEE half (round toward zero; test values are exact).
+func f16(v float32) uint16 {
+	b := math.Float32bits(v)
+	sign := uint16(b>>16) & 0x8000
+	exp := int((b>>23)&0xff) - 127 + 15
+	if v == 0 {
+		return sign
+	}
+	return sign | uint16(exp)<<10 | uint16((b>>13)&0x3ff)
+}
+
+func TestSafetensorsRoundTrip(t *testing.T) {
+	lib := loadLib(t)
+	dir := t.TempDir()
+	src := newModel(t, lib, TinyStage2(), 1)
+	path := filepath.Join(dir, "lm.safetensors")
+	if err := src.ExportSafetensors(path); err != nil {
+		t.Fatal(err)
+	}
+	dst := newModel(t, lib, TinyStage2(), 2)
+	if bitsEqual(src.Params(), dst.Params()) {
+		t.Fatal("two seeds gave the same parameters; the test would prove nothing")
+	}
+	if err := dst.LoadSafetensors(path, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if !bitsEqual(src.Params(), dst.Params()) {
+		t.Fatal("loaded parameters differ from the exported ones")
+	}
+
+	// A file written by another tool: renamed tensors, half precision.
+	info := src.Info()
+	var ts []Tensor
+	mapping := map[string]string{}
+	params := src.Params()
+	for _, p := range info.Params {
+		vals := params[p.Offset : p.Offset+p.Numel]
+		name := "model." + p.Name
+		mapping[p.Name] = name
+		if p.Name == "head.weight" {
+			b := make([]byte, 2*len(vals))
+			for i := range vals {
+				binary.LittleEndian.PutUint16(b[2*i:], f16(0.5))
+			}
+			ts = append(ts, Tensor{Name: name, DType: "F16", Shape: p.Shape, Data: b})
+			continue
+		}
+		ts = append(ts, F32Tensor(name, p.Shape, vals))
+	}
+	var buf bytes.Buffer
+	if err := WriteSafetensors(&buf, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "renamed.safetensors")
+	os.WriteFile(other, buf.Bytes(), 0o644)
+	fresh := newModel(t, lib, TinyStage2(), 3)
+	if err := fresh.LoadSafetensors(other, "", mapping); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range fresh.Info().Params {
+		if p.Name == "head.weight" && fresh.Params()[p.Offset] != 0.5 {
+			t.Fatalf("F16 value loaded as %v, want 0.5", fresh.Params()[p.Offset])
+		}
+	}
+}
+
+func TestSafetensorsErrors(t *testing.T) {
+	lib := loadLib(t)
+	dir := t.TempDir()
+	src := newModel(t, lib, TinyStage2(), 1)
+	info, params := src.Info(), src.Params()
+	write := func(name string, mutate func(p ParamInfo, tensor Tensor) (Tensor, bool)) string {
+		var ts []Tensor
+		for _, p := range info.Params {
+			tn, keep := mutate(p, F32Tensor(p.Name, p.Shape, params[p.Offset:p.Offset+p.Numel]))
+			if keep {
+				ts = append(ts, tn)
+			}
+		}
+		var buf bytes.Buffer
+		WriteSafetensors(&buf, ts, nil)
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, buf.Bytes(), 0o644)
+		return path
+	}
+	missing := write("missing.safetensors", func(p ParamInfo, tn Tensor) (Tensor, bool) { return tn, p.Name != "ln.weight" })
+	misshaped := write("shape.safetensors", func(p ParamInfo, tn Tensor) (Tensor, bool) {
+		if p.Name == "tok.weight" {
+			tn.Shape = []int64{p.Shape[1], p.Shape[0]}
+		}
+		return tn, true
+	})
+	garbage := filepath.Join(dir, "garbage.safetensors")
+	os.WriteFile(garbage, []byte("not a safetensors file at all"), 0o644)
+
+	dst := newModel(t, lib, TinyStage2(), 2)
+	before := append([]float32(nil), dst.Params()...)
+	for _, tc := range []struct{ name, path, want string }{
+		{"missing tensor", missing, `missing tensor "ln.weight"`},
+		{"mis-shaped tensor", misshaped, `"tok.weight" has shape [64,278]`},
+		{"garbage file", garbage, "safetensors"},
+		{"no file", filepath.Join(dir, "nope.safetensors"), "No such file"},
+	} {
+		err := dst.LoadSafetensors(tc.path, "", nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error mentioning %q", tc.name, err, tc.want)
+		}
+	}
+	if !bitsEqual(before, dst.Params()) {
+		t.Fatal("a refused file changed the parameters")
+	}
+}
