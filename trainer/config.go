@@ -38,6 +38,13 @@ type TokenizerConfig struct {
 	DecoderLocalityAlpha float64 `json:"decoder_locality_alpha"`
 	EncoderPosScale      float64 `json:"encoder_pos_scale,omitempty"`
 	KMeansIters          int64   `json:"kmeans_iters,omitempty"`
+	MLPHidden            int64   `json:"mlp_hidden,omitempty"`
+	// Encoder is "standin" (default: the tiny fixed projection) or "vit"
+	// (EVA-CLIP-style, weights loaded with LoadSafetensors).
+	Encoder          string `json:"encoder,omitempty"`
+	EncoderBlocks    int64  `json:"encoder_blocks,omitempty"`
+	EncoderHeads     int64  `json:"encoder_heads,omitempty"`
+	EncoderMLPHidden int64  `json:"encoder_mlp_hidden,omitempty"`
 }
 
 // LMConfig is stage 2. Arch "gpt" (default: learned positions, LayerNorm,
@@ -131,6 +138,9 @@ func (c Config) Validate() error {
 		}
 		if t.Width > 0 && t.Heads > 0 && t.Width%t.Heads != 0 {
 			return fmt.Errorf("model config: tokenizer.width %d is not divisible by tokenizer.heads %d", t.Width, t.Heads)
+		}
+		if t.Encoder != "" && t.Encoder != "standin" && t.Encoder != "vit" {
+			return fmt.Errorf("model config: tokenizer.encoder must be standin or vit, got %q", t.Encoder)
 		}
 		if t.Rho < 0 || t.Rho > 1 {
 			return fmt.Errorf("model config: tokenizer.rho must be in [0,1], got %v", t.Rho)

@@ -34,10 +34,14 @@ type ParamInfo struct {
 
 // Info describes a model.
 type Info struct {
-	Stage          int         `json:"stage"`
-	Device         string      `json:"device"`
-	Params         []ParamInfo `json:"params"`
-	ParamCount     int64       `json:"param_count"`
+	Stage      int         `json:"stage"`
+	Device     string      `json:"device"`
+	Params     []ParamInfo `json:"params"`
+	ParamCount int64       `json:"param_count"`
+	// Frozen lists the pretrained, never-trained parameters (the ViT
+	// encoder); they are not in the flat buffers.
+	Frozen         []ParamInfo `json:"frozen"`
+	FrozenCount    int64       `json:"frozen_count"`
 	GradNumel      int64       `json:"grad_numel"`
 	PreStats       int64       `json:"pre_stats"`
 	PostStats      int64       `json:"post_stats"`

@@ -16,6 +16,7 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"unsafe"
 )
 
@@ -105,6 +106,19 @@ func (m *Model) LoadSafetensors(path, prefix string, mapping map[string]string) 
 		}
 		return nil
 	})
+}
+
+// LoadPretrained loads the parameters under prefix (e.g. "encoder." for the
+// frozen ViT) from a file that names them without the prefix, as a
+// pretrained checkpoint of that module alone would.
+func (m *Model) LoadPretrained(path, prefix string) error {
+	mapping := map[string]string{}
+	for _, p := range append(append([]ParamInfo(nil), m.info.Params...), m.info.Frozen...) {
+		if strings.HasPrefix(p.Name, prefix) {
+			mapping[p.Name] = strings.TrimPrefix(p.Name, prefix)
+		}
+	}
+	return m.LoadSafetensors(path, prefix, mapping)
 }
 
 // ExportSafetensors writes the model's parameters, by the names and shapes

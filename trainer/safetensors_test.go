@@ -122,3 +122,65 @@ func TestSafetensorsErrors(t *testing.T) {
 		t.Fatal("a refused file changed the parameters")
 	}
 }
+
+// TestLoadPretrainedViT: a tiny EVA-style ViT encoder takes its frozen
+// weights from a file named like a standalone ViT checkpoint; the features
+// change to what those weights give, the same in any model that loads them.
+func TestLoadPretrainedViT(t *testing.T) {
+	lib := loadLib(t)
+	cfg := TinyStage1()
+	tc := *cfg.Tokenizer
+	tc.Encoder, tc.EncoderBlocks, tc.EncoderHeads, tc.EncoderMLPHidden = "vit", 1, 4, 128
+	cfg.Tokenizer = &tc
+	a, b := newModel(t, lib, cfg, 1), newModel(t, lib, cfg, 2)
+	if len(a.Info().Frozen) == 0 {
+		t.Fatal("the ViT encoder has no frozen parameters")
+	}
+	set := NewEvalSet(0, 4)
+	feats := func(m *Model) []float32 {
+		e, err := m.EvalStage1(set.Images, set.Positions, 0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Features
+	}
+	before := feats(a)
+
+	// A "pretrained ViT" file: names without the "encoder." prefix.
+	var ts []Tensor
+	for i, p := range a.Info().Frozen {
+		vals := make([]float32, p.Numel)
+		for k := range vals {
+			vals[k] = float32(math.Sin(float64(i*7919+k))) * 0.05
+		}
+		ts = append(ts, F32Tensor(strings.TrimPrefix(p.Name, "encoder."), p.Shape, vals))
+	}
+	var buf bytes.Buffer
+	if err := WriteSafetensors(&buf, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "vit.safetensors")
+	os.WriteFile(path, buf.Bytes(), 0o644)
+
+	for _, m := range []*Model{a, b} {
+		if err := m.LoadPretrained(path, "encoder."); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fa, fb := feats(a), feats(b)
+	if bitsEqual(before, fa) {
+		t.Fatal("loading encoder weights did not change the features")
+	}
+	if !bitsEqual(fa, fb) {
+		t.Fatal("two models with the same encoder weights give different features")
+	}
+
+	// Without one tensor: refused, naming it.
+	var buf2 bytes.Buffer
+	WriteSafetensors(&buf2, ts[1:], nil)
+	short := filepath.Join(t.TempDir(), "short.safetensors")
+	os.WriteFile(short, buf2.Bytes(), 0o644)
+	if err := b.LoadPretrained(short, "encoder."); err == nil || !strings.Contains(err.Error(), ts[0].Name) {
+		t.Fatalf("got %v, want an error naming %s", err, ts[0].Name)
+	}
+}

@@ -53,3 +53,44 @@ func TestLMParameterCounts(t *testing.T) {
 		t.Logf("%s: %d parameters", name, got)
 	}
 }
+
+// vitParams is the EVA-CLIP ViT parameter formula: patch conv, CLS and
+// positions, and per block two LayerNorms, qkv (no bias) with q and v
+// biases, the output projection and the MLP.
+func vitParams(t TokenizerConfig, blocks int64) int64 {
+	D, H, P, N := t.Width, t.EncoderMLPHidden, t.Patch, (t.Image/t.Patch)*(t.Image/t.Patch)
+	embed := t.Channels*P*P*D + D + D + (N+1)*D
+	block := 4*D + 3*D*D + 2*D + D*D + D + D*H + H + H*D + D
+	return embed + blocks*block
+}
+
+// TestStage1FullShapes builds LaVIT's stage-1 shapes (EVA-CLIP ViT-g/14
+// encoder, width 1408) at depth 1 and checks the frozen encoder's parameter
+// count; at the full 40 blocks the formula gives EVA-CLIP-g's ~1.0 B.
+func TestStage1FullShapes(t *testing.T) {
+	lib := loadLib(t)
+	full, err := LoadConfig(filepath.Join(testutil.RepoRoot(), "configs", "models", "stage1-lavit.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := vitParams(*full.Tokenizer, full.Tokenizer.EncoderBlocks); n < 1_000_000_000 || n > 1_020_000_000 {
+		t.Fatalf("ViT-g/14 formula gives %d parameters; EVA-CLIP-g's visual tower has about 1.01 B", n)
+	}
+	cfg := full
+	tc := *full.Tokenizer
+	tc.EncoderBlocks, tc.MergerBlocks, tc.DecoderBlocks = 1, 1, 1
+	cfg.Tokenizer = &tc
+	m, err := lib.NewModel(cfg, "cpu", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	info := m.Info()
+	if info.FrozenCount != vitParams(tc, 1) {
+		t.Fatalf("frozen encoder has %d parameters, formula says %d", info.FrozenCount, vitParams(tc, 1))
+	}
+	if info.Patches != 256 || info.Width != 1408 || info.Codebook != 16384 || info.CodeDim != 32 {
+		t.Fatalf("shapes: %d patches, width %d, codebook %d × %d", info.Patches, info.Width, info.Codebook, info.CodeDim)
+	}
+	t.Logf("stage 1 at full width, depth 1: %d trainable, %d frozen parameters", info.ParamCount, info.FrozenCount)
+}

@@ -122,8 +122,53 @@ torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& q_in, const torch::
   return q + mlp(ln3(q));
 }
 
+EVABlockImpl::EVABlockImpl(int64_t dim_, int64_t heads_, int64_t hidden) : heads(heads_), dim(dim_) {
+  TORCH_CHECK(dim % heads == 0, "encoder width ", dim, " is not divisible by heads ", heads);
+  norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-6)));
+  norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-6)));
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(dim, 3 * dim).bias(false)));
+  q_bias = register_parameter("q_bias", torch::zeros({dim}));
+  v_bias = register_parameter("v_bias", torch::zeros({dim}));
+  proj = register_module("proj", torch::nn::Linear(dim, dim));
+  mlp = register_module("mlp", MLP(dim, hidden));
+}
+
+torch::Tensor EVABlockImpl::forward(const torch::Tensor& x_in) {
+  const auto B = x_in.size(0), T = x_in.size(1), dh = dim / heads;
+  auto bias = torch::cat({q_bias, torch::zeros_like(q_bias), v_bias});
+  auto qkv_out = F::linear(norm1(x_in), qkv->weight, bias).view({B, T, 3, heads, dh}).permute({2, 0, 3, 1, 4});
+  auto att = policy_attention(qkv_out[0], qkv_out[1], qkv_out[2], torch::Tensor());
+  auto x = x_in + proj(att.transpose(1, 2).reshape({B, T, dim}));
+  return x + mlp(norm2(x));
+}
+
+PatchEmbedImpl::PatchEmbedImpl(int64_t channels, int64_t dim, int64_t patch) {
+  proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, dim, patch).stride(patch)));
+}
+
+ViTImpl::ViTImpl(const TokenizerConfig& c) {
+  const int64_t N = c.patches(), D = c.width;
+  patch_embed = register_module("patch_embed", PatchEmbed(c.channels, D, c.patch));
+  cls_token = register_parameter("cls_token", torch::zeros({1, 1, D}));
+  pos_embed = register_parameter("pos_embed", torch::randn({1, N + 1, D}) * 0.02);
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.encoder_blocks; ++i) blocks->push_back(EVABlock(D, c.encoder_heads, c.encoder_mlp_hidden));
+  // CLIP's image normalisation.
+  mean = register_buffer("mean", torch::tensor({0.48145466, 0.4578275, 0.40821073}).view({1, 3, 1, 1}));
+  std = register_buffer("std", torch::tensor({0.26862954, 0.26130258, 0.27577711}).view({1, 3, 1, 1}));
+  for (auto& p : parameters()) p.set_requires_grad(false);
+}
+
+torch::Tensor ViTImpl::forward(const torch::Tensor& images) {
+  auto x = patch_embed->proj((images - mean) / std).flatten(2).transpose(1, 2);  // [B,N,D]
+  x = torch::cat({cls_token.expand({x.size(0), 1, x.size(2)}), x}, 1) + pos_embed;
+  for (const auto& blk : *blocks) x = blk->as<EVABlock>()->forward(x);
+  return x.narrow(1, 1, x.size(1) - 1);  // last block, before any final norm; CLS dropped
+}
+
 TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
-  const int64_t N = c.patches(), D = c.width, P = c.patch_dim(), hidden = c.width * c.mlp_ratio;
+  const int64_t N = c.patches(), D = c.width, P = c.patch_dim(), hidden = c.hidden();
+  TORCH_CHECK(c.encoder == "standin" || c.encoder == "vit", "tokenizer.encoder must be standin or vit, got ", c.encoder);
   TORCH_CHECK(c.image % c.patch == 0, "image size ", c.image, " is not a multiple of patch ", c.patch);
   // The frozen encoder stand-in comes from its own generator so it does not
   // depend on the order modules are built in.
@@ -141,6 +186,7 @@ TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
   causal_strict = register_buffer("causal_strict", torch::ones({N, N}).tril(-1));
   eye = register_buffer("eye", torch::eye(N));
 
+  if (c.encoder == "vit") vit = register_module("encoder", ViT(c));
   selector = register_module("selector", Selector(D));
   memory_ln = register_module("memory_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
   merger = register_module("merger", torch::nn::ModuleList());
@@ -159,6 +205,7 @@ TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
 }
 
 torch::Tensor TokenizerImpl::encode(const torch::Tensor& images) {
+  if (vit) return vit->forward(images);
   const int64_t B = images.size(0), p = cfg.patch, side = cfg.image / p;
   // [B,C,H,W] -> [B, side, side, C, p, p] -> [B, N, C*p*p]
   auto x = images.view({B, cfg.channels, side, p, side, p}).permute({0, 2, 4, 1, 3, 5}).reshape(

@@ -19,6 +19,13 @@ struct TokenizerConfig {
   double decoder_locality_alpha = 0.5;
   double encoder_pos_scale = 0.1;
   int64_t kmeans_iters = 10;
+  int64_t mlp_hidden = 0;  // 0 = width * mlp_ratio
+  // Frozen encoder: "standin" (fixed seeded projection, the tiny model) or
+  // "vit" (an EVA-CLIP-style ViT whose weights the user loads; CLS dropped,
+  // last block before the final norm, CLIP normalisation).
+  std::string encoder = "standin";
+  int64_t encoder_blocks = 40, encoder_heads = 16, encoder_mlp_hidden = 6144;
+  int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : width * mlp_ratio; }
   int64_t patches() const { return (image / patch) * (image / patch); }
   int64_t patch_dim() const { return channels * patch * patch; }
 };
@@ -92,6 +99,35 @@ struct DecoderBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(DecoderBlock);
 
+// EVA-CLIP ViT block: pre-LN attention (qkv without bias, separate q and v
+// biases) and a GELU MLP.
+struct EVABlockImpl : torch::nn::Module {
+  EVABlockImpl(int64_t dim, int64_t heads, int64_t hidden);
+  torch::Tensor forward(const torch::Tensor& x);
+  int64_t heads, dim;
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  torch::Tensor q_bias, v_bias;
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(EVABlock);
+
+struct PatchEmbedImpl : torch::nn::Module {
+  PatchEmbedImpl(int64_t channels, int64_t dim, int64_t patch);
+  torch::nn::Conv2d proj{nullptr};
+};
+TORCH_MODULE(PatchEmbed);
+
+// The frozen ViT: patch embedding, CLS + position embedding, blocks.
+struct ViTImpl : torch::nn::Module {
+  ViTImpl(const TokenizerConfig& c);
+  torch::Tensor forward(const torch::Tensor& images);  // [B,C,H,W] -> [B,N,D] (CLS dropped)
+  PatchEmbed patch_embed{nullptr};
+  torch::Tensor cls_token, pos_embed, mean, std;
+  torch::nn::ModuleList blocks{nullptr};
+};
+TORCH_MODULE(ViT);
+
 // Output of the stage-1 forward pass up to the batch statistics.
 struct SelectOut {
   torch::Tensor feats;      // frozen features [B,N,D]
@@ -117,6 +153,7 @@ struct TokenizerImpl : torch::nn::Module {
   TokenizerConfig cfg;
   // Frozen, never trained (buffers, not parameters).
   torch::Tensor enc_proj, enc_pos, codebook, locality, causal_strict, eye;
+  ViT vit{nullptr};  // set when cfg.encoder == "vit"; frozen
   Selector selector{nullptr};
   torch::nn::ModuleList merger{nullptr}, decoder{nullptr};
   torch::nn::LayerNorm memory_ln{nullptr}, merger_ln{nullptr}, decoder_ln{nullptr};

@@ -79,6 +79,9 @@ struct lavit_model {
   Optim opt;
 
   std::vector<Segment> segs;
+  // Frozen parameters (the pretrained encoder): loaded from files, never
+  // trained, not in the flat buffers.
+  std::vector<std::pair<std::string, torch::Tensor>> frozen;
   torch::Tensor params, grads, exp_avg, exp_avg_sq, lr_scale, decay_mask, train_mask;
   int64_t adam_t = 0;
   int64_t last_step = 0;
@@ -104,6 +107,10 @@ torch::TensorOptions f32(const lavit_model* m) { return torch::TensorOptions().d
 void flatten(lavit_model* m) {
   int64_t total = 0;
   for (auto& kv : m->root().named_parameters(/*recurse=*/true)) {
+    if (!kv.value().requires_grad()) {
+      m->frozen.push_back({kv.key(), kv.value()});
+      continue;
+    }
     Segment s;
     s.name = kv.key();
     s.param = kv.value();
@@ -189,7 +196,13 @@ lavit_model* create(const char* config_json, const char* device, uint64_t seed) 
       check_keys(t, "config.tokenizer",
                  {"image", "patch", "channels", "width", "heads", "mlp_ratio", "merger_blocks", "decoder_blocks",
                   "code_dim", "codebook", "rho", "ratio_weight", "commit_beta", "ema_decay", "gumbel_tau",
-                  "decoder_locality_alpha", "encoder_pos_scale", "kmeans_iters"});
+                  "decoder_locality_alpha", "encoder_pos_scale", "kmeans_iters", "mlp_hidden", "encoder",
+                  "encoder_blocks", "encoder_heads", "encoder_mlp_hidden"});
+      read(t, "mlp_hidden", c.mlp_hidden);
+      read(t, "encoder", c.encoder);
+      read(t, "encoder_blocks", c.encoder_blocks);
+      read(t, "encoder_heads", c.encoder_heads);
+      read(t, "encoder_mlp_hidden", c.encoder_mlp_hidden);
       read(t, "image", c.image);
       read(t, "patch", c.patch);
       read(t, "channels", c.channels);
@@ -626,8 +639,17 @@ void load_safetensors(lavit_model* m, const std::string& path, const std::string
   const uint8_t* base = file.data + 8 + hlen;
   const size_t data_size = file.size - 8 - hlen;
   // Validate everything first; copy only if all of it is right.
-  std::vector<std::pair<Segment*, torch::Tensor>> loads;
-  for (auto& seg : m->segs) {
+  struct Target {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t numel;
+    torch::Tensor dst;  // where the values go (a flat-buffer slice or a frozen parameter)
+  };
+  std::vector<Target> targets;
+  for (auto& seg : m->segs) targets.push_back({seg.name, seg.shape, seg.numel, m->params.narrow(0, seg.offset, seg.numel)});
+  for (auto& [name, p] : m->frozen) targets.push_back({name, p.sizes().vec(), p.numel(), p});
+  std::vector<std::pair<Target*, torch::Tensor>> loads;
+  for (auto& seg : targets) {
     if (seg.name.rfind(prefix, 0) != 0) continue;
     std::string fname = seg.name;
     if (mapping.is_object() && mapping.contains(seg.name)) fname = mapping[seg.name].get<std::string>();
@@ -667,7 +689,7 @@ void load_safetensors(lavit_model* m, const std::string& path, const std::string
   }
   if (loads.empty()) throw std::invalid_argument("no model parameter matches prefix \"" + prefix + "\"");
   torch::NoGradGuard no_grad;
-  for (auto& [seg, t] : loads) m->params.narrow(0, seg->offset, seg->numel).copy_(t.to(m->device));
+  for (auto& [seg, t] : loads) seg->dst.copy_(t.to(m->device).view(seg->dst.sizes()));
 }
 
 json model_info(lavit_model* m) {
@@ -681,6 +703,14 @@ json model_info(lavit_model* m) {
     trainable += s.numel;
   }
   info["params"] = ps;
+  json fr = json::array();
+  int64_t frozen_count = 0;
+  for (auto& [name, p] : m->frozen) {
+    fr.push_back({{"name", name}, {"shape", p.sizes().vec()}, {"numel", p.numel()}});
+    frozen_count += p.numel();
+  }
+  info["frozen"] = fr;
+  info["frozen_count"] = frozen_count;
   info["param_count"] = trainable;
   info["grad_numel"] = m->grads.numel();
   info["pre_stats"] = pre_stats_numel(m);
