@@ -13,6 +13,7 @@ import (
 
 	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/trainer"
 	"github.com/lavit-org/lavit/worker"
 )
 
@@ -40,7 +41,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "data-dir", Value: coordinator.DefaultConfig().DataDir, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, or auto (first GPU, else CPU)", EnvVars: env("DEVICE")},
-				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim (checked to exist; training comes with the trainer)", EnvVars: env("TORCH_LIB")},
+				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
 			),
 			Action: runJoin,
@@ -70,10 +71,17 @@ func runJoin(c *cli.Context) error {
 	if cfg.Device, err = worker.PickDevice(c.String("device"), cfg.Devices); err != nil {
 		return cliutil.UsageError{Err: err}
 	}
-	if p := c.String("torch-lib"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return cliutil.Usagef("--torch-lib %q: %v", p, err)
+	// The libtorch shim is loaded now, so a broken install shows at join
+	// time rather than when the first run arrives. Without one the worker
+	// still joins the fleet (it cannot train).
+	if lib, err := trainer.Load(c.String("torch-lib")); err != nil {
+		if c.IsSet("torch-lib") {
+			return cliutil.Usagef("--torch-lib: %v", err)
 		}
+		log.Warn("no libtorch shim: this worker joins but cannot train", "err", err)
+	} else {
+		bi, _ := lib.BuildInfo()
+		log.Info("libtorch shim loaded", "path", lib.Path(), "torch", bi.Torch, "cuda", bi.CUDA)
 	}
 	cfg.ID = c.String("id")
 	if cfg.ID == "" {
