@@ -23,7 +23,7 @@ TORCH_CFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/inc
 TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 $(if $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
 endif
 
-.PHONY: all deps build torch test demo bench lint fmt clean
+.PHONY: all deps build torch gpu-bundle test demo bench lint fmt clean
 
 all: build
 
@@ -43,6 +43,12 @@ torch: deps $(SHIM)
 $(SHIM): $(SHIM_SRC) $(SHIM_HDR)
 	@mkdir -p $(BIN)
 	$(CXX) -O2 -std=c++17 -fPIC -shared -Wall $(TORCH_CFLAGS) $(SHIM_SRC) $(TORCH_LIBS) -o $@
+
+## gpu-bundle: what deploy/gpu/gpu-check.sh needs on a GPU machine without Go
+gpu-bundle: deps
+	@mkdir -p build/gpu/include
+	cp -r /usr/include/nlohmann build/gpu/include/
+	$(GO) test -c -o build/gpu/trainer.test ./trainer
 
 ## test: every test (unit, in-process cluster, process-level), with -race
 test: build torch
@@ -65,4 +71,4 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf $(BIN) demo-out
+	rm -rf $(BIN) demo-out bench-out build
