@@ -39,7 +39,7 @@ func benchModels(b *testing.B, stage int) (*Model, *Batch) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	batch, err := Stage2Batch(tok, TinyVocab(256), 55, 0, 0, TinyBatch, 0, TinyBatch)
+	batch, err := Stage2Batch(tok, TinyVocab(256), 55, 0, 0, TinyBatch, 0, TinyBatch, false)
 	if err != nil {
 		b.Fatal(err)
 	}

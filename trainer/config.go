@@ -54,12 +54,21 @@ type LMConfig struct {
 	Arch      string  `json:"arch,omitempty"`
 	RopeTheta float64 `json:"rope_theta,omitempty"`
 	NormEps   float64 `json:"norm_eps,omitempty"`
-	Vocab     int64   `json:"vocab,omitempty"`
-	DModel    int64   `json:"d_model,omitempty"`
-	Layers    int64   `json:"layers,omitempty"`
-	Heads     int64   `json:"heads,omitempty"`
-	MLP       int64   `json:"mlp,omitempty"`
-	MaxLen    int64   `json:"max_len,omitempty"`
+	// ImageInput "discrete" (default) or "continuous": image→text samples
+	// then enter as a trainable merger copy's outputs through a projector
+	// (full LaVIT's understanding path); Vis* give the merger's shape.
+	ImageInput      string `json:"image_input,omitempty"`
+	VisWidth        int64  `json:"vis_width,omitempty"`
+	VisHeads        int64  `json:"vis_heads,omitempty"`
+	VisMLPHidden    int64  `json:"vis_mlp_hidden,omitempty"`
+	VisMergerBlocks int64  `json:"vis_merger_blocks,omitempty"`
+	VisPatches      int64  `json:"vis_patches,omitempty"`
+	Vocab           int64  `json:"vocab,omitempty"`
+	DModel          int64  `json:"d_model,omitempty"`
+	Layers          int64  `json:"layers,omitempty"`
+	Heads           int64  `json:"heads,omitempty"`
+	MLP             int64  `json:"mlp,omitempty"`
+	MaxLen          int64  `json:"max_len,omitempty"`
 }
 
 // OptimConfig is AdamW with linear warmup then cosine decay to
@@ -158,6 +167,9 @@ func (c Config) Validate() error {
 			if err := neg(name, float64(v)); err != nil {
 				return err
 			}
+		}
+		if l.ImageInput != "" && l.ImageInput != "discrete" && l.ImageInput != "continuous" {
+			return fmt.Errorf("model config: lm.image_input must be discrete or continuous, got %q", l.ImageInput)
 		}
 		if l.Arch != "" && l.Arch != "gpt" && l.Arch != "llama" {
 			return fmt.Errorf("model config: lm.arch must be gpt or llama, got %q", l.Arch)

@@ -76,7 +76,7 @@ func TestCUDAMatchesCPU(t *testing.T) {
 	}
 	var b2 []*Batch
 	for s := int64(0); s < 5; s++ {
-		b, err := Stage2Batch(tok, TinyVocab(256), 55, 0, s, 8, 0, 8)
+		b, err := Stage2Batch(tok, TinyVocab(256), 55, 0, s, 8, 0, 8, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -183,12 +183,20 @@ func TinyVocab(codes int) Vocab {
 	return Vocab{TextVocab: synth.VocabSize, PadID: synth.PadID, BOSID: synth.BOSID, EOSID: synth.EOSID, Codes: codes}
 }
 
-// EvaluateStage2 measures the stage-2 checks: visual ids come from the
-// frozen tokenizer, deterministic at step 0.
+// EvaluateStage2 measures the stage-2 checks: visual ids (and, for a
+// continuous LM, features and keep decisions) come from the frozen
+// tokenizer, deterministic at step 0.
 func EvaluateStage2(lm *Model, tok *Model, set *EvalSet) (Stage2Report, error) {
 	codes, err := tok.Tokenize(set.Images, set.Positions, 0)
 	if err != nil {
 		return Stage2Report{}, err
+	}
+	continuous := lm.Info().ImageInput == "continuous"
+	var ev *Stage1Eval
+	if continuous {
+		if ev, err = tok.EvalStage1(set.Images, set.Positions, 0, true); err != nil {
+			return Stage2Report{}, err
+		}
 	}
 	v := TinyVocab(int(tok.Info().Codebook))
 	T := int(lm.Info().MaxLen) - 1
@@ -205,28 +213,45 @@ func EvaluateStage2(lm *Model, tok *Model, set *EvalSet) (Stage2Report, error) {
 		colourIDs[int64(id)] = true
 	}
 	other := func(i int) int { return (i + n/2 + 1) % n }
+	self := func(i int) int { return i }
+	V := int(lm.Info().Vocab)
+	np, w := int(tok.Info().Patches), int(tok.Info().Width)
 
-	// rows builds n rows; imageOf/captionOf pick which sample supplies each part.
-	rows := func(dir Direction, imageOf, captionOf func(int) int) ([]int64, []int64, error) {
-		var toks, tgts []int64
+	// batch builds n rows; imageOf and captionOf pick which eval sample
+	// supplies each part.
+	batch := func(dir Direction, imageOf, captionOf func(int) int) (*Batch, []int64, error) {
+		b := &Batch{GlobalBatch: int64(n), SeqLen: T}
+		var targets []int64
 		for i := 0; i < n; i++ {
-			a, b, _, err := v.Sequence(dir, captions[captionOf(i)], codes[imageOf(i)], T)
+			img := imageOf(i)
+			b.Positions = append(b.Positions, int64(i))
+			var toks, tgts []int64
+			slots := make([]bool, T)
+			var err error
+			if continuous && dir == ImageToText {
+				toks, tgts, slots, _, err = v.SequenceContinuous(captions[captionOf(i)], len(codes[img]), T)
+			} else {
+				toks, tgts, _, err = v.Sequence(dir, captions[captionOf(i)], codes[img], T)
+			}
 			if err != nil {
 				return nil, nil, err
 			}
-			toks, tgts = append(toks, a...), append(tgts, b...)
+			b.Tokens, targets = append(b.Tokens, toks...), append(targets, tgts...)
+			if continuous {
+				b.ImageSlots = append(b.ImageSlots, slots...)
+				b.ImageFeats = append(b.ImageFeats, ev.Features[img*np*w:(img+1)*np*w]...)
+				b.ImageKeep = append(b.ImageKeep, ev.Keep[img*np:(img+1)*np]...)
+			}
 		}
-		return toks, tgts, nil
+		return b, targets, nil
 	}
-	self := func(i int) int { return i }
-	V := int(lm.Info().Vocab)
 
 	colourAcc := func(imageOf func(int) int) (float64, error) {
-		toks, tgts, err := rows(ImageToText, imageOf, self)
+		b, tgts, err := batch(ImageToText, imageOf, self)
 		if err != nil {
 			return 0, err
 		}
-		lp, err := lm.LMLogProbs(toks, n, T)
+		lp, err := lm.LMLogProbs(b)
 		if err != nil {
 			return 0, err
 		}
@@ -249,11 +274,11 @@ func EvaluateStage2(lm *Model, tok *Model, set *EvalSet) (Stage2Report, error) {
 		return float64(right) / float64(max(total, 1)), nil
 	}
 	imageNLL := func(captionOf func(int) int) (float64, error) {
-		toks, tgts, err := rows(TextToImage, self, captionOf)
+		b, tgts, err := batch(TextToImage, self, captionOf)
 		if err != nil {
 			return 0, err
 		}
-		lp, err := lm.LMLogProbs(toks, n, T)
+		lp, err := lm.LMLogProbs(b)
 		if err != nil {
 			return 0, err
 		}

@@ -16,7 +16,7 @@ func TestWriteShippedConfigs(t *testing.T) {
 	if os.Getenv("LAVIT_WRITE_CONFIGS") != "1" {
 		t.Skip("set LAVIT_WRITE_CONFIGS=1 to regenerate configs/models")
 	}
-	for name, c := range map[string]Config{"tiny-stage1": TinyStage1(), "tiny-stage2": TinyStage2()} {
+	for name, c := range map[string]Config{"tiny-stage1": TinyStage1(), "tiny-stage2": TinyStage2(), "tiny-stage2-continuous": TinyStage2Continuous()} {
 		b, err := json.MarshalIndent(c, "", "  ")
 		if err != nil {
 			t.Fatal(err)

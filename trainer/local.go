@@ -2,7 +2,10 @@ package trainer
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/lavit-org/lavit/shards/synth"
 )
@@ -72,34 +75,67 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 
 // Stage2Batch builds a stage-2 batch: the frozen tokenizer turns the images
 // into visual ids (Gumbel keyed by step and position), and each sample's
-// direction is its position's coin.
-func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globalBatch, from, to int) (*Batch, error) {
+// direction is its position's coin. With continuous image input, image→text
+// samples carry the tokenizer's features and keep decisions instead of ids.
+func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globalBatch, from, to int, continuous bool) (*Batch, error) {
 	samples, ib := SyntheticBatch(seed, step, globalBatch, from, to)
 	codes, err := tok.Tokenize(ib.Images, ib.Positions, step)
 	if err != nil {
 		return nil, err
 	}
 	b := &Batch{Step: step, GlobalBatch: int64(globalBatch), Positions: ib.Positions, SeqLen: seqLen}
+	if continuous {
+		ev, err := tok.EvalStage1(ib.Images, ib.Positions, step, true)
+		if err != nil {
+			return nil, err
+		}
+		b.ImageFeats, b.ImageKeep = ev.Features, ev.Keep
+	}
 	for i, s := range samples {
 		caption, err := synth.Encode(s.Caption)
 		if err != nil {
 			return nil, err
 		}
-		toks, tgts, _, err := v.Sequence(DirectionFor(seed, ib.Positions[i]), caption, codes[i], seqLen)
+		dir := DirectionFor(seed, ib.Positions[i])
+		var toks, tgts []int64
+		slots := make([]bool, seqLen)
+		if continuous && dir == ImageToText {
+			toks, tgts, slots, _, err = v.SequenceContinuous(caption, len(codes[i]), seqLen)
+		} else {
+			toks, tgts, _, err = v.Sequence(dir, caption, codes[i], seqLen)
+		}
 		if err != nil {
 			return nil, err
 		}
 		b.Tokens, b.Targets = append(b.Tokens, toks...), append(b.Targets, tgts...)
+		if continuous {
+			b.ImageSlots = append(b.ImageSlots, slots...)
+		}
 	}
 	return b, nil
+}
+
+// InitVisionFrom copies the stage-1 merger (memory_ln, merger blocks,
+// merger_ln) into a continuous stage-2 model's trainable copy.
+func InitVisionFrom(lm, tok *Model, dir string) error {
+	if lm.Info().ImageInput != "continuous" {
+		return errors.New("init vision: the LM does not take continuous image input")
+	}
+	path := filepath.Join(dir, "stage1-merger.safetensors")
+	if err := tok.ExportSafetensors(path); err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	return lm.LoadPretrained(path, "vis.")
 }
 
 // TrainStage2 trains the LM for steps on tokens made on the fly.
 func TrainStage2(ctx context.Context, lm, tok *Model, seed uint64, steps, batch int, progress func(step int, r StepResult)) error {
 	v := TinyVocab(int(tok.Info().Codebook))
 	T := int(lm.Info().MaxLen) - 1
+	continuous := lm.Info().ImageInput == "continuous"
 	for step := 0; step < steps; step++ {
-		b, err := Stage2Batch(tok, v, T, seed, int64(step), batch, 0, batch)
+		b, err := Stage2Batch(tok, v, T, seed, int64(step), batch, 0, batch, continuous)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}

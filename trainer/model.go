@@ -57,6 +57,9 @@ type Info struct {
 	Vocab          int64       `json:"vocab"`
 	MaxLen         int64       `json:"max_len"`
 	DModel         int64       `json:"d_model"`
+	ImageInput     string      `json:"image_input"`
+	VisPatches     int64       `json:"vis_patches"`
+	VisWidth       int64       `json:"vis_width"`
 }
 
 // Model is one LaVIT model (stage 1 or stage 2) in the shim. A Model is not
@@ -177,6 +180,12 @@ type Batch struct {
 	Tokens  []int64
 	Targets []int64
 	SeqLen  int
+	// Continuous image input (stage 2, lm.image_input "continuous"): the
+	// tokenizer's frozen features [n, patches, width] and keep decisions
+	// [n, patches], and the image slots [n, SeqLen] the merged features fill.
+	ImageFeats []float32
+	ImageKeep  []bool
+	ImageSlots []bool
 }
 
 func (m *Model) checkBatch(b *Batch) error {
@@ -200,8 +209,18 @@ func (m *Model) checkBatch(b *Batch) error {
 		if b.SeqLen <= 0 || int64(b.SeqLen) > m.info.MaxLen {
 			return fmt.Errorf("batch: sequence length %d out of range 1..%d", b.SeqLen, m.info.MaxLen)
 		}
-		if len(b.Tokens) != n*b.SeqLen || len(b.Targets) != n*b.SeqLen {
+		if len(b.Tokens) != n*b.SeqLen || (b.Targets != nil && len(b.Targets) != n*b.SeqLen) {
 			return fmt.Errorf("batch: %d tokens and %d targets, want %d each (%d × %d)", len(b.Tokens), len(b.Targets), n*b.SeqLen, n, b.SeqLen)
+		}
+		if b.ImageSlots != nil {
+			if m.info.ImageInput != "continuous" {
+				return errors.New("batch: image inputs for a model with discrete image input")
+			}
+			if len(b.ImageSlots) != n*b.SeqLen || len(b.ImageKeep) != n*int(m.info.VisPatches) ||
+				len(b.ImageFeats) != n*int(m.info.VisPatches*m.info.VisWidth) {
+				return fmt.Errorf("batch: image inputs have %d slots, %d keep flags, %d feature floats; want %d, %d, %d",
+					len(b.ImageSlots), len(b.ImageKeep), len(b.ImageFeats), n*b.SeqLen, n*int(m.info.VisPatches), n*int(m.info.VisPatches*m.info.VisWidth))
+			}
 		}
 	}
 	return nil
@@ -219,12 +238,7 @@ func cBatch(b *Batch, p *runtime.Pinner) *C.lavit_batch {
 	p.Pin(&b.Positions[0])
 	cb.positions = (*C.int64_t)(unsafe.Pointer(&b.Positions[0]))
 	if b.Valid != nil {
-		v := make([]uint8, len(b.Valid))
-		for i, ok := range b.Valid {
-			if ok {
-				v[i] = 1
-			}
-		}
+		v := bytesOf(b.Valid)
 		p.Pin(&v[0])
 		cb.valid = (*C.uint8_t)(unsafe.Pointer(&v[0]))
 	}
@@ -234,12 +248,34 @@ func cBatch(b *Batch, p *runtime.Pinner) *C.lavit_batch {
 	}
 	if len(b.Tokens) > 0 {
 		p.Pin(&b.Tokens[0])
-		p.Pin(&b.Targets[0])
 		cb.tokens = (*C.int64_t)(unsafe.Pointer(&b.Tokens[0]))
+	}
+	if len(b.Targets) > 0 {
+		p.Pin(&b.Targets[0])
 		cb.targets = (*C.int64_t)(unsafe.Pointer(&b.Targets[0]))
+	}
+	if len(b.ImageSlots) > 0 {
+		keep, slots := bytesOf(b.ImageKeep), bytesOf(b.ImageSlots)
+		p.Pin(&b.ImageFeats[0])
+		p.Pin(&keep[0])
+		p.Pin(&slots[0])
+		cb.image_feats = (*C.float)(unsafe.Pointer(&b.ImageFeats[0]))
+		cb.image_keep = (*C.uint8_t)(unsafe.Pointer(&keep[0]))
+		cb.image_slots = (*C.uint8_t)(unsafe.Pointer(&slots[0]))
 	}
 	p.Pin(cb)
 	return cb
+}
+
+// bytesOf turns flags into the 0/1 bytes the C ABI takes.
+func bytesOf(flags []bool) []uint8 {
+	out := make([]uint8, len(flags))
+	for i, ok := range flags {
+		if ok {
+			out[i] = 1
+		}
+	}
+	return out
 }
 
 func floatPtr(s []float32) *C.float {
@@ -472,17 +508,23 @@ func (m *Model) Tokenize(images []float32, positions []int64, step int64) ([][]i
 	return out, nil
 }
 
-// LMLogProbs returns log-probabilities [n, seqLen, vocab] for token rows.
-func (m *Model) LMLogProbs(tokens []int64, n, seqLen int) ([]float32, error) {
+// LMLogProbs returns log-probabilities [n, SeqLen, vocab] for a batch's
+// tokens (and image inputs); targets are not needed.
+func (m *Model) LMLogProbs(b *Batch) ([]float32, error) {
 	if m.info.Stage != 2 {
 		return nil, errors.New("log-probs need a stage-2 model")
 	}
-	if n <= 0 || seqLen <= 0 || len(tokens) != n*seqLen {
-		return nil, fmt.Errorf("log-probs: %d tokens for %d × %d", len(tokens), n, seqLen)
+	if b.GlobalBatch == 0 {
+		b.GlobalBatch = int64(len(b.Positions))
 	}
-	out := make([]float32, n*seqLen*int(m.info.Vocab))
+	if err := m.checkBatch(b); err != nil {
+		return nil, err
+	}
+	out := make([]float32, len(b.Positions)*b.SeqLen*int(m.info.Vocab))
 	err := withThread(func() error {
-		if C.c_lm_logprobs(&m.lib.api, m.m, (*C.int64_t)(unsafe.Pointer(&tokens[0])), C.int64_t(n), C.int64_t(seqLen), floatPtr(out)) != 0 {
+		var p runtime.Pinner
+		defer p.Unpin()
+		if C.c_lm_logprobs(&m.lib.api, m.m, cBatch(b, &p), floatPtr(out)) != 0 {
 			return m.lib.lastError("LM log-probs")
 		}
 		return nil

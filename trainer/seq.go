@@ -99,3 +99,47 @@ func mix64(z uint64) uint64 {
 	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
 	return z ^ (z >> 31)
 }
+
+// SequenceContinuous builds an image→text row for continuous image input:
+//
+//	BOS [IMG] slot × kept [/IMG] caption EOS
+//
+// Slots hold PAD as a placeholder (the model replaces their embeddings with
+// merged image features); slots marks them. The image part has no targets:
+// only the caption and EOS are trained, as in LaVIT's understanding path.
+func (v Vocab) SequenceContinuous(caption []int, kept, seqLen int) (tokens, targets []int64, slots []bool, dropped int, err error) {
+	for _, id := range caption {
+		if id < 0 || id >= v.TextVocab {
+			return nil, nil, nil, 0, fmt.Errorf("caption id %d out of range 0..%d", id, v.TextVocab-1)
+		}
+	}
+	room := seqLen + 1 - 4 - len(caption)
+	if room < 0 {
+		return nil, nil, nil, 0, fmt.Errorf("caption of %d words does not fit a sequence of %d", len(caption), seqLen)
+	}
+	if kept > room {
+		dropped, kept = kept-room, room
+	}
+	seq := []int64{int64(v.BOSID), v.IMG()}
+	isSlot := []bool{false, false}
+	for i := 0; i < kept; i++ {
+		seq, isSlot = append(seq, int64(v.PadID)), append(isSlot, true)
+	}
+	seq, isSlot = append(seq, v.EndIMG()), append(isSlot, false)
+	imageEnd := len(seq) // positions before this are the image part
+	for _, id := range caption {
+		seq, isSlot = append(seq, int64(id)), append(isSlot, false)
+	}
+	seq, isSlot = append(seq, int64(v.EOSID)), append(isSlot, false)
+	tokens, targets, slots = make([]int64, seqLen), make([]int64, seqLen), make([]bool, seqLen)
+	for i := range tokens {
+		tokens[i], targets[i] = int64(v.PadID), -1
+	}
+	for i := 0; i < len(seq)-1; i++ {
+		tokens[i], slots[i] = seq[i], isSlot[i]
+		if i+1 >= imageEnd {
+			targets[i] = seq[i+1]
+		}
+	}
+	return tokens, targets, slots, dropped, nil
+}

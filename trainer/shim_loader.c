@@ -42,6 +42,6 @@ void c_free_bytes(lavit_api* a, uint8_t* p) { a->free_bytes(p); }
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n) { return a->state_load(m, d, n); }
 int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats) { return a->eval_stage1(m, im, n, pos, step, cl, kp, k, codes, feats); }
 int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts) { return a->tokenize(m, im, n, pos, step, ids, counts); }
-int c_lm_logprobs(lavit_api* a, lavit_model* m, const int64_t* t, int64_t n, int64_t T, float* out) { return a->lm_logprobs(m, t, n, T, out); }
+int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out) { return a->lm_logprobs(m, b, out); }
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms) { return a->bench_steps(m, b, n, ms); }
 void c_tune_malloc(void) { mallopt(M_MMAP_THRESHOLD, 32 << 20); mallopt(M_TRIM_THRESHOLD, 256 << 20); }

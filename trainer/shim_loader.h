@@ -31,7 +31,7 @@ typedef struct {
 	int (*state_load)(lavit_model*, const uint8_t*, int64_t);
 	int (*eval_stage1)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, float*, float*, uint8_t*, int64_t*, float*);
 	int (*tokenize)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, int64_t*, int64_t*);
-	int (*lm_logprobs)(lavit_model*, const int64_t*, int64_t, int64_t, float*);
+	int (*lm_logprobs)(lavit_model*, const lavit_batch*, float*);
 	int (*bench_steps)(lavit_model*, const lavit_batch*, int64_t, double*);
 } lavit_api;
 
@@ -61,7 +61,7 @@ void c_free_bytes(lavit_api* a, uint8_t* p);
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n);
 int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats);
 int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts);
-int c_lm_logprobs(lavit_api* a, lavit_model* m, const int64_t* t, int64_t n, int64_t T, float* out);
+int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out);
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms);
 void c_tune_malloc(void);
 #endif

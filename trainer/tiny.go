@@ -37,3 +37,13 @@ func TinyStage2() Config {
 		Optim: &OptimConfig{LR: 1e-3, MinLRRatio: 1, WeightDecay: 0.01, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Clip: 1.0},
 	}
 }
+
+// TinyStage2Continuous is the tiny LM with LaVIT's continuous image→text
+// path: a trainable copy of the tiny merger and a projector.
+func TinyStage2Continuous() Config {
+	c := TinyStage2()
+	lm := *c.LM
+	lm.ImageInput, lm.VisWidth, lm.VisHeads, lm.VisMLPHidden, lm.VisMergerBlocks, lm.VisPatches = "continuous", 64, 4, 256, 2, 64
+	c.LM = &lm
+	return c
+}

@@ -43,7 +43,7 @@ func runStage1(t *testing.T, m *Model, from, to int) []float64 {
 
 func stage2Batch(t *testing.T, tok *Model, step int64, from, to int) *Batch {
 	t.Helper()
-	b, err := Stage2Batch(tok, TinyVocab(int(tok.Info().Codebook)), 55, 0, step, 8, from, to)
+	b, err := Stage2Batch(tok, TinyVocab(int(tok.Info().Codebook)), 55, 0, step, 8, from, to, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,28 +289,46 @@ func TestHalfBatchesEqualWholeBatch(t *testing.T) {
 		})
 	}
 
-	t.Run("stage 2", func(t *testing.T) {
-		tok := newModel(t, lib, TinyStage1(), 11)
-		runStage1(t, tok, 0, shortSchedule.PhaseA+1)
-		warm := newModel(t, lib, TinyStage2(), 12)
-		for s := int64(0); s < 3; s++ {
-			if _, err := warm.Step(context.Background(), stage2Batch(t, tok, s, 0, 8), LocalReducer); err != nil {
-				t.Fatal(err)
+	for _, cfg := range []struct {
+		name       string
+		config     Config
+		continuous bool
+	}{{"stage 2", TinyStage2(), false}, {"stage 2 continuous", TinyStage2Continuous(), true}} {
+		t.Run(cfg.name, func(t *testing.T) {
+			tok := newModel(t, lib, TinyStage1(), 11)
+			runStage1(t, tok, 0, shortSchedule.PhaseA+1)
+			batch := func(step int64, from, to int) *Batch {
+				b, err := Stage2Batch(tok, TinyVocab(256), 55, 0, step, 8, from, to, cfg.continuous)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
 			}
-		}
-		state, _ := warm.State()
-		var models []*Model
-		for i := 0; i < 3; i++ {
-			m := newModel(t, lib, TinyStage2(), 12)
-			if err := m.Load(state); err != nil {
-				t.Fatal(err)
+			warm := newModel(t, lib, cfg.config, 12)
+			if cfg.continuous {
+				if err := InitVisionFrom(warm, tok, t.TempDir()); err != nil {
+					t.Fatal(err)
+				}
 			}
-			models = append(models, m)
-		}
-		stepSplit(t, models[:1], []*Batch{stage2Batch(t, tok, 3, 0, 8)})
-		stepSplit(t, models[1:], []*Batch{stage2Batch(t, tok, 3, 0, 4), stage2Batch(t, tok, 3, 4, 8)})
-		check(t, "stage 2", models[0], models[1:])
-	})
+			for s := int64(0); s < 3; s++ {
+				if _, err := warm.Step(context.Background(), batch(s, 0, 8), LocalReducer); err != nil {
+					t.Fatal(err)
+				}
+			}
+			state, _ := warm.State()
+			var models []*Model
+			for i := 0; i < 3; i++ {
+				m := newModel(t, lib, cfg.config, 12)
+				if err := m.Load(state); err != nil {
+					t.Fatal(err)
+				}
+				models = append(models, m)
+			}
+			stepSplit(t, models[:1], []*Batch{batch(3, 0, 8)})
+			stepSplit(t, models[1:], []*Batch{batch(3, 0, 4), batch(3, 4, 8)})
+			check(t, cfg.name, models[0], models[1:])
+		})
+	}
 }
 
 // TestBadInput: each bad input is a clear Go error; no crash, nothing applied.

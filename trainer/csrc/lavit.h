@@ -31,6 +31,13 @@ typedef struct {
   const int64_t* tokens;     /* stage 2: [batch, seq_len] input ids */
   const int64_t* targets;    /* stage 2: [batch, seq_len] target ids, -1 = no loss */
   int64_t seq_len;
+  /* Stage 2 with continuous image input (else NULL): the frozen features
+   * [batch, patches, width] and keep decisions [batch, patches] from the
+   * stage-1 tokenizer, and the image slots [batch, seq_len] (1 = this position
+   * takes the next kept token's merged feature). */
+  const float* image_feats;
+  const uint8_t* image_keep;
+  const uint8_t* image_slots;
 } lavit_batch;
 
 int lavit_abi_version(void);
@@ -113,8 +120,9 @@ int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int6
 int lavit_tokenize(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step,
                    int64_t* ids, int64_t* counts);
 
-/* Stage 2 evaluation: log-probabilities [n, seq_len, vocab]. */
-int lavit_lm_logprobs(lavit_model* m, const int64_t* tokens, int64_t n, int64_t seq_len, float* out);
+/* Stage 2 evaluation: log-probabilities [batch, seq_len, vocab] for the
+ * batch's tokens (and image inputs; targets are ignored). */
+int lavit_lm_logprobs(lavit_model* m, const lavit_batch* b, float* out);
 
 /* C++-side timing loop: runs n full steps (begin, finish, apply; no reduction)
  * on the same batch, and returns the mean milliseconds per step. */

@@ -240,15 +240,34 @@ SelectOut TokenizerImpl::select(const torch::Tensor& images, const std::vector<i
   return s;
 }
 
-torch::Tensor TokenizerImpl::merge(const SelectOut& s) {
-  auto memory = memory_ln(s.feats);
+torch::Tensor run_merger(torch::nn::LayerNorm& memory_ln, torch::nn::ModuleList& merger, torch::nn::LayerNorm& merger_ln,
+                         const torch::Tensor& causal_strict, const torch::Tensor& eye, const torch::Tensor& feats,
+                         const torch::Tensor& keep) {
+  auto memory = memory_ln(feats);
   // Self: key j visible to query i if j < i and kept, or j == i.
-  auto self_w = (causal_strict.unsqueeze(0) * s.keep.unsqueeze(1) + eye.unsqueeze(0)).unsqueeze(1);
+  auto self_w = (causal_strict.unsqueeze(0) * keep.unsqueeze(1) + eye.unsqueeze(0)).unsqueeze(1);
   // Cross: only dropped patches, anywhere in the image.
-  auto cross_w = (1.0 - s.keep).unsqueeze(1).unsqueeze(1);
-  auto x = s.feats;
+  auto cross_w = (1.0 - keep).unsqueeze(1).unsqueeze(1);
+  auto x = feats;
   for (const auto& blk : *merger) x = blk->as<MergerBlock>()->forward(x, memory, self_w, cross_w);
-  x = merger_ln(x);
+  return merger_ln(x);
+}
+
+MergerCopyImpl::MergerCopyImpl(int64_t dim, int64_t heads, int64_t hidden, int64_t blocks, int64_t patches) {
+  memory_ln = register_module("memory_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  merger = register_module("merger", torch::nn::ModuleList());
+  for (int64_t i = 0; i < blocks; ++i) merger->push_back(MergerBlock(dim, heads, hidden));
+  merger_ln = register_module("merger_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+  causal_strict = register_buffer("causal_strict", torch::ones({patches, patches}).tril(-1));
+  eye = register_buffer("eye", torch::eye(patches));
+}
+
+torch::Tensor MergerCopyImpl::forward(const torch::Tensor& feats, const torch::Tensor& keep) {
+  return run_merger(memory_ln, merger, merger_ln, causal_strict, eye, feats, keep);
+}
+
+torch::Tensor TokenizerImpl::merge(const SelectOut& s) {
+  auto x = run_merger(memory_ln, merger, merger_ln, causal_strict, eye, s.feats, s.keep);
   auto z = task2(torch::tanh(task1(x)));
   return F::normalize(z, F::NormalizeFuncOptions().dim(-1));
 }
@@ -327,6 +346,8 @@ torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x_in, const torch::Te
 
 LMImpl::LMImpl(const LMConfig& c) : cfg(c) {
   TORCH_CHECK(c.arch == "gpt" || c.arch == "llama", "lm.arch must be gpt or llama, got ", c.arch);
+  TORCH_CHECK(c.image_input == "discrete" || c.image_input == "continuous",
+              "lm.image_input must be discrete or continuous, got ", c.image_input);
   tok = register_module("tok", torch::nn::Embedding(c.vocab, c.d_model));
   causal = register_buffer("causal", torch::ones({c.max_len, c.max_len}).tril());
   blocks = register_module("blocks", torch::nn::ModuleList());
@@ -345,19 +366,41 @@ LMImpl::LMImpl(const LMConfig& c) : cfg(c) {
     ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})));
     head = register_module("head", torch::nn::Linear(c.d_model, c.vocab));
   }
+  if (continuous()) {
+    vis = register_module("vis", MergerCopy(c.vis_width, c.vis_heads, c.vis_mlp_hidden, c.vis_merger_blocks, c.vis_patches));
+    vis_proj = register_module("vis_proj", torch::nn::Linear(c.vis_width, c.d_model));
+  }
 }
 
-torch::Tensor LMImpl::forward(const torch::Tensor& tokens) {
+torch::Tensor LMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& feats, const torch::Tensor& keep,
+                              const torch::Tensor& slots) {
   const int64_t T = tokens.size(1);
   TORCH_CHECK(T <= cfg.max_len, "sequence length ", T, " exceeds max_len ", cfg.max_len);
   auto mask = causal.narrow(0, 0, T).narrow(1, 0, T).unsqueeze(0).unsqueeze(0);
+  auto embed = tok(tokens);
+  if (continuous() && slots.defined() && slots.sum().item<int64_t>() > 0) {
+    // Each sample's slots take the projected merger outputs of its first
+    // kept tokens, in raster order.
+    auto merged = vis_proj(vis(feats, keep));  // [B,N,d]
+    auto slot_counts = slots.sum(1).to(torch::kCPU);
+    auto keep_cpu = keep.to(torch::kCPU);
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < tokens.size(0); ++i) {
+      const int64_t want = slot_counts[i].item<int64_t>();
+      if (want == 0) continue;
+      auto kept = keep_cpu[i].nonzero().view(-1);
+      TORCH_CHECK(kept.size(0) >= want, "sample ", i, " has ", want, " image slots but only ", kept.size(0), " kept tokens");
+      rows.push_back(merged[i].index_select(0, kept.narrow(0, 0, want).to(merged.device())));
+    }
+    embed = embed.masked_scatter(slots.unsqueeze(-1).to(torch::kBool), torch::cat(rows, 0));
+  }
   if (llama()) {
-    auto x = tok(tokens);
+    auto x = embed;
     auto cos = rope_cos.narrow(0, 0, T), sin = rope_sin.narrow(0, 0, T);
     for (const auto& blk : *blocks) x = blk->as<LlamaBlock>()->forward(x, mask, cos, sin);
     return head(rms(x));
   }
-  auto x = tok(tokens) + pos.narrow(0, 0, T).unsqueeze(0);
+  auto x = embed + pos.narrow(0, 0, T).unsqueeze(0);
   for (const auto& blk : *blocks) x = blk->as<LMBlock>()->forward(x, mask);
   return head(ln(x));
 }

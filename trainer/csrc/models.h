@@ -37,6 +37,12 @@ struct LMConfig {
   std::string arch = "gpt";
   int64_t vocab = 278, d_model = 64, layers = 2, heads = 4, mlp = 256, max_len = 56;
   double rope_theta = 10000.0, norm_eps = 1e-5;
+  // image_input "discrete": images enter as visual ids only. "continuous":
+  // image→text samples enter as the post-LN outputs of a trainable copy of
+  // the stage-1 merger through a projector (full LaVIT's understanding
+  // path); text→image stays discrete. vis_* give the merger's shape.
+  std::string image_input = "discrete";
+  int64_t vis_width = 64, vis_heads = 4, vis_mlp_hidden = 256, vis_merger_blocks = 2, vis_patches = 64;
 };
 
 // Seeded per-sample randomness: a generator keyed by (seed, salt, step, position),
@@ -88,6 +94,24 @@ struct MergerBlockImpl : torch::nn::Module {
   MLP mlp{nullptr};
 };
 TORCH_MODULE(MergerBlock);
+
+// run_merger: the merger stack on frozen features with keep decisions
+// (shared by the tokenizer and stage 2's trainable copy). Returns the
+// post-LN outputs [B,N,D].
+torch::Tensor run_merger(torch::nn::LayerNorm& memory_ln, torch::nn::ModuleList& merger, torch::nn::LayerNorm& merger_ln,
+                         const torch::Tensor& causal_strict, const torch::Tensor& eye, const torch::Tensor& feats,
+                         const torch::Tensor& keep);
+
+// The trainable merger copy of stage 2's continuous path, named like the
+// tokenizer's (memory_ln, merger.N, merger_ln) so stage-1 weights load into it.
+struct MergerCopyImpl : torch::nn::Module {
+  MergerCopyImpl(int64_t dim, int64_t heads, int64_t hidden, int64_t blocks, int64_t patches);
+  torch::Tensor forward(const torch::Tensor& feats, const torch::Tensor& keep);
+  torch::nn::LayerNorm memory_ln{nullptr}, merger_ln{nullptr};
+  torch::nn::ModuleList merger{nullptr};
+  torch::Tensor causal_strict, eye;
+};
+TORCH_MODULE(MergerCopy);
 
 // Decoder block: self-attention over queries, cross-attention to the codes, MLP.
 struct DecoderBlockImpl : torch::nn::Module {
@@ -193,8 +217,15 @@ TORCH_MODULE(LlamaBlock);
 
 struct LMImpl : torch::nn::Module {
   explicit LMImpl(const LMConfig& c);
-  torch::Tensor forward(const torch::Tensor& tokens);  // [B,T] -> logits [B,T,V]
+  // tokens [B,T] -> logits [B,T,V]. In continuous mode, feats [B,N,D] and
+  // keep [B,N] give each sample's image, and slots [B,T] (0/1) mark where the
+  // projected merger outputs of its kept tokens go, in raster order.
+  torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& feats = {}, const torch::Tensor& keep = {},
+                        const torch::Tensor& slots = {});
   bool llama() const { return cfg.arch == "llama"; }
+  bool continuous() const { return cfg.image_input == "continuous"; }
+  MergerCopy vis{nullptr};
+  torch::nn::Linear vis_proj{nullptr};
   LMConfig cfg;
   torch::nn::Embedding tok{nullptr};
   torch::Tensor pos, causal, rope_cos, rope_sin;

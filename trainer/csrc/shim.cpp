@@ -90,7 +90,7 @@ struct lavit_model {
   // The step in flight between begin and finish.
   bool in_flight = false, finished = false;
   lavit::SelectOut sel;
-  torch::Tensor valid, tokens, targets;
+  torch::Tensor valid, tokens, targets, img_feats, img_keep, img_slots;
   int64_t batch = 0, global_batch = 0;
   json metrics = json::object();
 
@@ -228,7 +228,15 @@ lavit_model* create(const char* config_json, const char* device, uint64_t seed) 
     lavit::LMConfig c;
     if (cfg.contains("lm")) {
       const auto& l = cfg["lm"];
-      check_keys(l, "config.lm", {"arch", "vocab", "d_model", "layers", "heads", "mlp", "max_len", "rope_theta", "norm_eps"});
+      check_keys(l, "config.lm", {"arch", "vocab", "d_model", "layers", "heads", "mlp", "max_len", "rope_theta", "norm_eps",
+                                  "image_input", "vis_width", "vis_heads", "vis_mlp_hidden", "vis_merger_blocks",
+                                  "vis_patches"});
+      read(l, "image_input", c.image_input);
+      read(l, "vis_width", c.vis_width);
+      read(l, "vis_heads", c.vis_heads);
+      read(l, "vis_mlp_hidden", c.vis_mlp_hidden);
+      read(l, "vis_merger_blocks", c.vis_merger_blocks);
+      read(l, "vis_patches", c.vis_patches);
       read(l, "arch", c.arch);
       read(l, "rope_theta", c.rope_theta);
       read(l, "norm_eps", c.norm_eps);
@@ -267,6 +275,49 @@ void check_batch(const lavit_model* m, const lavit_batch* b) {
   if (m->in_flight) throw std::logic_error("a step is already in flight: call step_finish first");
 }
 
+// Stage-2 inputs of a batch: tokens, targets (optional), and the continuous
+// image inputs when the model takes them.
+struct LMInputs {
+  torch::Tensor tokens, targets, feats, keep, slots;
+};
+
+LMInputs lm_inputs(lavit_model* m, const lavit_batch* b, bool need_targets) {
+  LMInputs in;
+  const auto V = m->lm->cfg.vocab;
+  if (!b->tokens || (need_targets && !b->targets)) throw std::invalid_argument("stage 2 needs tokens and targets");
+  if (b->seq_len <= 0 || b->seq_len > m->lm->cfg.max_len) {
+    throw std::invalid_argument("seq_len " + std::to_string(b->seq_len) + " out of range 1.." +
+                                std::to_string(m->lm->cfg.max_len));
+  }
+  in.tokens = torch::from_blob(const_cast<int64_t*>(b->tokens), {b->batch, b->seq_len}, torch::kLong).clone();
+  if ((in.tokens < 0).any().item<bool>() || (in.tokens >= V).any().item<bool>()) {
+    throw std::invalid_argument("token id out of range 0.." + std::to_string(V - 1));
+  }
+  if (need_targets) {
+    in.targets = torch::from_blob(const_cast<int64_t*>(b->targets), {b->batch, b->seq_len}, torch::kLong).clone();
+    if ((in.targets < -1).any().item<bool>() || (in.targets >= V).any().item<bool>()) {
+      throw std::invalid_argument("target id out of range -1.." + std::to_string(V - 1));
+    }
+    in.targets = in.targets.to(m->device);
+  }
+  if (b->image_slots) {
+    if (!m->lm->continuous()) throw std::invalid_argument("image inputs given to a model with lm.image_input discrete");
+    if (!b->image_feats || !b->image_keep) throw std::invalid_argument("image slots need image features and keep decisions");
+    const auto& c = m->lm->cfg;
+    in.feats = torch::from_blob(const_cast<float*>(b->image_feats), {b->batch, c.vis_patches, c.vis_width}, torch::kFloat).clone();
+    if (!torch::isfinite(in.feats).all().item<bool>()) throw std::invalid_argument("image features contain NaN or Inf");
+    in.keep = torch::from_blob(const_cast<uint8_t*>(b->image_keep), {b->batch, c.vis_patches}, torch::kUInt8).to(torch::kFloat);
+    in.slots = torch::from_blob(const_cast<uint8_t*>(b->image_slots), {b->batch, b->seq_len}, torch::kUInt8).clone();
+    auto kept = in.keep.sum(1).to(torch::kLong), want = in.slots.sum(1).to(torch::kLong);
+    if ((want > kept).any().item<bool>()) throw std::invalid_argument("a sample has more image slots than kept tokens");
+    in.feats = in.feats.to(m->device);
+    in.keep = in.keep.to(m->device);
+    in.slots = in.slots.to(m->device);
+  }
+  in.tokens = in.tokens.to(m->device);
+  return in;
+}
+
 void step_begin(lavit_model* m, const lavit_batch* b, float* pre) {
   check_batch(m, b);
   auto pos = positions_vec(b->positions, b->batch);
@@ -282,22 +333,12 @@ void step_begin(lavit_model* m, const lavit_batch* b, float* pre) {
     pre[0] = static_cast<float>(kept);
     pre[1] = static_cast<float>(valid.sum().item<double>() * m->patches());
   } else {
-    if (!b->tokens || !b->targets) throw std::invalid_argument("stage 2 needs tokens and targets");
-    const auto V = m->lm->cfg.vocab;
-    if (b->seq_len <= 0 || b->seq_len > m->lm->cfg.max_len) {
-      throw std::invalid_argument("seq_len " + std::to_string(b->seq_len) + " out of range 1.." +
-                                  std::to_string(m->lm->cfg.max_len));
-    }
-    auto tokens = torch::from_blob(const_cast<int64_t*>(b->tokens), {b->batch, b->seq_len}, torch::kLong).clone();
-    auto targets = torch::from_blob(const_cast<int64_t*>(b->targets), {b->batch, b->seq_len}, torch::kLong).clone();
-    if ((tokens < 0).any().item<bool>() || (tokens >= V).any().item<bool>()) {
-      throw std::invalid_argument("token id out of range 0.." + std::to_string(V - 1));
-    }
-    if ((targets < -1).any().item<bool>() || (targets >= V).any().item<bool>()) {
-      throw std::invalid_argument("target id out of range -1.." + std::to_string(V - 1));
-    }
-    m->tokens = tokens.to(m->device);
-    m->targets = targets.to(m->device);
+    auto in = lm_inputs(m, b, true);
+    m->tokens = in.tokens;
+    m->targets = in.targets;
+    m->img_feats = in.feats;
+    m->img_keep = in.keep;
+    m->img_slots = in.slots;
     m->valid = valid.to(m->device);
   }
   m->batch = b->batch;
@@ -368,7 +409,7 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
       std::memset(post, 0, sizeof(float) * post_stats_numel(m));
     }
   } else {
-    auto logits = m->lm->forward(m->tokens);
+    auto logits = m->lm->forward(m->tokens, m->img_feats, m->img_keep, m->img_slots);
     auto logp = torch::log_softmax(logits, -1);
     auto mask = (m->targets >= 0).to(torch::kFloat);
     auto nll = -logp.gather(-1, m->targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask;
@@ -377,7 +418,7 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     loss_sum.backward();
     local_sum = loss_sum.item<double>();
     met["tokens"] = mask.sum().item<double>();
-    m->tokens = m->targets = torch::Tensor();
+    m->tokens = m->targets = m->img_feats = m->img_keep = m->img_slots = torch::Tensor();
   }
   met["loss_sum"] = local_sum;
   met["samples"] = m->valid.sum().item<double>();
@@ -730,6 +771,9 @@ json model_info(lavit_model* m) {
     info["vocab"] = m->lm->cfg.vocab;
     info["max_len"] = m->lm->cfg.max_len;
     info["d_model"] = m->lm->cfg.d_model;
+    info["image_input"] = m->lm->cfg.image_input;
+    info["vis_patches"] = m->lm->cfg.vis_patches;
+    info["vis_width"] = m->lm->cfg.vis_width;
   }
   return info;
 }
@@ -922,16 +966,13 @@ int lavit_tokenize(lavit_model* m, const float* images, int64_t n, const int64_t
   });
 }
 
-int lavit_lm_logprobs(lavit_model* m, const int64_t* tokens, int64_t n, int64_t seq_len, float* out) {
+int lavit_lm_logprobs(lavit_model* m, const lavit_batch* b, float* out) {
   return guard([&] {
     if (m->stage != 2) throw std::logic_error("lm_logprobs needs a stage-2 model");
-    if (!tokens || !out) throw std::invalid_argument("tokens or out is NULL");
+    if (!b || !out || b->batch <= 0) throw std::invalid_argument("batch or out is NULL");
     torch::NoGradGuard no_grad;
-    auto t = torch::from_blob(const_cast<int64_t*>(tokens), {n, seq_len}, torch::kLong).clone();
-    if ((t < 0).any().item<bool>() || (t >= m->lm->cfg.vocab).any().item<bool>()) {
-      throw std::invalid_argument("token id out of range");
-    }
-    auto lp = torch::log_softmax(m->lm->forward(t.to(m->device)), -1).to(torch::kCPU).contiguous();
+    auto in = lm_inputs(m, b, false);
+    auto lp = torch::log_softmax(m->lm->forward(in.tokens, in.feats, in.keep, in.slots), -1).to(torch::kCPU).contiguous();
     std::memcpy(out, lp.data_ptr<float>(), lp.numel() * sizeof(float));
   });
 }
