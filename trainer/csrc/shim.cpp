@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -82,7 +83,17 @@ struct lavit_model {
   // Frozen parameters (the pretrained encoder): loaded from files, never
   // trained, not in the flat buffers.
   std::vector<std::pair<std::string, torch::Tensor>> frozen;
-  torch::Tensor params, grads, exp_avg, exp_avg_sq, lr_scale, decay_mask, train_mask;
+  torch::Tensor params, grads, exp_avg, exp_avg_sq;
+  // Runs of contiguous segments sharing an optimizer treatment (group and
+  // weight decay): the flat layout is sorted so there are only a few, and
+  // AdamW loops over them with scalar settings instead of per-element masks.
+  struct Run {
+    std::string group;
+    bool decay;
+    int64_t offset, numel;
+  };
+  std::vector<Run> runs;
+  std::set<std::string> frozen_groups;
   int64_t adam_t = 0;
   int64_t last_step = 0;
   bool vq_on = false, selector_frozen = false;
@@ -105,7 +116,6 @@ torch::TensorOptions f32(const lavit_model* m) { return torch::TensorOptions().d
 // Builds the flat buffers: every trainable parameter's data and .grad become
 // views into one contiguous float32 tensor each.
 void flatten(lavit_model* m) {
-  int64_t total = 0;
   for (auto& kv : m->root().named_parameters(/*recurse=*/true)) {
     if (!kv.value().requires_grad()) {
       m->frozen.push_back({kv.key(), kv.value()});
@@ -116,11 +126,23 @@ void flatten(lavit_model* m) {
     s.param = kv.value();
     s.numel = s.param.numel();
     s.shape = s.param.sizes().vec();
-    s.offset = total;
     s.group = (m->stage == 1 && s.name.rfind("selector.", 0) == 0) ? "selector" : "main";
     s.decay = s.param.dim() >= 2;
-    total += s.numel;
     m->segs.push_back(s);
+  }
+  // Order by (group, decay), keeping registration order within each, so
+  // each optimizer treatment is one contiguous run.
+  std::stable_sort(m->segs.begin(), m->segs.end(), [](const Segment& a, const Segment& b) {
+    return std::make_pair(a.group, !a.decay) < std::make_pair(b.group, !b.decay);
+  });
+  int64_t total = 0;
+  for (auto& s : m->segs) {
+    s.offset = total;
+    total += s.numel;
+    if (m->runs.empty() || m->runs.back().group != s.group || m->runs.back().decay != s.decay) {
+      m->runs.push_back({s.group, s.decay, s.offset, 0});
+    }
+    m->runs.back().numel += s.numel;
   }
   m->params = torch::empty({total}, f32(m));
   m->grads = torch::zeros({total}, f32(m));
@@ -141,23 +163,11 @@ void ensure_optim(lavit_model* m) {
   const int64_t total = m->params.numel();
   m->exp_avg = torch::zeros({total}, f32(m));
   m->exp_avg_sq = torch::zeros({total}, f32(m));
-  m->lr_scale = torch::ones({total}, f32(m));
-  m->decay_mask = torch::zeros({total}, f32(m));
-  m->train_mask = torch::ones({total}, f32(m));
-  torch::NoGradGuard no_grad;
-  for (auto& s : m->segs) {
-    if (s.group == "selector") m->lr_scale.narrow(0, s.offset, s.numel).fill_(m->opt.selector_lr / m->opt.lr);
-    if (s.decay) m->decay_mask.narrow(0, s.offset, s.numel).fill_(1.0);
-  }
 }
 
-void freeze_group(lavit_model* m, const std::string& group) {
-  ensure_optim(m);
-  torch::NoGradGuard no_grad;
-  for (auto& s : m->segs) {
-    if (s.group == group) m->train_mask.narrow(0, s.offset, s.numel).zero_();
-  }
-}
+// A frozen group leaves the optimizer: neither its weights nor its moments
+// move (MODEL.md's libtorch 1.13 trap with zero-but-defined gradients).
+void freeze_group(lavit_model* m, const std::string& group) { m->frozen_groups.insert(group); }
 
 lavit_model* create(const char* config_json, const char* device, uint64_t seed) {
   if (!config_json) throw std::invalid_argument("config is NULL");
@@ -433,24 +443,35 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
   m->finished = false;
   ensure_optim(m);
   torch::NoGradGuard no_grad;
-  auto g = m->grads / static_cast<double>(global_batch) * m->train_mask;
-  if (!torch::isfinite(g).all().item<bool>()) throw std::runtime_error("gradients contain NaN or Inf; step not applied");
-  const double norm = g.norm().item<double>();
-  if (m->opt.clip > 0 && norm > m->opt.clip) g = g * (m->opt.clip / (norm + 1e-6));
+  // Global gradient norm over the trainable runs, of the averaged gradient.
+  double sq = 0;
+  for (const auto& r : m->runs) {
+    if (!m->frozen_groups.count(r.group)) sq += m->grads.narrow(0, r.offset, r.numel).pow(2).sum().item<double>();
+  }
+  if (!std::isfinite(sq)) throw std::runtime_error("gradients contain NaN or Inf; step not applied");
+  const double norm = std::sqrt(sq) / static_cast<double>(global_batch);
+  double scale = 1.0 / static_cast<double>(global_batch);
+  if (m->opt.clip > 0 && norm > m->opt.clip) scale *= m->opt.clip / (norm + 1e-6);
   m->metrics["grad_norm"] = norm;
   m->adam_t += 1;
   const double lr = m->opt.lr_at(m->last_step, m->opt.lr);
   m->metrics["lr"] = lr;
   const double b1 = m->opt.beta1, b2 = m->opt.beta2;
-  auto train = m->train_mask > 0;
-  auto ea = torch::where(train, m->exp_avg * b1 + g * (1 - b1), m->exp_avg);
-  auto eas = torch::where(train, m->exp_avg_sq * b2 + g * g * (1 - b2), m->exp_avg_sq);
   const double bc1 = 1 - std::pow(b1, static_cast<double>(m->adam_t));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(m->adam_t));
-  auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps) + m->opt.weight_decay * m->decay_mask * m->params;
-  m->params.sub_(lr * m->lr_scale * m->train_mask * update);
-  m->exp_avg.copy_(ea);
-  m->exp_avg_sq.copy_(eas);
+  for (const auto& r : m->runs) {
+    if (m->frozen_groups.count(r.group)) continue;
+    auto g = m->grads.narrow(0, r.offset, r.numel) * scale;
+    auto ea = m->exp_avg.narrow(0, r.offset, r.numel);
+    auto eas = m->exp_avg_sq.narrow(0, r.offset, r.numel);
+    auto p = m->params.narrow(0, r.offset, r.numel);
+    ea.mul_(b1).add_(g, 1 - b1);
+    eas.mul_(b2).addcmul_(g, g, 1 - b2);
+    auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps);
+    if (r.decay) update.add_(p, m->opt.weight_decay);
+    const double run_lr = r.group == "selector" ? lr * m->opt.selector_lr / m->opt.lr : lr;
+    p.sub_(update, run_lr);
+  }
   if (m->stage == 1 && m->vq_on) {
     if (!gpost) throw std::invalid_argument("global post_stats is NULL");
     const auto& c = m->tok->cfg;
@@ -527,7 +548,7 @@ uint32_t fnv1a(const uint8_t* p, size_t n) {
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(lavit_model* m) {
   ensure_optim(m);
   std::vector<std::pair<std::string, torch::Tensor>> t = {
-      {"params", m->params}, {"exp_avg", m->exp_avg}, {"exp_avg_sq", m->exp_avg_sq}, {"train_mask", m->train_mask}};
+      {"params", m->params}, {"exp_avg", m->exp_avg}, {"exp_avg_sq", m->exp_avg_sq}};
   if (m->stage == 1) t.push_back({"codebook", m->tok->codebook});
   return t;
 }
@@ -617,6 +638,11 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   m->last_step = last_step;
   m->vq_on = vq_on;
   m->selector_frozen = frozen;
+  if (frozen) {
+    m->frozen_groups.insert("selector");
+  } else {
+    m->frozen_groups.erase("selector");
+  }
   m->finished = false;
 }
 
