@@ -52,7 +52,9 @@ gpu-bundle: deps
 
 ## test: every test (unit, in-process cluster, process-level), with -race
 test: build torch
-	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) $(GO) test $(TESTFLAGS) ./...
+	@rm -f test-out/it-learned.txt
+	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) LAVIT_REPORT_DIR=$(CURDIR)/test-out $(GO) test $(TESTFLAGS) ./...
+	@echo; echo "MODEL.md's \"it learned\" checks (trainer.TestTinyLaVITLearns):"; cat test-out/it-learned.txt
 
 ## demo: a coordinator and two workers join, are listed, and leave cleanly
 demo: build
@@ -71,4 +73,4 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf $(BIN) demo-out bench-out build
+	rm -rf $(BIN) demo-out bench-out build test-out

@@ -103,6 +103,15 @@ func TestTinyLaVITLearns(t *testing.T) {
 	}
 	checks3 := r3.Checks()
 	t.Log("\n" + FormatChecks("stage 2 (LM, continuous image→text input) on 256 eval images", checks3))
+	report := FormatChecks("stage 1 (tokenizer) on 256 eval images", checks1) +
+		FormatChecks("stage 2 (LM, discrete image input) on 256 eval images", checks2) +
+		FormatChecks("stage 2 (LM, continuous image→text input) on 256 eval images", checks3)
+	// make test prints this file after the run, so the table is in the log
+	// of every run, passing or not.
+	if dir := os.Getenv("LAVIT_REPORT_DIR"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "it-learned.txt"), []byte(report), 0o644)
+	}
 	if !AllPass(checks1) || !AllPass(checks2) || !AllPass(checks3) {
 		t.Fatal("the tiny model did not reach MODEL.md's bars (tables above)")
 	}

@@ -69,6 +69,9 @@ type Model struct {
 	m    *C.lavit_model
 	info Info
 	cfg  Config
+	// Reused statistics buffers: a step allocates nothing on the Go heap
+	// for them (the step loop is the hot path).
+	preBuf, postBuf []float32
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",
@@ -286,12 +289,16 @@ func floatPtr(s []float32) *C.float {
 }
 
 // StepBegin runs the forward pass up to the batch statistics and returns
-// this rank's partial sums (to be all-reduced by sum).
+// this rank's partial sums (to be all-reduced by sum). The slice is reused
+// by the next step.
 func (m *Model) StepBegin(b *Batch) ([]float32, error) {
 	if err := m.checkBatch(b); err != nil {
 		return nil, err
 	}
-	pre := make([]float32, max(m.info.PreStats, 1))
+	if len(m.preBuf) < int(max(m.info.PreStats, 1)) {
+		m.preBuf = make([]float32, max(m.info.PreStats, 1))
+	}
+	pre := m.preBuf
 	err := withThread(func() error {
 		var p runtime.Pinner
 		defer p.Unpin()
@@ -305,12 +312,16 @@ func (m *Model) StepBegin(b *Batch) ([]float32, error) {
 
 // StepFinish finishes the forward pass with the globally reduced statistics
 // and runs backward into the flat gradient buffer. It returns this rank's
-// partial post-step statistics (VQ sums and counts) and its loss sum.
+// partial post-step statistics (VQ sums and counts; reused by the next
+// step) and its loss sum.
 func (m *Model) StepFinish(globalPre []float32) (post []float32, lossSum float64, err error) {
 	if int64(len(globalPre)) != m.info.PreStats {
 		return nil, 0, fmt.Errorf("step finish: %d pre-stats, want %d", len(globalPre), m.info.PreStats)
 	}
-	post = make([]float32, max(m.info.PostStats, 1))
+	if len(m.postBuf) < int(max(m.info.PostStats, 1)) {
+		m.postBuf = make([]float32, max(m.info.PostStats, 1))
+	}
+	post = m.postBuf
 	var loss C.double
 	err = withThread(func() error {
 		if C.c_step_finish(&m.lib.api, m.m, floatPtr(globalPre), floatPtr(post), &loss) != 0 {
