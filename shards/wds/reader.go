@@ -1,0 +1,189 @@
+package wds
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+)
+
+// Reader streams the samples of one shard. It holds at most one sample in
+// memory, bounded by its Limits. A Reader is not safe for concurrent use.
+type Reader struct {
+	tr    *tar.Reader
+	shard string
+	lim   Limits
+
+	cur     *building // the sample being assembled; nil between samples
+	index   int       // Index of the next sample to start
+	lastKey string    // key of the last member read whole, for ErrCorrupt messages
+	skipped int       // members skipped as not part of any sample
+	err     error     // sticky: io.EOF or an ErrCorrupt error once reached
+}
+
+// building is a sample whose members are still being read.
+type building struct {
+	key    string
+	index  int
+	fields map[string][]byte
+	bytes  int64 // sum of the member sizes seen so far, including discarded ones
+	err    error // first problem found; later members are discarded
+}
+
+// NewReader returns a Reader over the tar stream r. shard names the shard
+// in samples and errors. Zero fields of lim take their defaults.
+func NewReader(r io.Reader, shard string, lim Limits) *Reader {
+	return &Reader{tr: tar.NewReader(r), shard: shard, lim: lim.withDefaults()}
+}
+
+// SkippedMembers returns how many members so far were skipped as not part
+// of any sample (names starting with "__" or ".", names without a field).
+func (r *Reader) SkippedMembers() int { return r.skipped }
+
+// Next returns the next sample. A problem confined to one sample (oversized
+// member, path escaping with "../" or absolute, duplicate field, too many
+// fields, sample too large) returns that sample with Err set and nil Fields,
+// and reading continues. A broken stream (truncated tar, bad header) returns
+// an error wrapping ErrCorrupt naming the shard and the last good key (the
+// key of the last member read whole); the sample being assembled at the
+// break is lost, and every later call returns the same error. Next returns
+// io.EOF at the clean end.
+//
+// An empty shard (0 bytes, or a tar holding only the end-of-archive
+// marker) has no samples: the first call returns io.EOF. A tar cut exactly
+// at a member boundary also looks like a clean end; the manifest's size and
+// hash are what catch that.
+func (r *Reader) Next() (Sample, error) {
+	for {
+		if r.err != nil {
+			return Sample{}, r.err
+		}
+		hdr, err := r.tr.Next()
+		if err == io.EOF {
+			r.err = io.EOF
+			if r.cur != nil {
+				return r.finish(), nil
+			}
+			return Sample{}, io.EOF
+		}
+		if err != nil {
+			return Sample{}, r.fail(err)
+		}
+		if hdr.Typeflag != tar.TypeReg {
+			// Directories, links, devices...: not data. The tar reader
+			// skips their contents (if any) on the next call.
+			continue
+		}
+		name := path.Clean(hdr.Name)
+		key, field, ok := splitName(name)
+		if !ok {
+			r.skipped++
+			if err := r.discard(); err != nil {
+				return Sample{}, r.fail(err)
+			}
+			continue
+		}
+
+		// A new key completes the previous sample. Read the new member
+		// now (the tar reader is positioned on it), then return the
+		// completed one.
+		var done *Sample
+		if r.cur != nil && r.cur.key != key {
+			s := r.finish()
+			done = &s
+		}
+		if r.cur == nil {
+			r.cur = &building{key: key, index: r.index, fields: make(map[string][]byte)}
+			r.index++
+		}
+		if err := r.addMember(hdr, name, field); err != nil {
+			err = r.fail(err)
+			if done != nil {
+				return *done, nil // the error is sticky: the next call returns it
+			}
+			return Sample{}, err
+		}
+		r.lastKey = key
+		if done != nil {
+			return *done, nil
+		}
+	}
+}
+
+// addMember reads the current member into r.cur, or records why the sample
+// is bad and discards the member's bytes. It returns an error only when the
+// stream itself is broken.
+func (r *Reader) addMember(hdr *tar.Header, name, field string) error {
+	b := r.cur
+	b.bytes += hdr.Size
+	_, dup := b.fields[field]
+	if b.err == nil {
+		switch {
+		case escapes(name):
+			b.err = errorf(r.shard, b.key, "member %q: path escapes the shard", hdr.Name)
+		case hdr.Size > r.lim.MaxMemberBytes:
+			b.err = errorf(r.shard, b.key, "member %q: %d bytes exceeds the %d-byte member limit", hdr.Name, hdr.Size, r.lim.MaxMemberBytes)
+		case b.bytes > r.lim.MaxSampleBytes:
+			b.err = errorf(r.shard, b.key, "member %q: sample reaches %d bytes, over the %d-byte sample limit", hdr.Name, b.bytes, r.lim.MaxSampleBytes)
+		case dup:
+			// A duplicate field makes the whole sample bad rather than
+			// silently keeping the first or the last copy.
+			b.err = errorf(r.shard, b.key, "member %q: duplicate field %q", hdr.Name, field)
+		case len(b.fields) >= r.lim.MaxFields:
+			b.err = errorf(r.shard, b.key, "member %q: more than %d fields", hdr.Name, r.lim.MaxFields)
+		}
+	}
+	if b.err != nil {
+		b.fields = nil // a bad sample's bytes are released, never handed out
+		return r.discard()
+	}
+
+	// Never hold more than MaxMemberBytes+1 bytes of one member, whatever
+	// the header claims; the rest is discarded so the stream stays aligned.
+	data, err := io.ReadAll(io.LimitReader(r.tr, r.lim.MaxMemberBytes+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(data)) > r.lim.MaxMemberBytes {
+		b.err = errorf(r.shard, b.key, "member %q: more than the %d-byte member limit", hdr.Name, r.lim.MaxMemberBytes)
+		b.fields = nil
+		return r.discard()
+	}
+	if data == nil {
+		data = []byte{} // an empty member is still a present field
+	}
+	b.fields[field] = data
+	return nil
+}
+
+// discard skips the rest of the current member.
+func (r *Reader) discard() error {
+	_, err := io.Copy(io.Discard, r.tr)
+	return err
+}
+
+// finish turns r.cur into a Sample and clears it.
+func (r *Reader) finish() Sample {
+	b := r.cur
+	r.cur = nil
+	s := Sample{Key: b.key, Shard: r.shard, Index: b.index, Err: b.err}
+	if b.err == nil {
+		s.Fields = b.fields
+	}
+	return s
+}
+
+// fail records a broken stream as the sticky error and returns it.
+func (r *Reader) fail(cause error) error {
+	if errors.Is(cause, io.EOF) {
+		cause = io.ErrUnexpectedEOF // an EOF inside a member is a truncation
+	}
+	last := r.lastKey
+	if last == "" {
+		last = "(none)"
+	}
+	r.cur = nil
+	r.err = fmt.Errorf("wds: shard %q: %w after key %q: %w", r.shard, ErrCorrupt, last, cause)
+	return r.err
+}

@@ -1,0 +1,47 @@
+package wds
+
+import (
+	"fmt"
+	"io"
+)
+
+// Stats counts what Scan saw in a shard.
+type Stats struct {
+	Samples        int   // all samples, good and bad (the shard's sample count)
+	BadSamples     int   // samples returned with Err set
+	SkippedMembers int   // members not part of any sample ("__" or "." names, no field)
+	Bytes          int64 // field bytes of the good samples
+}
+
+// Scan reads a whole shard, calling fn for each sample (fn may be nil), and
+// returns the stats. Bad samples are counted and passed to fn like the
+// others. Scan stops at the first error from fn (returned wrapped, with the
+// shard and key) or at a broken stream (an error wrapping ErrCorrupt); the
+// stats count what was read up to then. An empty shard gives zero Stats and
+// no error.
+func Scan(r io.Reader, shard string, lim Limits, fn func(Sample) error) (Stats, error) {
+	rd := NewReader(r, shard, lim)
+	var st Stats
+	for {
+		s, err := rd.Next()
+		st.SkippedMembers = rd.SkippedMembers()
+		if err == io.EOF {
+			return st, nil
+		}
+		if err != nil {
+			return st, err
+		}
+		st.Samples++
+		if s.Err != nil {
+			st.BadSamples++
+		}
+		for _, data := range s.Fields {
+			st.Bytes += int64(len(data))
+		}
+		if fn != nil {
+			if err := fn(s); err != nil {
+				return st, fmt.Errorf("wds: shard %q: sample %q: %w", shard, s.Key, err)
+			}
+		}
+	}
+}
