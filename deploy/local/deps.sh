@@ -40,3 +40,11 @@ fi
 
 # Go modules (a no-op when the module cache already has them).
 go mod download
+
+# versitygw: the real S3 server the shards tests run against (a Go build,
+# no package manager). Installed once into $(go env GOPATH)/bin.
+versitygw_bin="$(go env GOPATH | cut -d: -f1)/bin/versitygw"
+if [ ! -x "$versitygw_bin" ]; then
+  echo "deps: building versitygw v1.8.0 (the S3 test server; about 2 minutes)"
+  GOBIN="$(dirname "$versitygw_bin")" go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
