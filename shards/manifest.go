@@ -1,0 +1,218 @@
+package shards
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/lavit-org/lavit/shards/stream"
+	"github.com/lavit-org/lavit/shards/wds"
+)
+
+// ManifestName is the manifest's object name next to the shards.
+const ManifestName = "manifest.json"
+
+// manifestVersion versions the manifest format.
+const manifestVersion = 1
+
+// MaxManifestBytes bounds a manifest read from a store.
+const MaxManifestBytes = 64 << 20
+
+// ShardEntry is one shard of a data set.
+type ShardEntry struct {
+	Name    string `json:"name"`
+	Samples int    `json:"samples"`
+	Bad     int    `json:"bad"`
+	Bytes   int64  `json:"bytes"`
+	SHA256  string `json:"sha256"`
+}
+
+// Manifest freezes a data set: the ordered shard list with sample counts,
+// sizes and content hashes.
+type Manifest struct {
+	Version int          `json:"version"`
+	Shards  []ShardEntry `json:"shards"`
+}
+
+// Samples is the total sample count.
+func (m *Manifest) Samples() int64 {
+	var n int64
+	for _, s := range m.Shards {
+		n += int64(s.Samples)
+	}
+	return n
+}
+
+// Hash is the sha256 of the manifest's canonical JSON: how runs and the
+// coordinator's state refer to a data set.
+func (m *Manifest) Hash() string {
+	b, _ := json.Marshal(m)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Stream is the manifest's deterministic sample stream.
+func (m *Manifest) Stream(seed uint64, blockShards int) (*stream.Stream, error) {
+	shards := make([]stream.Shard, len(m.Shards))
+	for i, s := range m.Shards {
+		shards[i] = stream.Shard{Name: s.Name, Samples: s.Samples}
+	}
+	return stream.New(shards, seed, blockShards)
+}
+
+// ShardNames lists the .tar objects of a source in name order.
+func ShardNames(ctx context.Context, src Source) ([]string, error) {
+	objs, err := src.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, o := range objs {
+		if strings.HasSuffix(o.Name, ".tar") {
+			names = append(names, o.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("%s: no .tar shards", src.URL())
+	}
+	return names, nil
+}
+
+// IndexShard reads one shard once: sample counts, size, sha256.
+func IndexShard(ctx context.Context, src Source, name string, lim wds.Limits) (ShardEntry, error) {
+	rc, err := src.Open(ctx, name, 0, -1)
+	if err != nil {
+		return ShardEntry{}, fmt.Errorf("index %s: %w", name, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	cr := &countingReader{r: io.TeeReader(rc, h)}
+	st, err := wds.Scan(cr, name, lim, nil)
+	if err != nil {
+		return ShardEntry{}, fmt.Errorf("index %s: %w", name, err)
+	}
+	io.Copy(io.Discard, cr) // hash any trailing bytes (tar padding)
+	return ShardEntry{Name: name, Samples: st.Samples + st.BadSamples, Bad: st.BadSamples, Bytes: cr.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Index scans the shards of a source (all .tar objects, or the given
+// names) and builds the manifest. progress, if set, is called after each shard.
+func Index(ctx context.Context, src Source, names []string, lim wds.Limits, progress func(done, total int, e ShardEntry)) (*Manifest, error) {
+	var err error
+	if len(names) == 0 {
+		if names, err = ShardNames(ctx, src); err != nil {
+			return nil, err
+		}
+	}
+	m := &Manifest{Version: manifestVersion}
+	for i, name := range names {
+		e, err := IndexShard(ctx, src, name, lim)
+		if err != nil {
+			return nil, err
+		}
+		m.Shards = append(m.Shards, e)
+		if progress != nil {
+			progress(i+1, len(names), e)
+		}
+	}
+	return m, nil
+}
+
+// WriteManifest stores the manifest next to the shards.
+func WriteManifest(ctx context.Context, src Source, m *Manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	return src.Put(ctx, ManifestName, bytes.NewReader(b), int64(len(b)))
+}
+
+// LoadManifest reads and checks the manifest of a source.
+func LoadManifest(ctx context.Context, src Source) (*Manifest, error) {
+	rc, err := src.Open(ctx, ManifestName, 0, -1)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%s has no %s: run `lavit-coord shards index %s` first: %w", src.URL(), ManifestName, src.URL(), err)
+		}
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, MaxManifestBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", ManifestName, err)
+	}
+	if len(b) > MaxManifestBytes {
+		return nil, fmt.Errorf("%s is larger than %d bytes", ManifestName, MaxManifestBytes)
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", ManifestName, err)
+	}
+	if m.Version != manifestVersion {
+		return nil, fmt.Errorf("%s: format version %d, want %d", ManifestName, m.Version, manifestVersion)
+	}
+	if len(m.Shards) == 0 {
+		return nil, fmt.Errorf("%s lists no shards", ManifestName)
+	}
+	return &m, nil
+}
+
+// ErrShardChanged means a shard's bytes no longer match the manifest.
+var ErrShardChanged = errors.New("shard changed since it was indexed")
+
+// VerifiedReader hashes a shard while it streams and reports a mismatch
+// with the manifest at the end (or when more bytes arrive than indexed).
+type VerifiedReader struct {
+	r     io.Reader
+	entry ShardEntry
+	h     hash
+	n     int64
+}
+
+type hash interface {
+	io.Writer
+	Sum([]byte) []byte
+}
+
+// NewVerifiedReader wraps a shard's byte stream.
+func NewVerifiedReader(r io.Reader, e ShardEntry) *VerifiedReader {
+	return &VerifiedReader{r: r, entry: e, h: sha256.New()}
+}
+
+func (v *VerifiedReader) Read(p []byte) (int, error) {
+	n, err := v.r.Read(p)
+	v.h.Write(p[:n])
+	v.n += int64(n)
+	if v.n > v.entry.Bytes {
+		return n, fmt.Errorf("%s: %w (more than the %d bytes indexed)", v.entry.Name, ErrShardChanged, v.entry.Bytes)
+	}
+	if err == io.EOF {
+		if v.n != v.entry.Bytes {
+			return n, fmt.Errorf("%s: %w (%d bytes, indexed %d)", v.entry.Name, ErrShardChanged, v.n, v.entry.Bytes)
+		}
+		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.entry.SHA256 {
+			return n, fmt.Errorf("%s: %w (sha256 %s, indexed %s)", v.entry.Name, ErrShardChanged, got[:12], v.entry.SHA256[:12])
+		}
+	}
+	return n, err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
