@@ -11,6 +11,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -216,3 +217,35 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// CheckSample validates a sample the way training will use it: an image
+// field (png, jpg or jpeg) that decodes, and a UTF-8 caption (txt).
+func CheckSample(s wds.Sample) error {
+	if s.Err != nil {
+		return s.Err
+	}
+	var img, field string
+	for _, f := range []string{"png", "jpg", "jpeg"} {
+		if _, ok := s.Fields[f]; ok {
+			img, field = f, f
+			break
+		}
+	}
+	if img == "" {
+		return fmt.Errorf("sample %s in %s: missing field: no png, jpg or jpeg image", s.Key, s.Shard)
+	}
+	txt, ok := s.Fields["txt"]
+	if !ok {
+		return fmt.Errorf("sample %s in %s: missing field: no txt caption", s.Key, s.Shard)
+	}
+	if _, err := decode.Image(s.Fields[field], field, 8); err != nil {
+		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
+	}
+	if _, err := decode.Caption(txt, MaxCaptionBytes); err != nil {
+		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
+	}
+	return nil
+}
+
+// MaxCaptionBytes bounds a caption.
+const MaxCaptionBytes = 16 << 10

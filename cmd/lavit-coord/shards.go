@@ -1,0 +1,191 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/shards"
+	"github.com/lavit-org/lavit/shards/synth"
+	"github.com/lavit-org/lavit/shards/wds"
+)
+
+func shardsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "shards",
+		Usage: "WebDataset data sets: make, index and verify them (file:///abs/dir or s3://bucket/prefix)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "synth",
+				Usage: "write MODEL.md's synthetic data set as shards",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "out", Required: true, Usage: "data set URL"},
+					&cli.IntFlag{Name: "samples", Required: true, Usage: "number of samples"},
+					&cli.IntFlag{Name: "per-shard", Value: 1000, Usage: "samples per shard"},
+					&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "data seed"},
+					&cli.StringFlag{Name: "split", Value: "train", Usage: "train or eval"},
+					&cli.BoolFlag{Name: "no-index", Usage: "do not write manifest.json"},
+				},
+				Action: runShardsSynth,
+			},
+			{
+				Name:      "index",
+				Usage:     "scan the shards once and write manifest.json next to them",
+				ArgsUsage: "URL",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the manifest"}},
+				Action:    runShardsIndex,
+			},
+			{
+				Name:      "verify",
+				Usage:     "re-read every shard against the manifest; report bad samples by shard and key (exit 1 if any)",
+				ArgsUsage: "URL",
+				Action:    runShardsVerify,
+			},
+		},
+	}
+}
+
+// progress prints a one-line progress bar to stderr.
+func progress(what string, done, total int, detail string) {
+	const width = 30
+	filled := width * done / max(total, 1)
+	fmt.Fprintf(os.Stderr, "\r%s [%s%s] %d/%d %s", what, strings.Repeat("=", filled), strings.Repeat(" ", width-filled), done, total, detail)
+	if done == total {
+		fmt.Fprintln(os.Stderr)
+	}
+}
+
+func oneURL(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", cliutil.Usagef("%s needs one data set URL (file:///abs/dir or s3://bucket/prefix)", c.Command.FullName())
+	}
+	return c.Args().First(), nil
+}
+
+func runShardsSynth(c *cli.Context) error {
+	var split synth.Split
+	switch c.String("split") {
+	case "train":
+		split = synth.Train
+	case "eval":
+		split = synth.Eval
+	default:
+		return cliutil.Usagef("--split %q: want train or eval", c.String("split"))
+	}
+	if c.Int("samples") <= 0 || c.Int("per-shard") <= 0 {
+		return cliutil.Usagef("--samples and --per-shard must be positive")
+	}
+	out := c.String("out")
+	if dir, ok := strings.CutPrefix(out, "file://"); ok && strings.HasPrefix(dir, "/") {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	src, err := shards.Open(c.Context, out)
+	if err != nil {
+		return cliutil.UsageError{Err: err}
+	}
+	start := time.Now()
+	names, err := shards.WriteSynth(c.Context, src, c.Uint64("seed"), split, c.Int("samples"), c.Int("per-shard"), func(done, total int) {
+		progress("synth", done, total, "")
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("wrote %d %s samples in %d shards to %s (%s)\n", c.Int("samples"), split, len(names), src.URL(), time.Since(start).Round(time.Millisecond))
+	if c.Bool("no-index") {
+		return nil
+	}
+	return indexAndWrite(c, src, names, false)
+}
+
+func runShardsIndex(c *cli.Context) error {
+	url, err := oneURL(c)
+	if err != nil {
+		return err
+	}
+	src, err := shards.Open(c.Context, url)
+	if err != nil {
+		return cliutil.UsageError{Err: err}
+	}
+	return indexAndWrite(c, src, nil, c.Bool("json"))
+}
+
+func indexAndWrite(c *cli.Context, src shards.Source, names []string, asJSON bool) error {
+	m, err := shards.Index(c.Context, src, names, wds.DefaultLimits(), func(done, total int, e shards.ShardEntry) {
+		progress("index", done, total, e.Name)
+	})
+	if err != nil {
+		return err
+	}
+	if err := shards.WriteManifest(c.Context, src, m); err != nil {
+		return err
+	}
+	if asJSON {
+		return cliutil.PrintJSON(os.Stdout, m)
+	}
+	bad := 0
+	for _, s := range m.Shards {
+		bad += s.Bad
+	}
+	fmt.Printf("indexed %d shards, %d samples (%d bad) → %s/%s, manifest %s\n", len(m.Shards), m.Samples(), bad, src.URL(), shards.ManifestName, m.Hash()[:16])
+	return nil
+}
+
+func runShardsVerify(c *cli.Context) error {
+	url, err := oneURL(c)
+	if err != nil {
+		return err
+	}
+	src, err := shards.Open(c.Context, url)
+	if err != nil {
+		return cliutil.UsageError{Err: err}
+	}
+	m, err := shards.LoadManifest(c.Context, src)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	samples, bad := 0, 0
+	for i, e := range m.Shards {
+		err := verifyShard(c, src, e, func(s wds.Sample) {
+			samples++
+			if err := shards.CheckSample(s); err != nil {
+				bad++
+				problems = append(problems, fmt.Sprintf("%s: sample %d (%s): %v", e.Name, s.Index, s.Key, err))
+			}
+		})
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", e.Name, err))
+		}
+		progress("verify", i+1, len(m.Shards), e.Name)
+	}
+	for _, p := range problems {
+		fmt.Println(p)
+	}
+	fmt.Printf("verified %d shards, %d samples: %d bad samples, %d problems\n", len(m.Shards), samples, bad, len(problems))
+	if len(problems) > 0 {
+		return errors.New("the data set has problems (listed above)")
+	}
+	return nil
+}
+
+func verifyShard(c *cli.Context, src shards.Source, e shards.ShardEntry, each func(wds.Sample)) error {
+	rc, err := src.Open(c.Context, e.Name, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	vr := shards.NewVerifiedReader(rc, e)
+	if _, err := wds.Scan(vr, e.Name, wds.DefaultLimits(), func(s wds.Sample) error { each(s); return nil }); err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, vr) // the tail, so the hash covers every byte
+	return err
+}
