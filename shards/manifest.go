@@ -218,30 +218,42 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// CheckSample validates a sample the way training will use it: an image
-// field (png, jpg or jpeg) that decodes, and a UTF-8 caption (txt).
-func CheckSample(s wds.Sample) error {
+// imageField is the sample's image field ("" if none).
+func imageField(s wds.Sample) string {
+	for _, f := range []string{"png", "jpg", "jpeg"} {
+		if _, ok := s.Fields[f]; ok {
+			return f
+		}
+	}
+	return ""
+}
+
+// CheckSampleFields checks a sample has what training needs, without
+// decoding: no reader error, an image field (png, jpg or jpeg), a caption.
+func CheckSampleFields(s wds.Sample) error {
 	if s.Err != nil {
 		return s.Err
 	}
-	var img, field string
-	for _, f := range []string{"png", "jpg", "jpeg"} {
-		if _, ok := s.Fields[f]; ok {
-			img, field = f, f
-			break
-		}
-	}
-	if img == "" {
+	if imageField(s) == "" {
 		return fmt.Errorf("sample %s in %s: missing field: no png, jpg or jpeg image", s.Key, s.Shard)
 	}
-	txt, ok := s.Fields["txt"]
-	if !ok {
+	if _, ok := s.Fields["txt"]; !ok {
 		return fmt.Errorf("sample %s in %s: missing field: no txt caption", s.Key, s.Shard)
 	}
+	return nil
+}
+
+// CheckSample validates a sample the way training will use it: the fields
+// are there, the image decodes and the caption is UTF-8.
+func CheckSample(s wds.Sample) error {
+	if err := CheckSampleFields(s); err != nil {
+		return err
+	}
+	field := imageField(s)
 	if _, err := decode.Image(s.Fields[field], field, 8); err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
-	if _, err := decode.Caption(txt, MaxCaptionBytes); err != nil {
+	if _, err := decode.Caption(s.Fields["txt"], MaxCaptionBytes); err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
 	return nil
