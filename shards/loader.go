@@ -1,6 +1,7 @@
 package shards
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -11,6 +12,9 @@ import (
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
 )
+
+// readBuffer is the read-ahead for streaming a shard.
+const readBuffer = 1 << 20
 
 // Loader turns a rank's stream refs into samples: it fetches whole shards
 // (each verified against the manifest), keeps the most recent ones, and
@@ -77,7 +81,9 @@ func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 		return
 	}
 	defer rc.Close()
-	vr := NewVerifiedReader(rc, e)
+	// Tar reads 512-byte headers; buffer so they are not one syscall or
+	// one network read each.
+	vr := NewVerifiedReader(bufio.NewReaderSize(rc, readBuffer), e)
 	_, err = wds.Scan(vr, e.Name, l.lim, func(s wds.Sample) error {
 		d.samples = append(d.samples, s)
 		return nil

@@ -1,6 +1,7 @@
 package shards
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -93,7 +94,7 @@ func IndexShard(ctx context.Context, src Source, name string, lim wds.Limits) (S
 	}
 	defer rc.Close()
 	h := sha256.New()
-	cr := &countingReader{r: io.TeeReader(rc, h)}
+	cr := &countingReader{r: io.TeeReader(bufio.NewReaderSize(rc, readBuffer), h)}
 	st, err := wds.Scan(cr, name, lim, nil)
 	if err != nil {
 		return ShardEntry{}, fmt.Errorf("index %s: %w", name, err)

@@ -139,9 +139,11 @@ func (r *Reader) addMember(hdr *tar.Header, name, field string) error {
 		return r.discard()
 	}
 
-	// Never hold more than MaxMemberBytes+1 bytes of one member, whatever
-	// the header claims; the rest is discarded so the stream stays aligned.
-	data, err := io.ReadAll(io.LimitReader(r.tr, r.lim.MaxMemberBytes+1))
+	// The header's size was checked against MaxMemberBytes above, and the
+	// tar reader never yields more than it, so one exact allocation holds
+	// the member.
+	data := make([]byte, hdr.Size)
+	_, err := io.ReadFull(r.tr, data)
 	if err != nil {
 		return err
 	}
