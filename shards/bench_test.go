@@ -8,6 +8,7 @@ import (
 	"image/color"
 	"image/jpeg"
 	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,21 +88,35 @@ func BenchmarkRead(b *testing.B) {
 				var rawTime, lavitTime, decodeTime time.Duration
 				var decoded int
 				for i := 0; i < b.N; i++ {
-					// Raw: plain reads of every shard.
+					// Raw: plain reads of every shard, all at once (the
+					// loader fetches shards concurrently too).
 					start := time.Now()
+					var wg sync.WaitGroup
+					var mu sync.Mutex
 					for _, e := range m.Shards {
-						rc, err := st.src.Open(ctx, e.Name, 0, -1)
-						if err != nil {
-							b.Fatal(err)
-						}
-						n, _ := io.Copy(io.Discard, rc)
-						rc.Close()
-						rawBytes += n
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							rc, err := st.src.Open(ctx, e.Name, 0, -1)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							n, _ := io.Copy(io.Discard, rc)
+							rc.Close()
+							mu.Lock()
+							rawBytes += n
+							mu.Unlock()
+						}()
 					}
+					wg.Wait()
 					rawTime += time.Since(start)
-					// lavit: the loader fetches, verifies and parses every shard.
+					// lavit: the loader prefetches, verifies and parses every shard.
 					start = time.Now()
 					l := NewLoader(st.src, m, len(m.Shards))
+					for si, e := range m.Shards {
+						l.Prefetch(ctx, refsOf(si, e.Samples))
+					}
 					var all []wds.Sample
 					for si, e := range m.Shards {
 						refs := refsOf(si, e.Samples)

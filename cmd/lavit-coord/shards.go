@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -182,7 +183,7 @@ func verifyShard(c *cli.Context, src shards.Source, e shards.ShardEntry, each fu
 		return err
 	}
 	defer rc.Close()
-	vr := shards.NewVerifiedReader(rc, e)
+	vr := shards.NewStrictVerifiedReader(bufio.NewReaderSize(rc, 1<<20), e)
 	if _, err := wds.Scan(vr, e.Name, wds.DefaultLimits(), func(s wds.Sample) error { each(s); return nil }); err != nil {
 		return err
 	}

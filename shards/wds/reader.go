@@ -20,6 +20,7 @@ type Reader struct {
 	lastKey string    // key of the last member read whole, for ErrCorrupt messages
 	skipped int       // members skipped as not part of any sample
 	err     error     // sticky: io.EOF or an ErrCorrupt error once reached
+	chunk   []byte    // the rest of the current arena block (see carve)
 }
 
 // building is a sample whose members are still being read.
@@ -142,7 +143,7 @@ func (r *Reader) addMember(hdr *tar.Header, name, field string) error {
 	// The header's size was checked against MaxMemberBytes above, and the
 	// tar reader never yields more than it, so one exact allocation holds
 	// the member.
-	data := make([]byte, hdr.Size)
+	data := r.carve(hdr.Size)
 	_, err := io.ReadFull(r.tr, data)
 	if err != nil {
 		return err
@@ -188,4 +189,24 @@ func (r *Reader) fail(cause error) error {
 	r.cur = nil
 	r.err = fmt.Errorf("wds: shard %q: %w after key %q: %w", r.shard, ErrCorrupt, last, cause)
 	return r.err
+}
+
+// chunkSize is the arena block small members are carved from: a shard of
+// thousands of small members then costs a few large allocations instead of
+// one per member (allocation and GC dominated reading small samples).
+const chunkSize = 1 << 20
+
+// carve returns n bytes for a member. Members up to a quarter chunk share
+// arena blocks; a full slice expression keeps appends from spilling into a
+// neighbour.
+func (r *Reader) carve(n int64) []byte {
+	if n > chunkSize/4 {
+		return make([]byte, n)
+	}
+	if int64(len(r.chunk)) < n {
+		r.chunk = make([]byte, chunkSize)
+	}
+	b := r.chunk[:n:n]
+	r.chunk = r.chunk[n:]
+	return b
 }
