@@ -36,6 +36,17 @@ func shardsCommand() *cli.Command {
 				Action: runShardsSynth,
 			},
 			{
+				Name:      "pack",
+				Usage:     "pack a directory of image + caption pairs (NAME.jpg|png + NAME.txt) into shards",
+				ArgsUsage: "DIR (flags go before it)",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "out", Required: true, Usage: "data set URL"},
+					&cli.IntFlag{Name: "per-shard", Value: 1000, Usage: "samples per shard"},
+					&cli.StringFlag{Name: "prefix", Value: "data", Usage: "shard name prefix"},
+				},
+				Action: runShardsPack,
+			},
+			{
 				Name:      "index",
 				Usage:     "scan the shards once and write manifest.json next to them",
 				ArgsUsage: "URL",
@@ -82,15 +93,9 @@ func runShardsSynth(c *cli.Context) error {
 	if c.Int("samples") <= 0 || c.Int("per-shard") <= 0 {
 		return cliutil.Usagef("--samples and --per-shard must be positive")
 	}
-	out := c.String("out")
-	if dir, ok := strings.CutPrefix(out, "file://"); ok && strings.HasPrefix(dir, "/") {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", dir, err)
-		}
-	}
-	src, err := shards.Open(c.Context, out)
+	src, err := openOut(c)
 	if err != nil {
-		return cliutil.UsageError{Err: err}
+		return err
 	}
 	start := time.Now()
 	names, err := shards.WriteSynth(c.Context, src, c.Uint64("seed"), split, c.Int("samples"), c.Int("per-shard"), func(done, total int) {
@@ -103,6 +108,48 @@ func runShardsSynth(c *cli.Context) error {
 	if c.Bool("no-index") {
 		return nil
 	}
+	return indexAndWrite(c, src, names, false)
+}
+
+func openOut(c *cli.Context) (shards.Source, error) {
+	out := c.String("out")
+	if dir, ok := strings.CutPrefix(out, "file://"); ok && strings.HasPrefix(dir, "/") {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	src, err := shards.Open(c.Context, out)
+	if err != nil {
+		return nil, cliutil.UsageError{Err: err}
+	}
+	return src, nil
+}
+
+func runShardsPack(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cliutil.Usagef("shards pack needs one directory")
+	}
+	pairs, orphans, err := shards.FindPairs(c.Args().First())
+	if err != nil {
+		return err
+	}
+	for _, o := range orphans {
+		fmt.Fprintf(os.Stderr, "skipped %s: no caption (.txt) beside it, or a dot in its base name\n", o)
+	}
+	if len(pairs) == 0 {
+		return fmt.Errorf("no image + caption pairs in %s", c.Args().First())
+	}
+	src, err := openOut(c)
+	if err != nil {
+		return err
+	}
+	names, err := shards.Pack(c.Context, src, pairs, c.String("prefix"), c.Int("per-shard"), func(done, total int) {
+		progress("pack", done, total, "")
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("packed %d samples (%d skipped) into %d shards at %s\n", len(pairs), len(orphans), len(names), src.URL())
 	return indexAndWrite(c, src, names, false)
 }
 
