@@ -7,11 +7,12 @@ mkdir -p bench-out
 raw=bench-out/raw.txt
 : >"$raw"
 
-echo "running benchmarks (about 3 minutes)..." >&2
+echo "running benchmarks (about 5 minutes)..." >&2
 go test -run '^$' -bench 'BenchmarkHeartbeat|BenchmarkRegister' -benchtime 3s ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkLeaderCPU' -benchtime 1x -timeout 10m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkStepOverhead' -benchtime 1x -timeout 10m ./trainer/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkRead' -benchtime 3x -timeout 10m ./shards/ | tee -a "$raw" >&2
 
 # Print "name | metric value unit ..." rows as a table.
 echo
