@@ -113,12 +113,11 @@ func TestWorkerWaitsForCoordinator(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Kill() })
-	testutil.WaitFor(t, 15*time.Second, "early worker registered", func() bool {
-		return workerStates(s)["early"] == wire.WorkerIdle
+	// The registry and the worker's own view settle independently (the
+	// reply may still be in flight when the FSM has applied), so wait for both.
+	testutil.WaitFor(t, 15*time.Second, "early worker registered and answered by c1", func() bool {
+		return workerStates(s)["early"] == wire.WorkerIdle && w.Leader() == "c1"
 	})
-	if w.Leader() != "c1" {
-		t.Fatalf("worker's leader = %q, want c1", w.Leader())
-	}
 }
 
 func TestRaftMembershipVerbs(t *testing.T) {
