@@ -125,3 +125,24 @@ func TestLoadManifestErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestSynthShardBytes(t *testing.T) {
+	ctx := context.Background()
+	src, _ := NewFileSource(t.TempDir())
+	names, err := WriteSynthSized(ctx, src, 0, synth.Train, 100, 1000, 20000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Index(ctx, src, names, wds.DefaultLimits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) < 3 || m.Samples() != 100 {
+		t.Fatalf("%d shards, %d samples; want several shards of ~20 kB holding all 100", len(names), m.Samples())
+	}
+	for _, e := range m.Shards[:len(m.Shards)-1] {
+		if e.Bytes < 20000 || e.Bytes > 30000 {
+			t.Errorf("shard %s is %d bytes; want just over the 20000-byte budget", e.Name, e.Bytes)
+		}
+	}
+}

@@ -19,15 +19,21 @@ func SynthShardName(split synth.Split, i int) string {
 // WebDataset shards of perShard samples (KEY.png, KEY.txt, KEY.json) into
 // src, and returns the shard names. progress, if set, is called per shard.
 func WriteSynth(ctx context.Context, src Source, seed uint64, split synth.Split, n, perShard int, progress func(done, total int)) ([]string, error) {
-	if n <= 0 || perShard <= 0 {
-		return nil, fmt.Errorf("synth: samples (%d) and samples per shard (%d) must be positive", n, perShard)
+	return WriteSynthSized(ctx, src, seed, split, n, perShard, 0, progress)
+}
+
+// WriteSynthSized is WriteSynth with an optional byte budget per shard: a
+// shard also ends once it holds maxBytes (0 = no budget). The shard count is
+// then known only at the end, so progress reports samples written.
+func WriteSynthSized(ctx context.Context, src Source, seed uint64, split synth.Split, n, perShard int, maxBytes int64, progress func(done, total int)) ([]string, error) {
+	if n <= 0 || perShard <= 0 || maxBytes < 0 {
+		return nil, fmt.Errorf("synth: samples (%d), samples per shard (%d) must be positive and the shard byte budget (%d) not negative", n, perShard, maxBytes)
 	}
-	total := (n + perShard - 1) / perShard
 	var names []string
-	for sh := 0; sh < total; sh++ {
+	for i, sh := 0, 0; i < n; sh++ {
 		var buf bytes.Buffer
 		w := wds.NewWriter(&buf)
-		for i := sh * perShard; i < min(n, (sh+1)*perShard); i++ {
+		for start := i; i < n && i-start < perShard && (maxBytes == 0 || int64(buf.Len()) < maxBytes); i++ {
 			s := synth.Generate(seed, split, i)
 			png, err := s.PNG()
 			if err != nil {
@@ -50,7 +56,7 @@ func WriteSynth(ctx context.Context, src Source, seed uint64, split synth.Split,
 		}
 		names = append(names, name)
 		if progress != nil {
-			progress(sh+1, total)
+			progress(i, n)
 		}
 	}
 	return names, nil

@@ -29,6 +29,7 @@ func shardsCommand() *cli.Command {
 					&cli.StringFlag{Name: "out", Required: true, Usage: "data set URL"},
 					&cli.IntFlag{Name: "samples", Required: true, Usage: "number of samples"},
 					&cli.IntFlag{Name: "per-shard", Value: 1000, Usage: "samples per shard"},
+					&cli.Int64Flag{Name: "shard-bytes", Usage: "also end a shard once it holds this many bytes (0 = by count only)"},
 					&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "data seed"},
 					&cli.StringFlag{Name: "split", Value: "train", Usage: "train or eval"},
 					&cli.BoolFlag{Name: "no-index", Usage: "do not write manifest.json"},
@@ -98,8 +99,8 @@ func runShardsSynth(c *cli.Context) error {
 		return err
 	}
 	start := time.Now()
-	names, err := shards.WriteSynth(c.Context, src, c.Uint64("seed"), split, c.Int("samples"), c.Int("per-shard"), func(done, total int) {
-		progress("synth", done, total, "")
+	names, err := shards.WriteSynthSized(c.Context, src, c.Uint64("seed"), split, c.Int("samples"), c.Int("per-shard"), c.Int64("shard-bytes"), func(done, total int) {
+		progress("synth", done, total, "samples")
 	})
 	if err != nil {
 		return err
