@@ -116,11 +116,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 		return nil, fmt.Errorf("record own coordinator entry: %w", err)
 	}
 	s.live.reset(workers, time.Now())
-	subs, err := s.subscribeControl()
-	if err != nil {
-		return subs, err
-	}
-	return subs, nil
+	return s.subscribeControl()
 }
 
 // revokeLeadership stops serving the control subjects.

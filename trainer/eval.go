@@ -187,16 +187,11 @@ func TinyVocab(codes int) Vocab {
 // continuous LM, features and keep decisions) come from the frozen
 // tokenizer, deterministic at step 0.
 func EvaluateStage2(lm *Model, tok *Model, set *EvalSet) (Stage2Report, error) {
-	codes, err := tok.Tokenize(set.Images, set.Positions, 0)
+	continuous := lm.Info().ImageInput == "continuous"
+	images := &Batch{} // the eval set's features and keep decisions (continuous input)
+	codes, err := visualInputs(tok, set.Images, set.Positions, 0, continuous, images)
 	if err != nil {
 		return Stage2Report{}, err
-	}
-	continuous := lm.Info().ImageInput == "continuous"
-	var ev *Stage1Eval
-	if continuous {
-		if ev, err = tok.EvalStage1(set.Images, set.Positions, 0, true); err != nil {
-			return Stage2Report{}, err
-		}
 	}
 	v := TinyVocab(int(tok.Info().Codebook))
 	T := int(lm.Info().MaxLen) - 1
@@ -239,8 +234,8 @@ func EvaluateStage2(lm *Model, tok *Model, set *EvalSet) (Stage2Report, error) {
 			b.Tokens, targets = append(b.Tokens, toks...), append(targets, tgts...)
 			if continuous {
 				b.ImageSlots = append(b.ImageSlots, slots...)
-				b.ImageFeats = append(b.ImageFeats, ev.Features[img*np*w:(img+1)*np*w]...)
-				b.ImageKeep = append(b.ImageKeep, ev.Keep[img*np:(img+1)*np]...)
+				b.ImageFeats = append(b.ImageFeats, images.ImageFeats[img*np*w:(img+1)*np*w]...)
+				b.ImageKeep = append(b.ImageKeep, images.ImageKeep[img*np:(img+1)*np]...)
 			}
 		}
 		return b, targets, nil

@@ -79,17 +79,10 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 // samples carry the tokenizer's features and keep decisions instead of ids.
 func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globalBatch, from, to int, continuous bool) (*Batch, error) {
 	samples, ib := SyntheticBatch(seed, step, globalBatch, from, to)
-	codes, err := tok.Tokenize(ib.Images, ib.Positions, step)
+	b := &Batch{Step: step, GlobalBatch: int64(globalBatch), Positions: ib.Positions, SeqLen: seqLen}
+	codes, err := visualInputs(tok, ib.Images, ib.Positions, step, continuous, b)
 	if err != nil {
 		return nil, err
-	}
-	b := &Batch{Step: step, GlobalBatch: int64(globalBatch), Positions: ib.Positions, SeqLen: seqLen}
-	if continuous {
-		ev, err := tok.EvalStage1(ib.Images, ib.Positions, step, true)
-		if err != nil {
-			return nil, err
-		}
-		b.ImageFeats, b.ImageKeep = ev.Features, ev.Keep
 	}
 	for i, s := range samples {
 		caption, err := synth.Encode(s.Caption)
@@ -113,6 +106,21 @@ func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globa
 		}
 	}
 	return b, nil
+}
+
+// visualInputs runs the frozen tokenizer once over images: it returns the
+// kept code ids and, for continuous image input, also fills b's features
+// and keep decisions from the same pass.
+func visualInputs(tok *Model, images []float32, positions []int64, step int64, continuous bool, b *Batch) ([][]int64, error) {
+	if !continuous {
+		return tok.Tokenize(images, positions, step)
+	}
+	ev, err := tok.Features(images, positions, step)
+	if err != nil {
+		return nil, err
+	}
+	b.ImageFeats, b.ImageKeep = ev.Features, ev.Keep
+	return ev.KeptCodes()
 }
 
 // InitVisionFrom copies the stage-1 merger (memory_ln, merger blocks,

@@ -470,21 +470,36 @@ type Stage1Eval struct {
 
 // EvalStage1 evaluates a stage-1 model on images.
 func (m *Model) EvalStage1(images []float32, positions []int64, step int64, withFeatures bool) (*Stage1Eval, error) {
+	return m.evalStage1(images, positions, step, true, withFeatures)
+}
+
+// Features returns the tokenizer's view of images without reconstructing
+// them: frozen features, keep decisions and probabilities, codes. It is
+// what the continuous image→text path feeds the LM every step.
+func (m *Model) Features(images []float32, positions []int64, step int64) (*Stage1Eval, error) {
+	return m.evalStage1(images, positions, step, false, true)
+}
+
+func (m *Model) evalStage1(images []float32, positions []int64, step int64, withRecon, withFeatures bool) (*Stage1Eval, error) {
 	if err := m.checkImages(images, positions); err != nil {
 		return nil, err
 	}
 	n, np := len(positions), int(m.info.Patches)
 	e := &Stage1Eval{N: n, Patches: np, Width: int(m.info.Width),
-		CosLoss: make([]float32, n*np), KeepProb: make([]float32, n*np), Keep: make([]bool, n*np), Codes: make([]int64, n*np)}
+		KeepProb: make([]float32, n*np), Keep: make([]bool, n*np), Codes: make([]int64, n*np)}
 	keep := make([]uint8, n*np)
-	var feats *C.float
+	var cos, feats *C.float
+	if withRecon {
+		e.CosLoss = make([]float32, n*np)
+		cos = floatPtr(e.CosLoss)
+	}
 	if withFeatures {
 		e.Features = make([]float32, n*np*e.Width)
 		feats = floatPtr(e.Features)
 	}
 	err := withThread(func() error {
 		if C.c_eval_stage1(&m.lib.api, m.m, floatPtr(images), C.int64_t(n), (*C.int64_t)(unsafe.Pointer(&positions[0])), C.int64_t(step),
-			floatPtr(e.CosLoss), floatPtr(e.KeepProb), (*C.uint8_t)(unsafe.Pointer(&keep[0])), (*C.int64_t)(unsafe.Pointer(&e.Codes[0])), feats) != 0 {
+			cos, floatPtr(e.KeepProb), (*C.uint8_t)(unsafe.Pointer(&keep[0])), (*C.int64_t)(unsafe.Pointer(&e.Codes[0])), feats) != 0 {
 			return m.lib.lastError("evaluate stage 1")
 		}
 		return nil
@@ -493,6 +508,25 @@ func (m *Model) EvalStage1(images []float32, positions []int64, step int64, with
 		e.Keep[i] = k != 0
 	}
 	return e, err
+}
+
+// KeptCodes returns each image's code ids of its kept patches in raster
+// order: what Tokenize returns for the same images, step and positions.
+func (e *Stage1Eval) KeptCodes() ([][]int64, error) {
+	out := make([][]int64, e.N)
+	for i := range out {
+		for p := 0; p < e.Patches; p++ {
+			if !e.Keep[i*e.Patches+p] {
+				continue
+			}
+			c := e.Codes[i*e.Patches+p]
+			if c < 0 {
+				return nil, errors.New("kept codes need a trained tokenizer with VQ on (phase B)")
+			}
+			out[i] = append(out[i], c)
+		}
+	}
+	return out, nil
 }
 
 // Tokenize returns each image's visual code ids (kept patches, raster order).

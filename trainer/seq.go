@@ -1,6 +1,10 @@
 package trainer
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/lavit-org/lavit/internal/splitmix"
+)
 
 // Stage-2 sequences (MODEL.md): the LM vocabulary is the text words
 // (0..TextVocab-1, PAD 0, BOS 1, EOS 2), then [IMG], [/IMG], then one id per
@@ -87,17 +91,10 @@ func (v Vocab) Sequence(dir Direction, caption []int, codes []int64, seqLen int)
 // DirectionFor is the per-sample coin for the direction, keyed by the
 // sample's global position so it does not depend on which worker holds it.
 func DirectionFor(seed uint64, position int64) Direction {
-	if mix64(mix64(seed^0xD1CE)^uint64(position))&1 == 0 {
+	if splitmix.Mix(splitmix.Mix(seed^0xD1CE)^uint64(position))&1 == 0 {
 		return TextToImage
 	}
 	return ImageToText
-}
-
-func mix64(z uint64) uint64 {
-	z += 0x9E3779B97F4A7C15
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
 }
 
 // SequenceContinuous builds an image→text row for continuous image input:

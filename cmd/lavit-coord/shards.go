@@ -74,11 +74,16 @@ func progress(what string, done, total int, detail string) {
 	}
 }
 
-func oneURL(c *cli.Context) (string, error) {
+// openURLArg opens the data set named by the command's one argument.
+func openURLArg(c *cli.Context) (shards.Source, error) {
 	if c.NArg() != 1 {
-		return "", cliutil.Usagef("%s needs one data set URL (file:///abs/dir or s3://bucket/prefix)", c.Command.FullName())
+		return nil, cliutil.Usagef("%s needs one data set URL (file:///abs/dir or s3://bucket/prefix)", c.Command.FullName())
 	}
-	return c.Args().First(), nil
+	src, err := shards.Open(c.Context, c.Args().First())
+	if err != nil {
+		return nil, cliutil.UsageError{Err: err}
+	}
+	return src, nil
 }
 
 func runShardsSynth(c *cli.Context) error {
@@ -155,13 +160,9 @@ func runShardsPack(c *cli.Context) error {
 }
 
 func runShardsIndex(c *cli.Context) error {
-	url, err := oneURL(c)
+	src, err := openURLArg(c)
 	if err != nil {
 		return err
-	}
-	src, err := shards.Open(c.Context, url)
-	if err != nil {
-		return cliutil.UsageError{Err: err}
 	}
 	return indexAndWrite(c, src, nil, c.Bool("json"))
 }
@@ -188,13 +189,9 @@ func indexAndWrite(c *cli.Context, src shards.Source, names []string, asJSON boo
 }
 
 func runShardsVerify(c *cli.Context) error {
-	url, err := oneURL(c)
+	src, err := openURLArg(c)
 	if err != nil {
 		return err
-	}
-	src, err := shards.Open(c.Context, url)
-	if err != nil {
-		return cliutil.UsageError{Err: err}
 	}
 	m, err := shards.LoadManifest(c.Context, src)
 	if err != nil {

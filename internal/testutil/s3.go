@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,27 +70,6 @@ func randomHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-// syncBuffer collects a child's output for failure messages.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.buf.Len() > 64<<10 {
-		return len(p), nil
-	}
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // StartS3 starts versitygw on a free loopback port with random keys and a
 // temporary posix directory, waits until it answers, and stops it when the
 // test ends. A missing binary fails the test (run `make deps`).
@@ -122,7 +100,7 @@ func StartS3(t testing.TB) *S3Server {
 }
 
 func (s *S3Server) start(t testing.TB, bin, addr string) error {
-	out := &syncBuffer{}
+	out := &SyncBuffer{Limit: 64 << 10}
 	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey,
 		"--port", addr, "--region", s.Region, "--quiet", "posix", s.Dir)
 	cmd.Stdout, cmd.Stderr = out, out

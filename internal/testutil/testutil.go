@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -83,4 +84,27 @@ func Binaries(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return buildDir
+}
+
+// SyncBuffer collects a child process's output, safe for concurrent
+// writes. With Limit > 0 it keeps only the first Limit bytes.
+type SyncBuffer struct {
+	Limit int
+	mu    sync.Mutex
+	buf   bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.Limit > 0 && b.buf.Len() > b.Limit {
+		return len(p), nil
+	}
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

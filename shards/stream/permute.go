@@ -1,28 +1,19 @@
 package stream
 
+import "github.com/lavit-org/lavit/internal/splitmix"
+
 // Keyed bijections and a small PRNG: everything the stream shuffles with,
 // written out so another implementation can reproduce it.
 
-// mix is SplitMix64's finaliser.
-func mix(z uint64) uint64 {
-	z += 0x9E3779B97F4A7C15
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
+// mix is one SplitMix64 step, used to derive keys.
+func mix(z uint64) uint64 { return splitmix.Mix(z) }
 
-// rng is SplitMix64.
+// rng is a SplitMix64 stream.
 type rng struct{ state uint64 }
 
 func newRNG(seed uint64) *rng { return &rng{state: seed} }
 
-func (r *rng) next() uint64 {
-	r.state += 0x9E3779B97F4A7C15
-	z := r.state
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
+func (r *rng) next() uint64 { return splitmix.Next(&r.state) }
 
 // below returns a uniform value in [0, n) (rejection sampling, no bias).
 func (r *rng) below(n uint64) uint64 {

@@ -1,5 +1,7 @@
 package synth
 
+import "github.com/lavit-org/lavit/internal/splitmix"
+
 // This file holds the package's own pseudo-random number generator. It is
 // deliberately tiny and fully specified so that another implementation (in
 // Python, say) can reproduce the data set bit for bit.
@@ -32,20 +34,8 @@ package synth
 //
 // below uses a plain modulo; its bias is at most n/2^64 and is ignored.
 
-// golden is the SplitMix64 increment, 2^64 divided by the golden ratio.
-const golden = 0x9E3779B97F4A7C15
-
-// finalize is the SplitMix64 output function (mix64 without the increment).
-func finalize(z uint64) uint64 {
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
-
-// mix64 is one SplitMix64 step applied to z: add the increment, then finalize.
-func mix64(z uint64) uint64 {
-	return finalize(z + golden)
-}
+// mix64 is one SplitMix64 step applied to z (splitmix.Mix).
+func mix64(z uint64) uint64 { return splitmix.Mix(z) }
 
 // sampleKey derives the per-sample stream key from (seed, split, index).
 // It depends on nothing else, which is what makes Generate random-access.
@@ -63,8 +53,7 @@ type rng struct {
 
 // next returns the next 64 random bits.
 func (g *rng) next() uint64 {
-	g.state += golden
-	return finalize(g.state)
+	return splitmix.Next(&g.state)
 }
 
 // below returns an integer in [0, n). n must be positive.

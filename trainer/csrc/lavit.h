@@ -111,7 +111,8 @@ int lavit_state_load(lavit_model* m, const uint8_t* data, int64_t len);
 
 /* Stage 1 evaluation, per patch: reconstruction cosine loss, keep probability,
  * sampled keep decision, code id (-1 without VQ), and (if features != NULL) the
- * frozen encoder features [n, N, D]. Sampling is keyed by (seed, step, position). */
+ * frozen encoder features [n, N, D]. Sampling is keyed by (seed, step, position).
+ * Any output may be NULL; with cos_loss NULL the decoder does not run. */
 int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step,
                       float* cos_loss, float* keep_prob, uint8_t* keep, int64_t* codes, float* features);
 

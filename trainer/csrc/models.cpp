@@ -88,7 +88,7 @@ torch::Tensor SelectorImpl::forward(const torch::Tensor& feats) {
   return torch::log_softmax(out(x), -1);
 }
 
-MergerBlockImpl::MergerBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
+CrossBlockImpl::CrossBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
   ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   ln3 = register_module("ln3", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
@@ -97,29 +97,12 @@ MergerBlockImpl::MergerBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
   mlp = register_module("mlp", MLP(dim, hidden));
 }
 
-torch::Tensor MergerBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& memory,
+torch::Tensor CrossBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& memory,
                                        const torch::Tensor& self_w, const torch::Tensor& cross_w) {
   auto h = ln1(x_in);
   auto x = x_in + self_attn(h, h, self_w);
   x = x + cross_attn(ln2(x), memory, cross_w);
   return x + mlp(ln3(x));
-}
-
-DecoderBlockImpl::DecoderBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
-  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
-  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
-  ln3 = register_module("ln3", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
-  self_attn = register_module("self_attn", MHA(dim, heads));
-  cross_attn = register_module("cross_attn", MHA(dim, heads));
-  mlp = register_module("mlp", MLP(dim, hidden));
-}
-
-torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& q_in, const torch::Tensor& codes,
-                                        const torch::Tensor& cross_w) {
-  auto h = ln1(q_in);
-  auto q = q_in + self_attn(h, h, torch::Tensor());
-  q = q + cross_attn(ln2(q), codes, cross_w);
-  return q + mlp(ln3(q));
 }
 
 EVABlockImpl::EVABlockImpl(int64_t dim_, int64_t heads_, int64_t hidden) : heads(heads_), dim(dim_) {
@@ -190,7 +173,7 @@ TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
   selector = register_module("selector", Selector(D));
   memory_ln = register_module("memory_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
   merger = register_module("merger", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.merger_blocks; ++i) merger->push_back(MergerBlock(D, c.heads, hidden));
+  for (int64_t i = 0; i < c.merger_blocks; ++i) merger->push_back(CrossBlock(D, c.heads, hidden));
   merger_ln = register_module("merger_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
   task1 = register_module("task1", torch::nn::Linear(D, D));
   task2 = register_module("task2", torch::nn::Linear(D, c.code_dim));
@@ -198,7 +181,7 @@ TokenizerImpl::TokenizerImpl(const TokenizerConfig& c, uint64_t seed) : cfg(c) {
   rank_emb = register_parameter("rank_emb", torch::randn({N, D}) * 0.02);
   queries = register_parameter("queries", torch::randn({N, D}) * 0.02);
   decoder = register_module("decoder", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.decoder_blocks; ++i) decoder->push_back(DecoderBlock(D, c.heads, hidden));
+  for (int64_t i = 0; i < c.decoder_blocks; ++i) decoder->push_back(CrossBlock(D, c.heads, hidden));
   decoder_ln = register_module("decoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
   out1 = register_module("out1", torch::nn::Linear(D, D));
   out2 = register_module("out2", torch::nn::Linear(D, D));
@@ -249,14 +232,14 @@ torch::Tensor run_merger(torch::nn::LayerNorm& memory_ln, torch::nn::ModuleList&
   // Cross: only dropped patches, anywhere in the image.
   auto cross_w = (1.0 - keep).unsqueeze(1).unsqueeze(1);
   auto x = feats;
-  for (const auto& blk : *merger) x = blk->as<MergerBlock>()->forward(x, memory, self_w, cross_w);
+  for (const auto& blk : *merger) x = blk->as<CrossBlock>()->forward(x, memory, self_w, cross_w);
   return merger_ln(x);
 }
 
 MergerCopyImpl::MergerCopyImpl(int64_t dim, int64_t heads, int64_t hidden, int64_t blocks, int64_t patches) {
   memory_ln = register_module("memory_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   merger = register_module("merger", torch::nn::ModuleList());
-  for (int64_t i = 0; i < blocks; ++i) merger->push_back(MergerBlock(dim, heads, hidden));
+  for (int64_t i = 0; i < blocks; ++i) merger->push_back(CrossBlock(dim, heads, hidden));
   merger_ln = register_module("merger_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   causal_strict = register_buffer("causal_strict", torch::ones({patches, patches}).tril(-1));
   eye = register_buffer("eye", torch::eye(patches));
@@ -280,7 +263,7 @@ torch::Tensor TokenizerImpl::decode(const torch::Tensor& zq, const torch::Tensor
   auto cross_w = keep.unsqueeze(1).unsqueeze(1);
   if (cfg.decoder_locality_alpha > 0) cross_w = cross_w * locality.unsqueeze(0).unsqueeze(0);
   auto q = queries.unsqueeze(0).expand({B, -1, -1});
-  for (const auto& blk : *decoder) q = blk->as<DecoderBlock>()->forward(q, codes, cross_w);
+  for (const auto& blk : *decoder) q = blk->as<CrossBlock>()->forward(q, codes, torch::Tensor(), cross_w);
   return out2(torch::tanh(out1(decoder_ln(q))));
 }
 

@@ -83,17 +83,20 @@ struct SelectorImpl : torch::nn::Module {
 };
 TORCH_MODULE(Selector);
 
-// Merger block: causal self-attention among kept tokens, cross-attention to the
-// LayerNormed frozen features restricted to dropped patches, MLP.
-struct MergerBlockImpl : torch::nn::Module {
-  MergerBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
+// A block of both the merger and the decoder: self-attention (with an
+// optional multiplicative weight), cross-attention to a memory (weighted),
+// MLP, all pre-LN. The merger passes its causal keep policy as the self
+// weight and the LayerNormed frozen features restricted to dropped patches
+// as memory; the decoder passes no self weight and the codes as memory.
+struct CrossBlockImpl : torch::nn::Module {
+  CrossBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& self_w,
                         const torch::Tensor& cross_w);
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr}, ln3{nullptr};
   MHA self_attn{nullptr}, cross_attn{nullptr};
   MLP mlp{nullptr};
 };
-TORCH_MODULE(MergerBlock);
+TORCH_MODULE(CrossBlock);
 
 // run_merger: the merger stack on frozen features with keep decisions
 // (shared by the tokenizer and stage 2's trainable copy). Returns the
@@ -113,15 +116,6 @@ struct MergerCopyImpl : torch::nn::Module {
 };
 TORCH_MODULE(MergerCopy);
 
-// Decoder block: self-attention over queries, cross-attention to the codes, MLP.
-struct DecoderBlockImpl : torch::nn::Module {
-  DecoderBlockImpl(int64_t dim, int64_t heads, int64_t hidden);
-  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& codes, const torch::Tensor& cross_w);
-  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr}, ln3{nullptr};
-  MHA self_attn{nullptr}, cross_attn{nullptr};
-  MLP mlp{nullptr};
-};
-TORCH_MODULE(DecoderBlock);
 
 // EVA-CLIP ViT block: pre-LN attention (qkv without bias, separate q and v
 // biases) and a GELU MLP.

@@ -954,13 +954,15 @@ int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int6
       idx = m->tok->nearest(z);
       zq = m->tok->codebook.index_select(0, idx.view(-1)).view(z.sizes());
     }
-    auto xhat = m->tok->decode(zq, sel.keep_hard, sel.keep_hard);
-    auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
     auto copy = [](const torch::Tensor& t, void* dst, size_t elem) {
       auto c = t.to(torch::kCPU).contiguous();
       std::memcpy(dst, c.data_ptr(), c.numel() * elem);
     };
-    if (cos_loss) copy((1.0 - cos).to(torch::kFloat), cos_loss, sizeof(float));
+    if (cos_loss) {  // the decoder runs only when the reconstruction is asked for
+      auto xhat = m->tok->decode(zq, sel.keep_hard, sel.keep_hard);
+      auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
+      copy((1.0 - cos).to(torch::kFloat), cos_loss, sizeof(float));
+    }
     if (keep_prob) copy(sel.logp.select(-1, 0).exp(), keep_prob, sizeof(float));
     if (keep) copy(sel.keep_hard.to(torch::kUInt8), keep, 1);
     if (codes) copy(idx.to(torch::kLong), codes, sizeof(int64_t));
