@@ -14,25 +14,35 @@ import (
 )
 
 // readBuffer is the read-ahead for streaming a shard.
-const readBuffer = 1 << 20
+const readBuffer = 64 << 10
 
 // Loader turns a rank's stream refs into samples: it fetches whole shards
 // (each verified against the manifest), keeps the most recent ones, and
 // prefetches the shards the next steps need, so reading overlaps compute.
+//
+// A Loader has one consumer. The samples a Samples call returns point into
+// the shard's buffer and are valid until the next Samples call: buffers of
+// shards evicted from the cache are reused then, so a steady stream of
+// shards does not fault in fresh memory for every one (that cost a quarter
+// of the read throughput).
 type Loader struct {
-	src   Source
-	m     *Manifest
-	lim   wds.Limits
-	keep  int
-	mu    sync.Mutex
-	cache map[int]*shardData
-	order []int // shard indices, least recently used first
+	src     Source
+	m       *Manifest
+	lim     wds.Limits
+	keep    int
+	mu      sync.Mutex
+	cache   map[int]*shardData
+	order   []int        // shard indices, least recently used first
+	retired []*shardData // evicted; buffers reusable at the next Samples call
+	free    [][]byte     // shard buffers ready for reuse
+	reused  int          // fetches that reused a buffer
 }
 
 type shardData struct {
 	ready   chan struct{}
 	samples []wds.Sample
 	err     error
+	buf     []byte // the shard's bytes (samples point into it); nil if streamed
 }
 
 // NewLoader reads the manifest's shards from src, keeping up to keepShards
@@ -56,6 +66,7 @@ func (l *Loader) shard(ctx context.Context, i int) *shardData {
 	l.cache[i] = d
 	l.order = append(l.order, i)
 	for len(l.order) > l.keep {
+		l.retired = append(l.retired, l.cache[l.order[0]])
 		delete(l.cache, l.order[0])
 		l.order = l.order[1:]
 	}
@@ -63,14 +74,22 @@ func (l *Loader) shard(ctx context.Context, i int) *shardData {
 	return d
 }
 
+// touch marks shard i most recently used (moves it to the end of order).
 func (l *Loader) touch(i int) {
 	for k, v := range l.order {
 		if v == i {
-			l.order = append(append(l.order[:k:k], l.order[k+1:]...), i)
+			copy(l.order[k:], l.order[k+1:])
+			l.order[len(l.order)-1] = i
 			return
 		}
 	}
 }
+
+// wholeShardLimit: shards up to this size are read whole into one buffer
+// and parsed in place (samples are subslices of it: one copy from the
+// network, no per-member copies); larger ones stream through a bounded
+// buffer instead.
+const wholeShardLimit = 1 << 30
 
 func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 	defer close(d.ready)
@@ -81,15 +100,24 @@ func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 		return
 	}
 	defer rc.Close()
-	// Tar reads 512-byte headers; buffer so they are not one syscall or
-	// one network read each.
-	vr := NewVerifiedReader(bufio.NewReaderSize(rc, readBuffer), e)
-	_, err = wds.Scan(vr, e.Name, l.lim, func(s wds.Sample) error {
+	collect := func(s wds.Sample) error {
 		d.samples = append(d.samples, s)
 		return nil
-	})
-	if err == nil {
-		_, err = io.Copy(io.Discard, vr) // hash the tail too
+	}
+	if e.Bytes <= wholeShardLimit {
+		buf := l.takeBuffer(e.Bytes)
+		if d.buf, err = readVerifiedInto(rc, e, buf); err == nil {
+			_, err = wds.ScanBytes(d.buf, e.Name, l.lim, collect)
+		} else {
+			l.giveBuffer(buf) // nothing points into it
+		}
+	} else {
+		// Tar reads 512-byte headers; buffer so they are not one syscall
+		// or one network read each.
+		vr := NewVerifiedReader(bufio.NewReaderSize(rc, readBuffer), e)
+		if _, err = wds.Scan(vr, e.Name, l.lim, collect); err == nil {
+			_, err = io.Copy(io.Discard, vr) // hash the tail too
+		}
 	}
 	if err != nil {
 		d.err = err
@@ -98,6 +126,53 @@ func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 	if len(d.samples) != e.Samples {
 		d.err = fmt.Errorf("shard %s: %d samples, manifest says %d: %w", e.Name, len(d.samples), e.Samples, ErrShardChanged)
 	}
+}
+
+// takeBuffer returns a reused buffer of at least n bytes, or a new one.
+func (l *Loader) takeBuffer(n int64) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, b := range l.free {
+		if int64(cap(b)) >= n {
+			l.free = append(l.free[:k], l.free[k+1:]...)
+			l.reused++
+			return b
+		}
+	}
+	return make([]byte, n)
+}
+
+// giveBuffer offers a buffer for reuse (the free list holds at most keep).
+func (l *Loader) giveBuffer(b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.giveBufferLocked(b)
+}
+
+func (l *Loader) giveBufferLocked(b []byte) {
+	if b != nil && len(l.free) < l.keep {
+		l.free = append(l.free, b[:cap(b)])
+	}
+}
+
+// recycle moves the buffers of evicted shards whose fetch has finished to
+// the free list. Called when a Samples call starts: by the Loader's
+// contract, samples from earlier calls are no longer in use.
+func (l *Loader) recycle() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	kept := l.retired[:0]
+	for _, d := range l.retired {
+		select {
+		case <-d.ready:
+			l.giveBufferLocked(d.buf)
+			d.buf, d.samples = nil, nil
+		default:
+			kept = append(kept, d) // still fetching: recycle later
+		}
+	}
+	clear(l.retired[len(kept):])
+	l.retired = kept
 }
 
 // Prefetch starts fetching the shards these refs need.
@@ -113,23 +188,18 @@ func (l *Loader) Prefetch(ctx context.Context, refs []stream.Ref) {
 
 // Samples returns the samples of refs, in order. A sample that is bad keeps
 // its place with Err set (the trainer masks it); a shard that cannot be read
-// or no longer matches the manifest is an error.
+// or no longer matches the manifest is an error. The samples' bytes are valid
+// until the next Samples call (see Loader).
 func (l *Loader) Samples(ctx context.Context, refs []stream.Ref) ([]wds.Sample, error) {
+	l.recycle()
 	out := make([]wds.Sample, len(refs))
+	var d *shardData
 	for k, r := range refs {
-		d := l.shard(ctx, r.Shard)
-		select {
-		case <-d.ready:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if d.err != nil {
-			l.mu.Lock()
-			if l.cache[r.Shard] == d { // let a later call try again
-				delete(l.cache, r.Shard)
+		if k == 0 || r.Shard != refs[k-1].Shard { // refs come in runs per shard
+			var err error
+			if d, err = l.ready(ctx, r.Shard); err != nil {
+				return nil, err
 			}
-			l.mu.Unlock()
-			return nil, d.err
 		}
 		if r.Index >= len(d.samples) {
 			return nil, fmt.Errorf("shard %s has no sample %d", l.m.Shards[r.Shard].Name, r.Index)
@@ -137,6 +207,26 @@ func (l *Loader) Samples(ctx context.Context, refs []stream.Ref) ([]wds.Sample, 
 		out[k] = d.samples[r.Index]
 	}
 	return out, nil
+}
+
+// ready waits for shard i to be fetched and returns it, or its error (and
+// forgets the failed fetch so that a later call tries again).
+func (l *Loader) ready(ctx context.Context, i int) (*shardData, error) {
+	d := l.shard(ctx, i)
+	select {
+	case <-d.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if d.err != nil {
+		l.mu.Lock()
+		if l.cache[i] == d {
+			delete(l.cache, i)
+		}
+		l.mu.Unlock()
+		return nil, d.err
+	}
+	return d, nil
 }
 
 // Decoded is a batch turned into model inputs.

@@ -134,3 +134,42 @@ func TestDecodeBatchMasksBadSamples(t *testing.T) {
 		}
 	}
 }
+
+// TestLoaderReusesBuffers: one loader with a small cache reads a long
+// stream, prefetching the next step before taking each one (as a worker
+// does), so evicted shards' buffers are reused again and again; every
+// sample of every step must still be exactly the generator's.
+func TestLoaderReusesBuffers(t *testing.T) {
+	ctx := context.Background()
+	src, _ := NewFileSource(t.TempDir())
+	const perShard = 5
+	m := synthSet(t, src, 60, perShard)
+	st, err := m.Stream(9, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLoader(src, m, 2)
+	const B = 8
+	for step := int64(0); step < 30; step++ { // four passes over the shards
+		refs, err := st.Batch(step, B, 0, B)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, _ := st.Batch(step+1, B, 0, B)
+		l.Prefetch(ctx, next)
+		samples, err := l.Samples(ctx, refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, r := range refs {
+			want := synth.Generate(0, synth.Train, r.Shard*perShard+r.Index)
+			png, _ := want.PNG()
+			if samples[k].Key != want.Key || string(samples[k].Fields["txt"]) != want.Caption || !bytes.Equal(samples[k].Fields["png"], png) {
+				t.Fatalf("step %d: sample %d is %q %q, want %q %q", step, k, samples[k].Key, samples[k].Fields["txt"], want.Key, want.Caption)
+			}
+		}
+	}
+	if l.reused == 0 {
+		t.Error("no shard buffer was ever reused")
+	}
+}

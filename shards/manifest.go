@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -222,6 +223,44 @@ func (v *VerifiedReader) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// ReadVerified reads a whole shard into memory and checks it against the
+// manifest entry (size, then CRC-32C, or sha256 when the entry has no
+// CRC): a changed shard is ErrShardChanged, never returned.
+func ReadVerified(r io.Reader, e ShardEntry) ([]byte, error) {
+	return readVerifiedInto(r, e, nil)
+}
+
+// readVerifiedInto is ReadVerified into buf when it has the capacity.
+func readVerifiedInto(r io.Reader, e ShardEntry, buf []byte) ([]byte, error) {
+	if int64(cap(buf)) < e.Bytes {
+		buf = make([]byte, e.Bytes)
+	}
+	data := buf[:e.Bytes]
+	if n, err := io.ReadFull(r, data); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("%s: %w (%d bytes, indexed %d)", e.Name, ErrShardChanged, n, e.Bytes)
+		}
+		return nil, fmt.Errorf("%s: %w", e.Name, err)
+	}
+	var one [1]byte
+	if n, _ := io.ReadFull(r, one[:]); n > 0 {
+		return nil, fmt.Errorf("%s: %w (more than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
+	}
+	var got, want, method string
+	if e.CRC32C != "" {
+		var sum [4]byte
+		binary.BigEndian.PutUint32(sum[:], crc32.Checksum(data, castagnoli))
+		got, want, method = hex.EncodeToString(sum[:]), e.CRC32C, "crc32c"
+	} else {
+		sum := sha256.Sum256(data)
+		got, want, method = hex.EncodeToString(sum[:]), e.SHA256, "sha256"
+	}
+	if got != want {
+		return nil, fmt.Errorf("%s: %w (%s %s, indexed %s)", e.Name, ErrShardChanged, method, short(got), short(want))
+	}
+	return data, nil
 }
 
 func short(s string) string { return s[:min(len(s), 12)] }

@@ -1,7 +1,6 @@
 package wds
 
 import (
-	"archive/tar"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,7 @@ import (
 // Reader streams the samples of one shard. It holds at most one sample in
 // memory, bounded by its Limits. A Reader is not safe for concurrent use.
 type Reader struct {
-	tr    *tar.Reader
+	tr    *tarReader
 	shard string
 	lim   Limits
 
@@ -35,7 +34,14 @@ type building struct {
 // NewReader returns a Reader over the tar stream r. shard names the shard
 // in samples and errors. Zero fields of lim take their defaults.
 func NewReader(r io.Reader, shard string, lim Limits) *Reader {
-	return &Reader{tr: tar.NewReader(r), shard: shard, lim: lim.withDefaults()}
+	return &Reader{tr: newTarReader(r), shard: shard, lim: lim.withDefaults()}
+}
+
+// NewBytesReader returns a Reader over a shard held whole in memory. The
+// samples' fields are subslices of data, not copies: data must not be
+// modified while they are in use.
+func NewBytesReader(data []byte, shard string, lim Limits) *Reader {
+	return &Reader{tr: newMemTarReader(data), shard: shard, lim: lim.withDefaults()}
 }
 
 // SkippedMembers returns how many members so far were skipped as not part
@@ -71,7 +77,7 @@ func (r *Reader) Next() (Sample, error) {
 		if err != nil {
 			return Sample{}, r.fail(err)
 		}
-		if hdr.Typeflag != tar.TypeReg {
+		if hdr.Typeflag != typeReg {
 			// Directories, links, devices...: not data. The tar reader
 			// skips their contents (if any) on the next call.
 			continue
@@ -115,7 +121,7 @@ func (r *Reader) Next() (Sample, error) {
 // addMember reads the current member into r.cur, or records why the sample
 // is bad and discards the member's bytes. It returns an error only when the
 // stream itself is broken.
-func (r *Reader) addMember(hdr *tar.Header, name, field string) error {
+func (r *Reader) addMember(hdr *tarHeader, name, field string) error {
 	b := r.cur
 	b.bytes += hdr.Size
 	_, dup := b.fields[field]
@@ -143,8 +149,14 @@ func (r *Reader) addMember(hdr *tar.Header, name, field string) error {
 	// The header's size was checked against MaxMemberBytes above, and the
 	// tar reader never yields more than it, so one exact allocation holds
 	// the member.
-	data := r.carve(hdr.Size)
-	_, err := io.ReadFull(r.tr, data)
+	var data []byte
+	var err error
+	if r.tr.mem != nil {
+		data, err = r.tr.slice(hdr.Size)
+	} else {
+		data = r.carve(hdr.Size)
+		_, err = io.ReadFull(r.tr, data)
+	}
 	if err != nil {
 		return err
 	}

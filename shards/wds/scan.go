@@ -20,7 +20,16 @@ type Stats struct {
 // stats count what was read up to then. An empty shard gives zero Stats and
 // no error.
 func Scan(r io.Reader, shard string, lim Limits, fn func(Sample) error) (Stats, error) {
-	rd := NewReader(r, shard, lim)
+	return scan(NewReader(r, shard, lim), shard, fn)
+}
+
+// ScanBytes is Scan over a shard held whole in memory; the samples' fields
+// are subslices of data (see NewBytesReader).
+func ScanBytes(data []byte, shard string, lim Limits, fn func(Sample) error) (Stats, error) {
+	return scan(NewBytesReader(data, shard, lim), shard, fn)
+}
+
+func scan(rd *Reader, shard string, fn func(Sample) error) (Stats, error) {
 	var st Stats
 	for {
 		s, err := rd.Next()

@@ -50,9 +50,23 @@ func rawTar(t *testing.T, members ...member) []byte {
 }
 
 // readAll reads every sample; err is the final error (nil at a clean end).
+// It reads the shard twice, streaming (NewReader) and in memory
+// (NewBytesReader), and fails the test if the two disagree.
 func readAll(t *testing.T, data []byte, shard string, lim Limits) ([]Sample, error) {
 	t.Helper()
-	r := NewReader(bytes.NewReader(data), shard, lim)
+	streamed, err := readAllFrom(t, NewReader(bytes.NewReader(data), shard, lim))
+	inMemory, memErr := readAllFrom(t, NewBytesReader(data, shard, lim))
+	if fmt.Sprint(err) != fmt.Sprint(memErr) {
+		t.Errorf("streaming reader error %v, in-memory reader error %v", err, memErr)
+	}
+	if !reflect.DeepEqual(streamed, inMemory) {
+		t.Errorf("streaming and in-memory readers disagree:\n%+v\n%+v", streamed, inMemory)
+	}
+	return streamed, err
+}
+
+func readAllFrom(t *testing.T, r *Reader) ([]Sample, error) {
+	t.Helper()
 	var out []Sample
 	for i := 0; i < 1000; i++ {
 		s, err := r.Next()

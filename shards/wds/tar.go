@@ -1,0 +1,348 @@
+package wds
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// tarReader is a minimal streaming tar reader: just what a WebDataset shard
+// needs (regular members with their names and sizes), parsed in place.
+// archive/tar spent 80 % of its time per member on header checks a shard
+// does not need (it scans every header byte as runes), which capped reading
+// small samples at ~700 MB/s per core.
+//
+// It understands the formats shard writers produce: V7, USTAR (with the
+// name prefix), GNU (long names, 'L') and PAX (per-member "path" and "size"
+// records). Members of every other type are skipped with their data. Every
+// header's checksum is verified; a bad one is errHeader.
+type tarReader struct {
+	r      io.Reader
+	mem    *bytes.Reader // set when the whole shard is in memory (see slice)
+	data   []byte        // the in-memory shard
+	blk    [blockSize]byte
+	remain int64 // unread data bytes of the current member
+	pad    int64 // padding after the current member's data
+}
+
+const (
+	blockSize = 512
+	// maxMetaBytes bounds a long-name or PAX member, which is read into
+	// memory: a hostile shard cannot make the reader allocate more.
+	maxMetaBytes = 1 << 20
+)
+
+// errHeader is a tar header that is not one.
+var errHeader = errors.New("invalid tar header")
+
+// tarHeader is one member: its name, data size and type flag.
+type tarHeader struct {
+	Name     string
+	Size     int64
+	Typeflag byte
+}
+
+// Tar type flags the reader acts on.
+const (
+	typeReg       = '0'
+	typeRegOld    = '\x00' // pre-POSIX regular file
+	typeGNULong   = 'L'
+	typePAX       = 'x'
+	typePAXGlobal = 'g'
+)
+
+func newTarReader(r io.Reader) *tarReader { return &tarReader{r: r} }
+
+// newMemTarReader reads a shard held whole in memory; slice then hands out
+// member data without copying.
+func newMemTarReader(data []byte) *tarReader {
+	br := bytes.NewReader(data)
+	return &tarReader{r: br, mem: br, data: data}
+}
+
+// slice returns the next n bytes of the current member as a subslice of
+// the in-memory shard (capacity capped, so an append cannot spill into
+// the next member). Only for readers made by newMemTarReader.
+func (t *tarReader) slice(n int64) ([]byte, error) {
+	off := t.mem.Size() - int64(t.mem.Len())
+	if n > t.remain {
+		n = t.remain
+	}
+	if n > int64(t.mem.Len()) {
+		t.mem.Seek(0, io.SeekEnd)
+		t.remain = 0
+		return nil, io.ErrUnexpectedEOF
+	}
+	t.mem.Seek(n, io.SeekCurrent)
+	t.remain -= n
+	return t.data[off : off+n : off+n], nil
+}
+
+// Next skips the rest of the current member and returns the next header.
+// It returns io.EOF at the end-of-archive marker or at a clean end of the
+// stream between members; a stream that ends inside a header or a member is
+// io.ErrUnexpectedEOF.
+func (t *tarReader) Next() (*tarHeader, error) {
+	if err := t.skip(t.remain + t.pad); err != nil {
+		return nil, err
+	}
+	t.remain, t.pad = 0, 0
+	var longName string
+	var pax map[string]string
+	for {
+		if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
+			return nil, err // io.EOF only when the stream ended exactly here
+		}
+		if t.blk == [blockSize]byte{} {
+			// End of archive: two zero blocks (a missing second one, as
+			// some writers leave, is tolerated).
+			if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
+				if err == io.EOF {
+					return nil, io.EOF
+				}
+				return nil, err
+			}
+			if t.blk != [blockSize]byte{} {
+				return nil, fmt.Errorf("%w: data after a zero block", errHeader)
+			}
+			return nil, io.EOF
+		}
+		hdr, err := t.parse()
+		if err != nil {
+			return nil, err
+		}
+		t.remain, t.pad = hdr.Size, -hdr.Size&(blockSize-1)
+		switch hdr.Typeflag {
+		case typeGNULong, typePAX, typePAXGlobal:
+			meta, err := t.readMeta(hdr)
+			if err != nil {
+				return nil, err
+			}
+			switch hdr.Typeflag {
+			case typeGNULong:
+				longName, _, _ = strings.Cut(string(meta), "\x00")
+			case typePAX:
+				if pax, err = parsePAX(meta); err != nil {
+					return nil, err
+				}
+			}
+			continue // the member these describe follows
+		}
+		if longName != "" {
+			hdr.Name = longName
+		}
+		if p, ok := pax["path"]; ok {
+			hdr.Name = p
+		}
+		if s, ok := pax["size"]; ok {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("%w: PAX size %q", errHeader, s)
+			}
+			hdr.Size = n
+			t.remain, t.pad = n, -n&(blockSize-1)
+		}
+		if hdr.Typeflag == typeRegOld {
+			hdr.Typeflag = typeReg
+		}
+		return hdr, nil
+	}
+}
+
+// Read reads the current member's data.
+func (t *tarReader) Read(p []byte) (int, error) {
+	if t.remain <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > t.remain {
+		p = p[:t.remain]
+	}
+	n, err := t.r.Read(p)
+	t.remain -= int64(n)
+	if err == io.EOF && t.remain > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if err == io.EOF {
+		err = nil // the member is complete; the next Read says EOF
+	}
+	return n, err
+}
+
+// parse decodes the header in t.blk.
+func (t *tarReader) parse() (*tarHeader, error) {
+	b := t.blk[:]
+	want, err := parseOctal(b[148:156])
+	if err != nil {
+		return nil, fmt.Errorf("%w: checksum field: %v", errHeader, err)
+	}
+	// The checksum is the sum of the header bytes with the checksum field
+	// read as spaces; some old writers summed signed bytes.
+	if unsigned := headerSum(b); want != unsigned && want != signedHeaderSum(b) {
+		return nil, fmt.Errorf("%w: checksum mismatch", errHeader)
+	}
+	size, err := parseNumber(b[124:136])
+	if err != nil || size < 0 {
+		return nil, fmt.Errorf("%w: size field", errHeader)
+	}
+	name := cString(b[0:100])
+	// USTAR (magic "ustar\x00") splits long names into prefix + "/" + name;
+	// GNU (magic "ustar  \x00") uses those bytes for other things.
+	if string(b[257:263]) == "ustar\x00" {
+		if prefix := cString(b[345:500]); prefix != "" {
+			name = prefix + "/" + name
+		}
+	}
+	return &tarHeader{Name: name, Size: size, Typeflag: b[156]}, nil
+}
+
+// headerSum is the unsigned byte sum of a header with its checksum field
+// (bytes 148..155) counted as spaces. It adds eight bytes at a time in
+// 16-bit lanes: 64 words of at most 2×255 per lane cannot overflow.
+func headerSum(b []byte) int64 {
+	const lo = 0x00ff00ff00ff00ff
+	var lanes uint64
+	for i := 0; i < blockSize; i += 8 {
+		w := binary.LittleEndian.Uint64(b[i:])
+		lanes += w&lo + (w>>8)&lo
+	}
+	sum := int64(lanes&0xffff + (lanes>>16)&0xffff + (lanes>>32)&0xffff + lanes>>48)
+	for _, c := range b[148:156] {
+		sum += ' ' - int64(c)
+	}
+	return sum
+}
+
+// signedHeaderSum is headerSum with the bytes read as signed.
+func signedHeaderSum(b []byte) int64 {
+	var sum int64
+	for i, c := range b[:blockSize] {
+		if i >= 148 && i < 156 {
+			c = ' '
+		}
+		sum += int64(int8(c))
+	}
+	return sum
+}
+
+// readMeta reads a long-name or PAX member's data whole.
+func (t *tarReader) readMeta(hdr *tarHeader) ([]byte, error) {
+	if hdr.Size > maxMetaBytes {
+		return nil, fmt.Errorf("%w: %d-byte metadata member (limit %d)", errHeader, hdr.Size, maxMetaBytes)
+	}
+	meta := make([]byte, hdr.Size)
+	if _, err := io.ReadFull(t, meta); err != nil {
+		return nil, eofIsUnexpected(err)
+	}
+	if err := t.skip(t.pad); err != nil {
+		return nil, err
+	}
+	t.remain, t.pad = 0, 0
+	return meta, nil
+}
+
+// skip discards n bytes of the stream: through Discard when the stream
+// has it (a bufio.Reader), else through the header buffer (padding is
+// under one block, so that is one read).
+func (t *tarReader) skip(n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if d, ok := t.r.(interface{ Discard(int) (int, error) }); ok && n <= math.MaxInt32 {
+		if got, err := d.Discard(int(n)); got < int(n) {
+			return eofIsUnexpected(err)
+		}
+		return nil
+	}
+	for n > 0 {
+		chunk := min(n, blockSize)
+		if _, err := io.ReadFull(t.r, t.blk[:chunk]); err != nil {
+			return eofIsUnexpected(err)
+		}
+		n -= chunk
+	}
+	return nil
+}
+
+func eofIsUnexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// parsePAX decodes PAX records: "LEN KEY=VALUE\n", LEN counting the whole
+// record.
+func parsePAX(b []byte) (map[string]string, error) {
+	out := map[string]string{}
+	for len(b) > 0 {
+		sp := bytes.IndexByte(b, ' ')
+		if sp <= 0 {
+			return nil, fmt.Errorf("%w: PAX record without a length", errHeader)
+		}
+		n, err := strconv.Atoi(string(b[:sp]))
+		if err != nil || n <= sp+1 || n > len(b) || b[n-1] != '\n' {
+			return nil, fmt.Errorf("%w: bad PAX record length", errHeader)
+		}
+		key, value, ok := strings.Cut(string(b[sp+1:n-1]), "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: PAX record without '='", errHeader)
+		}
+		out[key] = value
+		b = b[n:]
+	}
+	return out, nil
+}
+
+// parseNumber reads a numeric field: octal text, or GNU base-256 when the
+// top bit of the first byte is set (sizes of 8 GiB and more).
+func parseNumber(b []byte) (int64, error) {
+	if len(b) > 0 && b[0]&0x80 != 0 {
+		if b[0]&0x40 != 0 {
+			return 0, errors.New("negative base-256 number")
+		}
+		var v int64
+		for i, c := range b {
+			if i == 0 {
+				c &= 0x7f
+			}
+			if v>>55 != 0 {
+				return 0, errors.New("base-256 number overflows")
+			}
+			v = v<<8 | int64(c)
+		}
+		return v, nil
+	}
+	return parseOctal(b)
+}
+
+// parseOctal reads octal digits surrounded by spaces or NULs.
+func parseOctal(b []byte) (int64, error) {
+	b = bytes.Trim(b, " \x00")
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '7' {
+			return 0, fmt.Errorf("not octal: %q", b)
+		}
+		if v>>60 != 0 {
+			return 0, errors.New("octal number overflows")
+		}
+		v = v<<3 | int64(c-'0')
+	}
+	return v, nil
+}
+
+// cString is b up to its first NUL.
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
