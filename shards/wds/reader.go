@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
 )
 
 // Reader streams the samples of one shard. It holds at most one sample in
@@ -20,6 +21,8 @@ type Reader struct {
 	skipped int       // members skipped as not part of any sample
 	err     error     // sticky: io.EOF or an ErrCorrupt error once reached
 	chunk   []byte    // the rest of the current arena block (see carve)
+
+	fieldNames map[string]string // interned field names (see intern)
 }
 
 // building is a sample whose members are still being read.
@@ -101,27 +104,44 @@ func (r *Reader) Next() (Sample, error) {
 			done = &s
 		}
 		if r.cur == nil {
-			r.cur = &building{key: key, index: r.index, fields: make(map[string][]byte)}
+			// hdr.Name is only valid until the next member: keep copies.
+			r.cur = &building{key: strings.Clone(key), index: r.index, fields: make(map[string][]byte)}
 			r.index++
 		}
-		if err := r.addMember(hdr, name, field); err != nil {
+		if err := r.addMember(hdr, name, r.intern(field)); err != nil {
 			err = r.fail(err)
 			if done != nil {
 				return *done, nil // the error is sticky: the next call returns it
 			}
 			return Sample{}, err
 		}
-		r.lastKey = key
+		r.lastKey = r.cur.key
 		if done != nil {
 			return *done, nil
 		}
 	}
 }
 
+// intern returns a lasting copy of a field name, shared by every sample
+// that has the field.
+func (r *Reader) intern(field string) string {
+	if f, ok := r.fieldNames[field]; ok {
+		return f
+	}
+	f := strings.Clone(field)
+	if len(r.fieldNames) < 64 { // a hostile shard cannot grow it without bound
+		if r.fieldNames == nil {
+			r.fieldNames = map[string]string{}
+		}
+		r.fieldNames[f] = f
+	}
+	return f
+}
+
 // addMember reads the current member into r.cur, or records why the sample
 // is bad and discards the member's bytes. It returns an error only when the
 // stream itself is broken.
-func (r *Reader) addMember(hdr *tarHeader, name, field string) error {
+func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	b := r.cur
 	b.bytes += hdr.Size
 	_, dup := b.fields[field]

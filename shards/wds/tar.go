@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // tarReader is a minimal streaming tar reader: just what a WebDataset shard
@@ -26,8 +27,9 @@ type tarReader struct {
 	mem    *bytes.Reader // set when the whole shard is in memory (see slice)
 	data   []byte        // the in-memory shard
 	blk    [blockSize]byte
-	remain int64 // unread data bytes of the current member
-	pad    int64 // padding after the current member's data
+	remain int64     // unread data bytes of the current member
+	pad    int64     // padding after the current member's data
+	name   [256]byte // the current header's name (see tarHeader.Name)
 }
 
 const (
@@ -42,6 +44,9 @@ var errHeader = errors.New("invalid tar header")
 
 // tarHeader is one member: its name, data size and type flag.
 type tarHeader struct {
+	// Name may point into the reader's buffer: it is valid until the next
+	// call to Next. Clone what must outlive that (one allocation per
+	// sample instead of one per member).
 	Name     string
 	Size     int64
 	Typeflag byte
@@ -87,48 +92,48 @@ func (t *tarReader) slice(n int64) ([]byte, error) {
 // It returns io.EOF at the end-of-archive marker or at a clean end of the
 // stream between members; a stream that ends inside a header or a member is
 // io.ErrUnexpectedEOF.
-func (t *tarReader) Next() (*tarHeader, error) {
+func (t *tarReader) Next() (tarHeader, error) {
 	if err := t.skip(t.remain + t.pad); err != nil {
-		return nil, err
+		return tarHeader{}, err
 	}
 	t.remain, t.pad = 0, 0
 	var longName string
 	var pax map[string]string
 	for {
 		if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
-			return nil, err // io.EOF only when the stream ended exactly here
+			return tarHeader{}, err // io.EOF only when the stream ended exactly here
 		}
 		if t.blk == [blockSize]byte{} {
 			// End of archive: two zero blocks (a missing second one, as
 			// some writers leave, is tolerated).
 			if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
 				if err == io.EOF {
-					return nil, io.EOF
+					return tarHeader{}, io.EOF
 				}
-				return nil, err
+				return tarHeader{}, err
 			}
 			if t.blk != [blockSize]byte{} {
-				return nil, fmt.Errorf("%w: data after a zero block", errHeader)
+				return tarHeader{}, fmt.Errorf("%w: data after a zero block", errHeader)
 			}
-			return nil, io.EOF
+			return tarHeader{}, io.EOF
 		}
 		hdr, err := t.parse()
 		if err != nil {
-			return nil, err
+			return tarHeader{}, err
 		}
 		t.remain, t.pad = hdr.Size, -hdr.Size&(blockSize-1)
 		switch hdr.Typeflag {
 		case typeGNULong, typePAX, typePAXGlobal:
 			meta, err := t.readMeta(hdr)
 			if err != nil {
-				return nil, err
+				return tarHeader{}, err
 			}
 			switch hdr.Typeflag {
 			case typeGNULong:
 				longName, _, _ = strings.Cut(string(meta), "\x00")
 			case typePAX:
 				if pax, err = parsePAX(meta); err != nil {
-					return nil, err
+					return tarHeader{}, err
 				}
 			}
 			continue // the member these describe follows
@@ -142,7 +147,7 @@ func (t *tarReader) Next() (*tarHeader, error) {
 		if s, ok := pax["size"]; ok {
 			n, err := strconv.ParseInt(s, 10, 64)
 			if err != nil || n < 0 {
-				return nil, fmt.Errorf("%w: PAX size %q", errHeader, s)
+				return tarHeader{}, fmt.Errorf("%w: PAX size %q", errHeader, s)
 			}
 			hdr.Size = n
 			t.remain, t.pad = n, -n&(blockSize-1)
@@ -174,30 +179,37 @@ func (t *tarReader) Read(p []byte) (int, error) {
 }
 
 // parse decodes the header in t.blk.
-func (t *tarReader) parse() (*tarHeader, error) {
+func (t *tarReader) parse() (tarHeader, error) {
 	b := t.blk[:]
 	want, err := parseOctal(b[148:156])
 	if err != nil {
-		return nil, fmt.Errorf("%w: checksum field: %v", errHeader, err)
+		return tarHeader{}, fmt.Errorf("%w: checksum field: %v", errHeader, err)
 	}
 	// The checksum is the sum of the header bytes with the checksum field
 	// read as spaces; some old writers summed signed bytes.
 	if unsigned := headerSum(b); want != unsigned && want != signedHeaderSum(b) {
-		return nil, fmt.Errorf("%w: checksum mismatch", errHeader)
+		return tarHeader{}, fmt.Errorf("%w: checksum mismatch", errHeader)
 	}
 	size, err := parseNumber(b[124:136])
 	if err != nil || size < 0 {
-		return nil, fmt.Errorf("%w: size field", errHeader)
+		return tarHeader{}, fmt.Errorf("%w: size field", errHeader)
 	}
-	name := cString(b[0:100])
 	// USTAR (magic "ustar\x00") splits long names into prefix + "/" + name;
 	// GNU (magic "ustar  \x00") uses those bytes for other things.
+	n := 0
 	if string(b[257:263]) == "ustar\x00" {
-		if prefix := cString(b[345:500]); prefix != "" {
-			name = prefix + "/" + name
+		if prefix := cBytes(b[345:500]); len(prefix) > 0 {
+			n = copy(t.name[:], prefix)
+			t.name[n] = '/'
+			n++
 		}
 	}
-	return &tarHeader{Name: name, Size: size, Typeflag: b[156]}, nil
+	n += copy(t.name[n:], cBytes(b[0:100]))
+	name := ""
+	if n > 0 {
+		name = unsafe.String(&t.name[0], n)
+	}
+	return tarHeader{Name: name, Size: size, Typeflag: b[156]}, nil
 }
 
 // headerSum is the unsigned byte sum of a header with its checksum field
@@ -230,7 +242,7 @@ func signedHeaderSum(b []byte) int64 {
 }
 
 // readMeta reads a long-name or PAX member's data whole.
-func (t *tarReader) readMeta(hdr *tarHeader) ([]byte, error) {
+func (t *tarReader) readMeta(hdr tarHeader) ([]byte, error) {
 	if hdr.Size > maxMetaBytes {
 		return nil, fmt.Errorf("%w: %d-byte metadata member (limit %d)", errHeader, hdr.Size, maxMetaBytes)
 	}
@@ -339,10 +351,10 @@ func parseOctal(b []byte) (int64, error) {
 	return v, nil
 }
 
-// cString is b up to its first NUL.
-func cString(b []byte) string {
+// cBytes is b up to its first NUL.
+func cBytes(b []byte) []byte {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}
-	return string(b)
+	return b
 }

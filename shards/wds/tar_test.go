@@ -86,7 +86,7 @@ func TestTarReaderMatchesArchiveTar(t *testing.T) {
 				}
 				// Leave some members unread: Next must skip them.
 				if h.Name == "odd.bin" {
-					gotOrder = append(gotOrder, h.Name)
+					gotOrder = append(gotOrder, strings.Clone(h.Name)) // Name lasts until Next
 					continue
 				}
 				b, err := io.ReadAll(tr)
@@ -96,7 +96,7 @@ func TestTarReaderMatchesArchiveTar(t *testing.T) {
 				if string(b) != want[h.Name] {
 					t.Errorf("%s: got %q, want %q", h.Name, b, want[h.Name])
 				}
-				gotOrder = append(gotOrder, h.Name)
+				gotOrder = append(gotOrder, strings.Clone(h.Name)) // Name lasts until Next
 			}
 			if strings.Join(gotOrder, "|") != strings.Join(wantOrder, "|") {
 				t.Errorf("members\n got %q\nwant %q", gotOrder, wantOrder)

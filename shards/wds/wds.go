@@ -88,7 +88,7 @@ func splitName(name string) (key, field string, ok bool) {
 	if dot <= 0 || dot == len(base)-1 {
 		return "", "", false
 	}
-	return dir + base[:dot], strings.ToLower(base[dot+1:]), true
+	return name[:len(dir)+dot], strings.ToLower(base[dot+1:]), true
 }
 
 // escapes reports whether a cleaned member path is absolute or climbs out
