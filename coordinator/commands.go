@@ -19,6 +19,7 @@ const (
 	CmdSetWorkerState    CommandType = 6
 	CmdCreateRun         CommandType = 7
 	CmdSetRunState       CommandType = 8
+	CmdStartGeneration   CommandType = 9
 )
 
 // IgnorableCommandFlag marks a command that an older coordinator may skip
@@ -48,6 +49,8 @@ func (t CommandType) String() string {
 		return "CreateRun"
 	case CmdSetRunState:
 		return "SetRunState"
+	case CmdStartGeneration:
+		return "StartGeneration"
 	}
 	return fmt.Sprintf("Command(%d)", uint8(t))
 }
@@ -118,4 +121,14 @@ type SetRunStateCmd struct {
 	State  string    `json:"state"`
 	Reason string    `json:"reason,omitempty"`
 	At     time.Time `json:"at"`
+}
+
+// StartGenerationCmd starts a new generation of a run: a new set of members
+// (worker id → rank 0..n-1) trains it from here. Generation must be the
+// run's current generation + 1, so a replayed or raced command is refused.
+type StartGenerationCmd struct {
+	Run        string         `json:"run"`
+	Generation uint64         `json:"generation"`
+	Members    map[string]int `json:"members"`
+	At         time.Time      `json:"at"`
 }

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -25,6 +26,7 @@ func (s *Server) subscribeControl() ([]*nats.Subscription, error) {
 		wire.SubjectHeartbeat:    handle(s, wire.SubjectHeartbeat, s.handleHeartbeat),
 		wire.SubjectDeregister:   handle(s, wire.SubjectDeregister, s.handleDeregister),
 		wire.SubjectStatus:       handle(s, wire.SubjectStatus, s.handleStatus),
+		wire.SubjectRendezvous:   handle(s, wire.SubjectRendezvous, s.handleRendezvous),
 		wire.SubjectWorkers:      handle(s, wire.SubjectWorkers, s.handleWorkers),
 		wire.SubjectRaftPeers:    handle(s, wire.SubjectRaftPeers, s.handleRaftPeers),
 		wire.SubjectRaftJoin:     handle(s, wire.SubjectRaftJoin, s.handleRaftJoin),
@@ -180,10 +182,43 @@ func (s *Server) handleRegister(req *wire.RegisterRequest) (any, *wire.Error) {
 	}, nil
 }
 
-// desiredState is what a worker should do. No runs are scheduled yet, so
-// every worker is asked to be idle.
-func (s *Server) desiredState(WorkerRecord) wire.DesiredState {
-	return wire.DesiredState{State: wire.WorkerIdle}
+// desiredState is what a worker should do: train the run it is a member
+// of (with its rank in the run's current generation), else be idle.
+func (s *Server) desiredState(w WorkerRecord) wire.DesiredState {
+	idle := wire.DesiredState{State: wire.WorkerIdle}
+	if w.Run == "" || w.State == wire.WorkerLost {
+		return idle
+	}
+	var d wire.DesiredState
+	s.fsm.Read(func(st *State, _ uint64) {
+		r, ok := st.Runs[w.Run]
+		if !ok || r.State != RunRunning {
+			return
+		}
+		rank, member := r.Members[w.ID]
+		if !member {
+			return
+		}
+		d = wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members), Backend: runBackend(r.Spec)}
+	})
+	if d.State == "" {
+		return idle
+	}
+	return d
+}
+
+// runBackend reads the collective backend from a run spec ("ring" unless
+// the spec says "nccl").
+func runBackend(spec json.RawMessage) string {
+	var v struct {
+		Collective struct {
+			Backend string `json:"backend"`
+		} `json:"collective"`
+	}
+	if json.Unmarshal(spec, &v) == nil && v.Collective.Backend == wire.BackendNCCL {
+		return wire.BackendNCCL
+	}
+	return wire.BackendRing
 }
 
 func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) {

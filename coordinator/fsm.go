@@ -90,6 +90,8 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 		err = applyBody(t, body, f.state.applySetWorkerState)
 	case CmdCreateRun:
 		err = applyBody(t, body, f.state.applyCreateRun)
+	case CmdStartGeneration:
+		err = applyBody(t, body, f.state.applyStartGeneration)
 	case CmdSetRunState:
 		err = applyBody(t, body, f.state.applySetRunState)
 	default:

@@ -59,6 +59,7 @@ func crafted(t *testing.T) []*raft.Log {
 		entry(t, 7, CmdCreateRun, CreateRunCmd{ID: "run-1", Spec: json.RawMessage(`{"stage":1}`), At: t0}),
 		entry(t, 8, CmdSetRunState, SetRunStateCmd{ID: "run-1", State: RunRunning, At: t0.Add(time.Second)}),
 		entry(t, 9, CmdRemoveCoordinator, RemoveCoordinatorCmd{ID: "c2"}),
+		entry(t, 10, CmdStartGeneration, StartGenerationCmd{Run: "run-1", Generation: 1, Members: map[string]int{"w1": 0}, At: t0.Add(2 * time.Second)}),
 	}
 }
 
@@ -70,8 +71,8 @@ func TestFSMApplyCraftedLog(t *testing.T) {
 		}
 	}
 	f.Read(func(s *State, last uint64) {
-		if last != 9 {
-			t.Errorf("last index = %d, want 9", last)
+		if last != 10 {
+			t.Errorf("last index = %d, want 10", last)
 		}
 		if s.ClusterID != "lavit-test" || !tokenMatches("secret-token-123456", s.TokenHash) {
 			t.Errorf("cluster id %q / token hash not recorded", s.ClusterID)
@@ -79,13 +80,13 @@ func TestFSMApplyCraftedLog(t *testing.T) {
 		if _, ok := s.Coordinators["c2"]; ok || len(s.Coordinators) != 1 {
 			t.Errorf("coordinators = %v, want only c1", s.Coordinators)
 		}
-		if w := s.Workers["w1"]; w == nil || w.State != wire.WorkerIdle {
-			t.Errorf("w1 = %+v, want IDLE", w)
+		if w := s.Workers["w1"]; w == nil || w.State != wire.WorkerTraining || w.Run != "run-1" {
+			t.Errorf("w1 = %+v, want TRAINING run-1", w)
 		}
 		if w := s.Workers["w2"]; w == nil || w.State != wire.WorkerLost || !w.Since.Equal(t0.Add(time.Minute)) {
 			t.Errorf("w2 = %+v, want LOST since t0+1m", w)
 		}
-		if r := s.Runs["run-1"]; r == nil || r.State != RunRunning || string(r.Spec) != `{"stage":1}` {
+		if r := s.Runs["run-1"]; r == nil || r.State != RunRunning || string(r.Spec) != `{"stage":1}` || r.Generation != 1 || r.Members["w1"] != 0 {
 			t.Errorf("run-1 = %+v", r)
 		}
 	})
@@ -257,12 +258,12 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 		if _, ok := s.Workers["stale"]; ok {
 			t.Error("Restore kept state from before the snapshot")
 		}
-		if last != 9 {
-			t.Errorf("last index after restore = %d, want 9", last)
+		if last != 10 {
+			t.Errorf("last index after restore = %d, want 10", last)
 		}
 	})
 	// The restored replica goes on applying like the original.
-	next := entry(t, 10, CmdDeregisterWorker, DeregisterWorkerCmd{ID: "w1", Instance: "i1", At: t0})
+	next := entry(t, 11, CmdDeregisterWorker, DeregisterWorkerCmd{ID: "w1", Instance: "i1", At: t0})
 	applyAll(t, src, []*raft.Log{next})
 	applyAll(t, dst, []*raft.Log{next})
 	if !reflect.DeepEqual(snapshotState(t, src), snapshotState(t, dst)) {

@@ -116,6 +116,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 		return nil, fmt.Errorf("record own coordinator entry: %w", err)
 	}
 	s.live.reset(workers, time.Now())
+	s.meet.reset()
 	return s.subscribeControl()
 }
 

@@ -47,6 +47,7 @@ type Server struct {
 
 	leaderCh chan bool
 	live     *liveness
+	meet     *rendezvousTable // leader only: ring addresses and NCCL ids per generation
 
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
@@ -69,6 +70,7 @@ func New(cfg Config) (*Server, error) {
 		fsm:        NewFSM(cfg.Logger.With("component", "fsm")),
 		leaderCh:   make(chan bool, 16),
 		live:       newLiveness(),
+		meet:       newRendezvousTable(),
 		shutdownCh: make(chan struct{}),
 	}
 	started := false

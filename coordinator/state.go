@@ -19,6 +19,8 @@ var (
 	ErrRunExists          = errors.New("run already exists")
 	ErrBadTransition      = errors.New("invalid state transition")
 	ErrAlreadyInitialized = errors.New("cluster already initialized")
+	ErrStaleGeneration    = errors.New("stale generation")
+	ErrBadMembers         = errors.New("invalid members")
 )
 
 // Run states. PENDING → RUNNING ↔ PAUSED → COMPLETED | FAILED | CANCELLED.
@@ -193,6 +195,64 @@ func (s *State) applySetRunState(c SetRunStateCmd) error {
 		return fmt.Errorf("%w: run %q from %s to %s", ErrBadTransition, c.ID, r.State, c.State)
 	}
 	r.State, r.Updated, r.Reason = c.State, c.At, c.Reason
+	return nil
+}
+
+// applyStartGeneration moves a run to a new generation and member set: the
+// run is RUNNING, its members TRAINING it, and workers that were members
+// of the old generation but not the new one go back to IDLE.
+func (s *State) applyStartGeneration(c StartGenerationCmd) error {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownRun, c.Run)
+	}
+	switch r.State {
+	case RunPending, RunRunning, RunPaused:
+	default:
+		return fmt.Errorf("%w: run %q is %s", ErrBadTransition, c.Run, r.State)
+	}
+	if c.Generation != r.Generation+1 {
+		return fmt.Errorf("%w: run %q is at generation %d; cannot start %d", ErrStaleGeneration, c.Run, r.Generation, c.Generation)
+	}
+	if len(c.Members) == 0 {
+		return fmt.Errorf("%w: a generation needs at least one member", ErrBadMembers)
+	}
+	seen := make([]bool, len(c.Members))
+	for id, rank := range c.Members {
+		w, ok := s.Workers[id]
+		if !ok {
+			return fmt.Errorf("%w %q", ErrUnknownWorker, id)
+		}
+		if rank < 0 || rank >= len(c.Members) || seen[rank] {
+			return fmt.Errorf("%w: ranks must be 0..%d, each once (worker %q has %d)", ErrBadMembers, len(c.Members)-1, id, rank)
+		}
+		seen[rank] = true
+		if w.Run != "" && w.Run != c.Run {
+			return fmt.Errorf("%w: worker %q is training run %q", ErrBadMembers, id, w.Run)
+		}
+	}
+	for id := range r.Members {
+		if _, still := c.Members[id]; !still {
+			if w, ok := s.Workers[id]; ok && w.Run == c.Run {
+				w.Run = ""
+				if w.State == wire.WorkerTraining {
+					w.State, w.Since = wire.WorkerIdle, c.At
+				}
+			}
+		}
+	}
+	for id := range c.Members {
+		w := s.Workers[id]
+		w.Run = c.Run
+		if w.State != wire.WorkerTraining {
+			w.State, w.Since = wire.WorkerTraining, c.At
+		}
+	}
+	r.Generation, r.State, r.Updated = c.Generation, RunRunning, c.At
+	r.Members = make(map[string]int, len(c.Members))
+	for id, rank := range c.Members {
+		r.Members[id] = rank
+	}
 	return nil
 }
 

@@ -28,6 +28,7 @@ const (
 	SubjectHeartbeat  = "lavit.v1.ctl.heartbeat"
 	SubjectDeregister = "lavit.v1.ctl.deregister"
 	SubjectStatus     = "lavit.v1.ctl.status"
+	SubjectRendezvous = "lavit.v1.ctl.rendezvous"
 
 	SubjectWorkers      = "lavit.v1.admin.workers"
 	SubjectRaftPeers    = "lavit.v1.admin.raft.peers"
@@ -122,13 +123,18 @@ type RegisterRequest struct {
 
 // DesiredState is what the coordinator wants a worker to be doing. A worker
 // reconciles to it after every heartbeat reply (level-triggered).
+//
+// A TRAINING worker learns its run, generation, rank and world size here;
+// its peers' addresses (ring) or the NCCL unique id come from the
+// rendezvous call, which completes once every member has posted.
 type DesiredState struct {
-	State      string   `json:"state"` // IDLE or TRAINING
-	Run        string   `json:"run,omitempty"`
-	Generation uint64   `json:"generation,omitempty"`
-	Rank       int      `json:"rank,omitempty"`
-	Peers      []string `json:"peers,omitempty"`
-	StartStep  int64    `json:"start_step,omitempty"`
+	State      string `json:"state"` // IDLE or TRAINING
+	Run        string `json:"run,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	Rank       int    `json:"rank,omitempty"`
+	World      int    `json:"world,omitempty"`
+	Backend    string `json:"backend,omitempty"` // ring or nccl
+	StartStep  int64  `json:"start_step,omitempty"`
 }
 
 // RegisterReply confirms a registration.
@@ -155,6 +161,36 @@ type HeartbeatRequest struct {
 type HeartbeatReply struct {
 	Desired DesiredState `json:"desired"`
 	Leader  string       `json:"leader"`
+}
+
+// Collective backends.
+const (
+	BackendRing = "ring"
+	BackendNCCL = "nccl"
+)
+
+// RendezvousRequest is a run member posting what its peers need to reach
+// it for one generation: its ring listener address (ring), or, from rank 0,
+// the NCCL unique id (nccl). Members repeat it until the reply is
+// Complete; a new leader rebuilds the table from these repeats.
+type RendezvousRequest struct {
+	Auth
+	Instance   string `json:"instance"`
+	Run        string `json:"run"`
+	Generation uint64 `json:"generation"`
+	Rank       int    `json:"rank"`
+	Addr       string `json:"addr,omitempty"`    // ring: host:port of this rank's listener
+	NCCLID     []byte `json:"nccl_id,omitempty"` // nccl: rank 0's unique id (128 bytes)
+}
+
+// RendezvousReply says whether every member has posted and, once they
+// have, the addresses of all ranks (index = rank) or the NCCL id.
+type RendezvousReply struct {
+	Complete bool     `json:"complete"`
+	Posted   int      `json:"posted"` // members that have posted so far
+	World    int      `json:"world"`
+	Peers    []string `json:"peers,omitempty"`
+	NCCLID   []byte   `json:"nccl_id,omitempty"`
 }
 
 // DeregisterRequest says a worker leaves on purpose.

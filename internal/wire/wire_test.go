@@ -44,11 +44,11 @@ func TestDecodeRequest(t *testing.T) {
 
 func TestReplyRoundTrip(t *testing.T) {
 	var got HeartbeatReply
-	want := HeartbeatReply{Desired: DesiredState{State: WorkerIdle, Run: "r1", Generation: 3, Peers: []string{"a", "b"}}, Leader: "c1"}
+	want := HeartbeatReply{Desired: DesiredState{State: WorkerIdle, Run: "r1", Generation: 3, Rank: 1, World: 2, Backend: BackendRing}, Leader: "c1"}
 	if err := DecodeReply("s", EncodeReply(want, nil), &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Leader != want.Leader || got.Desired.Generation != 3 || len(got.Desired.Peers) != 2 {
+	if got.Leader != want.Leader || got.Desired.Generation != 3 || got.Desired.World != 2 || got.Desired.Backend != BackendRing {
 		t.Fatalf("round trip: got %+v, want %+v", got, want)
 	}
 	err := DecodeReply("s", EncodeReply(nil, Errorf(CodeUnknown, "worker %q unknown", "w")), &got)
