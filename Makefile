@@ -57,7 +57,7 @@ test: build torch
 	@echo; echo "MODEL.md's \"it learned\" checks (trainer.TestTinyLaVITLearns):"; cat test-out/it-learned.txt
 
 ## demo: a coordinator and two workers join, are listed, and leave cleanly
-demo: build
+demo: build torch
 	@deploy/local/demo.sh
 
 ## bench: the benchmark table (control-plane throughput, failover, leader CPU)

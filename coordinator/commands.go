@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/lavit-org/lavit/internal/wire"
 )
 
 // CommandType numbers the FSM commands. The numbers are written into the
@@ -115,12 +117,16 @@ type CreateRunCmd struct {
 	At   time.Time       `json:"at"`
 }
 
-// SetRunStateCmd moves a run to another state.
+// SetRunStateCmd moves a run to another state. A run that ends releases
+// its workers; a completed one records its final model state.
 type SetRunStateCmd struct {
-	ID     string    `json:"id"`
-	State  string    `json:"state"`
-	Reason string    `json:"reason,omitempty"`
-	At     time.Time `json:"at"`
+	ID     string         `json:"id"`
+	State  string         `json:"state"`
+	Reason string         `json:"reason,omitempty"`
+	Step   int64          `json:"step,omitempty"`
+	Final  *wire.Artifact `json:"final,omitempty"`
+	Eval   []wire.Check   `json:"eval,omitempty"`
+	At     time.Time      `json:"at"`
 }
 
 // StartGenerationCmd starts a new generation of a run: a new set of members

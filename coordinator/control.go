@@ -27,6 +27,12 @@ func (s *Server) subscribeControl() ([]*nats.Subscription, error) {
 		wire.SubjectDeregister:   handle(s, wire.SubjectDeregister, s.handleDeregister),
 		wire.SubjectStatus:       handle(s, wire.SubjectStatus, s.handleStatus),
 		wire.SubjectRendezvous:   handle(s, wire.SubjectRendezvous, s.handleRendezvous),
+		wire.SubjectProgress:     handle(s, wire.SubjectProgress, s.handleProgress),
+		wire.SubjectRunFinish:    handle(s, wire.SubjectRunFinish, s.handleRunFinish),
+		wire.SubjectRunSubmit:    handle(s, wire.SubjectRunSubmit, s.handleRunSubmit),
+		wire.SubjectRunList:      handle(s, wire.SubjectRunList, s.handleRunList),
+		wire.SubjectRunShow:      handle(s, wire.SubjectRunShow, s.handleRunShow),
+		wire.SubjectRunCancel:    handle(s, wire.SubjectRunCancel, s.handleRunCancel),
 		wire.SubjectWorkers:      handle(s, wire.SubjectWorkers, s.handleWorkers),
 		wire.SubjectRaftPeers:    handle(s, wire.SubjectRaftPeers, s.handleRaftPeers),
 		wire.SubjectRaftJoin:     handle(s, wire.SubjectRaftJoin, s.handleRaftJoin),
@@ -140,8 +146,8 @@ func validateRegister(r *wire.RegisterRequest) error {
 		return errors.New("device must be 1-64 characters")
 	case len(r.Devices) > 64:
 		return fmt.Errorf("%d devices listed; at most 64", len(r.Devices))
-	case r.Capacity < 1 || r.Capacity > 1024:
-		return fmt.Errorf("capacity %d out of range 1-1024", r.Capacity)
+	case r.Capacity < 0 || r.Capacity > 1024:
+		return fmt.Errorf("capacity %d out of range 0-1024 (0: joins but cannot train)", r.Capacity)
 	case len(r.Build) > 128:
 		return errors.New("build string longer than 128 characters")
 	}

@@ -71,7 +71,7 @@ func TestBadControlMessages(t *testing.T) {
 		{"unknown worker heartbeat", wire.SubjectHeartbeat, authJSON(tok, "ghost", `,"instance":"i"`), wire.CodeUnknown, "not registered"},
 		{"unknown worker deregister", wire.SubjectDeregister, authJSON(tok, "ghost", `,"instance":"i"`), wire.CodeUnknown, "ghost"},
 		{"invalid worker id", wire.SubjectRegister, register("bad id!", "h", "i", 1), wire.CodeBadRequest, "invalid"},
-		{"zero capacity", wire.SubjectRegister, register("w9", "h", "i", 0), wire.CodeBadRequest, "capacity"},
+		{"negative capacity", wire.SubjectRegister, register("w9", "h", "i", -1), wire.CodeBadRequest, "capacity"},
 		{"id of a live worker on another host", wire.SubjectRegister, register("w1", "elsewhere", "other", 1), wire.CodeConflict, "in use"},
 		{"stale instance heartbeat", wire.SubjectHeartbeat, authJSON(tok, "w1", `,"instance":"not-mine"`), wire.CodeStale, "taken over"},
 		{"announce from a non-member", wire.SubjectAnnounce, authJSON(tok, "x", `,"coordinator":{"id":"rogue","raft_addr":"1.2.3.4:7000"}`), wire.CodeBadRequest, "not in the raft configuration"},

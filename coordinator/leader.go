@@ -86,6 +86,9 @@ func (s *Server) leaderLoop(stop chan struct{}) {
 			return
 		case <-tick.C:
 			s.markLostWorkers()
+			s.schedule()
+		case <-s.schedKick:
+			s.schedule()
 		}
 	}
 }
@@ -117,6 +120,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	}
 	s.live.reset(workers, time.Now())
 	s.meet.reset()
+	s.progress.reset()
 	return s.subscribeControl()
 }
 

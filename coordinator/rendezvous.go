@@ -80,40 +80,16 @@ func (s *Server) handleRendezvous(req *wire.RendezvousRequest) (any, *wire.Error
 	if err := validateRendezvous(req); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "rendezvous: %v", err)
 	}
-	w, ok := s.lookupWorker(req.From)
-	if !ok {
-		return nil, wire.Errorf(wire.CodeUnknown, "worker %q is not registered; register first", req.From)
+	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+		werr.Message = "rendezvous: " + werr.Message
+		return nil, werr
 	}
-	if w.Instance != req.Instance {
-		return nil, wire.Errorf(wire.CodeStale, "worker %q is now instance %s; this process (instance %s) should stop", req.From, w.Instance, req.Instance)
-	}
-	var (
-		found, member bool
-		state         string
-		generation    uint64
-		rank, world   int
-	)
+	var world int
 	s.fsm.Read(func(st *State, _ uint64) {
 		if r, ok := st.Runs[req.Run]; ok {
-			found, state, generation, world = true, r.State, r.Generation, len(r.Members)
-			rank, member = r.Members[req.From]
+			world = len(r.Members)
 		}
 	})
-	if !found {
-		return nil, wire.Errorf(wire.CodeBadRequest, "rendezvous: unknown run %q", req.Run)
-	}
-	if state != RunRunning {
-		return nil, wire.Errorf(wire.CodeStale, "rendezvous: run %q is %s, not RUNNING", req.Run, state)
-	}
-	if req.Generation != generation {
-		return nil, wire.Errorf(wire.CodeStale, "rendezvous: stale generation %d: run %q is at generation %d", req.Generation, req.Run, generation)
-	}
-	if !member {
-		return nil, wire.Errorf(wire.CodeStale, "rendezvous: worker %q is not a member of run %q generation %d", req.From, req.Run, generation)
-	}
-	if rank != req.Rank {
-		return nil, wire.Errorf(wire.CodeConflict, "rendezvous: worker %q has rank %d in run %q generation %d, not %d", req.From, rank, req.Run, generation, req.Rank)
-	}
 	s.live.seen(req.From, time.Now())
 	return s.meet.post(req, world), nil
 }

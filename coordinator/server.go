@@ -45,9 +45,11 @@ type Server struct {
 	httpSrv   *http.Server
 	httpAddr  string
 
-	leaderCh chan bool
-	live     *liveness
-	meet     *rendezvousTable // leader only: ring addresses and NCCL ids per generation
+	leaderCh  chan bool
+	live      *liveness
+	meet      *rendezvousTable // leader only: ring addresses and NCCL ids per generation
+	progress  *progressTable   // leader only: each run's latest progress report
+	schedKick chan struct{}    // wakes the scheduler (see kickScheduler)
 
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
@@ -71,6 +73,8 @@ func New(cfg Config) (*Server, error) {
 		leaderCh:   make(chan bool, 16),
 		live:       newLiveness(),
 		meet:       newRendezvousTable(),
+		progress:   newProgressTable(),
+		schedKick:  make(chan struct{}, 1),
 		shutdownCh: make(chan struct{}),
 	}
 	started := false

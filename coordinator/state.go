@@ -25,13 +25,18 @@ var (
 
 // Run states. PENDING → RUNNING ↔ PAUSED → COMPLETED | FAILED | CANCELLED.
 const (
-	RunPending   = "PENDING"
-	RunRunning   = "RUNNING"
-	RunPaused    = "PAUSED"
-	RunCompleted = "COMPLETED"
-	RunFailed    = "FAILED"
-	RunCancelled = "CANCELLED"
+	RunPending   = wire.RunPending
+	RunRunning   = wire.RunRunning
+	RunPaused    = wire.RunPaused
+	RunCompleted = wire.RunCompleted
+	RunFailed    = wire.RunFailed
+	RunCancelled = wire.RunCancelled
 )
+
+// terminalRun reports whether a run state is final.
+func terminalRun(state string) bool {
+	return state == RunCompleted || state == RunFailed || state == RunCancelled
+}
 
 // CoordinatorRecord is what the cluster knows about one coordinator node
 // besides its raft address.
@@ -70,6 +75,12 @@ type RunRecord struct {
 	Created    time.Time       `json:"created"`
 	Updated    time.Time       `json:"updated"`
 	Reason     string          `json:"reason,omitempty"`
+	// Step is the last step the run reported finishing (set when it ends).
+	Step int64 `json:"step,omitempty"`
+	// Final is the model state a COMPLETED run produced.
+	Final *wire.Artifact `json:"final,omitempty"`
+	// Eval holds the checks measured when the run completed.
+	Eval []wire.Check `json:"eval,omitempty"`
 }
 
 // State is the replicated state machine's data. It is only changed by
@@ -195,6 +206,27 @@ func (s *State) applySetRunState(c SetRunStateCmd) error {
 		return fmt.Errorf("%w: run %q from %s to %s", ErrBadTransition, c.ID, r.State, c.State)
 	}
 	r.State, r.Updated, r.Reason = c.State, c.At, c.Reason
+	if c.Step > 0 {
+		r.Step = c.Step
+	}
+	if c.Final != nil {
+		f := *c.Final
+		r.Final = &f
+	}
+	if c.Eval != nil {
+		r.Eval = append([]wire.Check(nil), c.Eval...)
+	}
+	if terminalRun(c.State) {
+		// The members are free for the next run.
+		for id := range r.Members {
+			if w, ok := s.Workers[id]; ok && w.Run == c.ID {
+				w.Run = ""
+				if w.State == wire.WorkerTraining {
+					w.State, w.Since = wire.WorkerIdle, c.At
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -272,6 +304,11 @@ func (s *State) clone() *State {
 	for id, r := range s.Runs {
 		rc := *r
 		rc.Spec = append(json.RawMessage(nil), r.Spec...)
+		if r.Final != nil {
+			f := *r.Final
+			rc.Final = &f
+		}
+		rc.Eval = append([]wire.Check(nil), r.Eval...)
 		if r.Members != nil {
 			rc.Members = make(map[string]int, len(r.Members))
 			for k, v := range r.Members {

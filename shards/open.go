@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -83,4 +84,15 @@ func checkName(name string) error {
 		return fmt.Errorf("shards: object name %q is not clean (empty, '.' or trailing '/' elements)", name)
 	}
 	return nil
+}
+
+// OpenForWrite is Open for a destination: a file:// directory is created
+// if missing (an S3 prefix needs nothing).
+func OpenForWrite(ctx context.Context, rawURL string) (Source, error) {
+	if dir, ok := strings.CutPrefix(rawURL, "file://"); ok && strings.HasPrefix(dir, "/") {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("shards: create %s: %w", dir, err)
+		}
+	}
+	return Open(ctx, rawURL)
 }

@@ -79,17 +79,40 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 // samples carry the tokenizer's features and keep decisions instead of ids.
 func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globalBatch, from, to int, continuous bool) (*Batch, error) {
 	samples, ib := SyntheticBatch(seed, step, globalBatch, from, to)
-	b := &Batch{Step: step, GlobalBatch: int64(globalBatch), Positions: ib.Positions, SeqLen: seqLen}
-	codes, err := visualInputs(tok, ib.Images, ib.Positions, step, continuous, b)
+	captions := make([]string, len(samples))
+	for i, s := range samples {
+		captions[i] = s.Caption
+	}
+	return Stage2BatchFrom(tok, v, seqLen, seed, step, int64(globalBatch), ib.Positions, ib.Images, captions, nil, continuous)
+}
+
+// Stage2BatchFrom builds a stage-2 batch from decoded samples: their
+// global positions, images (n × 3 × image × image) and captions. valid
+// (nil: all valid) masks bad samples: they keep their place with padding
+// and no targets, so they add nothing to the loss.
+func Stage2BatchFrom(tok *Model, v Vocab, seqLen int, seed uint64, step, globalBatch int64, positions []int64, images []float32, captions []string, valid []bool, continuous bool) (*Batch, error) {
+	b := &Batch{Step: step, GlobalBatch: globalBatch, Positions: positions, SeqLen: seqLen, Valid: valid}
+	codes, err := visualInputs(tok, images, positions, step, continuous, b)
 	if err != nil {
 		return nil, err
 	}
-	for i, s := range samples {
-		caption, err := synth.Encode(s.Caption)
-		if err != nil {
-			return nil, err
+	for i := range positions {
+		if valid != nil && !valid[i] {
+			toks, tgts := make([]int64, seqLen), make([]int64, seqLen)
+			for k := range toks {
+				toks[k], tgts[k] = int64(v.PadID), -1
+			}
+			b.Tokens, b.Targets = append(b.Tokens, toks...), append(b.Targets, tgts...)
+			if continuous {
+				b.ImageSlots = append(b.ImageSlots, make([]bool, seqLen)...)
+			}
+			continue
 		}
-		dir := DirectionFor(seed, ib.Positions[i])
+		caption, err := synth.Encode(captions[i])
+		if err != nil {
+			return nil, fmt.Errorf("sample at position %d: %w", positions[i], err)
+		}
+		dir := DirectionFor(seed, positions[i])
 		var toks, tgts []int64
 		slots := make([]bool, seqLen)
 		if continuous && dir == ImageToText {

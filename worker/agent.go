@@ -40,6 +40,9 @@ type Config struct {
 	MaxBackoff time.Duration
 	Build      string
 	Logger     *slog.Logger
+	// Executor trains the runs this worker is given (nil: it cannot train,
+	// and reports that as the run's failure).
+	Executor Executor
 }
 
 // DefaultConfig returns the defaults of `lavit-worker join`.
@@ -87,6 +90,10 @@ type Agent struct {
 	lastReply time.Time
 	interval  time.Duration
 	seq       uint64
+
+	job     *runningJob // the job running, if any
+	lastRun string      // the last (run, generation) started: never started twice
+	lastGen uint64
 }
 
 // New returns an agent; Run starts it.
@@ -150,6 +157,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	err = a.heartbeatLoop(ctx, client)
+	a.stopJob(30 * time.Second)
 	a.deregister(client)
 	return err
 }
@@ -186,9 +194,13 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 
 // register announces the worker, retrying while no leader answers.
 func (a *Agent) register(ctx context.Context, c *wire.Client) error {
+	capacity := 1
+	if a.cfg.Executor == nil {
+		capacity = 0 // joins the fleet, but is never given a run
+	}
 	req := &wire.RegisterRequest{
 		Instance: a.instance, Host: a.cfg.Host, Devices: a.cfg.Devices,
-		Device: a.cfg.Device, Capacity: 1, Build: a.cfg.Build,
+		Device: a.cfg.Device, Capacity: capacity, Build: a.cfg.Build,
 	}
 	backoff := newBackoff(200*time.Millisecond, a.cfg.MaxBackoff)
 	for attempt := 1; ; attempt++ {
@@ -237,7 +249,10 @@ func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
 		a.mu.Lock()
 		interval := a.interval
 		a.seq++
-		req := &wire.HeartbeatRequest{Instance: a.instance, Seq: a.seq, State: a.desired.State, Run: a.desired.Run, Generation: a.desired.Generation}
+		req := &wire.HeartbeatRequest{Instance: a.instance, Seq: a.seq, State: wire.WorkerIdle}
+		if run, gen, ok := a.trainingLocked(); ok {
+			req.State, req.Run, req.Generation = wire.WorkerTraining, run, gen
+		}
 		a.mu.Unlock()
 
 		timeout := min(a.cfg.RequestTimeout, 2*interval)
@@ -253,6 +268,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
 			}
 			a.desired, a.leader, a.lastReply = reply.Desired, reply.Leader, time.Now()
 			a.mu.Unlock()
+			a.reconcile(ctx, c)
 			if !failingSince.IsZero() {
 				a.log.Info("heartbeats answered again", "after", time.Since(failingSince).Round(time.Millisecond))
 				failingSince = time.Time{}

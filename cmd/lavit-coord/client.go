@@ -51,8 +51,12 @@ func callCluster(c *cli.Context, subject string, req, resp any) error {
 }
 
 func noArgs(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return cliutil.Usagef("%s takes no arguments (got %q)", c.Command.FullName(), c.Args().Slice())
+	args, err := cliutil.Args(c)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 {
+		return cliutil.Usagef("%s takes no arguments (got %q)", c.Command.FullName(), args)
 	}
 	return nil
 }

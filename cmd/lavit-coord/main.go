@@ -26,6 +26,8 @@ func newApp() *cli.App {
 			workersCommand(),
 			raftCommand(),
 			shardsCommand(),
+			runCommand(),
+			evalCommand(),
 		},
 	}
 }

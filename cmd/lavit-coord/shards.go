@@ -118,13 +118,7 @@ func runShardsSynth(c *cli.Context) error {
 }
 
 func openOut(c *cli.Context) (shards.Source, error) {
-	out := c.String("out")
-	if dir, ok := strings.CutPrefix(out, "file://"); ok && strings.HasPrefix(dir, "/") {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("create %s: %w", dir, err)
-		}
-	}
-	src, err := shards.Open(c.Context, out)
+	src, err := shards.OpenForWrite(c.Context, c.String("out"))
 	if err != nil {
 		return nil, cliutil.UsageError{Err: err}
 	}

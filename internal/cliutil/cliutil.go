@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -63,6 +64,55 @@ func markUsageErrors(cmds []*cli.Command) {
 		}
 		markUsageErrors(c.Subcommands)
 	}
+}
+
+// Args returns the command's positional arguments and applies flags that
+// follow them, so `lavit-coord run show ID --json` works: urfave/cli stops
+// parsing flags at the first positional argument. "--" ends flags.
+func Args(c *cli.Context) ([]string, error) {
+	var pos []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(pos, args[i+1:]...), nil
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := findFlag(c.Command.Flags, name)
+		if f == nil {
+			return nil, Usagef("%s: unknown flag %s", c.Command.FullName(), a)
+		}
+		if !hasValue {
+			if _, isBool := f.(*cli.BoolFlag); isBool {
+				value = "true"
+			} else {
+				if i+1 >= len(args) {
+					return nil, Usagef("%s: flag %s needs a value", c.Command.FullName(), a)
+				}
+				i++
+				value = args[i]
+			}
+		}
+		if err := c.Set(f.Names()[0], value); err != nil {
+			return nil, Usagef("%s: flag %s: %v", c.Command.FullName(), a, err)
+		}
+	}
+	return pos, nil
+}
+
+func findFlag(flags []cli.Flag, name string) cli.Flag {
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return f
+			}
+		}
+	}
+	return nil
 }
 
 // LogFlags are the logging flags every command takes.

@@ -29,6 +29,13 @@ const (
 	SubjectDeregister = "lavit.v1.ctl.deregister"
 	SubjectStatus     = "lavit.v1.ctl.status"
 	SubjectRendezvous = "lavit.v1.ctl.rendezvous"
+	SubjectProgress   = "lavit.v1.ctl.progress"
+	SubjectRunFinish  = "lavit.v1.ctl.run.finish"
+
+	SubjectRunSubmit = "lavit.v1.admin.run.submit"
+	SubjectRunList   = "lavit.v1.admin.run.list"
+	SubjectRunShow   = "lavit.v1.admin.run.show"
+	SubjectRunCancel = "lavit.v1.admin.run.cancel"
 
 	SubjectWorkers      = "lavit.v1.admin.workers"
 	SubjectRaftPeers    = "lavit.v1.admin.raft.peers"
@@ -191,6 +198,140 @@ type RendezvousReply struct {
 	World    int      `json:"world"`
 	Peers    []string `json:"peers,omitempty"`
 	NCCLID   []byte   `json:"nccl_id,omitempty"`
+}
+
+// Run states. PENDING → RUNNING → COMPLETED | FAILED | CANCELLED (PAUSED:
+// waiting to resume).
+const (
+	RunPending   = "PENDING"
+	RunRunning   = "RUNNING"
+	RunPaused    = "PAUSED"
+	RunCompleted = "COMPLETED"
+	RunFailed    = "FAILED"
+	RunCancelled = "CANCELLED"
+)
+
+// RunSubmitRequest submits a run. Spec is the run spec as JSON, already
+// resolved by the CLI (model config inlined, local paths made file:// URLs).
+type RunSubmitRequest struct {
+	Auth
+	Spec json.RawMessage `json:"spec"`
+}
+
+// RunSubmitReply names the new run.
+type RunSubmitReply struct {
+	ID string `json:"id"`
+}
+
+// RunListRequest lists every run, oldest first.
+type RunListRequest struct {
+	Auth
+}
+
+// RunListReply is the run list.
+type RunListReply struct {
+	Runs []RunInfo `json:"runs"`
+}
+
+// RunShowRequest asks for one run.
+type RunShowRequest struct {
+	Auth
+	ID string `json:"id"`
+}
+
+// RunCancelRequest cancels a run that has not finished.
+type RunCancelRequest struct {
+	Auth
+	ID     string `json:"id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// RunInfo is a run as clients see it: the committed record plus the
+// leader's latest progress report (in memory: blank for a moment after a
+// leader change).
+type RunInfo struct {
+	ID          string             `json:"id"`
+	Name        string             `json:"name,omitempty"`
+	Stage       int                `json:"stage"`
+	State       string             `json:"state"`
+	Reason      string             `json:"reason,omitempty"`
+	Generation  uint64             `json:"generation"`
+	Members     []RunMember        `json:"members"`
+	Step        int64              `json:"step"`
+	TotalSteps  int64              `json:"total_steps"`
+	SamplesPerS float64            `json:"samples_per_s"`
+	Loss        *float64           `json:"loss"`
+	Metrics     map[string]float64 `json:"metrics,omitempty"`
+	Timing      *StepTiming        `json:"timing,omitempty"`
+	Created     time.Time          `json:"created"`
+	Updated     time.Time          `json:"updated"`
+	Final       *Artifact          `json:"final,omitempty"`
+	Eval        []Check            `json:"eval,omitempty"`
+	WaitingFor  string             `json:"waiting_for,omitempty"` // why a PENDING run has not started
+	Spec        json.RawMessage    `json:"spec,omitempty"`        // run show only
+}
+
+// RunMember is one worker of a run's current generation.
+type RunMember struct {
+	Worker string `json:"worker"`
+	Rank   int    `json:"rank"`
+	State  string `json:"state"` // the worker's registry state
+}
+
+// Artifact is a model state a run produced: where it is and how to check it.
+type Artifact struct {
+	URL    string `json:"url"`
+	Step   int64  `json:"step"`
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// StepTiming splits a rank's mean step time (milliseconds).
+type StepTiming struct {
+	DataMs      float64 `json:"data_ms"`      // waiting for this step's samples
+	ComputeMs   float64 `json:"compute_ms"`   // the trainer's forward, backward, optimizer
+	AllReduceMs float64 `json:"allreduce_ms"` // the collective calls
+	OtherMs     float64 `json:"other_ms"`     // bookkeeping: metrics, batching
+	StepMs      float64 `json:"step_ms"`      // wall time per step
+}
+
+// ProgressRequest is a member's periodic report (every metrics.every_steps
+// steps); rank 0's also carries the run's loss and throughput.
+type ProgressRequest struct {
+	Auth
+	Instance    string             `json:"instance"`
+	Run         string             `json:"run"`
+	Generation  uint64             `json:"generation"`
+	Rank        int                `json:"rank"`
+	Step        int64              `json:"step"` // steps completed
+	TotalSteps  int64              `json:"total_steps"`
+	Loss        float64            `json:"loss"` // mean over the global batch, last step
+	SamplesPerS float64            `json:"samples_per_s"`
+	Timing      StepTiming         `json:"timing"`
+	Metrics     map[string]float64 `json:"metrics,omitempty"`
+}
+
+// RunFinishRequest ends a run: rank 0 reports COMPLETED with the final
+// model state; any rank may report FAILED with the reason.
+type RunFinishRequest struct {
+	Auth
+	Instance   string    `json:"instance"`
+	Run        string    `json:"run"`
+	Generation uint64    `json:"generation"`
+	Rank       int       `json:"rank"`
+	Outcome    string    `json:"outcome"` // COMPLETED or FAILED
+	Reason     string    `json:"reason,omitempty"`
+	Step       int64     `json:"step"`
+	Final      *Artifact `json:"final,omitempty"`
+	// Eval is rank 0's "it learned" checks on the run's eval set.
+	Eval []Check `json:"eval,omitempty"`
+}
+
+// Check is one "it learned" bar measured at the end of a run.
+type Check struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	Pass  bool   `json:"pass"`
 }
 
 // DeregisterRequest says a worker leaves on purpose.

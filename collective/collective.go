@@ -1,0 +1,180 @@
+// Package collective owns lavit's collective-communication API: the
+// Communicator interface that the trainer calls (AllReduce, Broadcast,
+// Barrier, Abort, Close), its error and deadline rules, and the float32
+// kernels the CPU backends share. Backends live in sub-packages: ring (pure
+// Go over TCP, any machine) and nccl (cgo over libnccl.so.2 loaded at run
+// time, GPUs only). See DESIGN.md.
+//
+// Rules every Communicator follows:
+//
+//   - Every call takes a ctx. A ctx without a deadline gets the
+//     communicator's default timeout (DefaultTimeout unless configured), so
+//     no call can block forever.
+//   - Calls on one communicator are serialised: concurrent callers wait in
+//     turn (FIFO is not promised). All ranks must issue the same sequence of
+//     calls with the same sizes; a backend may detect a disagreement and
+//     fail with ErrMismatch.
+//   - After any error the communicator is broken: the error is sticky and
+//     every later call returns the same value at once. The error is an
+//     *Error naming the rank and, where one is involved, the peer, and wraps
+//     ErrAborted, ErrPeerLost, ErrMismatch, ErrClosed,
+//     context.DeadlineExceeded or context.Canceled. Recovery is a new
+//     communicator (a new generation), never a retry on the broken one.
+//   - Abort(err), from any goroutine, breaks the communicator and unblocks
+//     every pending call promptly on this rank; peers learn of it through
+//     the transport and fail too.
+package collective
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DefaultTimeout bounds a call whose ctx has no deadline.
+const DefaultTimeout = 5 * time.Minute
+
+// Op is a reduction operation.
+type Op int
+
+// Reductions. Avg is the sum divided by the world size.
+const (
+	Sum Op = iota
+	Avg
+)
+
+func (o Op) String() string {
+	switch o {
+	case Sum:
+		return "sum"
+	case Avg:
+		return "avg"
+	}
+	return fmt.Sprintf("Op(%d)", int(o))
+}
+
+// Valid reports whether o is a known operation.
+func (o Op) Valid() bool { return o == Sum || o == Avg }
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrAborted: this rank or a peer called Abort, or a peer gave up on
+	// the communicator (its deadline passed, it saw a mismatch).
+	ErrAborted = errors.New("collective aborted")
+	// ErrPeerLost: a peer's process or connection is gone.
+	ErrPeerLost = errors.New("collective peer lost")
+	// ErrMismatch: ranks disagree about the call (kind, size, root, op or
+	// sequence number).
+	ErrMismatch = errors.New("collective call mismatch")
+	// ErrClosed: Close was called on this communicator.
+	ErrClosed = errors.New("collective closed")
+)
+
+// Communicator is one rank's handle on a group of Size ranks.
+type Communicator interface {
+	// Rank is this member's index, 0 ≤ Rank < Size.
+	Rank() int
+	// Size is the number of ranks.
+	Size() int
+	// AllReduce replaces buf on every rank with the element-wise reduction
+	// of all ranks' bufs. Every rank must pass the same length and op.
+	AllReduce(ctx context.Context, buf []float32, op Op) error
+	// Broadcast copies root's buf into every other rank's buf.
+	Broadcast(ctx context.Context, buf []float32, root int) error
+	// Barrier returns once every rank has entered it.
+	Barrier(ctx context.Context) error
+	// Abort breaks the communicator with err (wrapped with ErrAborted) and
+	// unblocks pending calls. Safe from any goroutine, any number of times.
+	Abort(err error)
+	// Close releases the connections; later calls return ErrClosed.
+	Close() error
+}
+
+// Error is the sticky error of a broken communicator.
+type Error struct {
+	Rank int    // the rank that reports it
+	Peer int    // the peer involved, or -1
+	Call string // the call that failed ("allreduce", …), or "" outside a call
+	Kind error  // ErrAborted, ErrPeerLost, ErrMismatch, ErrClosed or a context error
+	Err  error  // the cause, may be nil
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("rank %d", e.Rank)
+	if e.Call != "" {
+		s += ": " + e.Call
+	}
+	s += ": " + e.Kind.Error()
+	if e.Peer >= 0 {
+		s += fmt.Sprintf(" (peer rank %d)", e.Peer)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap lets errors.Is see both the kind and the cause.
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Kind}
+	}
+	return []error{e.Kind, e.Err}
+}
+
+// WithDeadline returns ctx unchanged when it has a deadline, else ctx with
+// timeout d (DefaultTimeout when d ≤ 0).
+func WithDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	if d <= 0 {
+		d = DefaultTimeout
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// AddFloat32 sets dst[i] += src[i]. It panics if the lengths differ.
+func AddFloat32(dst, src []float32) {
+	if len(dst) != len(src) {
+		panic(fmt.Sprintf("collective.AddFloat32: len(dst) %d != len(src) %d", len(dst), len(src)))
+	}
+	i := addFast(dst, src) // SSE on amd64
+	// Eight independent adds per iteration; the array-pointer conversions
+	// leave one bounds check per eight elements.
+	for ; i+8 <= len(dst); i += 8 {
+		d := (*[8]float32)(dst[i : i+8])
+		s := (*[8]float32)(src[i : i+8])
+		d[0] += s[0]
+		d[1] += s[1]
+		d[2] += s[2]
+		d[3] += s[3]
+		d[4] += s[4]
+		d[5] += s[5]
+		d[6] += s[6]
+		d[7] += s[7]
+	}
+	for ; i < len(dst); i++ {
+		dst[i] += src[i]
+	}
+}
+
+// ScaleFloat32 sets dst[i] *= s.
+func ScaleFloat32(dst []float32, s float32) {
+	i := 0
+	for ; i+8 <= len(dst); i += 8 {
+		d := (*[8]float32)(dst[i : i+8])
+		d[0] *= s
+		d[1] *= s
+		d[2] *= s
+		d[3] *= s
+		d[4] *= s
+		d[5] *= s
+		d[6] *= s
+		d[7] *= s
+	}
+	for ; i < len(dst); i++ {
+		dst[i] *= s
+	}
+}

@@ -1,0 +1,355 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/lavit-org/lavit/collective"
+)
+
+// Call kinds, as sent in the call header.
+const (
+	kindAllReduce byte = 1
+	kindBroadcast byte = 2
+	kindBarrier   byte = 3
+	kindTransfer  byte = 4
+)
+
+func kindName(k byte) string {
+	switch k {
+	case kindAllReduce:
+		return "allreduce"
+	case kindBroadcast:
+		return "broadcast"
+	case kindBarrier:
+		return "barrier"
+	case kindTransfer:
+		return "transfer"
+	}
+	return fmt.Sprintf("kind(%d)", k)
+}
+
+// AllReduce replaces buf on every rank with the element-wise sum (or
+// average) over all ranks. See the package collective for the rules.
+func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
+	return c.call(ctx, kindAllReduce, buf, op, 0)
+}
+
+// Broadcast copies root's buf into every rank's buf.
+func (c *Comm) Broadcast(ctx context.Context, buf []float32, root int) error {
+	return c.call(ctx, kindBroadcast, buf, collective.Sum, root)
+}
+
+// Barrier returns once every rank has entered it (a one-element
+// all-reduce: every rank's result depends on every rank having sent).
+func (c *Comm) Barrier(ctx context.Context) error {
+	var one [1]float32
+	return c.call(ctx, kindBarrier, one[:], collective.Sum, 0)
+}
+
+// TransferOnly moves exactly the bytes an AllReduce of buf would, with the
+// same chunks and pipeline, but adds nothing: buf ends up holding other
+// ranks' data. It measures the transport's limit for benchmarks.
+func (c *Comm) TransferOnly(ctx context.Context, buf []float32) error {
+	return c.call(ctx, kindTransfer, buf, collective.Sum, 0)
+}
+
+// header opens every call on every link, so ranks that disagree about a
+// call fail with ErrMismatch instead of exchanging garbage:
+//
+//	"LC" | kind u8 | op u8 | root u32 | seq u64 | count u64
+type header struct {
+	kind  byte
+	op    byte
+	root  uint32
+	seq   uint64
+	count uint64
+}
+
+const headerLen = 24
+
+func (h header) marshal() []byte {
+	b := make([]byte, 0, headerLen)
+	b = append(b, 'L', 'C', h.kind, h.op)
+	b = binary.LittleEndian.AppendUint32(b, h.root)
+	b = binary.LittleEndian.AppendUint64(b, h.seq)
+	return binary.LittleEndian.AppendUint64(b, h.count)
+}
+
+func (h header) String() string {
+	s := fmt.Sprintf("call #%d %s of %d elements", h.seq, kindName(h.kind), h.count)
+	switch h.kind {
+	case kindAllReduce:
+		s += ", op " + collective.Op(h.op).String()
+	case kindBroadcast:
+		s += fmt.Sprintf(", root %d", h.root)
+	}
+	return s
+}
+
+// mismatchError: the previous rank's header differs from ours.
+type mismatchError struct{ msg string }
+
+func (e *mismatchError) Error() string { return e.msg }
+
+// check compares the previous rank's header b with ours.
+func (h header) check(b []byte, prev int) error {
+	if b[0] != 'L' || b[1] != 'C' {
+		return &mismatchError{fmt.Sprintf("rank %d sent no call header (stream out of step)", prev)}
+	}
+	got := header{kind: b[2], op: b[3], root: binary.LittleEndian.Uint32(b[4:]),
+		seq: binary.LittleEndian.Uint64(b[8:]), count: binary.LittleEndian.Uint64(b[16:])}
+	if got != h {
+		return &mismatchError{fmt.Sprintf("rank %d is in %s, this rank in %s", prev, got, h)}
+	}
+	return nil
+}
+
+// errStopped: a goroutine of a call stopped because the communicator broke.
+var errStopped = errors.New("stopped")
+
+// call runs one collective: wait for our turn, check, exchange.
+func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective.Op, root int) error {
+	name := kindName(kind)
+	ctx, cancel := collective.WithDeadline(ctx, c.cfg.Timeout)
+	defer cancel()
+	select {
+	case c.turn <- struct{}{}:
+	case <-c.broken:
+		return c.Err()
+	case <-ctx.Done():
+		// Our peers expect this call; skipping it breaks the ring.
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: ctx.Err(),
+			Err: errors.New("still waiting for an earlier call on this rank")})
+	}
+	defer func() { <-c.turn }()
+	if err := c.Err(); err != nil {
+		return err
+	}
+	switch {
+	case kind == kindAllReduce && !op.Valid():
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted,
+			Err: fmt.Errorf("invalid argument: unknown op %v", op)})
+	case kind == kindBroadcast && (root < 0 || root >= c.size):
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted,
+			Err: fmt.Errorf("invalid argument: root %d out of range [0, %d)", root, c.size)})
+	}
+	c.seq++
+	if c.size == 1 {
+		return nil // sum, average and broadcast of one rank change nothing
+	}
+	h := header{kind: kind, op: byte(op), root: uint32(root), seq: c.seq, count: uint64(len(buf))}
+	end, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
+
+	chunk := c.chunkElems(len(buf), kind)
+	var p plan
+	if kind == kindBroadcast {
+		p = broadcastPlan(len(buf), c.size, c.rank, root, chunk)
+	} else {
+		p = allReducePlan(len(buf), c.size, c.rank, chunk, kind == kindAllReduce && op == collective.Avg)
+	}
+	if c.scratch == nil && kind != kindBroadcast {
+		c.scratch = make([]float32, c.cfg.ChunkBytes/4)
+	}
+	return c.exchange(ctx, name, h, buf, p, kind != kindTransfer)
+}
+
+// begin arms the connections' deadlines for one call and makes ctx's end
+// interrupt it. The returned func disarms.
+func (c *Comm) begin(ctx context.Context) (func(), error) {
+	deadline, _ := ctx.Deadline()
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.callID++
+	id := c.callID
+	c.inCall = true
+	c.next.SetWriteDeadline(deadline)
+	c.prev.SetReadDeadline(deadline)
+	c.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		if c.inCall && c.callID == id && c.err == nil {
+			past := time.Unix(1, 0)
+			c.next.SetWriteDeadline(past)
+			c.prev.SetReadDeadline(past)
+		}
+		c.mu.Unlock()
+	})
+	return func() {
+		stop()
+		c.mu.Lock()
+		c.inCall = false
+		c.mu.Unlock()
+	}, nil
+}
+
+// chunkElems picks the pipeline chunk: about chunksPerSeg chunks per
+// segment, between minChunkBytes and cfg.ChunkBytes.
+func (c *Comm) chunkElems(total int, kind byte) int {
+	seg := total
+	if kind != kindBroadcast {
+		seg = (total + c.size - 1) / c.size
+	}
+	ch := (seg + chunksPerSeg - 1) / chunksPerSeg
+	return max(min(ch, c.cfg.ChunkBytes/4), minChunkBytes/4)
+}
+
+// exchange runs plan p: a sender goroutine writes to the next rank while
+// this goroutine reads from the previous one, reduces, and hands finished
+// chunks to the sender.
+func (c *Comm) exchange(ctx context.Context, name string, h header, buf []float32, p plan, add bool) error {
+	fwd := make(chan span, p.nfwd)
+	sent := make(chan struct{}, len(p.first)+p.nfwd)
+	sendDone := make(chan error, 1)
+	go func() {
+		err := c.sendLoop(buf, h.marshal(), p, fwd, sent)
+		if err != nil && err != errStopped {
+			if !isTimeout(err) {
+				// The next connection broke. The monitor reads that same
+				// connection and may find a notice saying why (e.g. the
+				// next rank gave up because another rank died): let it
+				// speak first.
+				select {
+				case <-c.broken:
+				case <-time.After(noticeWait):
+				}
+			}
+			err = c.ioError(ctx, name, c.nextRank, "sending to", err)
+		}
+		sendDone <- err
+	}()
+	err := c.recvLoop(h, buf, p, fwd, sent, add)
+	if err != nil && err != errStopped {
+		err = c.ioError(ctx, name, c.prevRank, "receiving from", err)
+	}
+	serr := <-sendDone // never leave a goroutine touching buf
+	if err == nil && serr == nil {
+		return nil
+	}
+	return c.Err()
+}
+
+func (c *Comm) sendLoop(buf []float32, hdr []byte, p plan, fwd <-chan span, sent chan<- struct{}) error {
+	pending := hdr // goes out with the first chunk in one writev
+	write := func(s span) error {
+		b := bytesOf(buf[s.off : s.off+s.n])
+		if pending != nil {
+			bufs := net.Buffers{pending, b}
+			pending = nil
+			_, err := bufs.WriteTo(c.next)
+			return err
+		}
+		_, err := c.next.Write(b)
+		return err
+	}
+	for _, s := range p.first {
+		if err := write(s); err != nil {
+			return err
+		}
+		sent <- struct{}{}
+	}
+	for range p.nfwd {
+		select {
+		case s := <-fwd:
+			if err := write(s); err != nil {
+				return err
+			}
+			sent <- struct{}{}
+		case <-c.broken:
+			return errStopped
+		}
+	}
+	if pending != nil {
+		_, err := c.next.Write(pending)
+		return err
+	}
+	return nil
+}
+
+func (c *Comm) recvLoop(h header, buf []float32, p plan, fwd chan<- span, sent <-chan struct{}, add bool) error {
+	var hb [headerLen]byte
+	if _, err := io.ReadFull(c.prev, hb[:]); err != nil {
+		return err
+	}
+	if err := h.check(hb[:], c.prevRank); err != nil {
+		return err
+	}
+	scale := float32(1) / float32(c.size)
+	nsent := 0
+	for _, it := range p.recv {
+		// Never overwrite what our sender may still be reading.
+		for nsent < it.waitSent {
+			select {
+			case <-sent:
+				nsent++
+			case <-c.broken:
+				return errStopped
+			}
+		}
+		dst := buf[it.off : it.off+it.n]
+		if it.reduce {
+			sc := c.scratch[:it.n]
+			if _, err := io.ReadFull(c.prev, bytesOf(sc)); err != nil {
+				return err
+			}
+			if add {
+				collective.AddFloat32(dst, sc)
+				if it.scale {
+					collective.ScaleFloat32(dst, scale)
+				}
+			}
+		} else if _, err := io.ReadFull(c.prev, bytesOf(dst)); err != nil {
+			return err
+		}
+		if it.forward {
+			fwd <- it.span
+		}
+	}
+	return nil
+}
+
+// ioError classifies a failed read or write, breaks the communicator and
+// returns the sticky error (which may be an earlier, truer cause).
+func (c *Comm) ioError(ctx context.Context, name string, peer int, dir string, err error) error {
+	if sticky := c.Err(); sticky != nil {
+		return sticky
+	}
+	e := &collective.Error{Rank: c.rank, Peer: peer, Call: name}
+	deadline, _ := ctx.Deadline()
+	var mm *mismatchError
+	switch {
+	case errors.As(err, &mm):
+		e.Kind, e.Err = collective.ErrMismatch, err
+	case ctx.Err() != nil:
+		e.Kind, e.Err = ctx.Err(), fmt.Errorf("%s rank %d", dir, peer)
+	case errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline):
+		e.Kind, e.Err = context.DeadlineExceeded, fmt.Errorf("%s rank %d", dir, peer)
+	default:
+		e.Kind, e.Err = collective.ErrPeerLost, fmt.Errorf("%s rank %d: %w", dir, peer, err)
+	}
+	return c.fail(e)
+}
+
+// bytesOf views f as its bytes (host order, little endian on every host
+// that may join a ring).
+func bytesOf(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
+}

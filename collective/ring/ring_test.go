@@ -1,0 +1,602 @@
+package ring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/internal/testutil"
+)
+
+// world connects n ranks on loopback and closes them when the test ends.
+func world(t testing.TB, n int, edit func(*Config)) []*Comm {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if edit == nil {
+		edit = func(*Config) {}
+	}
+	comms, err := localWorld(ctx, n, edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, c := range comms {
+			c.Close()
+		}
+	})
+	return comms
+}
+
+// onAll runs f on every rank at once and returns each rank's error.
+func onAll(comms []*Comm, f func(r int, c *Comm) error) []error {
+	errs := make([]error, len(comms))
+	var wg sync.WaitGroup
+	for r, c := range comms {
+		wg.Go(func() { errs[r] = f(r, c) })
+	}
+	wg.Wait()
+	return errs
+}
+
+func callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 60*time.Second)
+}
+
+func inCall(c *Comm) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inCall
+}
+
+// checkAllReduce runs one all-reduce of size random floats on every rank
+// and compares each rank's result with a float64 reference. The tolerance
+// is relative to the sum of magnitudes, since float32 sums in a different
+// order differ by a few ulps of the largest partial sum.
+func checkAllReduce(t *testing.T, comms []*Comm, size int, op collective.Op, seed uint64) {
+	t.Helper()
+	n := len(comms)
+	bufs := make([][]float32, n)
+	want := make([]float64, size)
+	mag := make([]float64, size)
+	for r := range n {
+		rng := rand.New(rand.NewPCG(seed, uint64(r)))
+		bufs[r] = make([]float32, size)
+		for i := range bufs[r] {
+			v := rng.Float32()*2 - 1
+			bufs[r][i] = v
+			want[i] += float64(v)
+			mag[i] += math.Abs(float64(v))
+		}
+	}
+	if op == collective.Avg {
+		for i := range want {
+			want[i] /= float64(n)
+			mag[i] /= float64(n)
+		}
+	}
+	ctx, cancel := callCtx()
+	defer cancel()
+	for r, err := range onAll(comms, func(r int, c *Comm) error { return c.AllReduce(ctx, bufs[r], op) }) {
+		if err != nil {
+			t.Fatalf("world %d, %d floats, %v: rank %d: %v", n, size, op, r, err)
+		}
+	}
+	for r := range n {
+		for i, got := range bufs[r] {
+			if d := math.Abs(float64(got) - want[i]); d > 1e-5*mag[i]+1e-30 {
+				t.Fatalf("world %d, %d floats, %v: rank %d [%d] = %v, want %v (off by %.3g)", n, size, op, r, i, got, want[i], d)
+			}
+		}
+	}
+}
+
+func TestAllReduce(t *testing.T) {
+	// 1<<16+3 is not divisible by the world size nor by the 16Ki-element
+	// minimum chunk, so segments and chunks have ragged ends.
+	sizes := []int{1, 2, 3, 7, 1000, 1<<16 + 3}
+	for n := 1; n <= 8; n++ {
+		t.Run(fmt.Sprintf("world=%d", n), func(t *testing.T) {
+			comms := world(t, n, nil)
+			seed := uint64(100 * n)
+			for _, size := range sizes { // repeated calls on one communicator
+				for _, op := range []collective.Op{collective.Sum, collective.Avg} {
+					seed++
+					checkAllReduce(t, comms, size, op, seed)
+				}
+			}
+			checkAllReduce(t, comms, 1000, collective.Sum, seed+1) // same size again
+		})
+	}
+}
+
+func TestAllReduceEmptyBuffer(t *testing.T) {
+	comms := world(t, 3, nil)
+	ctx, cancel := callCtx()
+	defer cancel()
+	for r, err := range onAll(comms, func(_ int, c *Comm) error { return c.AllReduce(ctx, nil, collective.Sum) }) {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	checkAllReduce(t, comms, 5, collective.Sum, 1) // still in step
+}
+
+func TestAllReduce64MiB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("64 MiB all-reduce skipped in -short mode")
+	}
+	for _, n := range []int{2, 3} {
+		t.Run(fmt.Sprintf("world=%d", n), func(t *testing.T) {
+			checkAllReduce(t, world(t, n, nil), 16<<20, collective.Sum, uint64(n))
+		})
+	}
+}
+
+func TestSmallChunksManySteps(t *testing.T) {
+	// The smallest chunk forces many chunks per segment on a mid-size buffer.
+	comms := world(t, 5, func(c *Config) { c.ChunkBytes = minChunkBytes })
+	for i, size := range []int{5*(minChunkBytes/4)*3 + 11, 123457} {
+		checkAllReduce(t, comms, size, collective.Avg, uint64(i))
+	}
+}
+
+func TestBroadcast(t *testing.T) {
+	for n := 1; n <= 5; n++ {
+		t.Run(fmt.Sprintf("world=%d", n), func(t *testing.T) {
+			comms := world(t, n, nil)
+			for _, size := range []int{1, 7, 1<<16 + 3} {
+				for root := range n {
+					bufs := make([][]float32, n)
+					rng := rand.New(rand.NewPCG(uint64(size), uint64(root)))
+					for r := range n {
+						bufs[r] = make([]float32, size)
+						for i := range bufs[r] {
+							bufs[r][i] = rng.Float32()
+						}
+					}
+					want := append([]float32(nil), bufs[root]...)
+					ctx, cancel := callCtx()
+					errs := onAll(comms, func(r int, c *Comm) error { return c.Broadcast(ctx, bufs[r], root) })
+					cancel()
+					for r := range n {
+						if errs[r] != nil {
+							t.Fatalf("size %d root %d: rank %d: %v", size, root, r, errs[r])
+						}
+						for i := range want {
+							if bufs[r][i] != want[i] {
+								t.Fatalf("size %d root %d: rank %d [%d] = %v, want %v", size, root, r, i, bufs[r][i], want[i])
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestBarrierWaitsForEveryRank(t *testing.T) {
+	const n = 4
+	comms := world(t, n, nil)
+	var entered atomic.Int32
+	ctx, cancel := callCtx()
+	defer cancel()
+	errs := make(chan error, n)
+	for r := range n - 1 {
+		go func() {
+			entered.Add(1)
+			err := comms[r].Barrier(ctx)
+			if err == nil && entered.Load() != n {
+				err = fmt.Errorf("rank %d left the barrier with only %d ranks in", r, entered.Load())
+			}
+			errs <- err
+		}()
+	}
+	// The last rank enters only once the others are blocked inside.
+	testutil.WaitFor(t, 10*time.Second, "ranks 0-2 inside the barrier", func() bool {
+		return inCall(comms[0]) && inCall(comms[1]) && inCall(comms[2])
+	})
+	entered.Add(1)
+	if err := comms[n-1].Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range n - 1 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestConcurrentCallersAreSerialised(t *testing.T) {
+	const n, callers, rounds, size = 3, 2, 15, 1005
+	comms := world(t, n, nil)
+	ctx, cancel := callCtx()
+	defer cancel()
+	// Every caller on rank r sends the same values, so however the turns
+	// pair up across ranks the sum is known; interleaved calls would
+	// corrupt the streams (or fail the call-header check).
+	var wg sync.WaitGroup
+	errs := make(chan error, n*callers)
+	for r := range n {
+		for range callers {
+			wg.Go(func() {
+				buf := make([]float32, size)
+				for range rounds {
+					for i := range buf {
+						buf[i] = float32(r*size + i)
+					}
+					if err := comms[r].AllReduce(ctx, buf, collective.Sum); err != nil {
+						errs <- err
+						return
+					}
+					for i, got := range buf {
+						want := float32(0)
+						for q := range n {
+							want += float32(q*size + i)
+						}
+						if got != want {
+							errs <- fmt.Errorf("rank %d [%d] = %v, want %v", r, i, got, want)
+							return
+						}
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// waitErr waits for a call's result, failing the test if it hangs.
+func waitErr(t *testing.T, ch <-chan error, limit time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(limit):
+		t.Fatalf("%s: no return within %s", what, limit)
+		return nil
+	}
+}
+
+func TestAbortUnblocksEveryRank(t *testing.T) {
+	comms := world(t, 3, nil)
+	ctx, cancel := callCtx() // far away: only Abort can end these calls
+	defer cancel()
+	results := make([]chan error, 3)
+	for r := range 2 { // rank 2 never calls, so ranks 0 and 1 block
+		results[r] = make(chan error, 1)
+		go func() { results[r] <- comms[r].AllReduce(ctx, make([]float32, 1<<20), collective.Sum) }()
+	}
+	testutil.WaitFor(t, 10*time.Second, "ranks 0 and 1 inside AllReduce", func() bool {
+		return inCall(comms[0]) && inCall(comms[1])
+	})
+	cause := errors.New("operator pressed stop")
+	start := time.Now()
+	comms[1].Abort(cause)
+	err1 := waitErr(t, results[1], 5*time.Second, "aborting rank 1")
+	err0 := waitErr(t, results[0], 5*time.Second, "rank 0")
+	t.Logf("returned after %s; rank 1: %v; rank 0: %v", time.Since(start), err1, err0)
+	if !errors.Is(err1, collective.ErrAborted) || !errors.Is(err1, cause) {
+		t.Errorf("aborting rank: %v, want ErrAborted wrapping the cause", err1)
+	}
+	if err0 == nil {
+		t.Error("rank 0 returned nil after rank 1 aborted")
+	}
+	// Rank 2 was never in a call; its next call fails at once.
+	testutil.WaitFor(t, 5*time.Second, "rank 2 to learn of the abort", func() bool { return comms[2].Err() != nil })
+	if err := comms[2].AllReduce(ctx, make([]float32, 10), collective.Sum); !errors.Is(err, collective.ErrAborted) {
+		t.Errorf("rank 2: %v, want ErrAborted", err)
+	}
+	// Sticky: the same error again, at once.
+	if again := comms[1].Barrier(ctx); again != err1 {
+		t.Errorf("rank 1 again: %v, want the sticky %v", again, err1)
+	}
+}
+
+func TestDeadlineWhenPeerNeverCalls(t *testing.T) {
+	comms := world(t, 2, nil)
+	const limit = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- comms[0].AllReduce(ctx, make([]float32, 1000), collective.Sum) }()
+	err := waitErr(t, done, limit+3*time.Second, "rank 0")
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want context.DeadlineExceeded", err)
+	}
+	var ce *collective.Error
+	if !errors.As(err, &ce) || ce.Rank != 0 || ce.Peer != 1 {
+		t.Errorf("error %v should name rank 0 and peer 1", err)
+	}
+	if took < limit-10*time.Millisecond {
+		t.Errorf("returned after %s, before the %s deadline", took, limit)
+	}
+	// The idle peer is told, and its next call fails at once.
+	testutil.WaitFor(t, 5*time.Second, "rank 1 to learn of rank 0's failure", func() bool { return comms[1].Err() != nil })
+	if err := comms[1].Barrier(context.Background()); !errors.Is(err, collective.ErrAborted) {
+		t.Errorf("rank 1: %v, want ErrAborted", err)
+	}
+}
+
+func TestDefaultTimeoutApplies(t *testing.T) {
+	comms := world(t, 2, func(c *Config) { c.Timeout = 200 * time.Millisecond })
+	done := make(chan error, 1)
+	go func() { done <- comms[1].Barrier(context.Background()) }() // no deadline of its own
+	if err := waitErr(t, done, 5*time.Second, "rank 1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want context.DeadlineExceeded from the configured timeout", err)
+	}
+}
+
+func TestMismatchedCallsFail(t *testing.T) {
+	comms := world(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errs := onAll(comms, func(r int, c *Comm) error { return c.AllReduce(ctx, make([]float32, 10+r), collective.Sum) })
+	mismatch := 0
+	for r, err := range errs {
+		if err == nil {
+			t.Fatalf("rank %d: nil error for mismatched sizes", r)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("rank %d: %v: a mismatch should be caught, not time out", r, err)
+		}
+		if errors.Is(err, collective.ErrMismatch) {
+			mismatch++
+		}
+	}
+	if mismatch == 0 {
+		t.Fatalf("no rank reported ErrMismatch: %v", errs)
+	}
+	if !strings.Contains(errs[0].Error()+errs[1].Error(), "11 elements") {
+		t.Errorf("errors should say what each rank called: %v", errs)
+	}
+}
+
+func TestCloseTellsPeers(t *testing.T) {
+	comms := world(t, 3, nil)
+	comms[1].Close()
+	for _, r := range []int{0, 2} {
+		testutil.WaitFor(t, 5*time.Second, fmt.Sprintf("rank %d to see rank 1 close", r), func() bool { return comms[r].Err() != nil })
+		var ce *collective.Error
+		if err := comms[r].Err(); !errors.Is(err, collective.ErrPeerLost) || !errors.As(err, &ce) || ce.Peer != 1 {
+			t.Errorf("rank %d: %v, want ErrPeerLost naming rank 1", r, err)
+		}
+	}
+	if err := comms[1].AllReduce(context.Background(), make([]float32, 3), collective.Sum); !errors.Is(err, collective.ErrClosed) {
+		t.Errorf("call after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestSizeOneIsLocal(t *testing.T) {
+	c, err := Connect(context.Background(), nil, Config{Rank: 0, Size: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := []float32{1, 2, 3}
+	ctx := context.Background()
+	if err := c.AllReduce(ctx, buf, collective.Avg); err != nil || buf[0] != 1 || buf[2] != 3 {
+		t.Fatalf("avg of one rank: %v %v", buf, err)
+	}
+	if err := c.Broadcast(ctx, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Broadcast(ctx, buf, 1); err == nil {
+		t.Fatal("broadcast from root 1 of a world of 1: no error")
+	}
+	if err := c.Barrier(ctx); err == nil {
+		t.Fatal("a bad call should leave the communicator broken")
+	}
+	c.Close()
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Rank: 0, Size: 0}, "size"},
+		{Config{Rank: 2, Size: 2, Peers: []string{"a", "b"}}, "rank"},
+		{Config{Rank: 0, Size: 2, Peers: []string{"a"}}, "peer addresses"},
+		{Config{Rank: 0, Size: 1, ChunkBytes: 3}, "chunk"},
+		{Config{Rank: 0, Size: 1, Run: strings.Repeat("x", 300)}, "run name"},
+	} {
+		if _, err := Connect(context.Background(), nil, tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an error about %s", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	cfg := Config{Rank: 1, Size: 3, Run: "run-a", Generation: 7}
+	good := hello{Version: protocolVersion, Size: 3, Rank: 0, Generation: 7, Run: "run-a"}
+	for _, tc := range []struct {
+		name string
+		edit func(*hello)
+		want string // in the refusal; "" = accepted
+	}{
+		{"accepted", func(*hello) {}, ""},
+		{"other run", func(h *hello) { h.Run = "run-b" }, `run "run-b"`},
+		{"stale generation", func(h *hello) { h.Generation = 6 }, "generation 6, this ring is generation 7"},
+		{"wrong size", func(h *hello) { h.Size = 4 }, "world size 4"},
+		{"wrong rank", func(h *hello) { h.Rank = 2 }, "rank 2 dialled rank 1"},
+		{"other protocol", func(h *hello) { h.Version = 9 }, "protocol version 9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := good
+			tc.edit(&h)
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			type res struct {
+				reason string
+				err    error
+			}
+			srv := make(chan res, 1)
+			go func() {
+				r, err := serverHandshake(b, cfg, deadline)
+				b.Close()
+				srv <- res{r, err}
+			}()
+			cerr := clientHandshake(a, h, 1, deadline)
+			s := <-srv
+			if s.err != nil {
+				t.Fatalf("server: %v", s.err)
+			}
+			if tc.want == "" {
+				if cerr != nil || s.reason != "" {
+					t.Fatalf("refused a good hello: %v / %q", cerr, s.reason)
+				}
+				return
+			}
+			var refused *RefusedError
+			if !errors.As(cerr, &refused) || !strings.Contains(cerr.Error(), tc.want) || !strings.Contains(s.reason, tc.want) {
+				t.Fatalf("client %v, server %q; want a refusal with %q", cerr, s.reason, tc.want)
+			}
+		})
+	}
+}
+
+func TestBadMagicRejected(t *testing.T) {
+	if _, err := readHello(strings.NewReader("GET / HTTP/1.1\r\n\r\n.........")); err == nil || !strings.Contains(err.Error(), "magic") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestStaleGenerationCannotJoin(t *testing.T) {
+	l0, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l0.Close()
+	l1, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l1.Close()
+	peers := []string{l0.Addr(), l1.Addr()}
+	// Rank 0 is a leftover of generation 1; rank 1 is in generation 2.
+	// The stale rank is refused for good at once. Rank 1 may take a
+	// generation-1 refusal for a peer that has not caught up and keep
+	// dialling, but by its deadline it fails too, naming the generation.
+	const limit = time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	ls := []*Listener{l0, l1}
+	gens := []uint64{1, 2}
+	took := make([]time.Duration, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			c, err := Connect(ctx, ls[r], Config{Rank: r, Size: 2, Peers: peers, Run: "run", Generation: gens[r]})
+			if c != nil {
+				c.Close()
+			}
+			errs[r], took[r] = err, time.Since(start)
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		t.Logf("rank %d (generation %d) after %s: %v", r, gens[r], took[r], err)
+		if err == nil || !strings.Contains(err.Error(), "generation") {
+			t.Errorf("rank %d (generation %d): %v, want an error about the generation", r, gens[r], err)
+		}
+		if took[r] > limit+time.Second {
+			t.Errorf("rank %d took %s, past the %s deadline", r, took[r], limit)
+		}
+	}
+	var refused *RefusedError
+	if !errors.As(errs[0], &refused) || took[0] > limit/2 {
+		t.Errorf("stale rank 0: %v after %s; want a prompt refusal", errs[0], took[0])
+	}
+}
+
+func TestStaleRankRefusedWhileRingForms(t *testing.T) {
+	ls := make([]*Listener, 3)
+	for i := range ls {
+		l, err := Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ls[i] = l
+	}
+	peers := []string{ls[0].Addr(), ls[1].Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	comms := make([]*Comm, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	connect := func(r int) {
+		wg.Go(func() {
+			comms[r], errs[r] = Connect(ctx, ls[r], Config{Rank: r, Size: 2, Peers: peers, Run: "run", Generation: 2})
+		})
+	}
+	// Rank 1 of generation 2 is accepting when a generation-1 "rank 0"
+	// dials it: the stale rank must be refused, and rank 1 keep waiting
+	// for the real rank 0.
+	connect(1)
+	_, staleErr := Connect(ctx, ls[2], Config{Rank: 0, Size: 2, Peers: []string{ls[2].Addr(), peers[1]}, Run: "run", Generation: 1})
+	var refused *RefusedError
+	if !errors.As(staleErr, &refused) || !strings.Contains(staleErr.Error(), "generation") {
+		t.Fatalf("stale rank: %v, want a refusal about the generation", staleErr)
+	}
+	connect(0)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range comms {
+		defer c.Close()
+	}
+	checkAllReduce(t, comms, 100, collective.Sum, 9)
+}
+
+func TestPlanBalances(t *testing.T) {
+	// What rank r sends must be exactly what rank r+1 receives, span by
+	// span, for every shape; and every forward must have a sender slot.
+	for n := 2; n <= 6; n++ {
+		for _, total := range []int{0, 1, 2, n - 1, n, n + 1, 97, 1000} {
+			for _, chunk := range []int{1, 3, 16} {
+				for r := range n {
+					p := allReducePlan(total, n, r, chunk, false)
+					q := allReducePlan(total, n, (r+1)%n, chunk, false)
+					sent := append([]span(nil), p.first...)
+					for _, it := range p.recv {
+						if it.forward {
+							sent = append(sent, it.span)
+						}
+					}
+					if len(sent) != len(q.recv) {
+						t.Fatalf("n=%d total=%d chunk=%d: rank %d sends %d chunks, rank %d receives %d", n, total, chunk, r, len(sent), (r+1)%n, len(q.recv))
+					}
+					for i := range sent {
+						if sent[i] != q.recv[i].span {
+							t.Fatalf("n=%d total=%d chunk=%d: chunk %d sent as %v, received as %v", n, total, chunk, i, sent[i], q.recv[i].span)
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,479 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/runspec"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// Runs: submit, list, show, cancel; the scheduler that starts a pending run
+// once enough workers are idle; and the members' progress and finish
+// reports. Progress lives in leader memory (per-step traffic never goes
+// through raft); only the run's state changes are committed.
+
+// progressTable is the leader's latest progress report per run.
+type progressTable struct {
+	mu   sync.Mutex
+	runs map[string]*wire.ProgressRequest // rank 0's latest report
+}
+
+func newProgressTable() *progressTable {
+	return &progressTable{runs: map[string]*wire.ProgressRequest{}}
+}
+
+func (p *progressTable) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	clear(p.runs)
+}
+
+func (p *progressTable) record(req *wire.ProgressRequest) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old := p.runs[req.Run]; old != nil && old.Generation == req.Generation && old.Step > req.Step {
+		return // an older report arriving late
+	}
+	cp := *req
+	cp.Auth = wire.Auth{}
+	p.runs[req.Run] = &cp
+}
+
+func (p *progressTable) get(run string) *wire.ProgressRequest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r := p.runs[run]; r != nil {
+		cp := *r
+		return &cp
+	}
+	return nil
+}
+
+// runIDPattern is the form of the ids the leader hands out.
+func runID(n int) string { return fmt.Sprintf("r-%04d", n) }
+
+func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) {
+	var spec runspec.Spec
+	dec := json.NewDecoder(strings.NewReader(string(req.Spec)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: spec: %v", err)
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: %v", err)
+	}
+	if spec.Checkpoint.URL == "" {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: checkpoint.url is required: it is where the run's final model state goes")
+	}
+	if len(spec.ModelConfig) == 0 {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: the spec has no model_config (submit with lavit-coord run submit, which inlines the model)")
+	}
+	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
+		var state string
+		var found bool
+		s.fsm.Read(func(st *State, _ uint64) {
+			if r, ok := st.Runs[spec.Tokenizer.From]; ok {
+				state, found = r.State, true
+			}
+		})
+		switch {
+		case !found:
+			return nil, wire.Errorf(wire.CodeBadRequest, "run submit: tokenizer.from: run %q does not exist (see lavit-coord run ls)", spec.Tokenizer.From)
+		case state == RunFailed || state == RunCancelled:
+			return nil, wire.Errorf(wire.CodeBadRequest, "run submit: tokenizer.from: run %q is %s; it has no tokenizer to give", spec.Tokenizer.From, state)
+		}
+	}
+	normalized, err := json.Marshal(&spec)
+	if err != nil {
+		return nil, wire.Errorf(wire.CodeInternal, "run submit: %v", err)
+	}
+	var n int
+	s.fsm.Read(func(st *State, _ uint64) { n = len(st.Runs) })
+	for try := 0; try < 100; try++ {
+		id := runID(n + 1 + try)
+		err := s.raftApply(CmdCreateRun, CreateRunCmd{ID: id, Spec: normalized, At: time.Now().UTC()})
+		if errors.Is(err, ErrRunExists) {
+			continue
+		}
+		if err != nil {
+			return nil, toWireError(err)
+		}
+		s.log.Info("run submitted", "run", id, "stage", spec.Stage, "by", req.From, "min_workers", spec.MinWorkers, "max_workers", spec.MaxWorkers)
+		s.kickScheduler()
+		return wire.RunSubmitReply{ID: id}, nil
+	}
+	return nil, wire.Errorf(wire.CodeInternal, "run submit: could not allocate a run id")
+}
+
+func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
+	var out []wire.RunInfo
+	s.fsm.Read(func(st *State, _ uint64) {
+		for _, r := range sortedRuns(st) {
+			out = append(out, s.runInfo(st, r, false))
+		}
+	})
+	if out == nil {
+		out = []wire.RunInfo{}
+	}
+	return wire.RunListReply{Runs: out}, nil
+}
+
+func (s *Server) handleRunShow(req *wire.RunShowRequest) (any, *wire.Error) {
+	var info wire.RunInfo
+	var found bool
+	s.fsm.Read(func(st *State, _ uint64) {
+		if r, ok := st.Runs[req.ID]; ok {
+			info, found = s.runInfo(st, r, true), true
+		}
+	})
+	if !found {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
+	}
+	return info, nil
+}
+
+func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (any, *wire.Error) {
+	var state string
+	s.fsm.Read(func(st *State, _ uint64) {
+		if r, ok := st.Runs[req.ID]; ok {
+			state = r.State
+		}
+	})
+	switch {
+	case state == "":
+		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
+	case terminalRun(state):
+		return nil, wire.Errorf(wire.CodeConflict, "run %q is already %s", req.ID, state)
+	}
+	reason := "cancelled by " + req.From
+	if req.Reason != "" {
+		reason += ": " + truncate(req.Reason, 256)
+	}
+	if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: req.ID, State: RunCancelled, Reason: reason, At: time.Now().UTC()}); err != nil {
+		return nil, toWireError(err)
+	}
+	s.log.Info("run cancelled", "run", req.ID, "by", req.From)
+	s.kickScheduler()
+	return wire.Empty{}, nil
+}
+
+// checkMember verifies that a worker request comes from the current
+// instance of a member of the run's current generation, with its rank.
+func (s *Server) checkMember(from, instance, run string, generation uint64, rank int) *wire.Error {
+	w, ok := s.lookupWorker(from)
+	if !ok {
+		return wire.Errorf(wire.CodeUnknown, "worker %q is not registered; register first", from)
+	}
+	if w.Instance != instance {
+		return wire.Errorf(wire.CodeStale, "worker %q is now instance %s; this process (instance %s) should stop", from, w.Instance, instance)
+	}
+	var (
+		found, member bool
+		state         string
+		gen           uint64
+		have          int
+	)
+	s.fsm.Read(func(st *State, _ uint64) {
+		if r, ok := st.Runs[run]; ok {
+			found, state, gen = true, r.State, r.Generation
+			have, member = r.Members[from]
+		}
+	})
+	switch {
+	case !found:
+		return wire.Errorf(wire.CodeBadRequest, "unknown run %q", run)
+	case state != RunRunning:
+		return wire.Errorf(wire.CodeStale, "run %q is %s, not RUNNING", run, state)
+	case generation != gen:
+		return wire.Errorf(wire.CodeStale, "stale generation %d: run %q is at generation %d", generation, run, gen)
+	case !member:
+		return wire.Errorf(wire.CodeStale, "worker %q is not a member of run %q generation %d", from, run, gen)
+	case have != rank:
+		return wire.Errorf(wire.CodeConflict, "worker %q has rank %d in run %q generation %d, not %d", from, have, run, gen, rank)
+	}
+	return nil
+}
+
+func (s *Server) handleProgress(req *wire.ProgressRequest) (any, *wire.Error) {
+	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+		return nil, werr
+	}
+	if len(req.Metrics) > 64 {
+		return nil, wire.Errorf(wire.CodeBadRequest, "progress: %d metrics, at most 64", len(req.Metrics))
+	}
+	s.live.seen(req.From, time.Now())
+	if req.Rank == 0 {
+		s.progress.record(req)
+	}
+	return wire.Empty{}, nil
+}
+
+func (s *Server) handleRunFinish(req *wire.RunFinishRequest) (any, *wire.Error) {
+	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+		return nil, werr
+	}
+	cmd := SetRunStateCmd{ID: req.Run, Step: req.Step, At: time.Now().UTC()}
+	switch req.Outcome {
+	case RunCompleted:
+		if req.Rank != 0 {
+			return nil, wire.Errorf(wire.CodeBadRequest, "run finish: only rank 0 reports completion (rank %d did)", req.Rank)
+		}
+		if req.Final == nil || req.Final.URL == "" {
+			return nil, wire.Errorf(wire.CodeBadRequest, "run finish: a completed run must name its final model state")
+		}
+		if len(req.Eval) > 32 {
+			return nil, wire.Errorf(wire.CodeBadRequest, "run finish: %d checks, at most 32", len(req.Eval))
+		}
+		cmd.State, cmd.Final, cmd.Eval = RunCompleted, req.Final, req.Eval
+	case RunFailed:
+		cmd.State = RunFailed
+		cmd.Reason = truncate(fmt.Sprintf("rank %d (%s) at step %d: %s", req.Rank, req.From, req.Step, req.Reason), 1024)
+	default:
+		return nil, wire.Errorf(wire.CodeBadRequest, "run finish: outcome must be COMPLETED or FAILED, got %q", req.Outcome)
+	}
+	if err := s.raftApply(CmdSetRunState, cmd); err != nil {
+		return nil, toWireError(err)
+	}
+	s.log.Info("run finished", "run", req.Run, "state", cmd.State, "step", req.Step, "reason", cmd.Reason)
+	s.kickScheduler()
+	return wire.Empty{}, nil
+}
+
+// kickScheduler asks the leader loop to schedule now rather than at its
+// next tick.
+func (s *Server) kickScheduler() {
+	select {
+	case s.schedKick <- struct{}{}:
+	default:
+	}
+}
+
+// schedule starts pending runs, oldest first: a run starts when at least
+// its min_workers are idle and alive (it takes up to max_workers, by
+// worker id). Runs queue in submission order: while the oldest pending run
+// waits for workers, younger ones wait behind it. A stage-2 run whose
+// tokenizer run has not completed waits for it (and fails if it fails).
+// A running run that lost a member fails: resuming needs checkpoints.
+func (s *Server) schedule() {
+	now := time.Now()
+	var pending []*RunRecord
+	var running []*RunRecord
+	var idle []string
+	workerState := map[string]string{}
+	runState := map[string]string{}
+	s.fsm.Read(func(st *State, _ uint64) {
+		for _, r := range sortedRuns(st) {
+			runState[r.ID] = r.State
+			switch r.State {
+			case RunPending:
+				cp := *r
+				pending = append(pending, &cp)
+			case RunRunning:
+				cp := *r
+				cp.Members = make(map[string]int, len(r.Members))
+				for k, v := range r.Members {
+					cp.Members[k] = v
+				}
+				running = append(running, &cp)
+			}
+		}
+		for _, w := range st.sortedWorkers() {
+			workerState[w.ID] = w.State
+			if w.State == wire.WorkerIdle && w.Run == "" && w.Capacity > 0 {
+				if last, ok := s.live.last(w.ID); ok && now.Sub(last) <= s.cfg.WorkerTimeout {
+					idle = append(idle, w.ID)
+				}
+			}
+		}
+	})
+
+	for _, r := range running {
+		for id := range r.Members {
+			if st, ok := workerState[id]; !ok || st == wire.WorkerLost || st == wire.WorkerIdle {
+				why := "was lost"
+				if !ok {
+					why = "left the fleet"
+				} else if st == wire.WorkerIdle {
+					why = "restarted"
+				}
+				reason := fmt.Sprintf("worker %s %s during generation %d; resuming a run needs a checkpoint (not implemented yet)", id, why, r.Generation)
+				if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: r.ID, State: RunFailed, Reason: reason, At: now.UTC()}); err != nil {
+					s.log.Warn("fail run", "run", r.ID, "err", err)
+				} else {
+					s.log.Warn("run failed", "run", r.ID, "reason", reason)
+				}
+				break
+			}
+		}
+	}
+
+	for _, r := range pending {
+		spec, err := decodeSpec(r.Spec)
+		if err != nil {
+			s.failRun(r.ID, fmt.Sprintf("stored spec is invalid: %v", err))
+			continue
+		}
+		if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
+			switch dep := runState[spec.Tokenizer.From]; dep {
+			case RunCompleted:
+			case RunFailed, RunCancelled, "":
+				s.failRun(r.ID, fmt.Sprintf("tokenizer.from: run %s is %s", spec.Tokenizer.From, orNone(dep)))
+				continue
+			default:
+				return // waits for its tokenizer run; younger runs queue behind
+			}
+		}
+		if len(idle) < spec.MinWorkers {
+			return
+		}
+		take := min(len(idle), spec.MaxWorkers)
+		members := make(map[string]int, take)
+		for rank, id := range idle[:take] {
+			members[id] = rank
+		}
+		idle = idle[take:]
+		cmd := StartGenerationCmd{Run: r.ID, Generation: r.Generation + 1, Members: members, At: now.UTC()}
+		if err := s.raftApply(CmdStartGeneration, cmd); err != nil {
+			s.log.Warn("start run", "run", r.ID, "err", err)
+			return
+		}
+		s.log.Info("run started", "run", r.ID, "generation", cmd.Generation, "workers", take)
+	}
+}
+
+// waitingFor explains why a pending run has not started.
+func (s *Server) waitingFor(st *State, r *RunRecord) string {
+	spec, err := decodeSpec(r.Spec)
+	if err != nil {
+		return "its spec is invalid"
+	}
+	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
+		if dep, ok := st.Runs[spec.Tokenizer.From]; ok && dep.State != RunCompleted {
+			return fmt.Sprintf("tokenizer run %s to complete (it is %s)", dep.ID, dep.State)
+		}
+	}
+	for _, o := range sortedRuns(st) {
+		if o.ID == r.ID {
+			break
+		}
+		if o.State == RunPending {
+			return fmt.Sprintf("run %s, submitted earlier", o.ID)
+		}
+	}
+	idle, cannot := 0, 0
+	now := time.Now()
+	for _, w := range st.Workers {
+		if last, ok := s.live.last(w.ID); ok && w.State == wire.WorkerIdle && w.Run == "" && now.Sub(last) <= s.cfg.WorkerTimeout {
+			if w.Capacity > 0 {
+				idle++
+			} else {
+				cannot++
+			}
+		}
+	}
+	msg := fmt.Sprintf("%d idle workers that can train (%d now)", spec.MinWorkers, idle)
+	if cannot > 0 {
+		msg += fmt.Sprintf("; %d more idle cannot train (started without the libtorch shim: see lavit-worker's log)", cannot)
+	}
+	return msg
+}
+
+func (s *Server) failRun(id, reason string) {
+	if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: id, State: RunFailed, Reason: reason, At: time.Now().UTC()}); err != nil {
+		s.log.Warn("fail run", "run", id, "err", err)
+		return
+	}
+	s.log.Warn("run failed", "run", id, "reason", reason)
+}
+
+// runInfo builds the client view of a run (under the FSM read lock).
+func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
+	info := wire.RunInfo{
+		ID: r.ID, State: r.State, Reason: r.Reason, Generation: r.Generation,
+		Created: r.Created, Updated: r.Updated, Step: r.Step, Members: []wire.RunMember{},
+	}
+	if r.Final != nil {
+		f := *r.Final
+		info.Final = &f
+	}
+	info.Eval = append([]wire.Check(nil), r.Eval...)
+	if spec, err := decodeSpec(r.Spec); err == nil {
+		info.Name, info.Stage, info.TotalSteps = spec.Name, spec.Stage, spec.Steps
+	}
+	for id, rank := range r.Members {
+		m := wire.RunMember{Worker: id, Rank: rank}
+		if w, ok := st.Workers[id]; ok {
+			m.State = w.State
+		}
+		info.Members = append(info.Members, m)
+	}
+	sort.Slice(info.Members, func(i, j int) bool { return info.Members[i].Rank < info.Members[j].Rank })
+	if p := s.progress.get(r.ID); p != nil && p.Generation == r.Generation {
+		if p.Step > info.Step {
+			info.Step = p.Step
+		}
+		if p.TotalSteps > 0 {
+			info.TotalSteps = p.TotalSteps
+		}
+		loss := p.Loss
+		info.Loss, info.SamplesPerS, info.Metrics = &loss, p.SamplesPerS, p.Metrics
+		t := p.Timing
+		info.Timing = &t
+	}
+	if r.State == RunPending {
+		info.WaitingFor = s.waitingFor(st, r)
+	}
+	if withSpec {
+		info.Spec = append(json.RawMessage(nil), r.Spec...)
+	}
+	return info
+}
+
+// sortedRuns returns the runs in submission order.
+func sortedRuns(st *State) []*RunRecord {
+	out := make([]*RunRecord, 0, len(st.Runs))
+	for _, r := range st.Runs {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return runNumber(out[i].ID) < runNumber(out[j].ID)
+	})
+	return out
+}
+
+func runNumber(id string) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(id, "r-"))
+	return n
+}
+
+func decodeSpec(raw json.RawMessage) (*runspec.Spec, error) {
+	var spec runspec.Spec
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return nil, err
+	}
+	return &spec, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func orNone(state string) string {
+	if state == "" {
+		return "unknown"
+	}
+	return state
+}

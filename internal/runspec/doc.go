@@ -1,0 +1,33 @@
+// Package runspec owns the run spec: the YAML file given to
+// `lavit-coord run submit -f FILE [--set key=value …]` and the JSON the
+// coordinator stores for each run.
+//
+// A spec is one YAML mapping with snake_case keys; sections nest one level
+// (data.url, optim.lr, checkpoint.every_steps, …; Keys lists them all):
+//
+//	stage: 1                  # 1 (tokenizer) or 2 (language model)
+//	model: tiny-stage1        # built-in model, or a path to a JSON model config
+//	steps: 600                # or epochs; exactly one
+//	global_batch: 8
+//	min_workers: 1
+//	max_workers: 2
+//	data:
+//	  url: ./demo-out/data/train
+//	checkpoint:
+//	  url: ./demo-out/checkpoints
+//	  every_steps: 200
+//
+// Parsing is strict: unknown keys, duplicate keys, wrong types and
+// impossible values are errors that name the file, the dotted field and the
+// line (or the --set that gave the value). Keys left out take documented
+// defaults (the Default* constants). Where a URL goes (data.url,
+// data.manifest, data.eval_url, checkpoint.url, tokenizer.from) a spec
+// file may give a plain local path; Resolve, run by the CLI at submit
+// time, turns those into file:///abs URLs against the working directory
+// and inlines the model config, so the stored spec is self-contained and
+// means the same on every machine. tokenizer.from is a run id when it
+// looks like one (r-0001, see IsRunID), a URL when it has "://", and a
+// local path otherwise.
+//
+// This package is pure Go: the cgo-free coordinator uses it.
+package runspec

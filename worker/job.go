@@ -1,0 +1,130 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// Executor runs one generation of a run on this worker. It returns when
+// the generation is done (nil), when ctx is cancelled (the coordinator
+// moved on), or with the error that stopped it.
+type Executor interface {
+	Execute(ctx context.Context, j *Job) error
+}
+
+// Job is one generation of a run as this worker takes part in it.
+type Job struct {
+	Desired  wire.DesiredState
+	WorkerID string
+	Instance string
+	Device   string
+	// CoordURL is the coordinators' NATS URL (the ring's advertised
+	// address is picked to reach the host it names).
+	CoordURL string
+	Client   *wire.Client
+	Log      *slog.Logger
+}
+
+// ReportFailure tells the coordinator this member failed the run, with the
+// reason; the run becomes FAILED and its workers go idle.
+func (j *Job) ReportFailure(step int64, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req := &wire.RunFinishRequest{
+		Instance: j.Instance, Run: j.Desired.Run, Generation: j.Desired.Generation,
+		Rank: j.Desired.Rank, Outcome: wire.RunFailed, Reason: reason, Step: step,
+	}
+	if err := j.Client.Call(ctx, wire.SubjectRunFinish, req, nil); err != nil {
+		j.Log.Warn("could not report the failure to the coordinator", "err", err)
+	}
+}
+
+// runningJob is the agent's handle on the job it runs.
+type runningJob struct {
+	run    string
+	gen    uint64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// reconcile starts, stops or keeps the job to match the desired state. A
+// new job starts only once the previous one has stopped, and a finished
+// (run, generation) is never started again.
+func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	d := a.desired
+	if j := a.job; j != nil {
+		select {
+		case <-j.done:
+			a.job = nil
+		default:
+			if d.State != wire.WorkerTraining || d.Run != j.run || d.Generation != j.gen {
+				a.log.Info("stopping the job: the coordinator moved on", "run", j.run, "generation", j.gen, "desired", d.State, "desired_run", d.Run, "desired_generation", d.Generation)
+				j.cancel()
+			}
+			return
+		}
+	}
+	if d.State != wire.WorkerTraining || (d.Run == a.lastRun && d.Generation == a.lastGen) {
+		return
+	}
+	a.lastRun, a.lastGen = d.Run, d.Generation
+	jobCtx, cancel := context.WithCancel(ctx)
+	j := &runningJob{run: d.Run, gen: d.Generation, cancel: cancel, done: make(chan struct{})}
+	a.job = j
+	job := &Job{
+		Desired: d, WorkerID: a.cfg.ID, Instance: a.instance, Device: a.cfg.Device, CoordURL: a.cfg.Coord,
+		Client: c, Log: a.log.With("run", d.Run, "generation", d.Generation, "rank", d.Rank),
+	}
+	go func() {
+		defer close(j.done)
+		defer cancel()
+		job.Log.Info("job starting", "world", d.World, "backend", d.Backend)
+		if a.cfg.Executor == nil {
+			job.ReportFailure(0, "this worker cannot train: it has no trainer (started without the libtorch shim)")
+			return
+		}
+		err := a.cfg.Executor.Execute(jobCtx, job)
+		switch {
+		case jobCtx.Err() != nil:
+			job.Log.Info("job stopped", "err", err)
+		case err != nil:
+			job.Log.Error("job failed", "err", err)
+			job.ReportFailure(0, err.Error())
+		default:
+			job.Log.Info("job finished")
+		}
+	}()
+}
+
+// training reports whether a job is running (for the heartbeat).
+func (a *Agent) trainingLocked() (run string, gen uint64, ok bool) {
+	if j := a.job; j != nil {
+		select {
+		case <-j.done:
+		default:
+			return j.run, j.gen, true
+		}
+	}
+	return "", 0, false
+}
+
+// stopJob cancels the running job and waits for it (bounded).
+func (a *Agent) stopJob(wait time.Duration) {
+	a.mu.Lock()
+	j := a.job
+	a.mu.Unlock()
+	if j == nil {
+		return
+	}
+	j.cancel()
+	select {
+	case <-j.done:
+	case <-time.After(wait):
+		a.log.Warn("the job did not stop in time", "waited", wait)
+	}
+}

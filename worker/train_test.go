@@ -1,0 +1,240 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/lavit-org/lavit/configs"
+	"github.com/lavit-org/lavit/coordinator"
+	"github.com/lavit-org/lavit/internal/logging"
+	"github.com/lavit-org/lavit/internal/runspec"
+	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/shards"
+	"github.com/lavit-org/lavit/shards/synth"
+	"github.com/lavit-org/lavit/shards/wds"
+	"github.com/lavit-org/lavit/trainer"
+	"github.com/lavit-org/lavit/worker"
+)
+
+func loadLib(t testing.TB) *trainer.Lib {
+	t.Helper()
+	lib, err := trainer.Load("")
+	if err != nil {
+		t.Fatalf("%v (run `make torch`, or set LAVIT_TORCH_LIB)", err)
+	}
+	return lib
+}
+
+// fleet is one in-process coordinator and a client to it.
+type fleet struct {
+	t      *testing.T
+	srv    *coordinator.Server
+	client *wire.Client
+}
+
+func startFleet(t *testing.T) *fleet {
+	t.Helper()
+	cfg := coordinator.DefaultConfig()
+	cfg.NodeID, cfg.DataDir = "c1", t.TempDir()
+	cfg.RaftAddr, cfg.HTTPAddr, cfg.NATSAddr, cfg.NATSClusterAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Logger = logging.Discard()
+	srv, err := coordinator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown() })
+	testutil.WaitFor(t, 10*time.Second, "coordinator ready", func() bool { return srv.Ready() == "" })
+	nc, err := nats.Connect(srv.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return &fleet{t: t, srv: srv, client: &wire.Client{NC: nc, Token: srv.Token(), From: "test"}}
+}
+
+// startTrainers starts n in-process worker agents that can train.
+func (f *fleet) startTrainers(lib *trainer.Lib, prefix string, n int) (stop func()) {
+	f.t.Helper()
+	var cancels []context.CancelFunc
+	var dones []chan error
+	for i := 0; i < n; i++ {
+		cfg := worker.DefaultConfig()
+		cfg.Coord, cfg.Token, cfg.ID = f.srv.NATSURL(), f.srv.Token(), fmt.Sprintf("%s-%d", prefix, i)
+		cfg.Host, cfg.Device = "host-"+cfg.ID, "cpu"
+		cfg.Logger = logging.Discard()
+		if os.Getenv("LAVIT_TEST_LOG") != "" {
+			cfg.Logger, _ = logging.New(os.Stderr, logging.Options{Level: os.Getenv("LAVIT_TEST_LOG")})
+		}
+		cfg.Executor = &worker.Trainer{Lib: lib, ListenAddr: "127.0.0.1:0"}
+		a, err := worker.New(cfg)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		cancels, dones = append(cancels, cancel), append(dones, done)
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		for i, cancel := range cancels {
+			cancel()
+			<-dones[i]
+		}
+	}
+	f.t.Cleanup(stop)
+	return stop
+}
+
+// submit parses the built-in example spec with overrides, resolves it and
+// submits it; it returns the run id.
+func (f *fleet) submit(example string, sets ...string) string {
+	f.t.Helper()
+	data, err := configs.Example(example)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	spec, err := runspec.Parse(example, data, sets)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := spec.Resolve(f.t.TempDir(), os.ReadFile); err != nil {
+		f.t.Fatal(err)
+	}
+	raw, _ := json.Marshal(spec)
+	var reply wire.RunSubmitReply
+	if err := f.client.Call(context.Background(), wire.SubjectRunSubmit, &wire.RunSubmitRequest{Spec: raw}, &reply); err != nil {
+		f.t.Fatal(err)
+	}
+	return reply.ID
+}
+
+func (f *fleet) show(id string) wire.RunInfo {
+	f.t.Helper()
+	var info wire.RunInfo
+	if err := f.client.Call(context.Background(), wire.SubjectRunShow, &wire.RunShowRequest{ID: id}, &info); err != nil {
+		f.t.Fatal(err)
+	}
+	return info
+}
+
+// waitDone waits for a run to end and returns its final view.
+func (f *fleet) waitDone(id string, timeout time.Duration) wire.RunInfo {
+	f.t.Helper()
+	var info wire.RunInfo
+	testutil.WaitFor(f.t, timeout, "run "+id+" to end", func() bool {
+		info = f.show(id)
+		return info.State == wire.RunCompleted || info.State == wire.RunFailed || info.State == wire.RunCancelled
+	})
+	return info
+}
+
+// synthData writes n synthetic samples as shards under dir and indexes them.
+func synthData(t *testing.T, dir string, split synth.Split, n, perShard int) string {
+	t.Helper()
+	ctx := context.Background()
+	u := "file://" + dir
+	src, err := shards.OpenForWrite(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shards.WriteSynth(ctx, src, 0, split, n, perShard, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := shards.Index(ctx, src, nil, wds.DefaultLimits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := shards.WriteManifest(ctx, src, m); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// finalParams loads a completed run's final state into a model and returns
+// its flat parameters.
+func finalParams(t *testing.T, lib *trainer.Lib, info wire.RunInfo) []float32 {
+	t.Helper()
+	dir := info.Final.URL[len("file://"):]
+	cfgBytes, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.ReadFile(filepath.Join(dir, "state.lvst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := trainer.ParseConfig(cfgBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := lib.NewModel(cfg, "cpu", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Load(state); err != nil {
+		t.Fatal(err)
+	}
+	return append([]float32(nil), m.Params()...) // Params is a view into the model
+}
+
+// TestDataParallelEquivalence: the same tiny stage-1 run (20 steps, VQ on
+// from step 10 with its k-means init) trained by 1, 2 and 3 workers with
+// the same global batch ends with the same parameters, up to float
+// summation order.
+func TestDataParallelEquivalence(t *testing.T) {
+	lib := loadLib(t)
+	f := startFleet(t)
+	dir := t.TempDir()
+	data := synthData(t, filepath.Join(dir, "train"), synth.Train, 300, 50)
+	params := map[int][]float32{}
+	for _, world := range []int{1, 2, 3} {
+		stop := f.startTrainers(lib, fmt.Sprintf("w%d", world), world)
+		id := f.submit("tiny-stage1",
+			"steps=20", "stage1.phase_a_steps=10", "stage1.kmeans_batches=2", "global_batch=6",
+			fmt.Sprintf("min_workers=%d", world), fmt.Sprintf("max_workers=%d", world),
+			"data.url="+data, "data.eval_url=", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"), "checkpoint.every_steps=0", "metrics.every_steps=5")
+		info := f.waitDone(id, 3*time.Minute)
+		stop()
+		if info.State != wire.RunCompleted {
+			t.Fatalf("world %d: run %s is %s: %s", world, id, info.State, info.Reason)
+		}
+		if len(info.Members) != world || info.Step != 20 {
+			t.Fatalf("world %d: %d members, step %d; want %d members, step 20", world, len(info.Members), info.Step, world)
+		}
+		params[world] = finalParams(t, lib, info)
+	}
+	want := params[1]
+	for _, world := range []int{2, 3} {
+		got := params[world]
+		if len(got) != len(want) {
+			t.Fatalf("world %d: %d parameters, want %d", world, len(got), len(want))
+		}
+		var diff, norm, maxAbs float64
+		for i := range want {
+			d := float64(got[i]) - float64(want[i])
+			diff += d * d
+			norm += float64(want[i]) * float64(want[i])
+			maxAbs = max(maxAbs, math.Abs(d))
+		}
+		rel := math.Sqrt(diff / norm)
+		t.Logf("world %d vs 1: relative difference %.3g, largest element difference %.3g", world, rel, maxAbs)
+		if rel > 1e-5 {
+			t.Errorf("world %d: parameters differ from world 1 by %.3g relative (> 1e-5)", world, rel)
+		}
+	}
+}
