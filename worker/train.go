@@ -138,7 +138,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*run
 
 	src, err := shards.Open(ctx, spec.Data.URL)
 	if err != nil {
-		return r, fmt.Errorf("data.url: %w", err)
+		return r, fmt.Errorf("data.url %s: %w", spec.Data.URL, err)
 	}
 	m, err := shards.LoadManifest(ctx, src)
 	if err != nil {

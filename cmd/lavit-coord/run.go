@@ -150,7 +150,7 @@ func checkLocalData(c *cli.Context, spec *runspec.Spec) error {
 		}
 		src, err := shards.Open(c.Context, u.url)
 		if err != nil {
-			return cliutil.Usagef("%s: %v", u.key, err)
+			return cliutil.Usagef("%s %s: no usable data set there: %v", u.key, u.url, err)
 		}
 		if _, err := shards.LoadManifest(c.Context, src); err != nil {
 			return cliutil.Usagef("%s %s: no usable data set there: %v (make one with lavit-coord shards synth or shards index)", u.key, u.url, err)

@@ -77,7 +77,7 @@ func runJoin(c *cli.Context) error {
 	// time rather than when the first run arrives. Without one the worker
 	// still joins the fleet (it cannot train).
 	if lib, err := trainer.Load(c.String("torch-lib")); err != nil {
-		if c.IsSet("torch-lib") {
+		if c.String("torch-lib") != "" { // a path the user gave must work
 			return cliutil.Usagef("--torch-lib: %v", err)
 		}
 		log.Warn("no libtorch shim: this worker joins but cannot train", "err", err)

@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// trainFleet is coordinators and workers as processes, plus the env the
+// CLI needs to reach them.
+type trainFleet struct {
+	t        *testing.T
+	bin      string
+	coordBin string
+	env      []string
+	urls     string
+	dir      string // the CLI's working directory
+}
+
+// startTrainFleet starts n coordinators (the first bootstraps, the others
+// join) and returns the fleet; workers are started with addWorker.
+func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
+	t.Helper()
+	bin := testutil.Binaries(t)
+	f := &trainFleet{t: t, bin: bin, coordBin: filepath.Join(bin, "lavit-coord"), dir: t.TempDir()}
+	c1 := startCoord(t, bin, "c1")
+	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+	token, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.env = append([]string{"LAVIT_TOKEN=" + strings.TrimSpace(string(token))}, extraEnv...)
+	coords := []*coordNode{c1}
+	for i := 2; i <= n; i++ {
+		coords = append(coords, startCoord(t, bin, "c"+string(rune('0'+i)), "--join", c1.http, "--token", strings.TrimSpace(string(token))))
+	}
+	var urls []string
+	for _, c := range coords {
+		testutil.WaitFor(t, 20*time.Second, c.id+" ready", c.ready)
+		urls = append(urls, "nats://"+c.nats)
+	}
+	f.urls = strings.Join(urls, ",")
+	f.env = append(f.env, "LAVIT_COORD="+f.urls)
+	return f
+}
+
+func (f *trainFleet) addWorker(id string, env ...string) *proc {
+	return startProc(f.t, "worker "+id, filepath.Join(f.bin, "lavit-worker"), append(append([]string{}, f.env...), env...),
+		"join", "--id", id, "--device", "cpu", "--collective-listen", "127.0.0.1:0")
+}
+
+// cli runs lavit-coord in the fleet's working directory.
+func (f *trainFleet) cli(args ...string) (string, string, int) {
+	f.t.Helper()
+	cmd := exec.Command(f.coordBin, args...)
+	cmd.Dir, cmd.Env = f.dir, append(os.Environ(), f.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	code := 0
+	if err := cmd.Run(); err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			f.t.Fatalf("lavit-coord %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// submit submits a spec file with overrides and returns the run id.
+func (f *trainFleet) submit(spec string, sets ...string) string {
+	f.t.Helper()
+	args := []string{"run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), spec)}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	stdout, stderr, code := f.cli(args...)
+	if code != 0 {
+		f.t.Fatalf("run submit %s: exit %d: %s", spec, code, stderr)
+	}
+	var reply wire.RunSubmitReply
+	if err := json.Unmarshal([]byte(stdout), &reply); err != nil || reply.ID == "" {
+		f.t.Fatalf("run submit printed %q: %v", stdout, err)
+	}
+	return reply.ID
+}
+
+func (f *trainFleet) show(id string) (wire.RunInfo, error) {
+	return jsonOut[wire.RunInfo](f.t, f.coordBin, f.env, "run", "show", id, "--json")
+}
+
+// waitState waits until the run reaches one of states and returns it.
+func (f *trainFleet) waitState(id string, timeout time.Duration, states ...string) wire.RunInfo {
+	f.t.Helper()
+	var info wire.RunInfo
+	testutil.WaitFor(f.t, timeout, "run "+id+" to be "+strings.Join(states, " or "), func() bool {
+		var err error
+		if info, err = f.show(id); err != nil {
+			f.t.Logf("run show: %v", err)
+			return false
+		}
+		for _, s := range states {
+			if info.State == s {
+				return true
+			}
+		}
+		return false
+	})
+	return info
+}
+
+// TestTrainEndToEnd: three coordinators, two workers, the data set and the
+// checkpoints on the loopback S3 server; the tiny stage-1 run, then the
+// stage-2 run on its tokenizer (submitted at once: it waits), both to
+// completion with MODEL.md's bars met, as `run show --json` and `eval`
+// report them.
+func TestTrainEndToEnd(t *testing.T) {
+	srv := testutil.StartS3(t)
+	srv.MakeBucket(t, "lavit")
+	s3env := []string{"AWS_ENDPOINT_URL=" + srv.Endpoint, "AWS_ACCESS_KEY_ID=" + srv.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + srv.SecretKey, "AWS_REGION=" + srv.Region}
+	f := startTrainFleet(t, 3, s3env)
+	for _, c := range [][]string{
+		{"shards", "synth", "--out", "s3://lavit/train", "--samples", "5000", "--per-shard", "500"},
+		{"shards", "synth", "--out", "s3://lavit/eval", "--split", "eval", "--samples", "256", "--per-shard", "128"},
+	} {
+		if _, stderr, code := f.cli(c...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", c, code, stderr)
+		}
+	}
+	f.addWorker("w1")
+	f.addWorker("w2")
+
+	data := []string{"data.url=s3://lavit/train", "data.eval_url=s3://lavit/eval", "checkpoint.url=s3://lavit/checkpoints", "min_workers=2"}
+	run1 := f.submit("configs/tiny-stage1.yaml", data...)
+	run2 := f.submit("configs/tiny-stage2.yaml", append(data, "tokenizer.from="+run1)...)
+	pending, err := f.show(run2)
+	if err != nil || pending.State != wire.RunPending || !strings.Contains(pending.WaitingFor, run1) {
+		t.Errorf("stage-2 run right after submit: %+v %v; want PENDING, waiting for %s", pending, err, run1)
+	}
+	for _, id := range []string{run1, run2} {
+		info := f.waitState(id, 6*time.Minute, wire.RunCompleted, wire.RunFailed, wire.RunCancelled)
+		if info.State != wire.RunCompleted {
+			t.Fatalf("run %s is %s: %s", id, info.State, info.Reason)
+		}
+		if info.Generation != 1 || len(info.Members) != 2 || info.Step != info.TotalSteps || info.TotalSteps == 0 {
+			t.Errorf("run %s: generation %d, %d members, step %d of %d", id, info.Generation, len(info.Members), info.Step, info.TotalSteps)
+		}
+		if info.Final == nil || !strings.HasPrefix(info.Final.URL, "s3://lavit/checkpoints/"+id+"/final") || len(info.Final.SHA256) != 64 {
+			t.Errorf("run %s: final state %+v, want one under s3://lavit/checkpoints", id, info.Final)
+		}
+		if len(info.Eval) == 0 {
+			t.Errorf("run %s: no checks", id)
+		}
+		for _, c := range info.Eval {
+			t.Logf("run %s: %-4v %s: %s", id, c.Pass, c.Name, c.Value)
+			if !c.Pass {
+				t.Errorf("run %s: check failed: %s: %s", id, c.Name, c.Value)
+			}
+		}
+	}
+	if stdout, stderr, code := f.cli("eval", run1, run2); code != 0 || strings.Count(stdout, "PASS") != 7 {
+		t.Errorf("eval: exit %d, want 0 with 7 PASS lines:\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestRunBadInput: each mistake is a clear error where the user looks
+// (the CLI's exit status and message, or the run's state and reason in
+// run show), and the fleet keeps working.
+func TestRunBadInput(t *testing.T) {
+	f := startTrainFleet(t, 1, nil)
+	data := filepath.Join(f.dir, "data")
+	if _, stderr, code := f.cli("shards", "synth", "--out", "file://"+data, "--samples", "200", "--per-shard", "50"); code != 0 {
+		t.Fatal(stderr)
+	}
+	specFile := filepath.Join(f.dir, "bad.yaml")
+	good := []string{"data.url=file://" + data, "data.eval_url=", "checkpoint.url=file://" + filepath.Join(f.dir, "ckpt"), "steps=6", "stage1.phase_a_steps=3", "stage1.kmeans_batches=1", "metrics.every_steps=2"}
+
+	// Mistakes the CLI catches before anything is submitted (exit 2).
+	cliCases := []struct {
+		name string
+		file string // spec file content ("" = configs/tiny-stage1.yaml)
+		sets []string
+		want string
+	}{
+		{"unknown field", "stage: 1\nmodel: tiny-stage1\nstepz: 10\n", nil, `bad.yaml:3: unknown field "stepz"`},
+		{"wrong type", "stage: 1\nmodel: tiny-stage1\nsteps: lots\n", nil, `bad.yaml:3: steps: want an integer`},
+		{"min above max", "", []string{"min_workers=3", "max_workers=2"}, "max_workers 2 is less than min_workers 3"},
+		{"batch not splittable", "", []string{"global_batch=1", "max_workers=2"}, "global_batch 1 cannot be split over max_workers 2"},
+		{"missing data set", "", []string{"data.url=file:///nonexistent/lavit-data"}, "no usable data set"},
+		{"stage 2 without tokenizer", "stage: 2\nmodel: tiny-stage2\nsteps: 10\nglobal_batch: 8\ndata:\n  url: ./data\n", nil, "tokenizer.from"},
+	}
+	for _, tc := range cliCases {
+		path := filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml")
+		if tc.file != "" {
+			os.WriteFile(specFile, []byte(tc.file), 0o644)
+			path = specFile
+		}
+		args := []string{"run", "submit", "-f", path}
+		for _, s := range append(append([]string{}, good...), tc.sets...) {
+			args = append(args, "--set", s)
+		}
+		if tc.file != "" {
+			args = []string{"run", "submit", "-f", path}
+		}
+		_, stderr, code := f.cli(args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 2 mentioning %q", tc.name, code, stderr, tc.want)
+		}
+	}
+
+	// A stage-2 run naming a run that does not exist is refused by the
+	// coordinator (exit 1).
+	args := []string{"run", "submit", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage2.yaml"), "--set", "tokenizer.from=r-0099"}
+	for _, s := range good[:3] {
+		args = append(args, "--set", s)
+	}
+	if _, stderr, code := f.cli(args...); code != 1 || !strings.Contains(stderr, `run "r-0099" does not exist`) {
+		t.Errorf("missing tokenizer run: exit %d, stderr %q", code, stderr)
+	}
+
+	// A worker without the libtorch shim joins but is never given a run:
+	// the run waits and says why.
+	// (a copy of the binary with no shim beside it, and no LAVIT_TORCH_LIB)
+	lone := filepath.Join(t.TempDir(), "lavit-worker")
+	if b, err := os.ReadFile(filepath.Join(f.bin, "lavit-worker")); err != nil || os.WriteFile(lone, b, 0o755) != nil {
+		t.Fatal("copy lavit-worker:", err)
+	}
+	startProc(t, "worker no-shim", lone, append(append([]string{}, f.env...), "LAVIT_TORCH_LIB="), "join", "--id", "no-shim", "--device", "cpu")
+	testutil.WaitFor(t, 20*time.Second, "no-shim registered", func() bool {
+		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
+		return err == nil && len(rows) == 1 && rows[0].State == "IDLE"
+	})
+	waiting := f.submit("configs/tiny-stage1.yaml", good...)
+	time.Sleep(1500 * time.Millisecond) // a few scheduler ticks
+	info, err := f.show(waiting)
+	if err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "cannot train (started without the libtorch shim") {
+		t.Errorf("run with only a shim-less worker: %+v %v; want PENDING saying why", info, err)
+	}
+
+	// A worker that can train arrives: the waiting run trains to the end.
+	f.addWorker("w1")
+	if info := f.waitState(waiting, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
+		t.Fatalf("run %s: %s: %s", waiting, info.State, info.Reason)
+	}
+
+	// Runs that fail on the worker: a data set that is not there (S3
+	// bucket unknown to this machine) and a tokenizer state that is not
+	// there. Each ends FAILED with the cause in run show; the fleet goes on.
+	for _, tc := range []struct {
+		spec string
+		sets []string
+		want string
+	}{
+		{"configs/tiny-stage1.yaml", []string{"data.url=s3://no-such-bucket-lavit/train"}, "data.url s3://no-such-bucket-lavit/train"},
+		{"configs/tiny-stage2.yaml", []string{"tokenizer.from=file:///nonexistent/tokenizer", "stage1.phase_a_steps=0"}, "tokenizer.from file:///nonexistent/tokenizer"},
+	} {
+		sets := append(append([]string{}, good...), tc.sets...)
+		if strings.Contains(tc.spec, "stage2") {
+			sets = append([]string{good[0], good[1], good[2], "steps=4", "metrics.every_steps=2"}, tc.sets[0])
+		}
+		id := f.submit(tc.spec, sets...)
+		info := f.waitState(id, time.Minute, wire.RunFailed, wire.RunCompleted)
+		if info.State != wire.RunFailed || !strings.Contains(info.Reason, tc.want) {
+			t.Errorf("run %s: %s %q; want FAILED mentioning %q", id, info.State, info.Reason, tc.want)
+		}
+	}
+	last := f.submit("configs/tiny-stage1.yaml", good...)
+	if info := f.waitState(last, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
+		t.Errorf("the fleet after the failures: run %s is %s: %s", last, info.State, info.Reason)
+	}
+}
