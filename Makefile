@@ -49,6 +49,8 @@ gpu-bundle: deps
 	@mkdir -p build/gpu/include
 	cp -r /usr/include/nlohmann build/gpu/include/
 	$(GO) test -c -o build/gpu/trainer.test ./trainer
+	$(GO) test -c -o build/gpu/nccl.test ./collective/nccl
+	$(GO) build -o build/gpu/lavit-worker ./cmd/lavit-worker
 
 ## test: every test (unit, in-process cluster, process-level), with -race
 test: build torch

@@ -42,6 +42,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, or auto (first GPU, else CPU)", EnvVars: env("DEVICE")},
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
+				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
 				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
 				&cli.StringFlag{Name: "collective-advertise", Usage: "host:port peers dial to reach this worker's ring listener (default: this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_ADVERTISE")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
@@ -84,6 +85,11 @@ func runJoin(c *cli.Context) error {
 	} else {
 		bi, _ := lib.BuildInfo()
 		log.Info("libtorch shim loaded", "path", lib.Path(), "torch", bi.Torch, "cuda", bi.CUDA)
+		if n := c.Int("threads"); n > 0 {
+			if err := lib.SetThreads(n); err != nil {
+				return cliutil.Usagef("--threads %d: %v", n, err)
+			}
+		}
 		cfg.Executor = &worker.Trainer{Lib: lib, ListenAddr: c.String("collective-listen"), Advertise: c.String("collective-advertise")}
 	}
 	cfg.ID = c.String("id")

@@ -57,7 +57,7 @@ func (p *proc) signalAndWait(t testing.TB, sig syscall.Signal, timeout time.Dura
 }
 
 // run runs a binary to completion and returns its stdout, stderr and exit code.
-func run(t *testing.T, bin string, env []string, args ...string) (string, string, int) {
+func run(t testing.TB, bin string, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -107,7 +107,7 @@ func (n *coordNode) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func jsonOut[T any](t *testing.T, bin string, env []string, args ...string) (T, error) {
+func jsonOut[T any](t testing.TB, bin string, env []string, args ...string) (T, error) {
 	t.Helper()
 	var v T
 	stdout, stderr, code := run(t, bin, env, args...)

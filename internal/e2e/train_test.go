@@ -3,10 +3,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -277,4 +280,69 @@ func TestRunBadInput(t *testing.T) {
 	if info := f.waitState(last, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
 		t.Errorf("the fleet after the failures: run %s is %s: %s", last, info.State, info.Reason)
 	}
+}
+
+// BenchmarkTrainScaling: the tiny stage-1 run (300 steps, global batch 8,
+// VQ on for the last third) trained by 1 and by 2 worker processes on this
+// machine; it reports rank 0's samples/s and step time split over the last
+// 100 steps, and the scaling efficiency. With 2 workers each gets one
+// libtorch thread (the machine's cores split between them). Run with
+// -benchtime 1x.
+func BenchmarkTrainScaling(b *testing.B) {
+	bin := testutil.Binaries(b)
+	dir := b.TempDir()
+	coordBin := filepath.Join(bin, "lavit-coord")
+	data := filepath.Join(dir, "data")
+	if out, err := exec.Command(coordBin, "shards", "synth", "--out", "file://"+data, "--samples", "3000", "--per-shard", "500").CombinedOutput(); err != nil {
+		b.Fatalf("synth: %v: %s", err, out)
+	}
+	cores := runtime.NumCPU()
+	rates := map[int]float64{}
+	for _, world := range []int{1, 2} {
+		for i := 0; i < b.N; i++ {
+			c := startCoord(b, bin, "c1", "--log-level", "warn")
+			testutil.WaitFor(b, 20*time.Second, "ready", c.ready)
+			tok, _ := os.ReadFile(filepath.Join(c.dataDir, "token"))
+			env := []string{"LAVIT_TOKEN=" + strings.TrimSpace(string(tok)), "LAVIT_COORD=nats://" + c.nats}
+			var workers []*proc
+			for w := 0; w < world; w++ {
+				workers = append(workers, startProc(b, fmt.Sprintf("w%d", w), filepath.Join(bin, "lavit-worker"), env,
+					"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn",
+					"--threads", fmt.Sprint(max(1, cores/world)), "--collective-listen", "127.0.0.1:0"))
+			}
+			cmd := exec.Command(coordBin, "run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),
+				"--set", "data.url=file://"+data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"),
+				"--set", "steps=300", "--set", "stage1.phase_a_steps=200", "--set", "metrics.every_steps=100",
+				"--set", fmt.Sprintf("min_workers=%d", world), "--set", fmt.Sprintf("max_workers=%d", world))
+			cmd.Env = append(os.Environ(), env...)
+			out, err := cmd.Output()
+			if err != nil {
+				b.Fatalf("submit: %v", err)
+			}
+			var reply wire.RunSubmitReply
+			json.Unmarshal(out, &reply)
+			var info wire.RunInfo
+			testutil.WaitFor(b, 5*time.Minute, "run to end", func() bool {
+				info, err = jsonOut[wire.RunInfo](b, coordBin, env, "run", "show", reply.ID, "--json")
+				return err == nil && (info.State == wire.RunCompleted || info.State == wire.RunFailed)
+			})
+			if info.State != wire.RunCompleted || info.Timing == nil {
+				b.Fatalf("world %d: run %s: %s", world, info.State, info.Reason)
+			}
+			t := info.Timing
+			rates[world] = info.SamplesPerS
+			prefix := fmt.Sprintf("w%d_", world)
+			b.ReportMetric(info.SamplesPerS, prefix+"samples/s")
+			b.ReportMetric(t.StepMs, prefix+"step_ms")
+			b.ReportMetric(t.ComputeMs, prefix+"compute_ms")
+			b.ReportMetric(t.DataMs, prefix+"data_ms")
+			b.ReportMetric(t.AllReduceMs, prefix+"allreduce_ms")
+			b.ReportMetric(100*(t.StepMs-t.ComputeMs)/t.StepMs, prefix+"overhead_%")
+			for _, w := range workers {
+				w.signalAndWait(b, syscall.SIGTERM, 30*time.Second)
+			}
+			c.signalAndWait(b, syscall.SIGTERM, 15*time.Second)
+		}
+	}
+	b.ReportMetric(100*rates[2]/(2*rates[1]), "scaling_efficiency_%")
 }
