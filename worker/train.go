@@ -564,7 +564,13 @@ func (r *runState) train(ctx context.Context) error {
 // report sums the loss over the ranks (every rank calls it at the same
 // steps) and rank 0 sends the progress to the coordinator and the log.
 func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int64, lossSum float64, times *stepTimes, since time.Time, bad int) error {
-	buf := []float32{float32(lossSum)}
+	n := max(times.steps, 1)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+	// One all-reduce carries the loss and every rank's mean compute time
+	// (each rank fills its own slot), so rank 0 can tell waiting for a
+	// slower rank (idle) from moving bytes (all-reduce).
+	buf := make([]float32, 1+r.world)
+	buf[0], buf[1+r.rank] = float32(lossSum), float32(ms(times.compute))
 	if err := reduce(ctx, buf); err != nil {
 		return fmt.Errorf("step %d: sum the loss: %w", step, err)
 	}
@@ -572,9 +578,13 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 		return nil
 	}
 	loss := float64(buf[0]) / float64(r.batch)
-	n := max(times.steps, 1)
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
-	timing := wire.StepTiming{DataMs: ms(times.data), ComputeMs: ms(times.compute), AllReduceMs: ms(times.allreduce), OtherMs: ms(times.other), StepMs: ms(times.wall)}
+	slowest := 0.0
+	for _, c := range buf[1:] {
+		slowest = max(slowest, float64(c))
+	}
+	own := ms(times.compute)
+	idle := min(max(0, slowest-own), ms(times.allreduce))
+	timing := wire.StepTiming{DataMs: ms(times.data), ComputeMs: own, AllReduceMs: ms(times.allreduce) - idle, IdleMs: idle, OtherMs: ms(times.other), StepMs: ms(times.wall)}
 	rate := 0.0
 	if el := time.Since(since).Seconds(); el > 0 && times.steps > 0 {
 		rate = float64(times.steps*r.batch) / el
@@ -589,7 +599,7 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 	}
 	r.log.Info("progress", "step", step, "of", r.total, "loss", fmt.Sprintf("%.4f", loss), "samples_per_s", fmt.Sprintf("%.1f", rate),
 		"step_ms", fmt.Sprintf("%.1f", timing.StepMs), "data_ms", fmt.Sprintf("%.2f", timing.DataMs), "compute_ms", fmt.Sprintf("%.1f", timing.ComputeMs),
-		"allreduce_ms", fmt.Sprintf("%.2f", timing.AllReduceMs))
+		"allreduce_ms", fmt.Sprintf("%.2f", timing.AllReduceMs), "idle_ms", fmt.Sprintf("%.2f", timing.IdleMs))
 	req := &wire.ProgressRequest{
 		Instance: r.j.Instance, Run: r.j.Desired.Run, Generation: r.j.Desired.Generation, Rank: r.rank,
 		Step: step, TotalSteps: r.total, Loss: loss, SamplesPerS: rate, Timing: timing, Metrics: metrics,

@@ -216,7 +216,7 @@ func printRun(w io.Writer, r wire.RunInfo) {
 		fmt.Fprintf(w, "loss %.4f   %.1f samples/s\n", *r.Loss, r.SamplesPerS)
 	}
 	if t := r.Timing; t != nil && t.StepMs > 0 {
-		fmt.Fprintf(w, "step time %.1f ms: data %.1f, compute %.1f, all-reduce %.1f, other %.1f\n", t.StepMs, t.DataMs, t.ComputeMs, t.AllReduceMs, t.OtherMs)
+		fmt.Fprintf(w, "step time %.1f ms: data %.1f, compute %.1f, all-reduce %.1f, idle %.1f, other %.1f\n", t.StepMs, t.DataMs, t.ComputeMs, t.AllReduceMs, t.IdleMs, t.OtherMs)
 	}
 	if len(r.Metrics) > 0 {
 		names := make([]string, 0, len(r.Metrics))

@@ -308,7 +308,7 @@ func BenchmarkTrainScaling(b *testing.B) {
 			for w := 0; w < world; w++ {
 				workers = append(workers, startProc(b, fmt.Sprintf("w%d", w), filepath.Join(bin, "lavit-worker"), env,
 					"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn",
-					"--threads", fmt.Sprint(max(1, cores/world)), "--collective-listen", "127.0.0.1:0"))
+					"--threads", fmt.Sprint(max(1, cores/threadDiv(world))), "--collective-listen", "127.0.0.1:0"))
 			}
 			cmd := exec.Command(coordBin, "run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),
 				"--set", "data.url=file://"+data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"),
@@ -337,7 +337,9 @@ func BenchmarkTrainScaling(b *testing.B) {
 			b.ReportMetric(t.ComputeMs, prefix+"compute_ms")
 			b.ReportMetric(t.DataMs, prefix+"data_ms")
 			b.ReportMetric(t.AllReduceMs, prefix+"allreduce_ms")
-			b.ReportMetric(100*(t.StepMs-t.ComputeMs)/t.StepMs, prefix+"overhead_%")
+			b.ReportMetric(t.IdleMs, prefix+"idle_ms")
+			b.ReportMetric(100*(t.StepMs-t.ComputeMs-t.IdleMs)/t.StepMs, prefix+"overhead_%")
+			b.ReportMetric(100*(t.StepMs-t.ComputeMs)/t.StepMs, prefix+"overhead_with_idle_%")
 			for _, w := range workers {
 				w.signalAndWait(b, syscall.SIGTERM, 30*time.Second)
 			}
@@ -345,4 +347,13 @@ func BenchmarkTrainScaling(b *testing.B) {
 		}
 	}
 	b.ReportMetric(100*rates[2]/(2*rates[1]), "scaling_efficiency_%")
+}
+
+// threadDiv: LAVIT_BENCH_SHARE_CORES=1 splits the cores between the
+// workers; by default each worker uses them all.
+func threadDiv(world int) int {
+	if os.Getenv("LAVIT_BENCH_SHARE_CORES") == "1" {
+		return world
+	}
+	return 1
 }
