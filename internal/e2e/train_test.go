@@ -276,9 +276,27 @@ func TestRunBadInput(t *testing.T) {
 			t.Errorf("run %s: %s %q; want FAILED mentioning %q", id, info.State, info.Reason, tc.want)
 		}
 	}
+
+	// A busy fleet queues runs in submission order; cancelling the running
+	// one frees its worker for the next.
+	long := f.submit("configs/tiny-stage1.yaml", append(append([]string{}, good...), "steps=100000", "stage1.phase_a_steps=99999")...)
+	f.waitState(long, time.Minute, wire.RunRunning)
 	last := f.submit("configs/tiny-stage1.yaml", good...)
+	time.Sleep(1500 * time.Millisecond)
+	if info, err := f.show(last); err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "idle workers") {
+		t.Errorf("run behind a busy fleet: %+v %v; want PENDING waiting for idle workers", info, err)
+	}
+	if _, stderr, code := f.cli("run", "cancel", long, "--reason", "test"); code != 0 {
+		t.Fatalf("run cancel: exit %d: %s", code, stderr)
+	}
+	if info, _ := f.show(long); info.State != wire.RunCancelled || !strings.Contains(info.Reason, "test") {
+		t.Errorf("cancelled run: %s %q", info.State, info.Reason)
+	}
+	if _, stderr, code := f.cli("run", "cancel", long); code != 1 || !strings.Contains(stderr, "already CANCELLED") {
+		t.Errorf("second cancel: exit %d: %s", code, stderr)
+	}
 	if info := f.waitState(last, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
-		t.Errorf("the fleet after the failures: run %s is %s: %s", last, info.State, info.Reason)
+		t.Errorf("the fleet after the failures and the cancel: run %s is %s: %s", last, info.State, info.Reason)
 	}
 }
 
