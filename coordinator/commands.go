@@ -22,6 +22,9 @@ const (
 	CmdCreateRun         CommandType = 7
 	CmdSetRunState       CommandType = 8
 	CmdStartGeneration   CommandType = 9
+	CmdCommitCheckpoint  CommandType = 10
+	CmdDeleteCheckpoints CommandType = 11
+	CmdRequestCheckpoint CommandType = 12
 )
 
 // IgnorableCommandFlag marks a command that an older coordinator may skip
@@ -53,6 +56,12 @@ func (t CommandType) String() string {
 		return "SetRunState"
 	case CmdStartGeneration:
 		return "StartGeneration"
+	case CmdCommitCheckpoint:
+		return "CommitCheckpoint"
+	case CmdDeleteCheckpoints:
+		return "DeleteCheckpoints"
+	case CmdRequestCheckpoint:
+		return "RequestCheckpoint"
 	}
 	return fmt.Sprintf("Command(%d)", uint8(t))
 }
@@ -136,5 +145,28 @@ type StartGenerationCmd struct {
 	Run        string         `json:"run"`
 	Generation uint64         `json:"generation"`
 	Members    map[string]int `json:"members"`
-	At         time.Time      `json:"at"`
+	// StartStep is where training resumes: the step of the checkpoint the
+	// members restore (0: from the start).
+	StartStep int64     `json:"start_step,omitempty"`
+	At        time.Time `json:"at"`
+}
+
+// CommitCheckpointCmd records a checkpoint whose parts and manifest are
+// durable. Only committed checkpoints are listed or restored.
+type CommitCheckpointCmd struct {
+	Run        string           `json:"run"`
+	Checkpoint CheckpointRecord `json:"checkpoint"`
+}
+
+// DeleteCheckpointsCmd forgets checkpoints (retention); their objects are
+// deleted after this commits.
+type DeleteCheckpointsCmd struct {
+	Run   string  `json:"run"`
+	Steps []int64 `json:"steps"`
+}
+
+// RequestCheckpointCmd asks a running run for a checkpoint now.
+type RequestCheckpointCmd struct {
+	Run string    `json:"run"`
+	At  time.Time `json:"at"`
 }

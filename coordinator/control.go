@@ -33,6 +33,10 @@ func (s *Server) subscribeControl() ([]*nats.Subscription, error) {
 		wire.SubjectRunList:      handle(s, wire.SubjectRunList, s.handleRunList),
 		wire.SubjectRunShow:      handle(s, wire.SubjectRunShow, s.handleRunShow),
 		wire.SubjectRunCancel:    handle(s, wire.SubjectRunCancel, s.handleRunCancel),
+		wire.SubjectRunResume:    handle(s, wire.SubjectRunResume, s.handleRunResume),
+		wire.SubjectRunCkpt:      handle(s, wire.SubjectRunCkpt, s.handleRunCheckpoint),
+		wire.SubjectCkptList:     handle(s, wire.SubjectCkptList, s.handleCkptList),
+		wire.SubjectCkptPart:     handle(s, wire.SubjectCkptPart, s.handleCkptPart),
 		wire.SubjectWorkers:      handle(s, wire.SubjectWorkers, s.handleWorkers),
 		wire.SubjectRaftPeers:    handle(s, wire.SubjectRaftPeers, s.handleRaftPeers),
 		wire.SubjectRaftJoin:     handle(s, wire.SubjectRaftJoin, s.handleRaftJoin),
@@ -205,7 +209,8 @@ func (s *Server) desiredState(w WorkerRecord) wire.DesiredState {
 		if !member {
 			return
 		}
-		d = wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members), Backend: runBackend(r.Spec)}
+		d = wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members),
+			Backend: runBackend(r.Spec), StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
 	})
 	if d.State == "" {
 		return idle

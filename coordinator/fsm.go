@@ -92,6 +92,12 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 		err = applyBody(t, body, f.state.applyCreateRun)
 	case CmdStartGeneration:
 		err = applyBody(t, body, f.state.applyStartGeneration)
+	case CmdCommitCheckpoint:
+		err = applyBody(t, body, f.state.applyCommitCheckpoint)
+	case CmdDeleteCheckpoints:
+		err = applyBody(t, body, f.state.applyDeleteCheckpoints)
+	case CmdRequestCheckpoint:
+		err = applyBody(t, body, f.state.applyRequestCheckpoint)
 	case CmdSetRunState:
 		err = applyBody(t, body, f.state.applySetRunState)
 	default:

@@ -121,6 +121,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	s.live.reset(workers, time.Now())
 	s.meet.reset()
 	s.progress.reset()
+	s.ckpts.reset()
 	return s.subscribeControl()
 }
 

@@ -272,11 +272,13 @@ func (s *Server) schedule() {
 		for _, r := range sortedRuns(st) {
 			runState[r.ID] = r.State
 			switch r.State {
-			case RunPending:
+			case RunPending, RunPaused:
 				cp := *r
+				cp.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
 				pending = append(pending, &cp)
 			case RunRunning:
 				cp := *r
+				cp.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
 				cp.Members = make(map[string]int, len(r.Members))
 				for k, v := range r.Members {
 					cp.Members[k] = v
@@ -303,11 +305,15 @@ func (s *Server) schedule() {
 				} else if st == wire.WorkerIdle {
 					why = "restarted"
 				}
-				reason := fmt.Sprintf("worker %s %s during generation %d; resuming a run needs a checkpoint (not implemented yet)", id, why, r.Generation)
-				if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: r.ID, State: RunFailed, Reason: reason, At: now.UTC()}); err != nil {
-					s.log.Warn("fail run", "run", r.ID, "err", err)
+				from := "the start (no checkpoint yet)"
+				if n := len(r.Checkpoints); n > 0 {
+					from = fmt.Sprintf("its checkpoint at step %d", r.Checkpoints[n-1].Step)
+				}
+				reason := fmt.Sprintf("worker %s %s during generation %d; the run resumes from %s when %s", id, why, r.Generation, from, "enough workers are idle")
+				if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: r.ID, State: RunPaused, Reason: reason, At: now.UTC()}); err != nil {
+					s.log.Warn("pause run", "run", r.ID, "err", err)
 				} else {
-					s.log.Warn("run failed", "run", r.ID, "reason", reason)
+					s.log.Warn("run paused", "run", r.ID, "reason", reason)
 				}
 				break
 			}
@@ -340,11 +346,14 @@ func (s *Server) schedule() {
 		}
 		idle = idle[take:]
 		cmd := StartGenerationCmd{Run: r.ID, Generation: r.Generation + 1, Members: members, At: now.UTC()}
+		if n := len(r.Checkpoints); n > 0 {
+			cmd.StartStep = r.Checkpoints[n-1].Step
+		}
 		if err := s.raftApply(CmdStartGeneration, cmd); err != nil {
 			s.log.Warn("start run", "run", r.ID, "err", err)
 			return
 		}
-		s.log.Info("run started", "run", r.ID, "generation", cmd.Generation, "workers", take)
+		s.log.Info("run started", "run", r.ID, "generation", cmd.Generation, "workers", take, "from_step", cmd.StartStep)
 	}
 }
 
@@ -363,7 +372,7 @@ func (s *Server) waitingFor(st *State, r *RunRecord) string {
 		if o.ID == r.ID {
 			break
 		}
-		if o.State == RunPending {
+		if o.State == RunPending || o.State == RunPaused {
 			return fmt.Sprintf("run %s, submitted earlier", o.ID)
 		}
 	}
@@ -423,13 +432,15 @@ func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
 			info.TotalSteps = p.TotalSteps
 		}
 		loss := p.Loss
-		info.Loss, info.SamplesPerS, info.Metrics = &loss, p.SamplesPerS, p.Metrics
+		info.Loss, info.SamplesPerS, info.Metrics, info.RestoreNote = &loss, p.SamplesPerS, p.Metrics, p.RestoreNote
 		t := p.Timing
 		info.Timing = &t
 	}
-	if r.State == RunPending {
+	if r.State == RunPending || r.State == RunPaused {
 		info.WaitingFor = s.waitingFor(st, r)
 	}
+	info.StartStep = r.StartStep
+	info.Checkpoints = checkpointInfos(r)
 	if withSpec {
 		info.Spec = append(json.RawMessage(nil), r.Spec...)
 	}

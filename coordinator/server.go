@@ -49,6 +49,7 @@ type Server struct {
 	live      *liveness
 	meet      *rendezvousTable // leader only: ring addresses and NCCL ids per generation
 	progress  *progressTable   // leader only: each run's latest progress report
+	ckpts     *ckptTable       // leader only: checkpoint parts reported, per (run, step)
 	schedKick chan struct{}    // wakes the scheduler (see kickScheduler)
 
 	shutdownOnce sync.Once
@@ -74,6 +75,7 @@ func New(cfg Config) (*Server, error) {
 		live:       newLiveness(),
 		meet:       newRendezvousTable(),
 		progress:   newProgressTable(),
+		ckpts:      newCkptTable(),
 		schedKick:  make(chan struct{}, 1),
 		shutdownCh: make(chan struct{}),
 	}

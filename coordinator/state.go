@@ -81,6 +81,24 @@ type RunRecord struct {
 	Final *wire.Artifact `json:"final,omitempty"`
 	// Eval holds the checks measured when the run completed.
 	Eval []wire.Check `json:"eval,omitempty"`
+	// StartStep is the step the current generation started from.
+	StartStep int64 `json:"start_step,omitempty"`
+	// Checkpoints are the committed checkpoints, oldest first.
+	Checkpoints []CheckpointRecord `json:"checkpoints,omitempty"`
+	// CheckpointRequests counts `run checkpoint` requests; workers take
+	// one when the count grows.
+	CheckpointRequests uint64 `json:"checkpoint_requests,omitempty"`
+}
+
+// CheckpointRecord is one committed checkpoint.
+type CheckpointRecord struct {
+	Step        int64     `json:"step"`
+	World       int       `json:"world"`
+	Generation  uint64    `json:"generation"`
+	URL         string    `json:"url"` // the checkpoint's directory; its manifest is manifest.json there
+	StateBytes  int64     `json:"state_bytes"`
+	StateSHA256 string    `json:"state_sha256"`
+	Committed   time.Time `json:"committed"`
 }
 
 // State is the replicated state machine's data. It is only changed by
@@ -184,10 +202,14 @@ func (s *State) applyCreateRun(c CreateRunCmd) error {
 }
 
 // runTransitions lists the states each run state may move to.
+// A failed or cancelled run can be resumed (to PAUSED, from where the
+// scheduler restarts it from its newest checkpoint); a completed one is done.
 var runTransitions = map[string][]string{
-	RunPending: {RunRunning, RunCancelled, RunFailed},
-	RunRunning: {RunPaused, RunCompleted, RunFailed, RunCancelled},
-	RunPaused:  {RunRunning, RunCancelled, RunFailed},
+	RunPending:   {RunRunning, RunCancelled, RunFailed},
+	RunRunning:   {RunPaused, RunCompleted, RunFailed, RunCancelled},
+	RunPaused:    {RunRunning, RunCancelled, RunFailed},
+	RunFailed:    {RunPaused},
+	RunCancelled: {RunPaused},
 }
 
 func (s *State) applySetRunState(c SetRunStateCmd) error {
@@ -216,7 +238,7 @@ func (s *State) applySetRunState(c SetRunStateCmd) error {
 	if c.Eval != nil {
 		r.Eval = append([]wire.Check(nil), c.Eval...)
 	}
-	if terminalRun(c.State) {
+	if c.State != RunRunning {
 		// The members are free for the next run.
 		for id := range r.Members {
 			if w, ok := s.Workers[id]; ok && w.Run == c.ID {
@@ -280,11 +302,57 @@ func (s *State) applyStartGeneration(c StartGenerationCmd) error {
 			w.State, w.Since = wire.WorkerTraining, c.At
 		}
 	}
-	r.Generation, r.State, r.Updated = c.Generation, RunRunning, c.At
+	r.Generation, r.State, r.Updated, r.StartStep, r.Reason = c.Generation, RunRunning, c.At, c.StartStep, ""
 	r.Members = make(map[string]int, len(c.Members))
 	for id, rank := range c.Members {
 		r.Members[id] = rank
 	}
+	return nil
+}
+
+func (s *State) applyCommitCheckpoint(c CommitCheckpointCmd) error {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownRun, c.Run)
+	}
+	for _, k := range r.Checkpoints {
+		if k.Step == c.Checkpoint.Step {
+			return fmt.Errorf("run %q already has a checkpoint at step %d", c.Run, k.Step)
+		}
+	}
+	r.Checkpoints = append(r.Checkpoints, c.Checkpoint)
+	sort.Slice(r.Checkpoints, func(i, j int) bool { return r.Checkpoints[i].Step < r.Checkpoints[j].Step })
+	return nil
+}
+
+func (s *State) applyDeleteCheckpoints(c DeleteCheckpointsCmd) error {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownRun, c.Run)
+	}
+	drop := map[int64]bool{}
+	for _, st := range c.Steps {
+		drop[st] = true
+	}
+	kept := r.Checkpoints[:0]
+	for _, k := range r.Checkpoints {
+		if !drop[k.Step] {
+			kept = append(kept, k)
+		}
+	}
+	r.Checkpoints = kept
+	return nil
+}
+
+func (s *State) applyRequestCheckpoint(c RequestCheckpointCmd) error {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownRun, c.Run)
+	}
+	if r.State != RunRunning {
+		return fmt.Errorf("%w: run %q is %s, not RUNNING", ErrBadTransition, c.Run, r.State)
+	}
+	r.CheckpointRequests++
 	return nil
 }
 
@@ -309,6 +377,7 @@ func (s *State) clone() *State {
 			rc.Final = &f
 		}
 		rc.Eval = append([]wire.Check(nil), r.Eval...)
+		rc.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
 		if r.Members != nil {
 			rc.Members = make(map[string]int, len(r.Members))
 			for k, v := range r.Members {

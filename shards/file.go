@@ -158,6 +158,17 @@ type limitedFile struct {
 
 func (l *limitedFile) Close() error { return l.f.Close() }
 
+func (s *fileSource) Delete(ctx context.Context, name string) error {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("shards: delete %s/%s: %w", s.URL(), name, err)
+	}
+	return nil
+}
+
 func (s *fileSource) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
 	p, err := s.path(name)
 	if err != nil {

@@ -411,6 +411,20 @@ func (s *s3Source) Stat(ctx context.Context, name string) (ObjectInfo, error) {
 	return ObjectInfo{Name: name, Size: info.Size, ETag: info.ETag}, nil
 }
 
+func (s *s3Source) Delete(ctx context.Context, name string) error {
+	key, err := s.key(name)
+	if err != nil {
+		return err
+	}
+	attempts, err := s.do(ctx, func() error {
+		return s.core.Client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
+	})
+	if err != nil {
+		return s.wrapErr(ctx, "delete", key, attempts, err)
+	}
+	return nil
+}
+
 func (s *s3Source) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	key, err := s.key(name)
 	if err != nil {

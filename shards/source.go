@@ -33,4 +33,6 @@ type Source interface {
 	Open(ctx context.Context, name string, off, length int64) (io.ReadCloser, error)
 	// Put writes an object (create or replace) of the given size from r.
 	Put(ctx context.Context, name string, r io.Reader, size int64) error
+	// Delete removes an object; a missing one is not an error.
+	Delete(ctx context.Context, name string) error
 }

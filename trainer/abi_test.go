@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/internal/testutil"
 )
 
@@ -36,5 +37,13 @@ func TestLoadRefusesOtherABIVersion(t *testing.T) {
 	_, err = Load(lib)
 	if !errors.Is(err, ErrNotAvailable) || !strings.Contains(err.Error(), "ABI version 999") {
 		t.Fatalf("got %v, want an ABI version error", err)
+	}
+}
+
+// TestCheckpointReadsThisABI: lavit-coord parses states (ckpt verify and
+// export) with checkpoint.StateABI; it must match the shim's ABI.
+func TestCheckpointReadsThisABI(t *testing.T) {
+	if ABIVersion != checkpoint.StateABI {
+		t.Fatalf("trainer ABI %d, checkpoint.StateABI %d: bump checkpoint.StateABI with the shim", ABIVersion, checkpoint.StateABI)
 	}
 }

@@ -26,6 +26,11 @@ type Job struct {
 	CoordURL string
 	Client   *wire.Client
 	Log      *slog.Logger
+	// Latest returns the newest desired state from the heartbeats (a
+	// checkpoint request arrives there while the job runs).
+	Latest func() wire.DesiredState
+	// Build is the worker's version, recorded in checkpoint manifests.
+	Build string
 }
 
 // ReportFailure tells the coordinator this member failed the run, with the
@@ -79,6 +84,7 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 	job := &Job{
 		Desired: d, WorkerID: a.cfg.ID, Instance: a.instance, Device: a.cfg.Device, CoordURL: a.cfg.Coord,
 		Client: c, Log: a.log.With("run", d.Run, "generation", d.Generation, "rank", d.Rank),
+		Latest: a.Desired, Build: a.cfg.Build,
 	}
 	go func() {
 		defer close(j.done)

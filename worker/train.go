@@ -110,6 +110,11 @@ type runState struct {
 	continuous bool
 	image      int
 	timeout    time.Duration
+	// Checkpoints.
+	saver        *saver
+	lastCkpt     time.Time
+	seenRequests uint64
+	restoreNote  string
 }
 
 func (r *runState) close() {
@@ -477,7 +482,19 @@ func (r *runState) train(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, func() { r.comm.Abort(errors.New("the job was stopped")) })
 		defer stop()
 	}
-	start := r.j.Desired.StartStep
+	start, note, err := r.restore(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.agreeOnStep(ctx, start); err != nil {
+		return err
+	}
+	r.restoreNote = note
+	r.seenRequests = r.j.Desired.CheckpointRequests
+	sv := &saver{r: r}
+	r.saver = sv
+	r.lastCkpt = time.Now()
+
 	items := make(chan item, 1)
 	go r.produce(ctx, start, items)
 
@@ -495,10 +512,11 @@ func (r *runState) train(ctx context.Context) error {
 		return err
 	}
 	every := max(r.spec.Metrics.EverySteps, 1)
+	ckptEvery := r.spec.Checkpoint.EverySteps
 	lastReport := time.Now()
 	var lossSum float64
 	var badTotal int
-	step := start
+	step, savedAt := start, int64(-1)
 	for {
 		waitStart := time.Now()
 		it, ok := <-items
@@ -531,12 +549,21 @@ func (r *runState) train(ctx context.Context) error {
 		step = it.step + 1
 
 		otherStart := time.Now()
+		ckpt := ckptEvery > 0 && step%ckptEvery == 0
 		if step%every == 0 || step == r.total {
-			if err := r.report(ctx, reduce, step, lossSum, &times, lastReport, badTotal); err != nil {
+			asked, err := r.report(ctx, reduce, step, lossSum, &times, lastReport, badTotal)
+			if err != nil {
 				return err
 			}
+			ckpt = ckpt || asked
 			lastReport = time.Now()
 			times = stepTimes{}
+		}
+		if ckpt && step < r.total { // the last step's checkpoint is taken below
+			if err := sv.save(ctx, step); err != nil {
+				return err
+			}
+			savedAt, r.lastCkpt = step, time.Now()
 		}
 		times.steps++
 		times.data += waited
@@ -551,6 +578,16 @@ func (r *runState) train(ctx context.Context) error {
 	if step < r.total {
 		return fmt.Errorf("the data stopped at step %d of %d", step, r.total)
 	}
+	// A completed run always ends with a committed checkpoint of its last
+	// step.
+	if savedAt != step {
+		if err := sv.save(ctx, step); err != nil {
+			return err
+		}
+	}
+	if err := sv.wait(ctx); err != nil {
+		return fmt.Errorf("final checkpoint: %w", err)
+	}
 	if r.rank != 0 {
 		// Stay in the ring until the coordinator ends the run (rank 0
 		// reports it): a rank that closed its sockets now could cut the
@@ -558,28 +595,49 @@ func (r *runState) train(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	if err := r.waitCommitted(ctx, step, 5*time.Minute); err != nil {
+		return fmt.Errorf("final checkpoint: %w", err)
+	}
 	return r.finish(ctx, step)
 }
 
 // report sums the loss over the ranks (every rank calls it at the same
 // steps) and rank 0 sends the progress to the coordinator and the log.
-func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int64, lossSum float64, times *stepTimes, since time.Time, bad int) error {
+func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int64, lossSum float64, times *stepTimes, since time.Time, bad int) (checkpointNow bool, err error) {
 	n := max(times.steps, 1)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
-	// One all-reduce carries the loss and every rank's mean compute time
-	// (each rank fills its own slot), so rank 0 can tell waiting for a
-	// slower rank (idle) from moving bytes (all-reduce).
-	buf := make([]float32, 1+r.world)
-	buf[0], buf[1+r.rank] = float32(lossSum), float32(ms(times.compute))
-	if err := reduce(ctx, buf); err != nil {
-		return fmt.Errorf("step %d: sum the loss: %w", step, err)
+	// One all-reduce carries the loss, rank 0's checkpoint decision (a
+	// timed checkpoint or a `run checkpoint` request: only rank 0 decides,
+	// so every rank saves at the same step) and every rank's mean compute
+	// time (each rank fills its own slot), so rank 0 can tell waiting for
+	// a slower rank (idle) from moving bytes (all-reduce).
+	buf := make([]float32, 2+r.world)
+	buf[0], buf[2+r.rank] = float32(lossSum), float32(ms(times.compute))
+	if r.rank == 0 {
+		latest := r.j.Desired
+		if r.j.Latest != nil {
+			latest = r.j.Latest()
+		}
+		mins := r.spec.Checkpoint.EveryMinutes
+		requested := latest.Run == r.j.Desired.Run && latest.Generation == r.j.Desired.Generation && latest.CheckpointRequests > r.seenRequests
+		if requested || (mins > 0 && time.Since(r.lastCkpt) >= time.Duration(mins*float64(time.Minute))) {
+			buf[1] = 1
+			if requested {
+				r.seenRequests = latest.CheckpointRequests
+				r.log.Info("checkpoint requested", "step", step)
+			}
+		}
 	}
+	if err := reduce(ctx, buf); err != nil {
+		return false, fmt.Errorf("step %d: sum the loss: %w", step, err)
+	}
+	checkpointNow = buf[1] > 0
 	if r.rank != 0 {
-		return nil
+		return checkpointNow, nil
 	}
 	loss := float64(buf[0]) / float64(r.batch)
 	slowest := 0.0
-	for _, c := range buf[1:] {
+	for _, c := range buf[2:] {
 		slowest = max(slowest, float64(c))
 	}
 	own := ms(times.compute)
@@ -590,6 +648,9 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 		rate = float64(times.steps*r.batch) / el
 	}
 	metrics := map[string]float64{"bad_samples": float64(bad)}
+	if sv := r.saver; sv != nil && sv.taken > 0 {
+		metrics["checkpoints"], metrics["ckpt_stall_ms"] = float64(sv.taken), sv.stallMs
+	}
 	if m, err := r.model.Metrics(); err == nil {
 		for k, v := range m {
 			if len(metrics) < 48 {
@@ -603,16 +664,17 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 	req := &wire.ProgressRequest{
 		Instance: r.j.Instance, Run: r.j.Desired.Run, Generation: r.j.Desired.Generation, Rank: r.rank,
 		Step: step, TotalSteps: r.total, Loss: loss, SamplesPerS: rate, Timing: timing, Metrics: metrics,
+		RestoreNote: r.restoreNote,
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := r.j.Client.Call(cctx, wire.SubjectProgress, req, nil); err != nil {
 		if wire.HasCode(err, wire.CodeStale) {
-			return fmt.Errorf("%w: %v", ErrStaleGeneration, err)
+			return checkpointNow, fmt.Errorf("%w: %v", ErrStaleGeneration, err)
 		}
 		r.log.Warn("progress report not delivered", "err", err) // the next one carries the news
 	}
-	return nil
+	return checkpointNow, nil
 }
 
 // finish saves the final model state (rank 0), measures the checks on the

@@ -28,6 +28,7 @@ func newApp() *cli.App {
 			shardsCommand(),
 			runCommand(),
 			evalCommand(),
+			ckptCommand(),
 		},
 	}
 }

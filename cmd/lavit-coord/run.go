@@ -76,6 +76,40 @@ func runCommand() *cli.Command {
 				},
 			},
 			{
+				Name:      "checkpoint",
+				Usage:     "ask a running run for a checkpoint now (taken at its next progress report)",
+				ArgsUsage: "ID",
+				Flags:     clientFlags(false),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "run id")
+					if err != nil {
+						return err
+					}
+					if err := callCluster(c, wire.SubjectRunCkpt, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
+						return err
+					}
+					fmt.Printf("checkpoint requested for run %s; see lavit-coord ckpt ls %s\n", id, id)
+					return nil
+				},
+			},
+			{
+				Name:      "resume",
+				Usage:     "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size",
+				ArgsUsage: "ID",
+				Flags:     clientFlags(false),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "run id")
+					if err != nil {
+						return err
+					}
+					if err := callCluster(c, wire.SubjectRunResume, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
+						return err
+					}
+					fmt.Printf("run %s will resume when enough workers are idle; follow it with: lavit-coord run show %s\n", id, id)
+					return nil
+				},
+			},
+			{
 				Name:      "cancel",
 				Usage:     "cancel a run; its workers stop and go idle",
 				ArgsUsage: "ID",
@@ -239,6 +273,15 @@ func printRun(w io.Writer, r wire.RunInfo) {
 			}
 			fmt.Fprintf(w, "  %s  %-62s %s\n", verdict, ch.Name, ch.Value)
 		}
+	}
+	if r.StartStep > 0 {
+		fmt.Fprintf(w, "resumed from step %d\n", r.StartStep)
+	}
+	if r.RestoreNote != "" {
+		fmt.Fprintf(w, "restore: %s\n", r.RestoreNote)
+	}
+	if n := len(r.Checkpoints); n > 0 {
+		fmt.Fprintf(w, "checkpoints: %d committed, newest at step %d (%s)\n", n, r.Checkpoints[n-1].Step, r.Checkpoints[n-1].URL)
 	}
 	if r.Final != nil {
 		fmt.Fprintf(w, "final model state: %s (step %d, %d bytes, sha256 %s)\n", r.Final.URL, r.Final.Step, r.Final.Bytes, short(r.Final.SHA256))

@@ -95,6 +95,12 @@ step "training stage 2 (the unified LM over image and text tokens), data-paralle
 follow "$run2"
 "$coord" run show "$run2"
 
+step "lavit-coord ckpt ls  (committed checkpoints: every 200/400 steps and the last step; the manifest is written last and committed through raft)"
+"$coord" ckpt ls "$run1"
+"$coord" ckpt ls "$run2"
+"$coord" ckpt verify "$run2" 800
+"$coord" ckpt export "$run2" 800 --out "$out/lm.safetensors"
+
 step "MODEL.md's \"it learned\" checks (measured by rank 0 on the eval split)"
 "$coord" eval "$run1" "$run2" | tee "$out/it-learned.txt"
 
@@ -110,5 +116,7 @@ echo "outputs in $out:"
 echo "  data/train, data/eval      the synthetic shards and their manifests"
 echo "  checkpoints/$run1/final   the tokenizer (config.json, state.lvst)"
 echo "  checkpoints/$run2/final   the LM"
+echo "  checkpoints/RUN/step-N      committed checkpoints (parts + manifest.json)"
+echo "  lm.safetensors             the LM's weights, exported from its last checkpoint"
 echo "  it-learned.txt             the checks above"
 echo "  coord.log, w1.log, w2.log  logs; coord/ holds the raft data"

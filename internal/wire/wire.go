@@ -31,11 +31,15 @@ const (
 	SubjectRendezvous = "lavit.v1.ctl.rendezvous"
 	SubjectProgress   = "lavit.v1.ctl.progress"
 	SubjectRunFinish  = "lavit.v1.ctl.run.finish"
+	SubjectCkptPart   = "lavit.v1.ctl.ckpt.part"
 
 	SubjectRunSubmit = "lavit.v1.admin.run.submit"
 	SubjectRunList   = "lavit.v1.admin.run.list"
 	SubjectRunShow   = "lavit.v1.admin.run.show"
 	SubjectRunCancel = "lavit.v1.admin.run.cancel"
+	SubjectRunResume = "lavit.v1.admin.run.resume"
+	SubjectRunCkpt   = "lavit.v1.admin.run.checkpoint"
+	SubjectCkptList  = "lavit.v1.admin.ckpt.list"
 
 	SubjectWorkers      = "lavit.v1.admin.workers"
 	SubjectRaftPeers    = "lavit.v1.admin.raft.peers"
@@ -141,7 +145,12 @@ type DesiredState struct {
 	Rank       int    `json:"rank,omitempty"`
 	World      int    `json:"world,omitempty"`
 	Backend    string `json:"backend,omitempty"` // ring or nccl
-	StartStep  int64  `json:"start_step,omitempty"`
+	// StartStep is the step to resume from: the members restore the run's
+	// newest committed checkpoint at or before it (0: start fresh).
+	StartStep int64 `json:"start_step,omitempty"`
+	// CheckpointRequests counts `run checkpoint` requests; rank 0 takes a
+	// checkpoint whenever it grows.
+	CheckpointRequests uint64 `json:"checkpoint_requests,omitempty"`
 }
 
 // RegisterReply confirms a registration.
@@ -267,6 +276,9 @@ type RunInfo struct {
 	Updated     time.Time          `json:"updated"`
 	Final       *Artifact          `json:"final,omitempty"`
 	Eval        []Check            `json:"eval,omitempty"`
+	StartStep   int64              `json:"start_step,omitempty"` // the step this generation resumed from
+	RestoreNote string             `json:"restore_note,omitempty"`
+	Checkpoints []CheckpointInfo   `json:"checkpoints,omitempty"`
 	WaitingFor  string             `json:"waiting_for,omitempty"` // why a PENDING run has not started
 	Spec        json.RawMessage    `json:"spec,omitempty"`        // run show only
 }
@@ -310,6 +322,73 @@ type ProgressRequest struct {
 	SamplesPerS float64            `json:"samples_per_s"`
 	Timing      StepTiming         `json:"timing"`
 	Metrics     map[string]float64 `json:"metrics,omitempty"`
+	// RestoreNote says what the restore did when it was not plain (a
+	// checkpoint skipped as corrupt or missing, and why).
+	RestoreNote string `json:"restore_note,omitempty"`
+}
+
+// RunRequest names a run (run checkpoint, run resume, ckpt ls).
+type RunRequest struct {
+	Auth
+	ID string `json:"id"`
+}
+
+// CheckpointInfo is one committed checkpoint.
+type CheckpointInfo struct {
+	Step        int64     `json:"step"`
+	Committed   bool      `json:"committed"`
+	World       int       `json:"world"`
+	Generation  uint64    `json:"generation"`
+	URL         string    `json:"url"`
+	StateBytes  int64     `json:"state_bytes"`
+	StateSHA256 string    `json:"state_sha256"`
+	Time        time.Time `json:"time"`
+}
+
+// CheckpointListReply lists a run's committed checkpoints, oldest first.
+type CheckpointListReply struct {
+	Checkpoints []CheckpointInfo `json:"checkpoints"`
+}
+
+// CheckpointPart is one rank's durable slice of a checkpoint's state.
+type CheckpointPart struct {
+	Name   string `json:"name"`
+	Offset int64  `json:"offset"`
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// CheckpointMeta is what rank 0 adds about the whole checkpoint.
+type CheckpointMeta struct {
+	StateBytes  int64       `json:"state_bytes"`
+	StateSHA256 string      `json:"state_sha256"`
+	ConfigHash  string      `json:"config_hash"`
+	SpecHash    string      `json:"spec_hash"`
+	CodeVersion string      `json:"code_version"`
+	Params      []ParamInfo `json:"params"`
+}
+
+// ParamInfo is one weight's name, shape and place in the flat params.
+type ParamInfo struct {
+	Name   string  `json:"name"`
+	Shape  []int64 `json:"shape"`
+	Offset int64   `json:"offset"`
+	Numel  int64   `json:"numel"`
+}
+
+// CheckpointPartRequest reports that a rank's part is durable. When every
+// rank's part of (run, step) has arrived, the leader writes the manifest
+// and commits the checkpoint.
+type CheckpointPartRequest struct {
+	Auth
+	Instance   string          `json:"instance"`
+	Run        string          `json:"run"`
+	Generation uint64          `json:"generation"`
+	Rank       int             `json:"rank"`
+	World      int             `json:"world"`
+	Step       int64           `json:"step"`
+	Part       CheckpointPart  `json:"part"`
+	Meta       *CheckpointMeta `json:"meta,omitempty"` // rank 0 only
 }
 
 // RunFinishRequest ends a run: rank 0 reports COMPLETED with the final

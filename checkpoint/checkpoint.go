@@ -1,0 +1,251 @@
+// Package checkpoint stores a run's training state as W parts (one per
+// rank, uploaded in parallel and in the background) plus a manifest written
+// last, create-only, by the coordinator leader, which then commits it
+// through raft. Only a committed checkpoint exists for anyone; restore
+// fetches every part, verifies each checksum and the whole, and works at
+// any world size. Pure Go: lavit-coord lists, verifies and exports with it.
+package checkpoint
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/lavit-org/lavit/shards"
+)
+
+// Errors a restore can return: the checkpoint is unusable and the caller
+// falls back to an older one.
+var (
+	ErrMissing = errors.New("checkpoint part missing")
+	ErrCorrupt = errors.New("checkpoint corrupt")
+	ErrExists  = errors.New("checkpoint manifest already exists")
+)
+
+// ManifestName is the manifest's object name inside a checkpoint directory.
+const ManifestName = "manifest.json"
+
+// Manifest describes one checkpoint. The data cursor is Step: the global
+// step training continues from (the sample stream is a function of it).
+type Manifest struct {
+	Format      int         `json:"format"`
+	Run         string      `json:"run"`
+	Generation  uint64      `json:"generation"`
+	Step        int64       `json:"step"`
+	World       int         `json:"world"`
+	StateBytes  int64       `json:"state_bytes"`
+	StateSHA256 string      `json:"state_sha256"`
+	Parts       []Part      `json:"parts"`
+	ConfigHash  string      `json:"config_hash"`  // sha256 of the model config JSON
+	SpecHash    string      `json:"spec_hash"`    // sha256 of the run spec JSON
+	CodeVersion string      `json:"code_version"` // the worker build that wrote it
+	Params      []ParamInfo `json:"params"`       // where each weight sits in the state's "params" tensor
+	Created     time.Time   `json:"created"`
+}
+
+// formatVersion is the manifest format this build writes and reads.
+const formatVersion = 1
+
+// Part is one rank's slice [Offset, Offset+Bytes) of the state blob.
+type Part struct {
+	Name   string `json:"name"`
+	Offset int64  `json:"offset"`
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// ParamInfo is one weight: its name, shape and place in the flat params.
+type ParamInfo struct {
+	Name   string  `json:"name"`
+	Shape  []int64 `json:"shape"`
+	Offset int64   `json:"offset"`
+	Numel  int64   `json:"numel"`
+}
+
+// Dir is the URL of a run's checkpoint at step under base (the run's
+// checkpoint.url).
+func Dir(base, run string, step int64) string {
+	return fmt.Sprintf("%s/%s/step-%08d", strings.TrimSuffix(base, "/"), run, step)
+}
+
+// PartName names rank's part of a world-size checkpoint.
+func PartName(rank, world int) string { return fmt.Sprintf("part-%04d-of-%04d", rank, world) }
+
+// Slice is rank's share [lo, hi) of n bytes over world ranks.
+func Slice(n int64, world, rank int) (lo, hi int64) {
+	return n * int64(rank) / int64(world), n * int64(rank+1) / int64(world)
+}
+
+// SHA256 is the hex sha256 of b.
+func SHA256(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// WritePart uploads rank's slice of state into dir and returns its entry.
+func WritePart(ctx context.Context, dir string, state []byte, rank, world int) (Part, error) {
+	lo, hi := Slice(int64(len(state)), world, rank)
+	data := state[lo:hi]
+	p := Part{Name: PartName(rank, world), Offset: lo, Bytes: hi - lo, SHA256: SHA256(data)}
+	dst, err := shards.OpenForWrite(ctx, dir)
+	if err != nil {
+		return p, err
+	}
+	if err := dst.Put(ctx, p.Name, bytes.NewReader(data), int64(len(data))); err != nil {
+		return p, fmt.Errorf("checkpoint part %s/%s: %w", dir, p.Name, err)
+	}
+	return p, nil
+}
+
+// WriteManifest writes m into dir, refusing to replace an existing one
+// (ErrExists): a manifest is written once, after every part is durable.
+func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	dst, err := shards.OpenForWrite(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if _, err := dst.Stat(ctx, ManifestName); err == nil {
+		return fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrExists)
+	} else if !errors.Is(err, shards.ErrNotFound) {
+		return fmt.Errorf("%s/%s: %w", dir, ManifestName, err)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return dst.Put(ctx, ManifestName, bytes.NewReader(b), int64(len(b)))
+}
+
+// Validate checks that the parts tile the state exactly.
+func (m *Manifest) Validate() error {
+	if m.Format != formatVersion {
+		return fmt.Errorf("checkpoint manifest format %d, this build reads %d", m.Format, formatVersion)
+	}
+	if m.World < 1 || len(m.Parts) != m.World {
+		return fmt.Errorf("checkpoint manifest: %d parts for world %d", len(m.Parts), m.World)
+	}
+	var next int64
+	for i, p := range m.Parts {
+		if p.Offset != next || p.Bytes < 0 || p.Name != PartName(i, m.World) || len(p.SHA256) != 64 {
+			return fmt.Errorf("checkpoint manifest: part %d (%s at %d, %d bytes) does not follow part %d", i, p.Name, p.Offset, p.Bytes, i-1)
+		}
+		next += p.Bytes
+	}
+	if next != m.StateBytes {
+		return fmt.Errorf("checkpoint manifest: parts hold %d bytes, the state %d", next, m.StateBytes)
+	}
+	return nil
+}
+
+// ReadManifest reads and validates the manifest in dir.
+func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
+	src, err := shards.Open(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readAll(ctx, src, ManifestName)
+	if err != nil {
+		if errors.Is(err, shards.ErrNotFound) {
+			return nil, fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrMissing)
+		}
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s/%s: %w: %v", dir, ManifestName, ErrCorrupt, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", dir, ErrCorrupt, err)
+	}
+	return &m, nil
+}
+
+// Fetch downloads every part of the checkpoint in dir, verifies each
+// part's sha256 and the whole state's, and returns the state. A missing
+// part is ErrMissing, a wrong one ErrCorrupt; both name the part.
+func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
+	src, err := shards.Open(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	state := make([]byte, 0, m.StateBytes)
+	for _, p := range m.Parts {
+		b, err := readAll(ctx, src, p.Name)
+		switch {
+		case errors.Is(err, shards.ErrNotFound):
+			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, ErrMissing)
+		case err != nil:
+			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, err)
+		case int64(len(b)) != p.Bytes:
+			return nil, fmt.Errorf("%s/%s: %w: %d bytes, the manifest says %d", dir, p.Name, ErrCorrupt, len(b), p.Bytes)
+		case SHA256(b) != p.SHA256:
+			return nil, fmt.Errorf("%s/%s: %w: sha256 %.12s, the manifest says %.12s", dir, p.Name, ErrCorrupt, SHA256(b), p.SHA256)
+		}
+		state = append(state, b...)
+	}
+	if SHA256(state) != m.StateSHA256 {
+		return nil, fmt.Errorf("%s: %w: the assembled state's sha256 differs from the manifest's", dir, ErrCorrupt)
+	}
+	return state, nil
+}
+
+// Delete removes a checkpoint's objects (best effort: retention deletes
+// after raft forgot the checkpoint, so leftovers are garbage, never used).
+func Delete(ctx context.Context, dir string) error {
+	src, err := shards.Open(ctx, dir)
+	if err != nil {
+		return err
+	}
+	objs, err := src.List(ctx)
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, o := range objs {
+		if err := src.Delete(ctx, o.Name); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func readAll(ctx context.Context, src shards.Source, name string) ([]byte, error) {
+	rc, err := src.Open(ctx, name, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// ExportSafetensors writes the model weights of a state (its "params"
+// tensor cut by the manifest's parameter table) as safetensors: the names
+// and shapes the model defines.
+func ExportSafetensors(w io.Writer, state []byte, abi uint32, params []ParamInfo) error {
+	st, err := ParseState(state, abi)
+	if err != nil {
+		return err
+	}
+	flat := st.Values["params"]
+	if flat == nil {
+		return errors.New("export: the state has no params tensor")
+	}
+	var ts []Tensor
+	for _, p := range params {
+		if p.Offset < 0 || p.Offset+p.Numel > int64(len(flat)) {
+			return fmt.Errorf("export: parameter %s [%d, %d) lies outside the %d params", p.Name, p.Offset, p.Offset+p.Numel, len(flat))
+		}
+		ts = append(ts, F32Tensor(p.Name, p.Shape, flat[p.Offset:p.Offset+p.Numel]))
+	}
+	return WriteSafetensors(w, ts, map[string]string{"format": "pt", "producer": "lavit"})
+}
