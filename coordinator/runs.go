@@ -433,6 +433,7 @@ func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
 		}
 		loss := p.Loss
 		info.Loss, info.SamplesPerS, info.Metrics, info.RestoreNote = &loss, p.SamplesPerS, p.Metrics, p.RestoreNote
+		info.RestoredFrom = p.RestoredFrom
 		t := p.Timing
 		info.Timing = &t
 	}

@@ -2,9 +2,11 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
+	"github.com/lavit-org/lavit/collective"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -46,6 +48,10 @@ func (j *Job) ReportFailure(step int64, reason string) {
 		j.Log.Warn("could not report the failure to the coordinator", "err", err)
 	}
 }
+
+// peerLostGrace is how long a member whose ring broke waits for the
+// coordinator to move on before it reports the run failed.
+const peerLostGrace = 30 * time.Second
 
 // runningJob is the agent's handle on the job it runs.
 type runningJob struct {
@@ -95,6 +101,19 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 			return
 		}
 		err := a.cfg.Executor.Execute(jobCtx, job)
+		if err != nil && jobCtx.Err() == nil && (errors.Is(err, collective.ErrPeerLost) || errors.Is(err, ErrStaleGeneration)) {
+			// A peer died or the generation moved on: the coordinator
+			// notices (the peer's heartbeats stop) and pauses the run or
+			// starts a new generation. Wait for that rather than failing
+			// the run; report only if it does not come.
+			job.Log.Warn("the ring broke; waiting for the coordinator to start a new generation", "err", err)
+			select {
+			case <-jobCtx.Done():
+				job.Log.Info("job stopped")
+				return
+			case <-time.After(peerLostGrace):
+			}
+		}
 		switch {
 		case jobCtx.Err() != nil:
 			job.Log.Info("job stopped", "err", err)

@@ -115,6 +115,7 @@ type runState struct {
 	lastCkpt     time.Time
 	seenRequests uint64
 	restoreNote  string
+	restoredFrom int64
 }
 
 func (r *runState) close() {
@@ -489,7 +490,7 @@ func (r *runState) train(ctx context.Context) error {
 	if err := r.agreeOnStep(ctx, start); err != nil {
 		return err
 	}
-	r.restoreNote = note
+	r.restoreNote, r.restoredFrom = note, start
 	r.seenRequests = r.j.Desired.CheckpointRequests
 	sv := &saver{r: r}
 	r.saver = sv
@@ -664,7 +665,7 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 	req := &wire.ProgressRequest{
 		Instance: r.j.Instance, Run: r.j.Desired.Run, Generation: r.j.Desired.Generation, Rank: r.rank,
 		Step: step, TotalSteps: r.total, Loss: loss, SamplesPerS: rate, Timing: timing, Metrics: metrics,
-		RestoreNote: r.restoreNote,
+		RestoreNote: r.restoreNote, RestoredFrom: r.restoredFrom,
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

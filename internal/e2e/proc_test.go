@@ -79,9 +79,24 @@ func run(t testing.TB, bin string, env []string, args ...string) (string, string
 type coordNode struct {
 	*proc
 	id, dataDir, raft, http, nats, natsCluster string
+	bin                                        string
+	env, args                                  []string
 }
 
 func startCoord(t testing.TB, bin, id string, extra ...string) *coordNode {
+	t.Helper()
+	return startCoordEnv(t, bin, id, nil, extra...)
+}
+
+// restart starts the node again with the same data dir, ports and flags
+// (after it was killed).
+func (n *coordNode) restart(t testing.TB) {
+	t.Helper()
+	n.proc = startProc(t, "coord "+n.id+" (restarted)", filepath.Join(n.bin, "lavit-coord"), n.env, n.args...)
+}
+
+// startCoordEnv is startCoord with extra environment (S3 credentials).
+func startCoordEnv(t testing.TB, bin, id string, env []string, extra ...string) *coordNode {
 	t.Helper()
 	n := &coordNode{
 		id:          id,
@@ -93,7 +108,8 @@ func startCoord(t testing.TB, bin, id string, extra ...string) *coordNode {
 	}
 	args := append([]string{"up", "--id", id, "--data-dir", n.dataDir, "--raft-addr", n.raft,
 		"--http-addr", n.http, "--nats-addr", n.nats, "--nats-cluster-addr", n.natsCluster}, extra...)
-	n.proc = startProc(t, "coord "+id, filepath.Join(bin, "lavit-coord"), nil, args...)
+	n.bin, n.env, n.args = bin, env, args
+	n.proc = startProc(t, "coord "+id, filepath.Join(bin, "lavit-coord"), env, args...)
 	return n
 }
 

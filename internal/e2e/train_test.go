@@ -21,6 +21,7 @@ import (
 // CLI needs to reach them.
 type trainFleet struct {
 	t        *testing.T
+	coords   []*coordNode
 	bin      string
 	coordBin string
 	env      []string
@@ -34,7 +35,7 @@ func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
 	t.Helper()
 	bin := testutil.Binaries(t)
 	f := &trainFleet{t: t, bin: bin, coordBin: filepath.Join(bin, "lavit-coord"), dir: t.TempDir()}
-	c1 := startCoord(t, bin, "c1")
+	c1 := startCoordEnv(t, bin, "c1", extraEnv)
 	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
 	token, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
 	if err != nil {
@@ -43,7 +44,7 @@ func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
 	f.env = append([]string{"LAVIT_TOKEN=" + strings.TrimSpace(string(token))}, extraEnv...)
 	coords := []*coordNode{c1}
 	for i := 2; i <= n; i++ {
-		coords = append(coords, startCoord(t, bin, "c"+string(rune('0'+i)), "--join", c1.http, "--token", strings.TrimSpace(string(token))))
+		coords = append(coords, startCoordEnv(t, bin, "c"+string(rune('0'+i)), extraEnv, "--join", c1.http, "--token", strings.TrimSpace(string(token))))
 	}
 	var urls []string
 	for _, c := range coords {
@@ -51,6 +52,7 @@ func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
 		urls = append(urls, "nats://"+c.nats)
 	}
 	f.urls = strings.Join(urls, ",")
+	f.coords = coords
 	f.env = append(f.env, "LAVIT_COORD="+f.urls)
 	return f
 }

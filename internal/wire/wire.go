@@ -259,28 +259,29 @@ type RunCancelRequest struct {
 // leader's latest progress report (in memory: blank for a moment after a
 // leader change).
 type RunInfo struct {
-	ID          string             `json:"id"`
-	Name        string             `json:"name,omitempty"`
-	Stage       int                `json:"stage"`
-	State       string             `json:"state"`
-	Reason      string             `json:"reason,omitempty"`
-	Generation  uint64             `json:"generation"`
-	Members     []RunMember        `json:"members"`
-	Step        int64              `json:"step"`
-	TotalSteps  int64              `json:"total_steps"`
-	SamplesPerS float64            `json:"samples_per_s"`
-	Loss        *float64           `json:"loss"`
-	Metrics     map[string]float64 `json:"metrics,omitempty"`
-	Timing      *StepTiming        `json:"timing,omitempty"`
-	Created     time.Time          `json:"created"`
-	Updated     time.Time          `json:"updated"`
-	Final       *Artifact          `json:"final,omitempty"`
-	Eval        []Check            `json:"eval,omitempty"`
-	StartStep   int64              `json:"start_step,omitempty"` // the step this generation resumed from
-	RestoreNote string             `json:"restore_note,omitempty"`
-	Checkpoints []CheckpointInfo   `json:"checkpoints,omitempty"`
-	WaitingFor  string             `json:"waiting_for,omitempty"` // why a PENDING run has not started
-	Spec        json.RawMessage    `json:"spec,omitempty"`        // run show only
+	ID           string             `json:"id"`
+	Name         string             `json:"name,omitempty"`
+	Stage        int                `json:"stage"`
+	State        string             `json:"state"`
+	Reason       string             `json:"reason,omitempty"`
+	Generation   uint64             `json:"generation"`
+	Members      []RunMember        `json:"members"`
+	Step         int64              `json:"step"`
+	TotalSteps   int64              `json:"total_steps"`
+	SamplesPerS  float64            `json:"samples_per_s"`
+	Loss         *float64           `json:"loss"`
+	Metrics      map[string]float64 `json:"metrics,omitempty"`
+	Timing       *StepTiming        `json:"timing,omitempty"`
+	Created      time.Time          `json:"created"`
+	Updated      time.Time          `json:"updated"`
+	Final        *Artifact          `json:"final,omitempty"`
+	Eval         []Check            `json:"eval,omitempty"`
+	StartStep    int64              `json:"start_step,omitempty"`    // the checkpoint step this generation was asked to resume from
+	RestoredFrom int64              `json:"restored_from,omitempty"` // the step the workers restored (rank 0's report)
+	RestoreNote  string             `json:"restore_note,omitempty"`
+	Checkpoints  []CheckpointInfo   `json:"checkpoints,omitempty"`
+	WaitingFor   string             `json:"waiting_for,omitempty"` // why a PENDING run has not started
+	Spec         json.RawMessage    `json:"spec,omitempty"`        // run show only
 }
 
 // RunMember is one worker of a run's current generation.
@@ -322,9 +323,11 @@ type ProgressRequest struct {
 	SamplesPerS float64            `json:"samples_per_s"`
 	Timing      StepTiming         `json:"timing"`
 	Metrics     map[string]float64 `json:"metrics,omitempty"`
-	// RestoreNote says what the restore did when it was not plain (a
-	// checkpoint skipped as corrupt or missing, and why).
-	RestoreNote string `json:"restore_note,omitempty"`
+	// RestoredFrom is the checkpoint step this generation restored (0:
+	// none); RestoreNote says what the restore did when it was not plain
+	// (a checkpoint skipped as corrupt or missing, and why).
+	RestoredFrom int64  `json:"restored_from,omitempty"`
+	RestoreNote  string `json:"restore_note,omitempty"`
 }
 
 // RunRequest names a run (run checkpoint, run resume, ckpt ls).

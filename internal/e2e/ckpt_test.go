@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/checkpoint"
+	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// ckptSpec is a short tiny stage-1 run that checkpoints every 20 steps:
+// VQ switches on at step 60, so checkpoints on both sides of it exist.
+func ckptSpec(data, ckpt string, extra ...string) []string {
+	return append([]string{"data.url=" + data, "data.eval_url=", "checkpoint.url=" + ckpt,
+		"steps=120", "stage1.phase_a_steps=60", "stage1.kmeans_batches=2", "global_batch=8",
+		"checkpoint.every_steps=20", "checkpoint.keep=10", "metrics.every_steps=10", "min_workers=2", "max_workers=2"}, extra...)
+}
+
+// waitCkpt waits until the run has a committed checkpoint at step ≥ min.
+func (f *trainFleet) waitCkpt(id string, min int64, timeout time.Duration) []wire.CheckpointInfo {
+	f.t.Helper()
+	var list []wire.CheckpointInfo
+	testutil.WaitFor(f.t, timeout, "a checkpoint of "+id+" at step ≥ "+itoa(min), func() bool {
+		var err error
+		list, err = jsonOut[[]wire.CheckpointInfo](f.t, f.coordBin, f.env, "ckpt", "ls", id, "--json")
+		return err == nil && len(list) > 0 && list[len(list)-1].Step >= min
+	})
+	return list
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// finalState reads a completed run's final model state (file:// or the
+// S3 server through the fleet's store).
+func finalState(t *testing.T, info wire.RunInfo) []byte {
+	t.Helper()
+	if info.Final == nil {
+		t.Fatalf("run %s has no final state", info.ID)
+	}
+	m, err := checkpoint.ReadManifest(t.Context(), info.Checkpoints[len(info.Checkpoints)-1].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := checkpoint.Fetch(t.Context(), info.Checkpoints[len(info.Checkpoints)-1].URL, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// paramsOf returns a state's flat parameters.
+func paramsOf(t *testing.T, state []byte) []float32 {
+	t.Helper()
+	st, err := checkpoint.ParseState(state, checkpoint.StateABI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Values["params"]
+}
+
+// TestResumeAfterFullStop kills every process (the coordinator and both
+// workers, SIGKILL) in the middle of a run, starts them again and lets the
+// run resume by itself from its newest committed checkpoint on the S3
+// server: the final state is bitwise the uninterrupted run's. A second run
+// is killed the same way and resumed on three workers instead of two: its
+// parameters match within 1e-5.
+func TestResumeAfterFullStop(t *testing.T) {
+	srv := testutil.StartS3(t)
+	srv.MakeBucket(t, "lavit")
+	s3env := []string{"AWS_ENDPOINT_URL=" + srv.Endpoint, "AWS_ACCESS_KEY_ID=" + srv.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + srv.SecretKey, "AWS_REGION=" + srv.Region}
+	for _, kv := range s3env { // this process reads the checkpoints too
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	f := startTrainFleet(t, 1, s3env)
+	data := "file://" + filepath.Join(f.dir, "data")
+	if _, stderr, code := f.cli("shards", "synth", "--out", data, "--samples", "2000", "--per-shard", "250"); code != 0 {
+		t.Fatal(stderr)
+	}
+	ckpt := "s3://lavit/checkpoints"
+	w1, w2 := f.addWorker("w1"), f.addWorker("w2")
+
+	// The reference: the same run, uninterrupted.
+	ref := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
+	refInfo := f.waitState(ref, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if refInfo.State != wire.RunCompleted {
+		t.Fatalf("reference run: %s: %s", refInfo.State, refInfo.Reason)
+	}
+	want := finalState(t, refInfo)
+
+	killAll := func(workers ...*proc) {
+		for _, w := range workers {
+			w.signalAndWait(t, syscall.SIGKILL, 10*time.Second)
+		}
+		f.coords[0].signalAndWait(t, syscall.SIGKILL, 10*time.Second)
+	}
+	restart := func(ids ...string) []*proc {
+		f.coords[0].restart(t)
+		testutil.WaitFor(t, 20*time.Second, "coordinator back", f.coords[0].ready)
+		var ws []*proc
+		for _, id := range ids {
+			ws = append(ws, f.addWorker(id))
+		}
+		return ws
+	}
+
+	// Same world size: bitwise.
+	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
+	f.waitCkpt(run, 80, 2*time.Minute) // past the VQ switch at step 60
+	killAll(w1, w2)
+	ws := restart("w1", "w2")
+	info := f.waitState(run, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if info.State != wire.RunCompleted {
+		t.Fatalf("resumed run: %s: %s", info.State, info.Reason)
+	}
+	if info.Generation < 2 || info.StartStep < 80 || info.RestoredFrom != info.StartStep {
+		t.Errorf("resumed run: generation %d, asked to start from step %d, restored step %d; want a new generation restoring a step ≥ 80", info.Generation, info.StartStep, info.RestoredFrom)
+	}
+	got := finalState(t, info)
+	if string(got) != string(want) {
+		t.Errorf("resumed at the same world size: the final state differs from the uninterrupted run's (%d vs %d bytes)", len(got), len(want))
+	}
+
+	// Another world size: 2 → 3 workers.
+	run3 := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt, "max_workers=3")...)
+	f.waitCkpt(run3, 60, 2*time.Minute)
+	killAll(ws...)
+	restart("w1", "w2", "w3")
+	info3 := f.waitState(run3, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if info3.State != wire.RunCompleted || len(info3.Members) != 3 || info3.RestoredFrom < 60 {
+		t.Fatalf("run resumed on 3 workers: %s with %d members, restored step %d: %s", info3.State, len(info3.Members), info3.RestoredFrom, info3.Reason)
+	}
+	a, b := paramsOf(t, finalState(t, info3)), paramsOf(t, want)
+	var diff, norm float64
+	for i := range b {
+		d := float64(a[i]) - float64(b[i])
+		diff += d * d
+		norm += float64(b[i]) * float64(b[i])
+	}
+	rel := math.Sqrt(diff / norm)
+	t.Logf("resumed on 3 workers: relative difference %.3g from the uninterrupted 2-worker run", rel)
+	if rel > 1e-5 {
+		t.Errorf("resumed on 3 workers: parameters differ by %.3g relative (> 1e-5)", rel)
+	}
+}
+
+// TestCheckpointCrashPoints: a worker dies after writing its part but
+// before reporting it; a part is corrupted after its checkpoint was
+// committed. Neither a half-written nor a corrupt checkpoint is ever
+// listed or loaded: the run resumes from the previous one, says so, and
+// still ends bitwise where an uninterrupted run ends.
+func TestCheckpointCrashPoints(t *testing.T) {
+	f := startTrainFleet(t, 1, nil)
+	data := "file://" + filepath.Join(f.dir, "data")
+	if _, stderr, code := f.cli("shards", "synth", "--out", data, "--samples", "2000", "--per-shard", "250"); code != 0 {
+		t.Fatal(stderr)
+	}
+	ckptDir := filepath.Join(f.dir, "ckpt")
+	ckpt := "file://" + ckptDir
+	w1 := f.addWorker("w1")
+	f.addWorker("w2")
+	ref := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
+	refInfo := f.waitState(ref, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if refInfo.State != wire.RunCompleted {
+		t.Fatalf("reference run: %s: %s", refInfo.State, refInfo.Reason)
+	}
+	want := finalState(t, refInfo)
+
+	// 1. w3 writes its part of step 40 and dies before reporting it.
+	w1.signalAndWait(t, syscall.SIGTERM, 30*time.Second)
+	w3 := f.addWorker("w3", "LAVIT_TEST_CRASH_AFTER_PART=40")
+	testutil.WaitFor(t, 20*time.Second, "w1 gone, w3 in", func() bool {
+		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
+		return err == nil && len(rows) == 2
+	})
+	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
+	paused := f.waitState(run, 2*time.Minute, wire.RunPaused, wire.RunFailed, wire.RunCompleted)
+	w3.signalAndWait(t, syscall.SIGKILL, 10*time.Second) // it exited already; reap it
+	if paused.State != wire.RunPaused || !strings.Contains(paused.Reason, "w3") {
+		t.Fatalf("after w3 died: %s %q; want PAUSED naming w3", paused.State, paused.Reason)
+	}
+	for _, c := range paused.Checkpoints {
+		if c.Step == 40 {
+			t.Errorf("the checkpoint at step 40, missing w3's report, is listed")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(checkpointDir(ckptDir, run, 40), checkpoint.ManifestName)); err == nil {
+		t.Errorf("a manifest was written for the incomplete checkpoint at step 40")
+	}
+	if len(paused.Checkpoints) == 0 || paused.Checkpoints[len(paused.Checkpoints)-1].Step != 20 {
+		t.Fatalf("checkpoints after the crash: %+v; want the newest at step 20", paused.Checkpoints)
+	}
+
+	// 2. A worker comes back and the run resumes from step 20; once it is
+	// past step 60 a worker is killed, and the newest committed
+	// checkpoint gets a corrupt byte while the run is paused.
+	w4 := f.addWorker("w4")
+	f.waitCkpt(run, 60, 2*time.Minute)
+	w4.signalAndWait(t, syscall.SIGKILL, 10*time.Second)
+	f.waitState(run, time.Minute, wire.RunPaused)
+	list, _ := jsonOut[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", run, "--json")
+	newest := list[len(list)-1].Step
+	part := filepath.Join(checkpointDir(ckptDir, run, newest), checkpoint.PartName(1, 2))
+	b, err := os.ReadFile(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(part, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := f.cli("ckpt", "verify", run, itoa(newest)); code != 1 || !strings.Contains(stderr, "part-0001-of-0002") || !strings.Contains(stderr, "corrupt") {
+		t.Errorf("ckpt verify of the corrupted checkpoint: exit %d: %s", code, stderr)
+	}
+	prev := list[len(list)-2].Step
+	if _, stderr, code := f.cli("ckpt", "verify", run, itoa(prev)); code != 0 {
+		t.Errorf("ckpt verify of the previous checkpoint: exit %d: %s", code, stderr)
+	}
+	f.addWorker("w5")
+	info := f.waitState(run, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if info.State != wire.RunCompleted {
+		t.Fatalf("run: %s: %s", info.State, info.Reason)
+	}
+	note := "checkpoint at step " + itoa(newest) + " skipped"
+	if !strings.Contains(info.RestoreNote, note) || info.RestoredFrom != prev {
+		t.Errorf("restored step %d, note %q; want step %d and the note to say %q", info.RestoredFrom, info.RestoreNote, prev, note)
+	}
+	if got := finalState(t, info); string(got) != string(want) {
+		t.Errorf("after the fallback the final state differs from the uninterrupted run's")
+	}
+}
+
+func checkpointDir(root, run string, step int64) string {
+	return strings.TrimPrefix(checkpoint.Dir("file://"+root, run, step), "file://")
+}
