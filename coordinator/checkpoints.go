@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -146,7 +147,7 @@ func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
 		log.Error("checkpoint manifest not written; the checkpoint is dropped", "dir", dir, "err", err)
 		return
 	}
-	if os.Getenv("LAVIT_TEST_CRASH_BEFORE_CHECKPOINT_COMMIT") == "1" {
+	if v := os.Getenv("LAVIT_TEST_CRASH_BEFORE_CHECKPOINT_COMMIT"); v != "" && v == strconv.FormatInt(step, 10) {
 		log.Error("test hook: exiting after the manifest, before the commit")
 		os.Exit(3)
 	}

@@ -241,3 +241,85 @@ func TestCheckpointCrashPoints(t *testing.T) {
 func checkpointDir(root, run string, step int64) string {
 	return strings.TrimPrefix(checkpoint.Dir("file://"+root, run, step), "file://")
 }
+
+// TestCheckpointStoreFaults: the leader dies after the parts of step 80
+// are durable and its manifest is written, before the commit; later the S3
+// server refuses every connection for a few seconds while checkpoints are
+// due. The step-80 checkpoint is never listed; the others commit once the
+// store is back (uploads retry in the background, training goes on), and
+// the run completes.
+func TestCheckpointStoreFaults(t *testing.T) {
+	srv := testutil.StartS3(t)
+	srv.MakeBucket(t, "lavit")
+	proxy := testutil.StartProxy(t, srv.Endpoint)
+	s3env := []string{"AWS_ENDPOINT_URL=" + proxy.Endpoint, "AWS_ACCESS_KEY_ID=" + srv.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + srv.SecretKey, "AWS_REGION=" + srv.Region}
+	f := startTrainFleet(t, 3, append(s3env, "LAVIT_TEST_CRASH_BEFORE_CHECKPOINT_COMMIT=80"))
+	data := "file://" + filepath.Join(f.dir, "data")
+	if _, stderr, code := f.cli("shards", "synth", "--out", data, "--samples", "2000", "--per-shard", "250"); code != 0 {
+		t.Fatal(stderr)
+	}
+	f.addWorker("w1")
+	f.addWorker("w2")
+	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, "s3://lavit/ck",
+		"steps=400", "stage1.phase_a_steps=300", "checkpoint.every_steps=40")...)
+
+	// The leader exits at step 80, between the manifest and the commit.
+	var dead *coordNode
+	testutil.WaitFor(t, 2*time.Minute, "the leader to die before committing step 80", func() bool {
+		for _, c := range f.coords {
+			select {
+			case <-c.done:
+				dead = c
+				return true
+			default:
+			}
+		}
+		return false
+	})
+	t.Logf("%s exited: %s", dead.id, strings.TrimSpace(lastLine(dead.out.String(), "test hook")))
+	f.waitCkpt(run, 120, 2*time.Minute) // a new leader commits the next ones
+
+	// The store goes away for a while.
+	proxy.SetDown(true)
+	time.Sleep(3 * time.Second)
+	proxy.SetDown(false)
+
+	info := f.waitState(run, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	if info.State != wire.RunCompleted {
+		t.Fatalf("run: %s: %s", info.State, info.Reason)
+	}
+	if proxy.Cuts() == 0 {
+		t.Error("the proxy refused nothing: the outage missed the run")
+	}
+	var steps []int64
+	for _, c := range info.Checkpoints {
+		steps = append(steps, c.Step)
+		if c.Step == 80 {
+			t.Error("the checkpoint at step 80, never committed, is listed")
+		}
+	}
+	if len(steps) == 0 || steps[len(steps)-1] != 400 {
+		t.Errorf("checkpoints %v; want the last at step 400", steps)
+	}
+	t.Logf("committed checkpoints: %v (the store was refused %d times)", steps, proxy.Cuts())
+	// The step-80 manifest was written (the leader died after it), yet it
+	// is not a checkpoint: only raft's list counts.
+	for _, kv := range s3env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	if _, err := checkpoint.ReadManifest(t.Context(), "s3://lavit/ck/"+run+"/step-00000080"); err != nil {
+		t.Errorf("the step-80 manifest should be on the store (written before the crash): %v", err)
+	}
+}
+
+func lastLine(s, containing string) string {
+	lines := strings.Split(s, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], containing) {
+			return lines[i]
+		}
+	}
+	return ""
+}
