@@ -93,12 +93,18 @@ func SHA256(b []byte) string {
 func WritePart(ctx context.Context, dir string, state []byte, rank, world int) (Part, error) {
 	lo, hi := Slice(int64(len(state)), world, rank)
 	data := state[lo:hi]
-	p := Part{Name: PartName(rank, world), Offset: lo, Bytes: hi - lo, SHA256: SHA256(data)}
+	p := Part{Name: PartName(rank, world), Offset: lo, Bytes: hi - lo}
 	dst, err := shards.OpenForWrite(ctx, dir)
 	if err != nil {
 		return p, err
 	}
-	if err := dst.Put(ctx, p.Name, bytes.NewReader(data), int64(len(data))); err != nil {
+	// The checksum is computed while the bytes upload (both read the same
+	// memory), not before.
+	sum := make(chan string, 1)
+	go func() { sum <- SHA256(data) }()
+	err = dst.Put(ctx, p.Name, bytes.NewReader(data), int64(len(data)))
+	p.SHA256 = <-sum
+	if err != nil {
 		return p, fmt.Errorf("checkpoint part %s/%s: %w", dir, p.Name, err)
 	}
 	return p, nil

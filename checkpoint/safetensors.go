@@ -74,4 +74,3 @@ func WriteSafetensors(w io.Writer, tensors []Tensor, metadata map[string]string)
 	}
 	return bw.Flush()
 }
-

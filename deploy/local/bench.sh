@@ -7,13 +7,15 @@ mkdir -p bench-out
 raw=bench-out/raw.txt
 : >"$raw"
 
-echo "running benchmarks (about 8 minutes)..." >&2
+echo "running benchmarks (about 10 minutes)..." >&2
 : >bench-out/allreduce.txt
 go test -run '^$' -bench 'BenchmarkHeartbeat|BenchmarkRegister' -benchtime 3s ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkLeaderCPU' -benchtime 1x -timeout 10m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkStepOverhead' -benchtime 1x -timeout 10m ./trainer/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkRead' -benchtime 3x -timeout 10m ./shards/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkTrainScaling' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 for w in 2 3 4; do
   bin/lavit-worker bench allreduce --world "$w" --sizes 1KiB..256MiB --iters 8 | tee -a bench-out/allreduce.txt >&2

@@ -1,0 +1,61 @@
+package worker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lavit-org/lavit/checkpoint"
+	"github.com/lavit-org/lavit/trainer"
+)
+
+// BenchmarkCheckpointTiny: the tiny stage-1 model's checkpoint: the step
+// loop's stall (the state's host copy, Model.State), the save of one part
+// and its manifest on local disk, and the restore (fetch, verify, load).
+func BenchmarkCheckpointTiny(b *testing.B) {
+	lib := loadLib(b)
+	m, err := lib.NewModel(trainer.TinyStage1(), "cpu", 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+	base := "file://" + b.TempDir()
+	var stall, save, restore time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		state, err := m.State()
+		if err != nil {
+			b.Fatal(err)
+		}
+		stall += time.Since(t0)
+		dir := checkpoint.Dir(base, "tiny", int64(i+1))
+		t0 = time.Now()
+		p, err := checkpoint.WritePart(ctx, dir, state, 0, 1)
+		if err == nil {
+			err = checkpoint.WriteManifest(ctx, dir, &checkpoint.Manifest{Format: 1, Run: "tiny", Step: int64(i + 1), World: 1,
+				StateBytes: int64(len(state)), StateSHA256: p.SHA256, Parts: []checkpoint.Part{p}})
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		save += time.Since(t0)
+		t0 = time.Now()
+		man, err := checkpoint.ReadManifest(ctx, dir)
+		var got []byte
+		if err == nil {
+			got, err = checkpoint.Fetch(ctx, dir, man)
+		}
+		if err == nil {
+			err = m.Load(got)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		restore += time.Since(t0)
+	}
+	n := float64(b.N)
+	b.ReportMetric(stall.Seconds()*1000/n, "stall_ms")
+	b.ReportMetric(save.Seconds()*1000/n, "save_ms")
+	b.ReportMetric(restore.Seconds()*1000/n, "restore_ms")
+}
