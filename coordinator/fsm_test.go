@@ -60,6 +60,10 @@ func crafted(t *testing.T) []*raft.Log {
 		entry(t, 8, CmdSetRunState, SetRunStateCmd{ID: "run-1", State: RunRunning, At: t0.Add(time.Second)}),
 		entry(t, 9, CmdRemoveCoordinator, RemoveCoordinatorCmd{ID: "c2"}),
 		entry(t, 10, CmdStartGeneration, StartGenerationCmd{Run: "run-1", Generation: 1, Members: map[string]int{"w1": 0}, At: t0.Add(2 * time.Second)}),
+		entry(t, 11, CmdCommitCheckpoint, CommitCheckpointCmd{Run: "run-1", Checkpoint: CheckpointRecord{Step: 40, World: 1, Generation: 1, URL: "file:///ck/run-1/step-00000040", Committed: t0}}),
+		entry(t, 12, CmdCommitCheckpoint, CommitCheckpointCmd{Run: "run-1", Checkpoint: CheckpointRecord{Step: 20, World: 1, Generation: 1, URL: "file:///ck/run-1/step-00000020", Committed: t0}}),
+		entry(t, 13, CmdRequestCheckpoint, RequestCheckpointCmd{Run: "run-1", At: t0}),
+		entry(t, 14, CmdDeleteCheckpoints, DeleteCheckpointsCmd{Run: "run-1", Steps: []int64{20}}),
 	}
 }
 
@@ -71,8 +75,11 @@ func TestFSMApplyCraftedLog(t *testing.T) {
 		}
 	}
 	f.Read(func(s *State, last uint64) {
-		if last != 10 {
-			t.Errorf("last index = %d, want 10", last)
+		if last != 14 {
+			t.Errorf("last index = %d, want 14", last)
+		}
+		if r := s.Runs["run-1"]; len(r.Checkpoints) != 1 || r.Checkpoints[0].Step != 40 || r.CheckpointRequests != 1 {
+			t.Errorf("run-1 checkpoints %+v, requests %d; want only step 40 and one request", r.Checkpoints, r.CheckpointRequests)
 		}
 		if s.ClusterID != "lavit-test" || !tokenMatches("secret-token-123456", s.TokenHash) {
 			t.Errorf("cluster id %q / token hash not recorded", s.ClusterID)
@@ -123,6 +130,9 @@ func TestFSMRejections(t *testing.T) {
 		{"duplicate run", CmdCreateRun, CreateRunCmd{ID: "r1", At: t0}, ErrRunExists},
 		{"terminal run restarted", CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunRunning, At: t0}, ErrBadTransition},
 		{"unknown run", CmdSetRunState, SetRunStateCmd{ID: "r9", State: RunRunning, At: t0}, ErrUnknownRun},
+		{"checkpoint request to a cancelled run", CmdRequestCheckpoint, RequestCheckpointCmd{Run: "r1", At: t0}, ErrBadTransition},
+		{"checkpoint of an unknown run", CmdCommitCheckpoint, CommitCheckpointCmd{Run: "r9"}, ErrUnknownRun},
+		{"generation of a cancelled run", CmdStartGeneration, StartGenerationCmd{Run: "r1", Generation: 1, Members: map[string]int{"w1": 0}, At: t0}, ErrBadTransition},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,12 +268,12 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 		if _, ok := s.Workers["stale"]; ok {
 			t.Error("Restore kept state from before the snapshot")
 		}
-		if last != 10 {
-			t.Errorf("last index after restore = %d, want 10", last)
+		if last != 14 {
+			t.Errorf("last index after restore = %d, want 14", last)
 		}
 	})
 	// The restored replica goes on applying like the original.
-	next := entry(t, 11, CmdDeregisterWorker, DeregisterWorkerCmd{ID: "w1", Instance: "i1", At: t0})
+	next := entry(t, 15, CmdDeregisterWorker, DeregisterWorkerCmd{ID: "w1", Instance: "i1", At: t0})
 	applyAll(t, src, []*raft.Log{next})
 	applyAll(t, dst, []*raft.Log{next})
 	if !reflect.DeepEqual(snapshotState(t, src), snapshotState(t, dst)) {
@@ -288,4 +298,37 @@ func TestFSMRestoreRejectsBadSnapshots(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFSMResumeTransitions: a cancelled or failed run can be resumed (to
+// PAUSED, then a new generation from a checkpoint step); a completed one
+// cannot; a lost member pauses a running run and frees its workers.
+func TestFSMResumeTransitions(t *testing.T) {
+	f := NewFSM(logging.Discard())
+	log := []*raft.Log{
+		entry(t, 1, CmdRegisterWorker, worker("w1", "i1", "h1")),
+		entry(t, 2, CmdCreateRun, CreateRunCmd{ID: "r1", At: t0}),
+		entry(t, 3, CmdStartGeneration, StartGenerationCmd{Run: "r1", Generation: 1, Members: map[string]int{"w1": 0}, At: t0}),
+		entry(t, 4, CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunPaused, Reason: "w1 lost", At: t0}),
+		entry(t, 5, CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunCancelled, At: t0}),
+		entry(t, 6, CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunPaused, Reason: "resume", At: t0}),
+		entry(t, 7, CmdStartGeneration, StartGenerationCmd{Run: "r1", Generation: 2, Members: map[string]int{"w1": 0}, StartStep: 40, At: t0}),
+		entry(t, 8, CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunCompleted, At: t0}),
+		entry(t, 9, CmdSetRunState, SetRunStateCmd{ID: "r1", State: RunPaused, At: t0}),
+	}
+	errs := applyAll(t, f, log)
+	for i, err := range errs[:8] {
+		if err != nil {
+			t.Fatalf("entry %d: %v", i+1, err)
+		}
+	}
+	if !errors.Is(errs[8], ErrBadTransition) {
+		t.Errorf("resuming a completed run: %v, want ErrBadTransition", errs[8])
+	}
+	f.Read(func(s *State, _ uint64) {
+		r, w := s.Runs["r1"], s.Workers["w1"]
+		if r.State != RunCompleted || r.Generation != 2 || r.StartStep != 40 || w.Run != "" || w.State != wire.WorkerIdle {
+			t.Errorf("run %+v, worker %+v", r, w)
+		}
+	})
 }

@@ -1,7 +1,10 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -58,4 +61,39 @@ func BenchmarkCheckpointTiny(b *testing.B) {
 	b.ReportMetric(stall.Seconds()*1000/n, "stall_ms")
 	b.ReportMetric(save.Seconds()*1000/n, "save_ms")
 	b.ReportMetric(restore.Seconds()*1000/n, "restore_ms")
+}
+
+// TestExportMatchesTrainer: exporting a checkpoint's weights without the
+// trainer (as lavit-coord ckpt export does, from the state blob and the
+// manifest's parameter table) writes the same bytes as the trainer's own
+// safetensors export of that model.
+func TestExportMatchesTrainer(t *testing.T) {
+	lib := loadLib(t)
+	for _, cfg := range []trainer.Config{trainer.TinyStage1(), trainer.TinyStage2()} {
+		m, err := lib.NewModel(cfg, "cpu", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		state, err := m.State()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var params []checkpoint.ParamInfo
+		for _, p := range m.Info().Params {
+			params = append(params, checkpoint.ParamInfo{Name: p.Name, Shape: p.Shape, Offset: p.Offset, Numel: p.Numel})
+		}
+		var got bytes.Buffer
+		if err := checkpoint.ExportSafetensors(&got, state, checkpoint.StateABI, params); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "model.safetensors")
+		if err := m.ExportSafetensors(path); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := os.ReadFile(path)
+		m.Close()
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("stage %d: checkpoint export (%d bytes) differs from the trainer's (%d bytes)", cfg.Stage, got.Len(), len(want))
+		}
+	}
 }
