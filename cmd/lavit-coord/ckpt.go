@@ -69,11 +69,15 @@ func ckptCommand() *cli.Command {
 				Name:      "export",
 				Usage:     "write a checkpoint's model weights as safetensors (the names and shapes the model defines)",
 				ArgsUsage: "RUN STEP",
-				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write", Required: true}),
+				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write (required)"}),
 				Action: func(c *cli.Context) error {
 					k, err := findCkpt(c)
 					if err != nil {
 						return err
+					}
+					out := c.String("out")
+					if out == "" {
+						return cliutil.Usagef("ckpt export needs --out FILE")
 					}
 					m, err := checkpoint.ReadManifest(c.Context, k.URL)
 					if err != nil {
@@ -83,7 +87,6 @@ func ckptCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					out := c.String("out")
 					tmp, err := os.CreateTemp(filepath.Dir(out), ".export-*")
 					if err != nil {
 						return err

@@ -27,7 +27,7 @@ func runCommand() *cli.Command {
 				Usage:     "submit a run spec (YAML); it starts when enough workers are idle",
 				ArgsUsage: " ",
 				Flags: append(clientFlags(true),
-					&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the run spec (YAML), e.g. configs/tiny-stage1.yaml", Required: true},
+					&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the run spec (YAML), e.g. configs/tiny-stage1.yaml (required)"},
 					&cli.StringSliceFlag{Name: "set", Usage: "override a spec key, e.g. --set steps=100 --set data.url=s3://bucket/train (repeatable)"},
 				),
 				Action: runSubmit,
@@ -140,6 +140,9 @@ func runSubmit(c *cli.Context) error {
 		return cliutil.Usagef("run submit takes the spec with -f FILE, not arguments (got %q)", args)
 	}
 	path := c.String("file")
+	if path == "" {
+		return cliutil.Usagef("run submit needs -f FILE, the run spec (e.g. configs/tiny-stage1.yaml)")
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return cliutil.Usagef("run submit: %v", err)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -262,7 +263,7 @@ func TestCheckpointStoreFaults(t *testing.T) {
 	f.addWorker("w1")
 	f.addWorker("w2")
 	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, "s3://lavit/ck",
-		"steps=400", "stage1.phase_a_steps=300", "checkpoint.every_steps=40")...)
+		"steps=400", "stage1.phase_a_steps=300", "checkpoint.every_steps=40", "checkpoint.keep=3")...)
 
 	// The leader exits at step 80, between the manifest and the commit.
 	var dead *coordNode
@@ -278,7 +279,7 @@ func TestCheckpointStoreFaults(t *testing.T) {
 		return false
 	})
 	t.Logf("%s exited: %s", dead.id, strings.TrimSpace(lastLine(dead.out.String(), "test hook")))
-	f.waitCkpt(run, 120, 2*time.Minute) // a new leader commits the next ones
+	f.waitCkpt(run, 120, 2*time.Minute) // a new leader commits the next ones (retention may drop 40)
 
 	// The store goes away for a while.
 	proxy.SetDown(true)
@@ -299,8 +300,8 @@ func TestCheckpointStoreFaults(t *testing.T) {
 			t.Error("the checkpoint at step 80, never committed, is listed")
 		}
 	}
-	if len(steps) == 0 || steps[len(steps)-1] != 400 {
-		t.Errorf("checkpoints %v; want the last at step 400", steps)
+	if len(steps) != 3 || steps[0] != 320 || steps[2] != 400 {
+		t.Errorf("checkpoints %v; want the newest three (keep 3), the last at step 400", steps)
 	}
 	t.Logf("committed checkpoints: %v (the store was refused %d times)", steps, proxy.Cuts())
 	// The step-80 manifest was written (the leader died after it), yet it
@@ -311,6 +312,17 @@ func TestCheckpointStoreFaults(t *testing.T) {
 	}
 	if _, err := checkpoint.ReadManifest(t.Context(), "s3://lavit/ck/"+run+"/step-00000080"); err != nil {
 		t.Errorf("the step-80 manifest should be on the store (written before the crash): %v", err)
+	}
+	// Retention deleted the objects of the checkpoints it forgot.
+	if _, err := checkpoint.ReadManifest(t.Context(), "s3://lavit/ck/"+run+"/step-00000160"); !errors.Is(err, checkpoint.ErrMissing) {
+		t.Errorf("the step-160 checkpoint, beyond keep 3: %v, want its manifest gone", err)
+	}
+	// And the weights export from the last one.
+	out := filepath.Join(t.TempDir(), "w.safetensors")
+	if _, stderr, code := f.cli("ckpt", "export", run, "400", "--out", out); code != 0 {
+		t.Errorf("ckpt export: exit %d: %s", code, stderr)
+	} else if st, err := os.Stat(out); err != nil || st.Size() < 1<<20 {
+		t.Errorf("exported file: %v %v", st, err)
 	}
 }
 
