@@ -45,16 +45,8 @@ func ckptCommand() *cli.Command {
 				ArgsUsage: "RUN STEP",
 				Flags:     clientFlags(true),
 				Action: func(c *cli.Context) error {
-					k, err := findCkpt(c)
-					if err != nil {
-						return err
-					}
 					began := time.Now()
-					m, err := checkpoint.ReadManifest(c.Context, k.URL)
-					if err != nil {
-						return err
-					}
-					state, err := checkpoint.Fetch(c.Context, k.URL, m)
+					k, m, state, err := fetchCkpt(c, "")
 					if err != nil {
 						return err
 					}
@@ -71,22 +63,11 @@ func ckptCommand() *cli.Command {
 				ArgsUsage: "RUN STEP",
 				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write (required)"}),
 				Action: func(c *cli.Context) error {
-					k, err := findCkpt(c)
+					_, m, state, err := fetchCkpt(c, "out")
 					if err != nil {
 						return err
 					}
 					out := c.String("out")
-					if out == "" {
-						return cliutil.Usagef("ckpt export needs --out FILE")
-					}
-					m, err := checkpoint.ReadManifest(c.Context, k.URL)
-					if err != nil {
-						return err
-					}
-					state, err := checkpoint.Fetch(c.Context, k.URL, m)
-					if err != nil {
-						return err
-					}
 					tmp, err := os.CreateTemp(filepath.Dir(out), ".export-*")
 					if err != nil {
 						return err
@@ -120,6 +101,25 @@ func listCkpts(c *cli.Context) ([]wire.CheckpointInfo, error) {
 		return nil, err
 	}
 	return reply.Checkpoints, nil
+}
+
+// fetchCkpt resolves RUN STEP, downloads the checkpoint and verifies every
+// part; needFlag names a flag that must be set (checked after flags given
+// after the arguments are applied).
+func fetchCkpt(c *cli.Context, needFlag string) (wire.CheckpointInfo, *checkpoint.Manifest, []byte, error) {
+	k, err := findCkpt(c)
+	if err != nil {
+		return k, nil, nil, err
+	}
+	if needFlag != "" && c.String(needFlag) == "" {
+		return k, nil, nil, cliutil.Usagef("%s needs --%s", c.Command.FullName(), needFlag)
+	}
+	m, err := checkpoint.ReadManifest(c.Context, k.URL)
+	if err != nil {
+		return k, nil, nil, err
+	}
+	state, err := checkpoint.Fetch(c.Context, k.URL, m)
+	return k, m, state, err
 }
 
 // findCkpt resolves RUN STEP to a committed checkpoint.
