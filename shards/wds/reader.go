@@ -105,7 +105,7 @@ func (r *Reader) Next() (Sample, error) {
 		}
 		if r.cur == nil {
 			// hdr.Name is only valid until the next member: keep copies.
-			r.cur = &building{key: strings.Clone(key), index: r.index, fields: make(map[string][]byte)}
+			r.cur = &building{key: strings.Clone(key), index: r.index, fields: make(map[string][]byte, 4)}
 			r.index++
 		}
 		if err := r.addMember(hdr, name, r.intern(field)); err != nil {
