@@ -143,6 +143,15 @@ func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
 			err = nil
 		}
 	}
+	if errors.Is(err, checkpoint.ErrExists) {
+		// Another checkpoint already lives there (another cluster's run
+		// with the same id and checkpoint.url?): never overwrite it, and
+		// stop the run rather than train on without checkpoints.
+		reason := fmt.Sprintf("checkpoint at step %d: %s already holds a different checkpoint (another run with the same id and checkpoint.url?); give this run its own checkpoint.url", step, dir)
+		log.Error("checkpoint directory taken; failing the run", "dir", dir)
+		s.failRun(run, reason)
+		return
+	}
 	if err != nil {
 		log.Error("checkpoint manifest not written; the checkpoint is dropped", "dir", dir, "err", err)
 		return

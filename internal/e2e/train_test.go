@@ -300,6 +300,25 @@ func TestRunBadInput(t *testing.T) {
 	if info := f.waitState(last, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
 		t.Errorf("the fleet after the failures and the cancel: run %s is %s: %s", last, info.State, info.Reason)
 	}
+
+	// A checkpoint directory that already holds another checkpoint (the
+	// next run's id under the same checkpoint.url, as another cluster
+	// would leave it) is never overwritten: the run fails and says why.
+	runs, err := jsonOut[[]wire.RunInfo](t, f.coordBin, f.env, "run", "ls", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := fmt.Sprintf("r-%04d", len(runs)+1)
+	taken := filepath.Join(f.dir, "ckpt", next, "step-00000006")
+	os.MkdirAll(taken, 0o755)
+	os.WriteFile(filepath.Join(taken, "manifest.json"), []byte(`{"format":1,"run":"someone else's"}`), 0o644)
+	clash := f.submit("configs/tiny-stage1.yaml", good...)
+	if clash != next {
+		t.Fatalf("run id %s, expected %s", clash, next)
+	}
+	if info := f.waitState(clash, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunFailed || !strings.Contains(info.Reason, "already holds a different checkpoint") {
+		t.Errorf("run over a taken checkpoint directory: %s %q", info.State, info.Reason)
+	}
 }
 
 // BenchmarkTrainScaling: the tiny stage-1 run (300 steps, global batch 8,
@@ -331,7 +350,7 @@ func BenchmarkTrainScaling(b *testing.B) {
 					"--threads", fmt.Sprint(max(1, cores/threadDiv(world))), "--collective-listen", "127.0.0.1:0"))
 			}
 			cmd := exec.Command(coordBin, "run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),
-				"--set", "data.url=file://"+data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"),
+				"--set", "data.url=file://"+data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://"+filepath.Join(dir, fmt.Sprintf("ckpt-w%d-%d", world, i)),
 				"--set", "steps=300", "--set", "stage1.phase_a_steps=200", "--set", "metrics.every_steps=100",
 				"--set", fmt.Sprintf("min_workers=%d", world), "--set", fmt.Sprintf("max_workers=%d", world))
 			cmd.Env = append(os.Environ(), env...)
