@@ -469,9 +469,9 @@ func (r *runState) kmeansBatch(ctx context.Context) (*trainer.Batch, error) {
 
 // stepTimes accumulates the step time split between reports.
 type stepTimes struct {
-	steps                           int
-	data, compute, allreduce, other time.Duration
-	wall                            time.Duration
+	steps                                 int
+	data, compute, allreduce, idle, other time.Duration
+	wall                                  time.Duration
 }
 
 // train runs the step loop from the desired start step to the end.
@@ -500,7 +500,8 @@ func (r *runState) train(ctx context.Context) error {
 	go r.produce(ctx, start, items)
 
 	var times stepTimes
-	var reduceTime time.Duration
+	var reduceTime, waitTime time.Duration
+	waiter, _ := r.comm.(interface{ LastWait() time.Duration })
 	reduce := func(ctx context.Context, buf []float32) error {
 		if r.comm == nil {
 			return nil
@@ -510,6 +511,9 @@ func (r *runState) train(ctx context.Context) error {
 		defer cancel()
 		err := r.comm.AllReduce(cctx, buf, collective.Sum)
 		reduceTime += time.Since(began)
+		if waiter != nil {
+			waitTime += waiter.LastWait() // waiting for a slower peer to arrive
+		}
 		return err
 	}
 	every := max(r.spec.Metrics.EverySteps, 1)
@@ -537,7 +541,7 @@ func (r *runState) train(ctx context.Context) error {
 		}
 		badTotal += it.bad
 		stepStart := time.Now()
-		reduceTime = 0
+		reduceTime, waitTime = 0, 0
 		res, err := r.model.Step(ctx, it.batch, reduce)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -546,6 +550,7 @@ func (r *runState) train(ctx context.Context) error {
 			return fmt.Errorf("step %d: %w", it.step, err)
 		}
 		computeAndReduce := time.Since(stepStart)
+		stepReduce, stepWait := reduceTime, waitTime // before the report's own all-reduce
 		lossSum = res.LossSum
 		step = it.step + 1
 
@@ -568,8 +573,9 @@ func (r *runState) train(ctx context.Context) error {
 		}
 		times.steps++
 		times.data += waited
-		times.allreduce += reduceTime
-		times.compute += computeAndReduce - reduceTime
+		times.allreduce += stepReduce - stepWait
+		times.idle += stepWait
+		times.compute += computeAndReduce - stepReduce
 		times.other += time.Since(otherStart)
 		times.wall += time.Since(waitStart)
 	}
@@ -607,13 +613,11 @@ func (r *runState) train(ctx context.Context) error {
 func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int64, lossSum float64, times *stepTimes, since time.Time, bad int) (checkpointNow bool, err error) {
 	n := max(times.steps, 1)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
-	// One all-reduce carries the loss, rank 0's checkpoint decision (a
+	// One all-reduce carries the loss and rank 0's checkpoint decision (a
 	// timed checkpoint or a `run checkpoint` request: only rank 0 decides,
-	// so every rank saves at the same step) and every rank's mean compute
-	// time (each rank fills its own slot), so rank 0 can tell waiting for
-	// a slower rank (idle) from moving bytes (all-reduce).
-	buf := make([]float32, 2+r.world)
-	buf[0], buf[2+r.rank] = float32(lossSum), float32(ms(times.compute))
+	// so every rank saves at the same step).
+	buf := make([]float32, 2)
+	buf[0] = float32(lossSum)
 	if r.rank == 0 {
 		latest := r.j.Desired
 		if r.j.Latest != nil {
@@ -637,13 +641,7 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 		return checkpointNow, nil
 	}
 	loss := float64(buf[0]) / float64(r.batch)
-	slowest := 0.0
-	for _, c := range buf[2:] {
-		slowest = max(slowest, float64(c))
-	}
-	own := ms(times.compute)
-	idle := min(max(0, slowest-own), ms(times.allreduce))
-	timing := wire.StepTiming{DataMs: ms(times.data), ComputeMs: own, AllReduceMs: ms(times.allreduce) - idle, IdleMs: idle, OtherMs: ms(times.other), StepMs: ms(times.wall)}
+	timing := wire.StepTiming{DataMs: ms(times.data), ComputeMs: ms(times.compute), AllReduceMs: ms(times.allreduce), IdleMs: ms(times.idle), OtherMs: ms(times.other), StepMs: ms(times.wall)}
 	rate := 0.0
 	if el := time.Since(since).Seconds(); el > 0 && times.steps > 0 {
 		rate = float64(times.steps*r.batch) / el

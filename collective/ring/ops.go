@@ -162,6 +162,7 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	if c.scratch == nil && kind != kindBroadcast {
 		c.scratch = make([]float32, c.cfg.ChunkBytes/4)
 	}
+	c.callStart = time.Now()
 	return c.exchange(ctx, name, h, buf, p, kind != kindTransfer)
 }
 
@@ -286,6 +287,7 @@ func (c *Comm) recvLoop(h header, buf []float32, p plan, fwd chan<- span, sent <
 	if _, err := io.ReadFull(c.prev, hb[:]); err != nil {
 		return err
 	}
+	c.lastWait.Store(int64(time.Since(c.callStart)))
 	if err := h.check(hb[:], c.prevRank); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -120,8 +121,14 @@ type Comm struct {
 	// turn serialises calls: a caller holds the call by putting a token in.
 	turn chan struct{}
 	// Owned by the caller holding turn.
-	seq     uint64
-	scratch []float32
+	seq       uint64
+	scratch   []float32
+	callStart time.Time // when the current call started exchanging
+
+	// lastWait is how long the last call waited for the previous rank's
+	// call header: the time spent waiting for a slower peer to arrive
+	// (nanoseconds; see LastWait).
+	lastWait atomic.Int64
 
 	mu        sync.Mutex
 	err       error         // sticky; set once
@@ -136,6 +143,11 @@ type Comm struct {
 }
 
 var _ collective.Communicator = (*Comm)(nil)
+
+// LastWait is how long the last call waited for the previous rank to
+// enter it (its call header to arrive): the idle part of the call, as
+// opposed to moving bytes. Zero for a world of one.
+func (c *Comm) LastWait() time.Duration { return time.Duration(c.lastWait.Load()) }
 
 // littleEndian: the wire carries float32 in the host's byte order, so only
 // little-endian hosts may join a multi-rank ring.

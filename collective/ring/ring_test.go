@@ -600,3 +600,23 @@ func TestPlanBalances(t *testing.T) {
 		}
 	}
 }
+
+// TestLastWaitMeasuresALatePeer: the rank that enters an all-reduce early
+// reports waiting for the late one; the late one barely waits.
+func TestLastWaitMeasuresALatePeer(t *testing.T) {
+	comms := world(t, 2, nil)
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		done <- comms[1].AllReduce(context.Background(), make([]float32, 1000), collective.Sum)
+	}()
+	if err := comms[0].AllReduce(context.Background(), make([]float32, 1000), collective.Sum); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if early, late := comms[0].LastWait(), comms[1].LastWait(); early < 150*time.Millisecond || late > 100*time.Millisecond {
+		t.Errorf("early rank waited %v, late rank %v; want ≥150ms and ≤100ms", early, late)
+	}
+}

@@ -304,7 +304,7 @@ type StepTiming struct {
 	DataMs      float64 `json:"data_ms"`      // waiting for this step's samples
 	ComputeMs   float64 `json:"compute_ms"`   // the trainer's forward, backward, optimizer
 	AllReduceMs float64 `json:"allreduce_ms"` // the collective calls, less IdleMs
-	IdleMs      float64 `json:"idle_ms"`      // waiting in the collective for slower ranks (slowest rank's compute − this rank's)
+	IdleMs      float64 `json:"idle_ms"`      // waiting in the collective for a slower peer to arrive
 	OtherMs     float64 `json:"other_ms"`     // bookkeeping: metrics, batching
 	StepMs      float64 `json:"step_ms"`      // wall time per step
 }
