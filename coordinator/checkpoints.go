@@ -82,11 +82,10 @@ func (t *ckptTable) done(run string, step int64) {
 }
 
 func (s *Server) handleCkptPart(req *wire.CheckpointPartRequest) (any, *wire.Error) {
-	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+	world, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank)
+	if werr != nil {
 		return nil, werr
 	}
-	var world int
-	s.fsm.Read(func(st *State, _ uint64) { world = len(st.Runs[req.Run].Members) })
 	switch {
 	case req.World != world:
 		return nil, wire.Errorf(wire.CodeBadRequest, "checkpoint part: world %d, the generation has %d", req.World, world)

@@ -80,16 +80,11 @@ func (s *Server) handleRendezvous(req *wire.RendezvousRequest) (any, *wire.Error
 	if err := validateRendezvous(req); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "rendezvous: %v", err)
 	}
-	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+	world, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank)
+	if werr != nil {
 		werr.Message = "rendezvous: " + werr.Message
 		return nil, werr
 	}
-	var world int
-	s.fsm.Read(func(st *State, _ uint64) {
-		if r, ok := st.Runs[req.Run]; ok {
-			world = len(r.Members)
-		}
-	})
 	s.live.seen(req.From, time.Now())
 	return s.meet.post(req, world), nil
 }

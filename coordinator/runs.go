@@ -165,44 +165,45 @@ func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (any, *wire.Error) 
 }
 
 // checkMember verifies that a worker request comes from the current
-// instance of a member of the run's current generation, with its rank.
-func (s *Server) checkMember(from, instance, run string, generation uint64, rank int) *wire.Error {
+// instance of a member of the run's current generation, with its rank, and
+// returns the generation's world size.
+func (s *Server) checkMember(from, instance, run string, generation uint64, rank int) (int, *wire.Error) {
 	w, ok := s.lookupWorker(from)
 	if !ok {
-		return wire.Errorf(wire.CodeUnknown, "worker %q is not registered; register first", from)
+		return 0, wire.Errorf(wire.CodeUnknown, "worker %q is not registered; register first", from)
 	}
 	if w.Instance != instance {
-		return wire.Errorf(wire.CodeStale, "worker %q is now instance %s; this process (instance %s) should stop", from, w.Instance, instance)
+		return 0, wire.Errorf(wire.CodeStale, "worker %q is now instance %s; this process (instance %s) should stop", from, w.Instance, instance)
 	}
 	var (
 		found, member bool
 		state         string
 		gen           uint64
-		have          int
+		have, world   int
 	)
 	s.fsm.Read(func(st *State, _ uint64) {
 		if r, ok := st.Runs[run]; ok {
-			found, state, gen = true, r.State, r.Generation
+			found, state, gen, world = true, r.State, r.Generation, len(r.Members)
 			have, member = r.Members[from]
 		}
 	})
 	switch {
 	case !found:
-		return wire.Errorf(wire.CodeBadRequest, "unknown run %q", run)
+		return 0, wire.Errorf(wire.CodeBadRequest, "unknown run %q", run)
 	case state != RunRunning:
-		return wire.Errorf(wire.CodeStale, "run %q is %s, not RUNNING", run, state)
+		return 0, wire.Errorf(wire.CodeStale, "run %q is %s, not RUNNING", run, state)
 	case generation != gen:
-		return wire.Errorf(wire.CodeStale, "stale generation %d: run %q is at generation %d", generation, run, gen)
+		return 0, wire.Errorf(wire.CodeStale, "stale generation %d: run %q is at generation %d", generation, run, gen)
 	case !member:
-		return wire.Errorf(wire.CodeStale, "worker %q is not a member of run %q generation %d", from, run, gen)
+		return 0, wire.Errorf(wire.CodeStale, "worker %q is not a member of run %q generation %d", from, run, gen)
 	case have != rank:
-		return wire.Errorf(wire.CodeConflict, "worker %q has rank %d in run %q generation %d, not %d", from, have, run, gen, rank)
+		return 0, wire.Errorf(wire.CodeConflict, "worker %q has rank %d in run %q generation %d, not %d", from, have, run, gen, rank)
 	}
-	return nil
+	return world, nil
 }
 
 func (s *Server) handleProgress(req *wire.ProgressRequest) (any, *wire.Error) {
-	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+	if _, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
 		return nil, werr
 	}
 	if len(req.Metrics) > 64 {
@@ -216,7 +217,7 @@ func (s *Server) handleProgress(req *wire.ProgressRequest) (any, *wire.Error) {
 }
 
 func (s *Server) handleRunFinish(req *wire.RunFinishRequest) (any, *wire.Error) {
-	if werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
+	if _, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
 		return nil, werr
 	}
 	cmd := SetRunStateCmd{ID: req.Run, Step: req.Step, At: time.Now().UTC()}
@@ -288,10 +289,8 @@ func (s *Server) schedule() {
 		}
 		for _, w := range st.sortedWorkers() {
 			workerState[w.ID] = w.State
-			if w.State == wire.WorkerIdle && w.Run == "" && w.Capacity > 0 {
-				if last, ok := s.live.last(w.ID); ok && now.Sub(last) <= s.cfg.WorkerTimeout {
-					idle = append(idle, w.ID)
-				}
+			if w.Capacity > 0 && s.idleAndAlive(w, now) {
+				idle = append(idle, w.ID)
 			}
 		}
 	})
@@ -379,12 +378,12 @@ func (s *Server) waitingFor(st *State, r *RunRecord) string {
 	idle, cannot := 0, 0
 	now := time.Now()
 	for _, w := range st.Workers {
-		if last, ok := s.live.last(w.ID); ok && w.State == wire.WorkerIdle && w.Run == "" && now.Sub(last) <= s.cfg.WorkerTimeout {
-			if w.Capacity > 0 {
-				idle++
-			} else {
-				cannot++
-			}
+		switch {
+		case !s.idleAndAlive(w, now):
+		case w.Capacity > 0:
+			idle++
+		default:
+			cannot++
 		}
 	}
 	msg := fmt.Sprintf("%d idle workers that can train (%d now)", spec.MinWorkers, idle)
@@ -392,6 +391,13 @@ func (s *Server) waitingFor(st *State, r *RunRecord) string {
 		msg += fmt.Sprintf("; %d more idle cannot train (started without the libtorch shim: see lavit-worker's log)", cannot)
 	}
 	return msg
+}
+
+// idleAndAlive reports whether a worker is free for a run: IDLE, in no
+// run, and heard from within the worker timeout.
+func (s *Server) idleAndAlive(w *WorkerRecord, now time.Time) bool {
+	last, ok := s.live.last(w.ID)
+	return ok && w.State == wire.WorkerIdle && w.Run == "" && now.Sub(last) <= s.cfg.WorkerTimeout
 }
 
 func (s *Server) failRun(id, reason string) {

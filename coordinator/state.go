@@ -241,15 +241,21 @@ func (s *State) applySetRunState(c SetRunStateCmd) error {
 	if c.State != RunRunning {
 		// The members are free for the next run.
 		for id := range r.Members {
-			if w, ok := s.Workers[id]; ok && w.Run == c.ID {
-				w.Run = ""
-				if w.State == wire.WorkerTraining {
-					w.State, w.Since = wire.WorkerIdle, c.At
-				}
-			}
+			s.releaseWorker(id, c.ID, c.At)
 		}
 	}
 	return nil
+}
+
+// releaseWorker frees a worker from run (if it is still that run's): it
+// leaves the run and a TRAINING worker becomes IDLE.
+func (s *State) releaseWorker(id, run string, at time.Time) {
+	if w, ok := s.Workers[id]; ok && w.Run == run {
+		w.Run = ""
+		if w.State == wire.WorkerTraining {
+			w.State, w.Since = wire.WorkerIdle, at
+		}
+	}
 }
 
 // applyStartGeneration moves a run to a new generation and member set: the
@@ -287,12 +293,7 @@ func (s *State) applyStartGeneration(c StartGenerationCmd) error {
 	}
 	for id := range r.Members {
 		if _, still := c.Members[id]; !still {
-			if w, ok := s.Workers[id]; ok && w.Run == c.Run {
-				w.Run = ""
-				if w.State == wire.WorkerTraining {
-					w.State, w.Since = wire.WorkerIdle, c.At
-				}
-			}
+			s.releaseWorker(id, c.Run, c.At)
 		}
 	}
 	for id := range c.Members {

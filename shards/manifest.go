@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -238,29 +237,30 @@ func readVerifiedInto(r io.Reader, e ShardEntry, buf []byte) ([]byte, error) {
 		buf = make([]byte, e.Bytes)
 	}
 	data := buf[:e.Bytes]
-	if n, err := io.ReadFull(r, data); err != nil {
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return nil, fmt.Errorf("%s: %w (%d bytes, indexed %d)", e.Name, ErrShardChanged, n, e.Bytes)
-		}
-		return nil, fmt.Errorf("%s: %w", e.Name, err)
+	vr := NewVerifiedReader(r, e)
+	if _, err := io.ReadFull(vr, data); err != nil {
+		return nil, verifyError(e, err)
 	}
+	// Reading on to the end makes the verifier check the size and checksum.
 	var one [1]byte
-	if n, _ := io.ReadFull(r, one[:]); n > 0 {
-		return nil, fmt.Errorf("%s: %w (more than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
-	}
-	var got, want, method string
-	if e.CRC32C != "" {
-		var sum [4]byte
-		binary.BigEndian.PutUint32(sum[:], crc32.Checksum(data, castagnoli))
-		got, want, method = hex.EncodeToString(sum[:]), e.CRC32C, "crc32c"
-	} else {
-		sum := sha256.Sum256(data)
-		got, want, method = hex.EncodeToString(sum[:]), e.SHA256, "sha256"
-	}
-	if got != want {
-		return nil, fmt.Errorf("%s: %w (%s %s, indexed %s)", e.Name, ErrShardChanged, method, short(got), short(want))
+	if _, err := io.ReadFull(vr, one[:]); err != io.EOF {
+		return nil, verifyError(e, err)
 	}
 	return data, nil
+}
+
+// verifyError names the shard in a read error; a verifier's own error
+// already does, and an early end means the shard shrank.
+func verifyError(e ShardEntry, err error) error {
+	switch {
+	case err == nil: // a byte past the indexed size
+		return fmt.Errorf("%s: %w (more than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
+	case errors.Is(err, ErrShardChanged):
+		return err
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		return fmt.Errorf("%s: %w (shorter than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
+	}
+	return fmt.Errorf("%s: %w", e.Name, err)
 }
 
 func short(s string) string { return s[:min(len(s), 12)] }

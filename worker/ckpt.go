@@ -89,10 +89,8 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 			break
 		}
 		r.log.Warn("checkpoint part upload failed; retrying", "step", step, "retry_in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := sleepCtx(ctx, wait); err != nil {
+			return err
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
@@ -107,7 +105,7 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 		Part: wire.CheckpointPart{Name: part.Name, Offset: part.Offset, Bytes: part.Bytes, SHA256: part.SHA256},
 	}
 	if r.rank == 0 {
-		req.Meta = r.checkpointMeta(state)
+		req.Meta = r.checkpointMeta(state, part)
 	}
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -119,19 +117,23 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 		if wire.HasCode(err, wire.CodeStale) || wire.HasCode(err, wire.CodeBadRequest) || ctx.Err() != nil {
 			return fmt.Errorf("report checkpoint part: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return err
 		}
 	}
 }
 
-func (r *runState) checkpointMeta(state []byte) *wire.CheckpointMeta {
+// checkpointMeta describes the whole checkpoint (rank 0). A world of one's
+// part is the whole state, whose checksum is then already known.
+func (r *runState) checkpointMeta(state []byte, part checkpoint.Part) *wire.CheckpointMeta {
 	cfg, _ := json.Marshal(r.model.Config())
 	spec, _ := json.Marshal(r.spec)
+	sum := part.SHA256
+	if part.Bytes != int64(len(state)) {
+		sum = checkpoint.SHA256(state)
+	}
 	m := &wire.CheckpointMeta{
-		StateBytes: int64(len(state)), StateSHA256: checkpoint.SHA256(state),
+		StateBytes: int64(len(state)), StateSHA256: sum,
 		ConfigHash: checkpoint.SHA256(cfg), SpecHash: checkpoint.SHA256(spec), CodeVersion: r.j.Build,
 	}
 	for _, p := range r.model.Info().Params {
@@ -233,10 +235,8 @@ func (r *runState) waitCommitted(ctx context.Context, step int64, timeout time.D
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the checkpoint at step %d was not committed within %s (last error: %v)", step, timeout, err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }

@@ -107,11 +107,9 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 			// starts a new generation. Wait for that rather than failing
 			// the run; report only if it does not come.
 			job.Log.Warn("the ring broke; waiting for the coordinator to start a new generation", "err", err)
-			select {
-			case <-jobCtx.Done():
+			if sleepCtx(jobCtx, peerLostGrace) != nil {
 				job.Log.Info("job stopped")
 				return
-			case <-time.After(peerLostGrace):
 			}
 		}
 		switch {

@@ -42,10 +42,8 @@ func Rendezvous(ctx context.Context, c *wire.Client, req wire.RendezvousRequest)
 				return reply, fmt.Errorf("rendezvous for run %s generation %d: %w", req.Run, req.Generation, err)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return last, fmt.Errorf("rendezvous for run %s generation %d: %d of %d members posted before the deadline: %w", req.Run, req.Generation, last.Posted, last.World, ctx.Err())
-		case <-time.After(poll):
+		if err := sleepCtx(ctx, poll); err != nil {
+			return last, fmt.Errorf("rendezvous for run %s generation %d: %d of %d members posted before the deadline: %w", req.Run, req.Generation, last.Posted, last.World, err)
 		}
 		poll = min(2*poll, maxPoll)
 	}

@@ -75,40 +75,10 @@ func runCommand() *cli.Command {
 					return nil
 				},
 			},
-			{
-				Name:      "checkpoint",
-				Usage:     "ask a running run for a checkpoint now (taken at its next progress report)",
-				ArgsUsage: "ID",
-				Flags:     clientFlags(false),
-				Action: func(c *cli.Context) error {
-					id, err := oneArg(c, "run id")
-					if err != nil {
-						return err
-					}
-					if err := callCluster(c, wire.SubjectRunCkpt, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
-						return err
-					}
-					fmt.Printf("checkpoint requested for run %s; see lavit-coord ckpt ls %s\n", id, id)
-					return nil
-				},
-			},
-			{
-				Name:      "resume",
-				Usage:     "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size",
-				ArgsUsage: "ID",
-				Flags:     clientFlags(false),
-				Action: func(c *cli.Context) error {
-					id, err := oneArg(c, "run id")
-					if err != nil {
-						return err
-					}
-					if err := callCluster(c, wire.SubjectRunResume, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
-						return err
-					}
-					fmt.Printf("run %s will resume when enough workers are idle; follow it with: lavit-coord run show %s\n", id, id)
-					return nil
-				},
-			},
+			runVerb("checkpoint", "ask a running run for a checkpoint now (taken at its next progress report)", wire.SubjectRunCkpt,
+				"checkpoint requested for run %[1]s; see lavit-coord ckpt ls %[1]s\n"),
+			runVerb("resume", "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size", wire.SubjectRunResume,
+				"run %[1]s will resume when enough workers are idle; follow it with: lavit-coord run show %[1]s\n"),
 			{
 				Name:      "cancel",
 				Usage:     "cancel a run; its workers stop and go idle",
@@ -126,6 +96,28 @@ func runCommand() *cli.Command {
 					return nil
 				},
 			},
+		},
+	}
+}
+
+// runVerb is a `run VERB ID` command that sends the run id to subject and
+// prints done (a format taking the id).
+func runVerb(name, usage, subject, done string) *cli.Command {
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "ID",
+		Flags:     clientFlags(false),
+		Action: func(c *cli.Context) error {
+			id, err := oneArg(c, "run id")
+			if err != nil {
+				return err
+			}
+			if err := callCluster(c, subject, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
+				return err
+			}
+			fmt.Printf(done, id)
+			return nil
 		},
 	}
 }

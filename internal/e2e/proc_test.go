@@ -59,8 +59,14 @@ func (p *proc) signalAndWait(t testing.TB, sig syscall.Signal, timeout time.Dura
 // run runs a binary to completion and returns its stdout, stderr and exit code.
 func run(t testing.TB, bin string, env []string, args ...string) (string, string, int) {
 	t.Helper()
+	return runIn(t, "", bin, env, args...)
+}
+
+// runIn is run in the working directory dir ("" = this process's).
+func runIn(t testing.TB, dir, bin string, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -65,19 +64,7 @@ func (f *trainFleet) addWorker(id string, env ...string) *proc {
 // cli runs lavit-coord in the fleet's working directory.
 func (f *trainFleet) cli(args ...string) (string, string, int) {
 	f.t.Helper()
-	cmd := exec.Command(f.coordBin, args...)
-	cmd.Dir, cmd.Env = f.dir, append(os.Environ(), f.env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	code := 0
-	if err := cmd.Run(); err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			f.t.Fatalf("lavit-coord %v: %v", args, err)
-		}
-		code = ee.ExitCode()
-	}
-	return stdout.String(), stderr.String(), code
+	return runIn(f.t, f.dir, f.coordBin, f.env, args...)
 }
 
 // submit submits a spec file with overrides and returns the run id.
