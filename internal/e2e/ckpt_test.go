@@ -340,3 +340,58 @@ func lastLine(s, containing string) string {
 	}
 	return ""
 }
+
+// TestCheckpointPolicies: a checkpoint on request (`run checkpoint`), on a
+// timer (checkpoint.every_minutes), and `run resume` of a cancelled run
+// from its newest committed checkpoint.
+func TestCheckpointPolicies(t *testing.T) {
+	f := startTrainFleet(t, 1, nil)
+	data := "file://" + filepath.Join(f.dir, "data")
+	if _, stderr, code := f.cli("shards", "synth", "--out", data, "--samples", "400", "--per-shard", "100"); code != 0 {
+		t.Fatal(stderr)
+	}
+	f.addWorker("w1")
+	base := []string{"data.url=" + data, "data.eval_url=", "checkpoint.url=file://" + filepath.Join(f.dir, "ck"),
+		"steps=1000000", "stage1.phase_a_steps=999999", "min_workers=1", "max_workers=1", "metrics.every_steps=5", "checkpoint.every_steps=0"}
+
+	// On request: no step or time policy, one `run checkpoint`.
+	id := f.submit("configs/tiny-stage1.yaml", base...)
+	f.waitState(id, time.Minute, wire.RunRunning)
+	time.Sleep(time.Second)
+	if info, _ := f.show(id); len(info.Checkpoints) != 0 {
+		t.Fatalf("checkpoints before any was asked for: %+v", info.Checkpoints)
+	}
+	if _, stderr, code := f.cli("run", "checkpoint", id); code != 0 {
+		t.Fatalf("run checkpoint: exit %d: %s", code, stderr)
+	}
+	asked := f.waitCkpt(id, 1, time.Minute)
+
+	// Resume after a cancel: from that checkpoint.
+	if _, stderr, code := f.cli("run", "cancel", id); code != 0 {
+		t.Fatal(stderr)
+	}
+	if _, stderr, code := f.cli("run", "resume", id); code != 0 {
+		t.Fatalf("run resume: exit %d: %s", code, stderr)
+	}
+	testutil.WaitFor(t, time.Minute, "the resumed run to report progress", func() bool {
+		info, err := f.show(id)
+		return err == nil && info.State == wire.RunRunning && info.Generation == 2 && info.RestoredFrom > 0
+	})
+	if info, _ := f.show(id); info.RestoredFrom != asked[0].Step {
+		t.Errorf("resumed from step %d, want the requested checkpoint's %d", info.RestoredFrom, asked[0].Step)
+	}
+	f.cli("run", "cancel", id)
+	if _, stderr, code := f.cli("run", "resume", "r-0999"); code != 1 || !strings.Contains(stderr, "does not exist") {
+		t.Errorf("resume of an unknown run: exit %d: %s", code, stderr)
+	}
+
+	// On a timer: every 0.01 minutes (0.6 s).
+	timed := f.submit("configs/tiny-stage1.yaml", append(base, "checkpoint.every_minutes=0.01")...)
+	f.waitState(timed, time.Minute, wire.RunRunning)
+	list := f.waitCkpt(timed, 1, time.Minute)
+	testutil.WaitFor(t, time.Minute, "a second timed checkpoint", func() bool {
+		l, err := jsonOut[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", timed, "--json")
+		return err == nil && len(l) >= 2 && l[len(l)-1].Step > list[0].Step
+	})
+	f.cli("run", "cancel", timed)
+}
