@@ -13,6 +13,11 @@ import (
 	"github.com/lavit-org/lavit/shards/wds"
 )
 
+// MaxGets bounds the shard GETs a Loader has in flight at once, however
+// far ahead it is asked to prefetch: prefetches queue behind them, so a
+// deep prefetch keeps this many GETs busy without flooding the store.
+const MaxGets = 4
+
 // readBuffer is the read-ahead for streaming a shard.
 const readBuffer = 64 << 10
 
@@ -32,10 +37,11 @@ type Loader struct {
 	keep    int
 	mu      sync.Mutex
 	cache   map[int]*shardData
-	order   []int        // shard indices, least recently used first
-	retired []*shardData // evicted; buffers reusable at the next Samples call
-	free    [][]byte     // shard buffers ready for reuse
-	reused  int          // fetches that reused a buffer
+	order   []int         // shard indices, least recently used first
+	retired []*shardData  // evicted; buffers reusable at the next Samples call
+	free    [][]byte      // shard buffers ready for reuse
+	reused  int           // fetches that reused a buffer
+	gets    chan struct{} // one slot per shard GET in flight (see MaxGets)
 }
 
 type shardData struct {
@@ -51,7 +57,7 @@ func NewLoader(src Source, m *Manifest, keepShards int) *Loader {
 	if keepShards <= 0 {
 		keepShards = 8
 	}
-	return &Loader{src: src, m: m, lim: wds.DefaultLimits(), keep: keepShards, cache: map[int]*shardData{}}
+	return &Loader{src: src, m: m, lim: wds.DefaultLimits(), keep: keepShards, cache: map[int]*shardData{}, gets: make(chan struct{}, MaxGets)}
 }
 
 // shard returns the cache entry for a shard, starting its fetch if needed.
@@ -94,22 +100,47 @@ const wholeShardLimit = 1 << 30
 func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 	defer close(d.ready)
 	e := l.m.Shards[i]
+	l.gets <- struct{}{} // a GET slot, held until the shard's bytes are in
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-l.gets
+		}
+	}
+	defer release()
 	rc, err := l.src.Open(ctx, e.Name, 0, -1)
 	if err != nil {
 		d.err = fmt.Errorf("shard %s: %w", e.Name, err)
 		return
 	}
 	defer rc.Close()
+	// Room for the manifest's count (every sample takes at least a
+	// 512-byte header, which bounds a count no shard could hold).
+	d.samples = make([]wds.Sample, 0, max(0, min(e.Samples, int(e.Bytes/512))))
 	collect := func(s wds.Sample) error {
 		d.samples = append(d.samples, s)
 		return nil
 	}
 	if e.Bytes <= wholeShardLimit {
-		buf := l.takeBuffer(e.Bytes)
-		if d.buf, err = readVerifiedInto(rc, e, buf); err == nil {
-			_, err = wds.ScanBytes(d.buf, e.Name, l.lim, collect)
-		} else {
+		// Parse as the bytes arrive (while they are in the CPU's cache),
+		// into one buffer the samples then point into.
+		buf := l.takeBuffer(e.Bytes)[:e.Bytes]
+		vr := NewVerifiedReader(rc, e)
+		_, err = wds.ScanInPlace(vr, buf, e.Name, l.lim, collect)
+		// Read on to the end (the tar's trailing padding, or whatever a
+		// failed parse left): the verifier checks size and checksum there,
+		// and a shard that changed is reported as that, whatever the parse
+		// made of it.
+		if _, verr := io.Copy(io.Discard, vr); verr != nil {
+			err = verifyError(e, verr)
+		}
+		release()
+		if err != nil {
+			d.samples = nil
 			l.giveBuffer(buf) // nothing points into it
+		} else {
+			d.buf = buf
 		}
 	} else {
 		// Tar reads 512-byte headers; buffer so they are not one syscall
@@ -269,12 +300,13 @@ func decodeOne(s wds.Sample, size int, dst []float32, caption *string) error {
 	if err := CheckSampleFields(s); err != nil {
 		return err
 	}
-	field := imageField(s)
-	img, err := decode.Image(s.Fields[field], field, size)
+	field, data := imageField(s)
+	img, err := decode.Image(data, field, size)
 	if err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
-	c, err := decode.Caption(s.Fields["txt"], MaxCaptionBytes)
+	txt, _ := s.Field("txt")
+	c, err := decode.Caption(txt, MaxCaptionBytes)
 	if err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -93,24 +96,62 @@ func TestLoaderS3DropsMidShard(t *testing.T) {
 	}
 }
 
-// TestLoaderRefusesChangedShard: a shard replaced after indexing is an
-// error naming it, not silently different samples.
+// TestLoaderRefusesChangedShard: a shard changed after indexing is an
+// error naming it, never silently different samples, however the change
+// shows while parsing (the loader parses as the bytes arrive): other
+// content, truncated, extended, a header smashed in the middle. The
+// loader goes on serving the shards that did not change.
 func TestLoaderRefusesChangedShard(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
-	m := synthSet(t, src, 20, 10)
 	other, _ := NewFileSource(t.TempDir())
 	WriteSynth(ctx, other, 7, synth.Train, 20, 10, nil)
-	rc, _ := other.Open(ctx, m.Shards[0].Name, 0, -1)
-	var buf bytes.Buffer
-	buf.ReadFrom(rc)
-	rc.Close()
-	src.Put(ctx, m.Shards[0].Name, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
-	st, _ := m.Stream(1, 1)
-	refs, _ := st.Batch(0, 20, 0, 20)
-	_, err := NewLoader(src, m, 2).Samples(ctx, refs)
-	if !errors.Is(err, ErrShardChanged) {
-		t.Fatalf("got %v, want ErrShardChanged", err)
+	changes := []struct {
+		name   string
+		change func(orig []byte) []byte
+	}{
+		{"other content", func([]byte) []byte {
+			rc, _ := other.Open(ctx, "train-000000.tar", 0, -1)
+			defer rc.Close()
+			b, _ := io.ReadAll(rc)
+			return b
+		}},
+		{"truncated mid-member", func(b []byte) []byte { return b[:len(b)/2+100] }},
+		{"extended", func(b []byte) []byte { return append(bytes.Clone(b), make([]byte, 1024)...) }},
+		{"header smashed", func(b []byte) []byte {
+			b = bytes.Clone(b)
+			copy(b[len(b)/2/512*512:], bytes.Repeat([]byte{'z'}, 512))
+			return b
+		}},
+	}
+	for _, c := range changes {
+		t.Run(c.name, func(t *testing.T) {
+			src, _ := NewFileSource(t.TempDir())
+			m := synthSet(t, src, 20, 10)
+			name := m.Shards[0].Name
+			rc, _ := src.Open(ctx, name, 0, -1)
+			orig, _ := io.ReadAll(rc)
+			rc.Close()
+			changed := c.change(orig)
+			src.Put(ctx, name, bytes.NewReader(changed), int64(len(changed)))
+			st, _ := m.Stream(1, 1)
+			refs, _ := st.Batch(0, 20, 0, 20)
+			l := NewLoader(src, m, 2)
+			var first, second []stream.Ref
+			for _, r := range refs {
+				if r.Shard == 0 {
+					first = append(first, r)
+				} else {
+					second = append(second, r)
+				}
+			}
+			_, err := l.Samples(ctx, first)
+			if !errors.Is(err, ErrShardChanged) || !strings.Contains(err.Error(), name) {
+				t.Fatalf("got %v, want ErrShardChanged naming %s", err, name)
+			}
+			if got, err := l.Samples(ctx, second); err != nil || len(got) != len(second) {
+				t.Fatalf("the unchanged shard: %d samples, %v", len(got), err)
+			}
+		})
 	}
 }
 
@@ -119,10 +160,10 @@ func TestDecodeBatchMasksBadSamples(t *testing.T) {
 	good := synth.Generate(0, synth.Train, 1)
 	png, _ := good.PNG()
 	samples := []wds.Sample{
-		{Key: "a", Shard: "s.tar", Fields: map[string][]byte{"png": png, "txt": []byte(good.Caption)}},
-		{Key: "b", Shard: "s.tar", Fields: map[string][]byte{"png": []byte("not a png"), "txt": []byte("x")}},
+		{Key: "a", Shard: "s.tar", Fields: []wds.Field{{Name: "png", Data: png}, {Name: "txt", Data: []byte(good.Caption)}}},
+		{Key: "b", Shard: "s.tar", Fields: []wds.Field{{Name: "png", Data: []byte("not a png")}, {Name: "txt", Data: []byte("x")}}},
 		{Key: "c", Shard: "s.tar", Err: errors.New("oversized member")},
-		{Key: "d", Shard: "s.tar", Fields: map[string][]byte{"png": png, "txt": []byte(good.Caption)}},
+		{Key: "d", Shard: "s.tar", Fields: []wds.Field{{Name: "png", Data: png}, {Name: "txt", Data: []byte(good.Caption)}}},
 	}
 	d := DecodeBatch(samples, 32, 2)
 	if want := []bool{true, false, false, true}; d.Valid[0] != want[0] || d.Valid[1] != want[1] || d.Valid[2] != want[2] || d.Valid[3] != want[3] {
@@ -164,8 +205,10 @@ func TestLoaderReusesBuffers(t *testing.T) {
 		for k, r := range refs {
 			want := synth.Generate(0, synth.Train, r.Shard*perShard+r.Index)
 			png, _ := want.PNG()
-			if samples[k].Key != want.Key || string(samples[k].Fields["txt"]) != want.Caption || !bytes.Equal(samples[k].Fields["png"], png) {
-				t.Fatalf("step %d: sample %d is %q %q, want %q %q", step, k, samples[k].Key, samples[k].Fields["txt"], want.Key, want.Caption)
+			txt, _ := samples[k].Field("txt")
+			gotPNG, _ := samples[k].Field("png")
+			if samples[k].Key != want.Key || string(txt) != want.Caption || !bytes.Equal(gotPNG, png) {
+				t.Fatalf("step %d: sample %d is %q %q, want %q %q", step, k, samples[k].Key, txt, want.Key, want.Caption)
 			}
 		}
 	}

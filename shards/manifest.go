@@ -224,31 +224,6 @@ func (v *VerifiedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ReadVerified reads a whole shard into memory and checks it against the
-// manifest entry (size, then CRC-32C, or sha256 when the entry has no
-// CRC): a changed shard is ErrShardChanged, never returned.
-func ReadVerified(r io.Reader, e ShardEntry) ([]byte, error) {
-	return readVerifiedInto(r, e, nil)
-}
-
-// readVerifiedInto is ReadVerified into buf when it has the capacity.
-func readVerifiedInto(r io.Reader, e ShardEntry, buf []byte) ([]byte, error) {
-	if int64(cap(buf)) < e.Bytes {
-		buf = make([]byte, e.Bytes)
-	}
-	data := buf[:e.Bytes]
-	vr := NewVerifiedReader(r, e)
-	if _, err := io.ReadFull(vr, data); err != nil {
-		return nil, verifyError(e, err)
-	}
-	// Reading on to the end makes the verifier check the size and checksum.
-	var one [1]byte
-	if _, err := io.ReadFull(vr, one[:]); err != io.EOF {
-		return nil, verifyError(e, err)
-	}
-	return data, nil
-}
-
 // verifyError names the shard in a read error; a verifier's own error
 // already does, and an early end means the shard shrank.
 func verifyError(e ShardEntry, err error) error {
@@ -276,14 +251,14 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// imageField is the sample's image field ("" if none).
-func imageField(s wds.Sample) string {
+// imageField is the sample's image field and its bytes ("" if none).
+func imageField(s wds.Sample) (string, []byte) {
 	for _, f := range []string{"png", "jpg", "jpeg"} {
-		if _, ok := s.Fields[f]; ok {
-			return f
+		if data, ok := s.Field(f); ok {
+			return f, data
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // CheckSampleFields checks a sample has what training needs, without
@@ -292,10 +267,10 @@ func CheckSampleFields(s wds.Sample) error {
 	if s.Err != nil {
 		return s.Err
 	}
-	if imageField(s) == "" {
+	if field, _ := imageField(s); field == "" {
 		return fmt.Errorf("sample %s in %s: missing field: no png, jpg or jpeg image", s.Key, s.Shard)
 	}
-	if _, ok := s.Fields["txt"]; !ok {
+	if _, ok := s.Field("txt"); !ok {
 		return fmt.Errorf("sample %s in %s: missing field: no txt caption", s.Key, s.Shard)
 	}
 	return nil
@@ -307,11 +282,12 @@ func CheckSample(s wds.Sample) error {
 	if err := CheckSampleFields(s); err != nil {
 		return err
 	}
-	field := imageField(s)
-	if _, err := decode.Image(s.Fields[field], field, 8); err != nil {
+	field, data := imageField(s)
+	if _, err := decode.Image(data, field, 8); err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
-	if _, err := decode.Caption(s.Fields["txt"], MaxCaptionBytes); err != nil {
+	txt, _ := s.Field("txt")
+	if _, err := decode.Caption(txt, MaxCaptionBytes); err != nil {
 		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
 	return nil

@@ -72,8 +72,8 @@ func TestSynthIndexStream(t *testing.T) {
 	for _, r := range refs {
 		s := byShard[back.Shards[r.Shard].Name][r.Index]
 		want := synth.Generate(0, synth.Train, r.Shard*16+r.Index)
-		if s.Key != want.Key || string(s.Fields["txt"]) != want.Caption {
-			t.Fatalf("ref %+v read %s %q, want %s %q", r, s.Key, s.Fields["txt"], want.Key, want.Caption)
+		if txt, _ := s.Field("txt"); s.Key != want.Key || string(txt) != want.Caption {
+			t.Fatalf("ref %+v read %s %q, want %s %q", r, s.Key, txt, want.Key, want.Caption)
 		}
 	}
 }

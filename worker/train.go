@@ -790,7 +790,8 @@ func loadEvalSet(ctx context.Context, u string, image int) (*trainer.EvalSet, er
 				continue
 			}
 			var objects []synth.Object
-			if err := json.Unmarshal(s.Fields["json"], &objects); err != nil {
+			js, _ := s.Field("json")
+			if err := json.Unmarshal(js, &objects); err != nil {
 				return nil, fmt.Errorf("eval sample %s in %s: objects: %w", s.Key, s.Shard, err)
 			}
 			set.Samples = append(set.Samples, synth.Sample{Key: s.Key, Caption: d.Captions[i], Objects: objects})

@@ -18,17 +18,21 @@ func BenchmarkScan(b *testing.B) {
 	}
 	w.Close()
 	data := buf.Bytes()
-	for _, mode := range []string{"stream", "bytes"} {
+	dst := make([]byte, len(data))
+	for _, mode := range []string{"stream", "bytes", "inplace"} {
 		b.Run(mode, func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for i := 0; i < b.N; i++ {
 				n := 0
 				count := func(Sample) error { n++; return nil }
 				var err error
-				if mode == "stream" {
+				switch mode {
+				case "stream":
 					_, err = Scan(bytes.NewReader(data), "bench", DefaultLimits(), count)
-				} else {
+				case "bytes":
 					_, err = ScanBytes(data, "bench", DefaultLimits(), count)
+				case "inplace": // copies into dst as it parses, as the loader reads
+					_, err = ScanInPlace(bytes.NewReader(data), dst, "bench", DefaultLimits(), count)
 				}
 				if err != nil || n != 1000 {
 					b.Fatal(n, err)

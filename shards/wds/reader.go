@@ -15,23 +15,35 @@ type Reader struct {
 	shard string
 	lim   Limits
 
-	cur     *building // the sample being assembled; nil between samples
-	index   int       // Index of the next sample to start
-	lastKey string    // key of the last member read whole, for ErrCorrupt messages
-	skipped int       // members skipped as not part of any sample
-	err     error     // sticky: io.EOF or an ErrCorrupt error once reached
-	chunk   []byte    // the rest of the current arena block (see carve)
+	cur     building // the sample being assembled, when cur.active
+	index   int      // Index of the next sample to start
+	lastKey string   // key of the last member read whole, for ErrCorrupt messages
+	skipped int      // members skipped as not part of any sample
+	err     error    // sticky: io.EOF or an ErrCorrupt error once reached
+	chunk   []byte   // the rest of the current arena block (see carve)
+	fields  []Field  // the rest of the current block of fields (see carveFields)
 
 	fieldNames map[string]string // interned field names (see intern)
 }
 
 // building is a sample whose members are still being read.
 type building struct {
+	active bool
 	key    string
 	index  int
-	fields map[string][]byte
+	fields []Field
 	bytes  int64 // sum of the member sizes seen so far, including discarded ones
 	err    error // first problem found; later members are discarded
+}
+
+// has reports whether the sample already has the field.
+func (b *building) has(field string) bool {
+	for _, f := range b.fields {
+		if f.Name == field {
+			return true
+		}
+	}
+	return false
 }
 
 // NewReader returns a Reader over the tar stream r. shard names the shard
@@ -45,6 +57,15 @@ func NewReader(r io.Reader, shard string, lim Limits) *Reader {
 // modified while they are in use.
 func NewBytesReader(data []byte, shard string, lim Limits) *Reader {
 	return &Reader{tr: newMemTarReader(data), shard: shard, lim: lim.withDefaults()}
+}
+
+// NewInPlaceReader returns a Reader that reads the shard from r into buf
+// as it parses, so each header is parsed while its bytes are fresh in the
+// CPU's cache; the samples' fields are subslices of buf, as with
+// NewBytesReader. The shard must fit in buf: bytes of r past len(buf) are
+// not read (a caller that knows the shard's size checks the rest).
+func NewInPlaceReader(r io.Reader, buf []byte, shard string, lim Limits) *Reader {
+	return &Reader{tr: newInPlaceTarReader(r, buf), shard: shard, lim: lim.withDefaults()}
 }
 
 // SkippedMembers returns how many members so far were skipped as not part
@@ -72,7 +93,7 @@ func (r *Reader) Next() (Sample, error) {
 		hdr, err := r.tr.Next()
 		if err == io.EOF {
 			r.err = io.EOF
-			if r.cur != nil {
+			if r.cur.active {
 				return r.finish(), nil
 			}
 			return Sample{}, io.EOF
@@ -85,7 +106,7 @@ func (r *Reader) Next() (Sample, error) {
 			// skips their contents (if any) on the next call.
 			continue
 		}
-		name := path.Clean(hdr.Name)
+		name := cleanPath(hdr.Name)
 		key, field, ok := splitName(name)
 		if !ok {
 			r.skipped++
@@ -99,13 +120,13 @@ func (r *Reader) Next() (Sample, error) {
 		// now (the tar reader is positioned on it), then return the
 		// completed one.
 		var done *Sample
-		if r.cur != nil && r.cur.key != key {
+		if r.cur.active && r.cur.key != key {
 			s := r.finish()
 			done = &s
 		}
-		if r.cur == nil {
+		if !r.cur.active {
 			// hdr.Name is only valid until the next member: keep copies.
-			r.cur = &building{key: strings.Clone(key), index: r.index, fields: make(map[string][]byte, 4)}
+			r.cur = building{active: true, key: strings.Clone(key), index: r.index, fields: r.carveFields()}
 			r.index++
 		}
 		if err := r.addMember(hdr, name, r.intern(field)); err != nil {
@@ -120,6 +141,38 @@ func (r *Reader) Next() (Sample, error) {
 			return *done, nil
 		}
 	}
+}
+
+// cleanPath is path.Clean, with a fast path for the usual name that is
+// clean already (path.Clean was a tenth of the time per member).
+func cleanPath(p string) string {
+	if isClean(p) {
+		return p
+	}
+	return path.Clean(p)
+}
+
+// isClean reports whether path.Clean(p) == p: not empty, no trailing
+// slash, no empty, "." or ".." element.
+func isClean(p string) bool {
+	if p == "" || p[len(p)-1] == '/' {
+		return false
+	}
+	start := 0
+	if p[0] == '/' {
+		start = 1
+	}
+	for start <= len(p) {
+		end := strings.IndexByte(p[start:], '/')
+		if end < 0 {
+			end = len(p) - start
+		}
+		if elem := p[start : start+end]; elem == "" || elem == "." || elem == ".." {
+			return false
+		}
+		start += end + 1
+	}
+	return true
 }
 
 // intern returns a lasting copy of a field name, shared by every sample
@@ -142,9 +195,9 @@ func (r *Reader) intern(field string) string {
 // is bad and discards the member's bytes. It returns an error only when the
 // stream itself is broken.
 func (r *Reader) addMember(hdr tarHeader, name, field string) error {
-	b := r.cur
+	b := &r.cur
 	b.bytes += hdr.Size
-	_, dup := b.fields[field]
+	dup := b.has(field)
 	if b.err == nil {
 		switch {
 		case escapes(name):
@@ -171,7 +224,7 @@ func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	// the member.
 	var data []byte
 	var err error
-	if r.tr.mem != nil {
+	if r.tr.inPlace() {
 		data, err = r.tr.slice(hdr.Size)
 	} else {
 		data = r.carve(hdr.Size)
@@ -188,7 +241,7 @@ func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	if data == nil {
 		data = []byte{} // an empty member is still a present field
 	}
-	b.fields[field] = data
+	b.fields = append(b.fields, Field{Name: field, Data: data})
 	return nil
 }
 
@@ -201,7 +254,7 @@ func (r *Reader) discard() error {
 // finish turns r.cur into a Sample and clears it.
 func (r *Reader) finish() Sample {
 	b := r.cur
-	r.cur = nil
+	r.cur = building{}
 	s := Sample{Key: b.key, Shard: r.shard, Index: b.index, Err: b.err}
 	if b.err == nil {
 		s.Fields = b.fields
@@ -218,9 +271,25 @@ func (r *Reader) fail(cause error) error {
 	if last == "" {
 		last = "(none)"
 	}
-	r.cur = nil
+	r.cur = building{}
 	r.err = fmt.Errorf("wds: shard %q: %w after key %q: %w", r.shard, ErrCorrupt, last, cause)
 	return r.err
+}
+
+// fieldsPerSample is the room carveFields gives a sample: more fields
+// than that grow it by an ordinary append.
+const fieldsPerSample = 4
+
+// carveFields returns an empty field list with room for fieldsPerSample,
+// carved from a block shared by many samples (one allocation per 256
+// samples instead of one per sample).
+func (r *Reader) carveFields() []Field {
+	if len(r.fields) < fieldsPerSample {
+		r.fields = make([]Field, 256*fieldsPerSample)
+	}
+	f := r.fields[:0:fieldsPerSample]
+	r.fields = r.fields[fieldsPerSample:]
+	return f
 }
 
 // chunkSize is the arena block small members are carved from: a shard of

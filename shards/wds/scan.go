@@ -29,6 +29,12 @@ func ScanBytes(data []byte, shard string, lim Limits, fn func(Sample) error) (St
 	return scan(NewBytesReader(data, shard, lim), shard, fn)
 }
 
+// ScanInPlace is Scan reading the shard into buf as it parses (see
+// NewInPlaceReader).
+func ScanInPlace(r io.Reader, buf []byte, shard string, lim Limits, fn func(Sample) error) (Stats, error) {
+	return scan(NewInPlaceReader(r, buf, shard, lim), shard, fn)
+}
+
 func scan(rd *Reader, shard string, fn func(Sample) error) (Stats, error) {
 	var st Stats
 	for {
@@ -44,9 +50,7 @@ func scan(rd *Reader, shard string, fn func(Sample) error) (Stats, error) {
 		if s.Err != nil {
 			st.BadSamples++
 		}
-		for _, data := range s.Fields {
-			st.Bytes += int64(len(data))
-		}
+		st.Bytes += s.Bytes()
 		if fn != nil {
 			if err := fn(s); err != nil {
 				return st, fmt.Errorf("wds: shard %q: sample %q: %w", shard, s.Key, err)

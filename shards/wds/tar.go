@@ -23,9 +23,16 @@ import (
 // records). Members of every other type are skipped with their data. Every
 // header's checksum is verified; a bad one is errHeader.
 type tarReader struct {
-	r      io.Reader
-	mem    *bytes.Reader // set when the whole shard is in memory (see slice)
-	data   []byte        // the in-memory shard
+	r io.Reader // the stream; nil in the in-place mode
+
+	// The in-place mode (newMemTarReader, newInPlaceTarReader): headers
+	// and member data are read where they lie in data. data[:filled] holds
+	// the shard's bytes so far; fill, until it ends, supplies the rest.
+	data   []byte
+	filled int
+	fill   io.Reader
+	off    int // read position in data
+
 	blk    [blockSize]byte
 	remain int64     // unread data bytes of the current member
 	pad    int64     // padding after the current member's data
@@ -63,30 +70,102 @@ const (
 
 func newTarReader(r io.Reader) *tarReader { return &tarReader{r: r} }
 
-// newMemTarReader reads a shard held whole in memory; slice then hands out
-// member data without copying.
+// newMemTarReader reads a shard held whole in memory: headers are parsed
+// where they lie and slice hands out member data without copying.
 func newMemTarReader(data []byte) *tarReader {
-	br := bytes.NewReader(data)
-	return &tarReader{r: br, mem: br, data: data}
+	if data == nil {
+		data = []byte{} // non-nil marks the in-place mode
+	}
+	return &tarReader{data: data, filled: len(data)}
+}
+
+// newInPlaceTarReader reads the stream r into buf as parsing needs it, and
+// parses it there: each header is read while the bytes that just arrived
+// are still in the CPU's cache, and member data is never copied again.
+// The shard must fit in buf: bytes past len(buf) are not read.
+func newInPlaceTarReader(r io.Reader, buf []byte) *tarReader {
+	t := newMemTarReader(buf)
+	t.filled, t.fill = 0, r
+	return t
+}
+
+// inPlace reports whether headers and data are read where they lie in
+// t.data (made by newMemTarReader or newInPlaceTarReader).
+func (t *tarReader) inPlace() bool { return t.data != nil }
+
+// fillChunk bounds one read from the in-place source, so that parsing
+// follows the arriving bytes closely (a file would otherwise arrive whole
+// in one read, and be parsed cold).
+const fillChunk = 256 << 10
+
+// available makes up to n bytes past t.off readable in place, reading from
+// the source as needed, and returns how many are: fewer than n only at
+// the end of the shard. A source error other than io.EOF is returned.
+func (t *tarReader) available(n int) (int, error) {
+	for stalls := 0; t.filled-t.off < n && t.fill != nil && t.filled < len(t.data); {
+		m, err := t.fill.Read(t.data[t.filled:min(len(t.data), t.filled+fillChunk)])
+		t.filled += m
+		switch {
+		case err == io.EOF:
+			t.fill = nil
+		case err != nil:
+			return 0, err
+		case m == 0:
+			if stalls++; stalls > 100 {
+				return 0, io.ErrNoProgress
+			}
+		}
+	}
+	return min(n, t.filled-t.off), nil
 }
 
 // slice returns the next n bytes of the current member as a subslice of
-// the in-memory shard (capacity capped, so an append cannot spill into
-// the next member). Only for readers made by newMemTarReader.
+// the shard's buffer (capacity capped, so an append cannot spill into the
+// next member). Only in the in-place mode.
 func (t *tarReader) slice(n int64) ([]byte, error) {
-	off := t.mem.Size() - int64(t.mem.Len())
-	if n > t.remain {
-		n = t.remain
-	}
-	if n > int64(t.mem.Len()) {
-		t.mem.Seek(0, io.SeekEnd)
-		t.remain = 0
+	n = min(n, t.remain)
+	if n > int64(len(t.data)-t.off) {
+		t.off, t.remain = len(t.data), 0
 		return nil, io.ErrUnexpectedEOF
 	}
-	t.mem.Seek(n, io.SeekCurrent)
+	got, err := t.available(int(n))
+	if err != nil {
+		return nil, err
+	}
+	if got < int(n) {
+		t.off, t.remain = t.filled, 0
+		return nil, io.ErrUnexpectedEOF
+	}
+	b := t.data[t.off : t.off+int(n) : t.off+int(n)]
+	t.off += int(n)
 	t.remain -= n
-	return t.data[off : off+n : off+n], nil
+	return b, nil
 }
+
+// block returns the next 512-byte block: in place, or read into t.blk
+// from the stream. Like io.ReadFull, it returns io.EOF only when the
+// stream ended exactly before the block.
+func (t *tarReader) block() ([]byte, error) {
+	if !t.inPlace() {
+		_, err := io.ReadFull(t.r, t.blk[:])
+		return t.blk[:], err
+	}
+	got, err := t.available(blockSize)
+	switch {
+	case err != nil:
+		return nil, err
+	case got == 0:
+		return nil, io.EOF
+	case got < blockSize:
+		t.off = t.filled
+		return nil, io.ErrUnexpectedEOF
+	}
+	b := t.data[t.off : t.off+blockSize]
+	t.off += blockSize
+	return b, nil
+}
+
+var zeroBlock [blockSize]byte
 
 // Next skips the rest of the current member and returns the next header.
 // It returns io.EOF at the end-of-archive marker or at a clean end of the
@@ -100,24 +179,23 @@ func (t *tarReader) Next() (tarHeader, error) {
 	var longName string
 	var pax map[string]string
 	for {
-		if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
+		b, err := t.block()
+		if err != nil {
 			return tarHeader{}, err // io.EOF only when the stream ended exactly here
 		}
-		if t.blk == [blockSize]byte{} {
+		if bytes.Equal(b, zeroBlock[:]) {
 			// End of archive: two zero blocks (a missing second one, as
 			// some writers leave, is tolerated).
-			if _, err := io.ReadFull(t.r, t.blk[:]); err != nil {
-				if err == io.EOF {
-					return tarHeader{}, io.EOF
-				}
+			b, err := t.block()
+			if err != nil {
 				return tarHeader{}, err
 			}
-			if t.blk != [blockSize]byte{} {
+			if !bytes.Equal(b, zeroBlock[:]) {
 				return tarHeader{}, fmt.Errorf("%w: data after a zero block", errHeader)
 			}
 			return tarHeader{}, io.EOF
 		}
-		hdr, err := t.parse()
+		hdr, err := t.parse(b)
 		if err != nil {
 			return tarHeader{}, err
 		}
@@ -167,6 +245,10 @@ func (t *tarReader) Read(p []byte) (int, error) {
 	if int64(len(p)) > t.remain {
 		p = p[:t.remain]
 	}
+	if t.inPlace() {
+		b, err := t.slice(int64(len(p)))
+		return copy(p, b), err
+	}
 	n, err := t.r.Read(p)
 	t.remain -= int64(n)
 	if err == io.EOF && t.remain > 0 {
@@ -178,9 +260,8 @@ func (t *tarReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// parse decodes the header in t.blk.
-func (t *tarReader) parse() (tarHeader, error) {
-	b := t.blk[:]
+// parse decodes the header block b.
+func (t *tarReader) parse(b []byte) (tarHeader, error) {
 	want, err := parseOctal(b[148:156])
 	if err != nil {
 		return tarHeader{}, fmt.Errorf("%w: checksum field: %v", errHeader, err)
@@ -264,6 +345,22 @@ func (t *tarReader) skip(n int64) error {
 	if n <= 0 {
 		return nil
 	}
+	if t.inPlace() {
+		if n > int64(len(t.data)-t.off) {
+			t.off = len(t.data)
+			return io.ErrUnexpectedEOF
+		}
+		got, err := t.available(int(n))
+		if err != nil {
+			return err
+		}
+		if got < int(n) {
+			t.off = t.filled
+			return io.ErrUnexpectedEOF
+		}
+		t.off += int(n)
+		return nil
+	}
 	if d, ok := t.r.(interface{ Discard(int) (int, error) }); ok && n <= math.MaxInt32 {
 		if got, err := d.Discard(int(n)); got < int(n) {
 			return eofIsUnexpected(err)
@@ -334,9 +431,11 @@ func parseNumber(b []byte) (int64, error) {
 
 // parseOctal reads octal digits surrounded by spaces or NULs.
 func parseOctal(b []byte) (int64, error) {
-	b = bytes.Trim(b, " \x00")
-	if len(b) == 0 {
-		return 0, nil
+	for len(b) > 0 && (b[0] == ' ' || b[0] == 0) {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == 0) {
+		b = b[:len(b)-1]
 	}
 	var v int64
 	for _, c := range b {

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"reflect"
 	"sort"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // member is one raw tar entry for building test shards by hand.
@@ -50,17 +52,28 @@ func rawTar(t *testing.T, members ...member) []byte {
 }
 
 // readAll reads every sample; err is the final error (nil at a clean end).
-// It reads the shard twice, streaming (NewReader) and in memory
-// (NewBytesReader), and fails the test if the two disagree.
+// It reads the shard streaming (NewReader), in memory (NewBytesReader) and
+// in place from sources that deliver it in ragged pieces
+// (NewInPlaceReader), and fails the test if they disagree.
 func readAll(t *testing.T, data []byte, shard string, lim Limits) ([]Sample, error) {
 	t.Helper()
 	streamed, err := readAllFrom(t, NewReader(bytes.NewReader(data), shard, lim))
-	inMemory, memErr := readAllFrom(t, NewBytesReader(data, shard, lim))
-	if fmt.Sprint(err) != fmt.Sprint(memErr) {
-		t.Errorf("streaming reader error %v, in-memory reader error %v", err, memErr)
+	others := map[string]*Reader{
+		"in-memory":            NewBytesReader(data, shard, lim),
+		"in-place, halves":     NewInPlaceReader(iotest.HalfReader(bytes.NewReader(data)), make([]byte, len(data)), shard, lim),
+		"in-place, big buffer": NewInPlaceReader(bytes.NewReader(data), make([]byte, len(data)+4096), shard, lim),
 	}
-	if !reflect.DeepEqual(streamed, inMemory) {
-		t.Errorf("streaming and in-memory readers disagree:\n%+v\n%+v", streamed, inMemory)
+	if len(data) < 1<<16 {
+		others["in-place, bytewise"] = NewInPlaceReader(iotest.OneByteReader(bytes.NewReader(data)), make([]byte, len(data)), shard, lim)
+	}
+	for name, r := range others {
+		got, gotErr := readAllFrom(t, r)
+		if fmt.Sprint(err) != fmt.Sprint(gotErr) {
+			t.Errorf("streaming reader error %v, %s reader error %v", err, name, gotErr)
+		}
+		if !reflect.DeepEqual(streamed, got) {
+			t.Errorf("streaming and %s readers disagree:\n%+v\n%+v", name, streamed, got)
+		}
 	}
 	return streamed, err
 }
@@ -89,11 +102,23 @@ func readAllFrom(t *testing.T, r *Reader) ([]Sample, error) {
 // fieldNames returns a sample's field names, sorted.
 func fieldNames(s Sample) []string {
 	var names []string
-	for f := range s.Fields {
-		names = append(names, f)
+	for _, f := range s.Fields {
+		names = append(names, f.Name)
 	}
 	sort.Strings(names)
 	return names
+}
+
+// fieldMap returns a sample's fields as a map (nil when it has none).
+func fieldMap(s Sample) map[string][]byte {
+	if s.Fields == nil {
+		return nil
+	}
+	m := map[string][]byte{}
+	for _, f := range s.Fields {
+		m[f.Name] = f.Data
+	}
+	return m
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -105,6 +130,10 @@ func TestRoundTrip(t *testing.T) {
 		{"000001", map[string][]byte{"txt": []byte("a dog"), "jpg": bytes.Repeat([]byte{7}, 3000)}},
 		{"dir/sub/000002", map[string][]byte{"txt": {}, "cls": []byte("3")}},
 		{"000003", map[string][]byte{"b.txt": []byte("dotted field")}},
+		// More fields than a sample's carved room: they must not spill
+		// into the next sample's fields.
+		{"000004", map[string][]byte{"a": {1}, "b": {2}, "c": {3}, "d": {4}, "e": {5}, "f": {6}}},
+		{"000005", map[string][]byte{"png": {9}, "txt": []byte("after six")}},
 	}
 	write := func() []byte {
 		var buf bytes.Buffer
@@ -136,7 +165,7 @@ func TestRoundTrip(t *testing.T) {
 		if s.Err != nil || s.Key != want.key || s.Index != i || s.Shard != "rt.tar" {
 			t.Errorf("sample %d: got key %q index %d shard %q err %v", i, s.Key, s.Index, s.Shard, s.Err)
 		}
-		if !reflect.DeepEqual(s.Fields, want.fields) {
+		if !reflect.DeepEqual(fieldMap(s), want.fields) {
 			t.Errorf("sample %q: fields differ: got %v", want.key, fieldNames(s))
 		}
 	}
@@ -162,6 +191,8 @@ func TestRoundTrip(t *testing.T) {
 		"000001.jpg", "000001.txt",
 		"dir/sub/000002.cls", "dir/sub/000002.txt",
 		"000003.b.txt",
+		"000004.a", "000004.b", "000004.c", "000004.d", "000004.e", "000004.f",
+		"000005.png", "000005.txt",
 	}
 	if !reflect.DeepEqual(names, wantNames) {
 		t.Errorf("member order:\n got %v\nwant %v", names, wantNames)
@@ -480,5 +511,54 @@ func TestScanStopsOnCallbackError(t *testing.T) {
 	}
 	if st.Samples != 2 || st.Bytes != 5 {
 		t.Errorf("stats %+v, want 2 samples, 5 bytes", st)
+	}
+}
+
+func TestIsCleanMatchesPathClean(t *testing.T) {
+	for _, p := range []string{"", "/", "a", "/a", "a/b.png", "a//b", "a/./b", "./a", "a/..", "../a", "a/", "/..", ".", "..", "a.b/c.d", "...", "a/.../b", "//a", "a/b/", ".a", "a/.b"} {
+		if isClean(p) && path.Clean(p) != p { // false only sends p through path.Clean
+			t.Errorf("isClean(%q) = true, but path.Clean gives %q", p, path.Clean(p))
+		}
+		if got, want := cleanPath(p), path.Clean(p); got != want {
+			t.Errorf("cleanPath(%q) = %q, want %q", p, got, want)
+		}
+	}
+}
+
+// An in-place reader passes its source's errors on (wrapped, so a caller
+// can tell a network failure from a corrupt shard) and reads no further
+// than its buffer.
+func TestInPlaceReaderSourceErrorsAndShortBuffer(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	for i := 0; i < 20; i++ {
+		w.WriteSample(fmt.Sprintf("s%03d", i), map[string][]byte{"png": bytes.Repeat([]byte{byte(i)}, 1000), "txt": []byte("x")})
+	}
+	w.Close()
+	data := buf.Bytes()
+
+	lost := errors.New("connection reset")
+	src := io.MultiReader(bytes.NewReader(data[:len(data)/2]), iotest.ErrReader(lost))
+	r := NewInPlaceReader(src, make([]byte, len(data)), "s.tar", Limits{})
+	n := 0
+	var err error
+	for ; ; n++ {
+		if _, err = r.Next(); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, lost) || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("after %d samples: %v, want the source's error", n, err)
+	}
+	if n == 0 || n >= 20 {
+		t.Errorf("read %d samples before the error, want some but not all", n)
+	}
+
+	r = NewInPlaceReader(bytes.NewReader(data), make([]byte, len(data)/2), "s.tar", Limits{})
+	for err = nil; err == nil; {
+		_, err = r.Next()
+	}
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("shard larger than the buffer: %v, want a truncation", err)
 	}
 }
