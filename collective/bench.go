@@ -22,8 +22,9 @@ type BenchRow struct {
 	BusbwGBps float64 `json:"busbw_GBps"`
 	Backend   string  `json:"backend"`
 	Iters     int     `json:"iters"`
-	// OfLimit is busbw over the transfer-only busbw measured in the same
-	// run (0 when not measured).
+	// OfLimit is the share of the transfer-only limit measured in the
+	// same run, interleaved: the median over iterations of transfer-only
+	// time / all-reduce time (0 when not measured).
 	OfLimit float64 `json:"of_limit,omitempty"`
 }
 

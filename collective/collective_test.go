@@ -10,19 +10,25 @@ import (
 	"time"
 )
 
+// TestAddFloat32 covers every split between the AVX2, SSE and Go loops,
+// with and without AVX2 (where the CPU has it).
 func TestAddFloat32(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for n := range 40 {
-		dst, src := make([]float32, n), make([]float32, n)
-		want := make([]float32, n)
-		for i := range n {
-			dst[i], src[i] = rng.Float32(), rng.Float32()
-			want[i] = dst[i] + src[i]
-		}
-		AddFloat32(dst, src)
-		for i := range n {
-			if dst[i] != want[i] {
-				t.Fatalf("n=%d: dst[%d] = %v, want %v", n, i, dst[i], want[i])
+	defer func(saved bool) { haveAVX2 = saved }(haveAVX2)
+	for _, avx := range []bool{false, haveAVX2} {
+		haveAVX2 = avx
+		for n := range 130 {
+			dst, src := make([]float32, n), make([]float32, n)
+			want := make([]float32, n)
+			for i := range n {
+				dst[i], src[i] = rng.Float32(), rng.Float32()
+				want[i] = dst[i] + src[i]
+			}
+			AddFloat32(dst, src)
+			for i := range n {
+				if dst[i] != want[i] {
+					t.Fatalf("avx2=%v n=%d: dst[%d] = %v, want %v", avx, n, i, dst[i], want[i])
+				}
 			}
 		}
 	}

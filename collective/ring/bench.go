@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,10 +58,31 @@ func BenchWithLimit(ctx context.Context, world int, sizeBytes int64, warmup, ite
 	}
 	allreduce = collective.NewBenchRow(BackendName, opAllReduce, sizeBytes, world, times[0])
 	limit = collective.NewBenchRow(BackendName, opTransfer, sizeBytes, world, times[1])
-	if limit.BusbwGBps > 0 {
-		allreduce.OfLimit = allreduce.BusbwGBps / limit.BusbwGBps
-	}
+	allreduce.OfLimit = pairedShare(times[0], times[1])
 	return allreduce, limit, nil
+}
+
+// pairedShare is the median over iterations of limit time / all-reduce
+// time, each all-reduce paired with the transfer-only run right after it:
+// the machine's drift over a run (it swings ±10 % on a shared VM) moves
+// both of a pair alike, so the share is steadier than a ratio of the two
+// medians.
+func pairedShare(allreduce, limit []time.Duration) float64 {
+	var shares []float64
+	for i := range min(len(allreduce), len(limit)) {
+		if allreduce[i] > 0 {
+			shares = append(shares, float64(limit[i])/float64(allreduce[i]))
+		}
+	}
+	if len(shares) == 0 {
+		return 0
+	}
+	slices.Sort(shares)
+	mid := len(shares) / 2
+	if len(shares)%2 == 0 {
+		return (shares[mid-1] + shares[mid]) / 2
+	}
+	return shares[mid]
 }
 
 type bencher struct {

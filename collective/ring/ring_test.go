@@ -620,3 +620,26 @@ func TestLastWaitMeasuresALatePeer(t *testing.T) {
 		t.Errorf("early rank waited %v, late rank %v; want ≥150ms and ≤100ms", early, late)
 	}
 }
+
+func TestPairedShare(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var out []time.Duration
+		for _, x := range v {
+			out = append(out, time.Duration(x)*time.Millisecond)
+		}
+		return out
+	}
+	tests := []struct {
+		allreduce, limit []time.Duration
+		want             float64
+	}{
+		{ms(10, 20, 40), ms(9, 18, 36), 0.9},        // drift moves both of a pair
+		{ms(10, 10, 10, 10), ms(5, 8, 9, 10), 0.85}, // even count: mean of the middle two
+		{nil, nil, 0},
+	}
+	for _, tt := range tests {
+		if got := pairedShare(tt.allreduce, tt.limit); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("pairedShare(%v, %v) = %v, want %v", tt.allreduce, tt.limit, got, tt.want)
+		}
+	}
+}
