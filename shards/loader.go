@@ -100,15 +100,8 @@ const wholeShardLimit = 1 << 30
 func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 	defer close(d.ready)
 	e := l.m.Shards[i]
-	l.gets <- struct{}{} // a GET slot, held until the shard's bytes are in
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			<-l.gets
-		}
-	}
-	defer release()
+	l.gets <- struct{}{} // a GET slot (see MaxGets), held until the shard is in
+	defer func() { <-l.gets }()
 	rc, err := l.src.Open(ctx, e.Name, 0, -1)
 	if err != nil {
 		d.err = fmt.Errorf("shard %s: %w", e.Name, err)
@@ -135,7 +128,6 @@ func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 		if _, verr := io.Copy(io.Discard, vr); verr != nil {
 			err = verifyError(e, verr)
 		}
-		release()
 		if err != nil {
 			d.samples = nil
 			l.giveBuffer(buf) // nothing points into it

@@ -152,8 +152,9 @@ func cleanPath(p string) string {
 	return path.Clean(p)
 }
 
-// isClean reports whether path.Clean(p) == p: not empty, no trailing
-// slash, no empty, "." or ".." element.
+// isClean reports that path.Clean(p) == p for an ordinary name: not
+// empty, no trailing slash, no empty, "." or ".." element. It may say
+// false for a name Clean leaves alone ("/", "."); cleanPath then cleans it.
 func isClean(p string) bool {
 	if p == "" || p[len(p)-1] == '/' {
 		return false

@@ -120,12 +120,24 @@ func (t *tarReader) available(n int) (int, error) {
 }
 
 // slice returns the next n bytes of the current member as a subslice of
-// the shard's buffer (capacity capped, so an append cannot spill into the
-// next member). Only in the in-place mode.
+// the shard's buffer. Only in the in-place mode.
 func (t *tarReader) slice(n int64) ([]byte, error) {
 	n = min(n, t.remain)
+	b, err := t.advance(n)
+	if err != nil {
+		t.remain = 0
+		return nil, err
+	}
+	t.remain -= n
+	return b, nil
+}
+
+// advance moves past the next n bytes of the in-place buffer, reading them
+// in first, and returns them (capacity capped, so an append cannot spill
+// into what follows). A shard that ends first is io.ErrUnexpectedEOF.
+func (t *tarReader) advance(n int64) ([]byte, error) {
 	if n > int64(len(t.data)-t.off) {
-		t.off, t.remain = len(t.data), 0
+		t.off = len(t.data)
 		return nil, io.ErrUnexpectedEOF
 	}
 	got, err := t.available(int(n))
@@ -133,12 +145,11 @@ func (t *tarReader) slice(n int64) ([]byte, error) {
 		return nil, err
 	}
 	if got < int(n) {
-		t.off, t.remain = t.filled, 0
+		t.off = t.filled
 		return nil, io.ErrUnexpectedEOF
 	}
 	b := t.data[t.off : t.off+int(n) : t.off+int(n)]
 	t.off += int(n)
-	t.remain -= n
 	return b, nil
 }
 
@@ -150,19 +161,10 @@ func (t *tarReader) block() ([]byte, error) {
 		_, err := io.ReadFull(t.r, t.blk[:])
 		return t.blk[:], err
 	}
-	got, err := t.available(blockSize)
-	switch {
-	case err != nil:
-		return nil, err
-	case got == 0:
+	if got, err := t.available(blockSize); err == nil && got == 0 {
 		return nil, io.EOF
-	case got < blockSize:
-		t.off = t.filled
-		return nil, io.ErrUnexpectedEOF
 	}
-	b := t.data[t.off : t.off+blockSize]
-	t.off += blockSize
-	return b, nil
+	return t.advance(blockSize)
 }
 
 var zeroBlock [blockSize]byte
@@ -346,20 +348,8 @@ func (t *tarReader) skip(n int64) error {
 		return nil
 	}
 	if t.inPlace() {
-		if n > int64(len(t.data)-t.off) {
-			t.off = len(t.data)
-			return io.ErrUnexpectedEOF
-		}
-		got, err := t.available(int(n))
-		if err != nil {
-			return err
-		}
-		if got < int(n) {
-			t.off = t.filled
-			return io.ErrUnexpectedEOF
-		}
-		t.off += int(n)
-		return nil
+		_, err := t.advance(n)
+		return err
 	}
 	if d, ok := t.r.(interface{ Discard(int) (int, error) }); ok && n <= math.MaxInt32 {
 		if got, err := d.Discard(int(n)); got < int(n) {
