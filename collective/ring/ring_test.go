@@ -142,6 +142,24 @@ func TestAllReduce64MiB(t *testing.T) {
 	}
 }
 
+// TestAllReduceLargeCallsAddAsync covers the adder goroutine of large calls
+// (≥ asyncAddMin elements): ragged sizes, sum and average, worlds up to 8,
+// then small calls (inline adds) on the same communicator.
+func TestAllReduceLargeCallsAddAsync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large all-reduces skipped in -short mode")
+	}
+	for _, n := range []int{2, 3, 5, 8} {
+		t.Run(fmt.Sprintf("world=%d", n), func(t *testing.T) {
+			comms := world(t, n, nil)
+			for i, op := range []collective.Op{collective.Sum, collective.Avg} {
+				checkAllReduce(t, comms, asyncAddMin+12345, op, uint64(10*n+i))
+			}
+			checkAllReduce(t, comms, 1000, collective.Avg, uint64(n))
+		})
+	}
+}
+
 func TestSmallChunksManySteps(t *testing.T) {
 	// The smallest chunk forces many chunks per segment on a mid-size buffer.
 	comms := world(t, 5, func(c *Config) { c.ChunkBytes = minChunkBytes })
