@@ -50,8 +50,8 @@ type Manifest struct {
 	Created     time.Time   `json:"created"`
 }
 
-// formatVersion is the manifest format this build writes and reads.
-const formatVersion = 1
+// FormatVersion is the manifest format this build writes and reads.
+const FormatVersion = 1
 
 // Part is one rank's slice [Offset, Offset+Bytes) of the state blob.
 type Part struct {
@@ -134,8 +134,8 @@ func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
 
 // Validate checks that the parts tile the state exactly.
 func (m *Manifest) Validate() error {
-	if m.Format != formatVersion {
-		return fmt.Errorf("checkpoint manifest format %d, this build reads %d", m.Format, formatVersion)
+	if m.Format != FormatVersion {
+		return fmt.Errorf("checkpoint manifest format %d, this build reads %d", m.Format, FormatVersion)
 	}
 	if m.World < 1 || len(m.Parts) != m.World {
 		return fmt.Errorf("checkpoint manifest: %d parts for world %d", len(m.Parts), m.World)
@@ -159,7 +159,7 @@ func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := readAll(ctx, src, ManifestName)
+	b, err := shards.ReadObject(ctx, src, ManifestName)
 	if err != nil {
 		if errors.Is(err, shards.ErrNotFound) {
 			return nil, fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrMissing)
@@ -184,25 +184,70 @@ func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every part is read straight into state's spare capacity.
 	state := make([]byte, 0, m.StateBytes)
 	for _, p := range m.Parts {
-		b, err := readAll(ctx, src, p.Name)
-		switch {
-		case errors.Is(err, shards.ErrNotFound):
-			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, ErrMissing)
-		case err != nil:
+		start := len(state)
+		state, err = appendObject(ctx, src, p.Name, state)
+		b := state[start:]
+		if err != nil {
+			if errors.Is(err, shards.ErrNotFound) {
+				return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, ErrMissing)
+			}
 			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, err)
-		case int64(len(b)) != p.Bytes:
-			return nil, fmt.Errorf("%s/%s: %w: %d bytes, the manifest says %d", dir, p.Name, ErrCorrupt, len(b), p.Bytes)
-		case SHA256(b) != p.SHA256:
-			return nil, fmt.Errorf("%s/%s: %w: sha256 %.12s, the manifest says %.12s", dir, p.Name, ErrCorrupt, SHA256(b), p.SHA256)
 		}
-		state = append(state, b...)
+		if int64(len(b)) != p.Bytes {
+			return nil, fmt.Errorf("%s/%s: %w: %d bytes, the manifest says %d", dir, p.Name, ErrCorrupt, len(b), p.Bytes)
+		}
+		if sum := SHA256(b); sum != p.SHA256 {
+			return nil, fmt.Errorf("%s/%s: %w: sha256 %.12s, the manifest says %.12s", dir, p.Name, ErrCorrupt, sum, p.SHA256)
+		}
 	}
 	if SHA256(state) != m.StateSHA256 {
 		return nil, fmt.Errorf("%s: %w: the assembled state's sha256 differs from the manifest's", dir, ErrCorrupt)
 	}
 	return state, nil
+}
+
+// Load reads and validates the manifest in dir (ReadManifest), then
+// fetches and verifies the state it describes (Fetch), with their errors.
+func Load(ctx context.Context, dir string) (*Manifest, []byte, error) {
+	m, err := ReadManifest(ctx, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := Fetch(ctx, dir, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, state, nil
+}
+
+// appendObject appends the whole object name of src to buf, reading into
+// buf's spare capacity: no copy when the object fits.
+func appendObject(ctx context.Context, src shards.Source, name string, buf []byte) ([]byte, error) {
+	rc, err := src.Open(ctx, name, 0, -1)
+	if err != nil {
+		return buf, err
+	}
+	defer rc.Close()
+	var more [512]byte // reads past the spare capacity (to see EOF, or a longer object)
+	for {
+		var n int
+		if len(buf) < cap(buf) {
+			n, err = rc.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+		} else {
+			n, err = rc.Read(more[:])
+			buf = append(buf, more[:n]...)
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // Delete removes a checkpoint's objects (best effort: retention deletes
@@ -225,15 +270,6 @@ func Delete(ctx context.Context, dir string) error {
 	return first
 }
 
-func readAll(ctx context.Context, src shards.Source, name string) ([]byte, error) {
-	rc, err := src.Open(ctx, name, 0, -1)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
-}
-
 // ExportSafetensors writes the model weights of a state (its "params"
 // tensor cut by the manifest's parameter table) as safetensors: the names
 // and shapes the model defines.
@@ -246,6 +282,12 @@ func ExportSafetensors(w io.Writer, state []byte, abi uint32, params []ParamInfo
 	if flat == nil {
 		return errors.New("export: the state has no params tensor")
 	}
+	return WriteParams(w, flat, params)
+}
+
+// WriteParams writes the weights params cuts from the flat parameter
+// buffer as a float32 safetensors file.
+func WriteParams(w io.Writer, flat []float32, params []ParamInfo) error {
 	var ts []Tensor
 	for _, p := range params {
 		if p.Offset < 0 || p.Offset+p.Numel > int64(len(flat)) {

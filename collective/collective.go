@@ -135,12 +135,57 @@ func WithDeadline(ctx context.Context, d time.Duration) (context.Context, contex
 	return context.WithTimeout(ctx, d)
 }
 
+// AwaitTurn waits for a call's turn on a communicator whose calls are
+// serialised by turn (a channel of capacity 1: the caller holding the turn
+// has put a token in, and takes it out when done). held is true once the
+// token is in. If broken closes first, held is false and failure nil: the
+// caller returns its sticky error. If ctx ends first, failure names the
+// rank and call: the peers expect this call, so the caller must break the
+// communicator with it.
+func AwaitTurn(ctx context.Context, turn chan<- struct{}, broken <-chan struct{}, rank int, call string) (held bool, failure *Error) {
+	select {
+	case turn <- struct{}{}:
+		return true, nil
+	case <-broken:
+		return false, nil
+	case <-ctx.Done():
+		return false, &Error{Rank: rank, Peer: -1, Call: call, Kind: ctx.Err(),
+			Err: errors.New("still waiting for an earlier call on this rank")}
+	}
+}
+
+// CheckOp returns the error an all-reduce with an unknown op breaks the
+// communicator with (its peers expect the call), or nil for a valid op.
+func CheckOp(rank int, call string, op Op) *Error {
+	if op.Valid() {
+		return nil
+	}
+	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted, Err: fmt.Errorf("invalid argument: unknown op %v", op)}
+}
+
+// CheckRoot is CheckOp for a broadcast root outside [0, size).
+func CheckRoot(rank, size int, call string, root int) *Error {
+	if root >= 0 && root < size {
+		return nil
+	}
+	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted, Err: fmt.Errorf("invalid argument: root %d out of range [0, %d)", root, size)}
+}
+
+// AbortError is the error Abort(err) breaks a communicator with (err nil
+// means "aborted").
+func AbortError(rank int, err error) *Error {
+	if err == nil {
+		err = errors.New("aborted")
+	}
+	return &Error{Rank: rank, Peer: -1, Kind: ErrAborted, Err: err}
+}
+
 // AddFloat32 sets dst[i] += src[i]. It panics if the lengths differ.
 func AddFloat32(dst, src []float32) {
 	if len(dst) != len(src) {
 		panic(fmt.Sprintf("collective.AddFloat32: len(dst) %d != len(src) %d", len(dst), len(src)))
 	}
-	i := addFast(dst, src) // SSE on amd64
+	i := addFast(dst, src) // AVX2 or SSE on amd64
 	// Eight independent adds per iteration; the array-pointer conversions
 	// leave one bounds check per eight elements.
 	for ; i+8 <= len(dst); i += 8 {

@@ -177,3 +177,22 @@ func TestNewBenchRow(t *testing.T) {
 		t.Errorf("bus factor 1: %v, 2: %v", BusFactor(1), BusFactor(2))
 	}
 }
+
+func TestAwaitTurn(t *testing.T) {
+	turn, broken := make(chan struct{}, 1), make(chan struct{})
+	if held, failure := AwaitTurn(context.Background(), turn, broken, 3, "allreduce"); !held || failure != nil {
+		t.Fatalf("free turn: held %v, failure %v", held, failure)
+	}
+	// The turn is taken: a ctx that ends first is a failure naming the call.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	held, failure := AwaitTurn(ctx, turn, broken, 3, "allreduce")
+	if held || failure == nil || !errors.Is(failure, context.DeadlineExceeded) || failure.Rank != 3 || failure.Call != "allreduce" {
+		t.Fatalf("taken turn, ctx ends: held %v, failure %v", held, failure)
+	}
+	// A communicator that breaks meanwhile: not held, no failure of its own.
+	close(broken)
+	if held, failure := AwaitTurn(context.Background(), turn, broken, 3, "allreduce"); held || failure != nil {
+		t.Fatalf("broken: held %v, failure %v", held, failure)
+	}
+}

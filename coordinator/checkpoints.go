@@ -127,10 +127,10 @@ func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
 		SpecHash: p.meta.SpecHash, CodeVersion: p.meta.CodeVersion, Created: time.Now().UTC(),
 	}
 	for _, part := range p.parts {
-		m.Parts = append(m.Parts, checkpoint.Part{Name: part.Name, Offset: part.Offset, Bytes: part.Bytes, SHA256: part.SHA256})
+		m.Parts = append(m.Parts, checkpoint.Part(*part))
 	}
 	for _, pi := range p.meta.Params {
-		m.Params = append(m.Params, checkpoint.ParamInfo{Name: pi.Name, Shape: pi.Shape, Offset: pi.Offset, Numel: pi.Numel})
+		m.Params = append(m.Params, checkpoint.ParamInfo(pi))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -220,15 +220,8 @@ func (s *Server) applyRetention(run string, keep int) {
 
 func (s *Server) handleCkptList(req *wire.RunRequest) (any, *wire.Error) {
 	var out []wire.CheckpointInfo
-	var found bool
-	s.fsm.Read(func(st *State, _ uint64) {
-		if r, ok := st.Runs[req.ID]; ok {
-			found = true
-			out = checkpointInfos(r)
-		}
-	})
-	if !found {
-		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
+	if werr := s.readRun(req.ID, func(_ *State, r *RunRecord) { out = checkpointInfos(r) }); werr != nil {
+		return nil, werr
 	}
 	return wire.CheckpointListReply{Checkpoints: out}, nil
 }
@@ -256,15 +249,11 @@ func (s *Server) handleRunCheckpoint(req *wire.RunRequest) (any, *wire.Error) {
 // scheduler restarts it from its newest committed checkpoint as soon as
 // min_workers are idle.
 func (s *Server) handleRunResume(req *wire.RunRequest) (any, *wire.Error) {
-	var state string
-	s.fsm.Read(func(st *State, _ uint64) {
-		if r, ok := st.Runs[req.ID]; ok {
-			state = r.State
-		}
-	})
+	state, werr := s.runState(req.ID)
+	if werr != nil {
+		return nil, werr
+	}
 	switch state {
-	case "":
-		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
 	case RunPaused:
 		return wire.Empty{}, nil
 	case RunFailed, RunCancelled:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -195,27 +196,55 @@ func (s *Server) handleRegister(req *wire.RegisterRequest) (any, *wire.Error) {
 // desiredState is what a worker should do: train the run it is a member
 // of (with its rank in the run's current generation), else be idle.
 func (s *Server) desiredState(w WorkerRecord) wire.DesiredState {
+	var d wire.DesiredState
+	s.fsm.Read(func(st *State, _ uint64) { d = s.desiredIn(st, w) })
+	return d
+}
+
+// desiredIn is desiredState computed on st (under the FSM read lock).
+func (s *Server) desiredIn(st *State, w WorkerRecord) wire.DesiredState {
 	idle := wire.DesiredState{State: wire.WorkerIdle}
 	if w.Run == "" || w.State == wire.WorkerLost {
 		return idle
 	}
-	var d wire.DesiredState
-	s.fsm.Read(func(st *State, _ uint64) {
-		r, ok := st.Runs[w.Run]
-		if !ok || r.State != RunRunning {
-			return
-		}
-		rank, member := r.Members[w.ID]
-		if !member {
-			return
-		}
-		d = wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members),
-			Backend: runBackend(r.Spec), StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
-	})
-	if d.State == "" {
+	r, ok := st.Runs[w.Run]
+	if !ok || r.State != RunRunning {
 		return idle
 	}
-	return d
+	rank, member := r.Members[w.ID]
+	if !member {
+		return idle
+	}
+	return wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members),
+		Backend: s.backends.get(r.ID, r.Spec), StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
+}
+
+// backendCache remembers each run's collective backend. A run's spec never
+// changes after CreateRun, so it is decoded once per run rather than on
+// every heartbeat.
+type backendCache struct {
+	mu   sync.Mutex
+	runs map[string]string // run id → backend
+}
+
+func newBackendCache() *backendCache { return &backendCache{runs: map[string]string{}} }
+
+func (c *backendCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.runs)
+}
+
+// get returns run's backend, decoding spec on first use.
+func (c *backendCache) get(run string, spec json.RawMessage) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.runs[run]
+	if !ok {
+		b = runBackend(spec)
+		c.runs[run] = b
+	}
+	return b
 }
 
 // runBackend reads the collective backend from a run spec ("ring" unless
@@ -236,7 +265,16 @@ func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) 
 	if err := wire.ValidateID("worker", req.From); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "heartbeat: %v", err)
 	}
-	rec, ok := s.lookupWorker(req.From)
+	// One read gives both the worker and what it should do.
+	var rec WorkerRecord
+	var desired wire.DesiredState
+	var ok bool
+	s.fsm.Read(func(st *State, _ uint64) {
+		if w, found := st.Workers[req.From]; found {
+			rec, ok = *w, true
+			desired = s.desiredIn(st, rec)
+		}
+	})
 	if !ok {
 		return nil, wire.Errorf(wire.CodeUnknown, "worker %q is not registered; register first", req.From)
 	}
@@ -252,7 +290,7 @@ func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) 
 		}
 		s.log.Info("worker back", "worker", req.From)
 	}
-	return wire.HeartbeatReply{Desired: s.desiredState(rec), Leader: s.cfg.NodeID}, nil
+	return wire.HeartbeatReply{Desired: desired, Leader: s.cfg.NodeID}, nil
 }
 
 func (s *Server) handleDeregister(req *wire.DeregisterRequest) (any, *wire.Error) {

@@ -122,6 +122,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	s.meet.reset()
 	s.progress.reset()
 	s.ckpts.reset()
+	s.backends.reset()
 	return s.subscribeControl()
 }
 

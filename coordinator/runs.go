@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -75,11 +76,11 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 	if len(spec.ModelConfig) == 0 {
 		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: the spec has no model_config (submit with lavit-coord run submit, which inlines the model)")
 	}
-	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
+	if dep := tokenizerRun(&spec); dep != "" {
 		var state string
 		var found bool
 		s.fsm.Read(func(st *State, _ uint64) {
-			if r, ok := st.Runs[spec.Tokenizer.From]; ok {
+			if r, ok := st.Runs[dep]; ok {
 				state, found = r.State, true
 			}
 		})
@@ -115,8 +116,10 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
 	var out []wire.RunInfo
 	s.fsm.Read(func(st *State, _ uint64) {
-		for _, r := range sortedRuns(st) {
-			out = append(out, s.runInfo(st, r, false))
+		runs := sortedRuns(st)
+		oldest := oldestWaiting(runs)
+		for _, r := range runs {
+			out = append(out, s.runInfo(st, r, oldest, false))
 		}
 	})
 	if out == nil {
@@ -127,29 +130,25 @@ func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
 
 func (s *Server) handleRunShow(req *wire.RunShowRequest) (any, *wire.Error) {
 	var info wire.RunInfo
-	var found bool
-	s.fsm.Read(func(st *State, _ uint64) {
-		if r, ok := st.Runs[req.ID]; ok {
-			info, found = s.runInfo(st, r, true), true
+	werr := s.readRun(req.ID, func(st *State, r *RunRecord) {
+		var oldest string
+		if waitingRun(r.State) {
+			oldest = oldestWaiting(sortedRuns(st))
 		}
+		info = s.runInfo(st, r, oldest, true)
 	})
-	if !found {
-		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
+	if werr != nil {
+		return nil, werr
 	}
 	return info, nil
 }
 
 func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (any, *wire.Error) {
-	var state string
-	s.fsm.Read(func(st *State, _ uint64) {
-		if r, ok := st.Runs[req.ID]; ok {
-			state = r.State
-		}
-	})
-	switch {
-	case state == "":
-		return nil, wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", req.ID)
-	case terminalRun(state):
+	state, werr := s.runState(req.ID)
+	if werr != nil {
+		return nil, werr
+	}
+	if terminalRun(state) {
 		return nil, wire.Errorf(wire.CodeConflict, "run %q is already %s", req.ID, state)
 	}
 	reason := "cancelled by " + req.From
@@ -280,10 +279,7 @@ func (s *Server) schedule() {
 			case RunRunning:
 				cp := *r
 				cp.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
-				cp.Members = make(map[string]int, len(r.Members))
-				for k, v := range r.Members {
-					cp.Members[k] = v
-				}
+				cp.Members = maps.Clone(r.Members)
 				running = append(running, &cp)
 			}
 		}
@@ -325,8 +321,8 @@ func (s *Server) schedule() {
 			s.failRun(r.ID, fmt.Sprintf("stored spec is invalid: %v", err))
 			continue
 		}
-		if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
-			switch dep := runState[spec.Tokenizer.From]; dep {
+		if from := tokenizerRun(spec); from != "" {
+			switch dep := runState[from]; dep {
 			case RunCompleted:
 			case RunFailed, RunCancelled, "":
 				s.failRun(r.ID, fmt.Sprintf("tokenizer.from: run %s is %s", spec.Tokenizer.From, orNone(dep)))
@@ -356,24 +352,20 @@ func (s *Server) schedule() {
 	}
 }
 
-// waitingFor explains why a pending run has not started.
-func (s *Server) waitingFor(st *State, r *RunRecord) string {
-	spec, err := decodeSpec(r.Spec)
-	if err != nil {
+// waitingFor explains why a waiting run has not started. spec is the run's
+// decoded spec (nil if it does not decode); oldest is the oldest waiting
+// run (see oldestWaiting), which the others queue behind.
+func (s *Server) waitingFor(st *State, r *RunRecord, spec *runspec.Spec, oldest string) string {
+	if spec == nil {
 		return "its spec is invalid"
 	}
-	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
-		if dep, ok := st.Runs[spec.Tokenizer.From]; ok && dep.State != RunCompleted {
+	if from := tokenizerRun(spec); from != "" {
+		if dep, ok := st.Runs[from]; ok && dep.State != RunCompleted {
 			return fmt.Sprintf("tokenizer run %s to complete (it is %s)", dep.ID, dep.State)
 		}
 	}
-	for _, o := range sortedRuns(st) {
-		if o.ID == r.ID {
-			break
-		}
-		if o.State == RunPending || o.State == RunPaused {
-			return fmt.Sprintf("run %s, submitted earlier", o.ID)
-		}
+	if oldest != r.ID {
+		return fmt.Sprintf("run %s, submitted earlier", oldest)
 	}
 	idle, cannot := 0, 0
 	now := time.Now()
@@ -408,8 +400,10 @@ func (s *Server) failRun(id, reason string) {
 	s.log.Warn("run failed", "run", id, "reason", reason)
 }
 
-// runInfo builds the client view of a run (under the FSM read lock).
-func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
+// runInfo builds the client view of a run (under the FSM read lock);
+// oldest is the oldest waiting run (see oldestWaiting), needed only when r
+// is waiting.
+func (s *Server) runInfo(st *State, r *RunRecord, oldest string, withSpec bool) wire.RunInfo {
 	info := wire.RunInfo{
 		ID: r.ID, State: r.State, Reason: r.Reason, Generation: r.Generation,
 		Created: r.Created, Updated: r.Updated, Step: r.Step, Members: []wire.RunMember{},
@@ -419,7 +413,8 @@ func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
 		info.Final = &f
 	}
 	info.Eval = append([]wire.Check(nil), r.Eval...)
-	if spec, err := decodeSpec(r.Spec); err == nil {
+	spec, err := decodeSpec(r.Spec)
+	if err == nil {
 		info.Name, info.Stage, info.TotalSteps = spec.Name, spec.Stage, spec.Steps
 	}
 	for id, rank := range r.Members {
@@ -443,8 +438,8 @@ func (s *Server) runInfo(st *State, r *RunRecord, withSpec bool) wire.RunInfo {
 		t := p.Timing
 		info.Timing = &t
 	}
-	if r.State == RunPending || r.State == RunPaused {
-		info.WaitingFor = s.waitingFor(st, r)
+	if waitingRun(r.State) {
+		info.WaitingFor = s.waitingFor(st, r, spec, oldest)
 	}
 	info.StartStep = r.StartStep
 	info.Checkpoints = checkpointInfos(r)
@@ -467,6 +462,52 @@ func sortedRuns(st *State) []*RunRecord {
 		return runNumber(out[i].ID) < runNumber(out[j].ID)
 	})
 	return out
+}
+
+// waitingRun reports whether a run in state waits to be scheduled.
+func waitingRun(state string) bool { return state == RunPending || state == RunPaused }
+
+// oldestWaiting returns the id of the first waiting run in runs (sorted
+// by sortedRuns), or "" if none waits.
+func oldestWaiting(runs []*RunRecord) string {
+	for _, r := range runs {
+		if waitingRun(r.State) {
+			return r.ID
+		}
+	}
+	return ""
+}
+
+// tokenizerRun returns the run a stage-2 spec takes its tokenizer from,
+// or "" if it takes none from a run.
+func tokenizerRun(spec *runspec.Spec) string {
+	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
+		return spec.Tokenizer.From
+	}
+	return ""
+}
+
+// readRun calls fn with run id under the FSM read lock; a missing run is
+// the client error "run ... does not exist".
+func (s *Server) readRun(id string, fn func(st *State, r *RunRecord)) *wire.Error {
+	found := false
+	s.fsm.Read(func(st *State, _ uint64) {
+		if r, ok := st.Runs[id]; ok {
+			found = true
+			fn(st, r)
+		}
+	})
+	if !found {
+		return wire.Errorf(wire.CodeBadRequest, "run %q does not exist (see lavit-coord run ls)", id)
+	}
+	return nil
+}
+
+// runState returns a run's state, or the readRun error if it is missing.
+func (s *Server) runState(id string) (string, *wire.Error) {
+	var state string
+	werr := s.readRun(id, func(_ *State, r *RunRecord) { state = r.State })
+	return state, werr
 }
 
 func runNumber(id string) int {

@@ -50,6 +50,7 @@ type Server struct {
 	meet      *rendezvousTable // leader only: ring addresses and NCCL ids per generation
 	progress  *progressTable   // leader only: each run's latest progress report
 	ckpts     *ckptTable       // leader only: checkpoint parts reported, per (run, step)
+	backends  *backendCache    // leader only: each run's collective backend
 	schedKick chan struct{}    // wakes the scheduler (see kickScheduler)
 
 	shutdownOnce sync.Once
@@ -76,6 +77,7 @@ func New(cfg Config) (*Server, error) {
 		meet:       newRendezvousTable(),
 		progress:   newProgressTable(),
 		ckpts:      newCkptTable(),
+		backends:   newBackendCache(),
 		schedKick:  make(chan struct{}, 1),
 		shutdownCh: make(chan struct{}),
 	}

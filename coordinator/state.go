@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -304,10 +306,7 @@ func (s *State) applyStartGeneration(c StartGenerationCmd) error {
 		}
 	}
 	r.Generation, r.State, r.Updated, r.StartStep, r.Reason = c.Generation, RunRunning, c.At, c.StartStep, ""
-	r.Members = make(map[string]int, len(c.Members))
-	for id, rank := range c.Members {
-		r.Members[id] = rank
-	}
+	r.Members = maps.Clone(c.Members)
 	return nil
 }
 
@@ -331,17 +330,9 @@ func (s *State) applyDeleteCheckpoints(c DeleteCheckpointsCmd) error {
 	if !ok {
 		return fmt.Errorf("%w %q", ErrUnknownRun, c.Run)
 	}
-	drop := map[int64]bool{}
-	for _, st := range c.Steps {
-		drop[st] = true
-	}
-	kept := r.Checkpoints[:0]
-	for _, k := range r.Checkpoints {
-		if !drop[k.Step] {
-			kept = append(kept, k)
-		}
-	}
-	r.Checkpoints = kept
+	r.Checkpoints = slices.DeleteFunc(r.Checkpoints, func(k CheckpointRecord) bool {
+		return slices.Contains(c.Steps, k.Step)
+	})
 	return nil
 }
 
@@ -379,12 +370,7 @@ func (s *State) clone() *State {
 		}
 		rc.Eval = append([]wire.Check(nil), r.Eval...)
 		rc.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
-		if r.Members != nil {
-			rc.Members = make(map[string]int, len(r.Members))
-			for k, v := range r.Members {
-				rc.Members[k] = v
-			}
-		}
+		rc.Members = maps.Clone(r.Members)
 		out.Runs[id] = &rc
 	}
 	return out

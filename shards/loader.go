@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -289,18 +288,9 @@ func DecodeBatch(samples []wds.Sample, size, workers int) Decoded {
 }
 
 func decodeOne(s wds.Sample, size int, dst []float32, caption *string) error {
-	if err := CheckSampleFields(s); err != nil {
+	img, c, err := decodeSample(s, size)
+	if err != nil {
 		return err
-	}
-	field, data := imageField(s)
-	img, err := decode.Image(data, field, size)
-	if err != nil {
-		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
-	}
-	txt, _ := s.Field("txt")
-	c, err := decode.Caption(txt, MaxCaptionBytes)
-	if err != nil {
-		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
 	copy(dst, img)
 	*caption = c

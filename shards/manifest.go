@@ -224,15 +224,14 @@ func (v *VerifiedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// verifyError names the shard in a read error; a verifier's own error
-// already does, and an early end means the shard shrank.
+// verifyError names the shard in an error from reading it through its
+// VerifiedReader: the verifier's own error already does, and a source
+// that ends unexpectedly means the shard shrank.
 func verifyError(e ShardEntry, err error) error {
 	switch {
-	case err == nil: // a byte past the indexed size
-		return fmt.Errorf("%s: %w (more than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
 	case errors.Is(err, ErrShardChanged):
 		return err
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
+	case err == io.ErrUnexpectedEOF:
 		return fmt.Errorf("%s: %w (shorter than the %d bytes indexed)", e.Name, ErrShardChanged, e.Bytes)
 	}
 	return fmt.Errorf("%s: %w", e.Name, err)
@@ -279,18 +278,27 @@ func CheckSampleFields(s wds.Sample) error {
 // CheckSample validates a sample the way training will use it: the fields
 // are there, the image decodes and the caption is UTF-8.
 func CheckSample(s wds.Sample) error {
+	_, _, err := decodeSample(s, 8)
+	return err
+}
+
+// decodeSample turns a sample into model inputs: its image at size×size
+// and its caption, or why it is bad (naming the sample and its shard).
+func decodeSample(s wds.Sample, size int) ([]float32, string, error) {
 	if err := CheckSampleFields(s); err != nil {
-		return err
+		return nil, "", err
 	}
 	field, data := imageField(s)
-	if _, err := decode.Image(data, field, 8); err != nil {
-		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
+	img, err := decode.Image(data, field, size)
+	if err != nil {
+		return nil, "", fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
 	txt, _ := s.Field("txt")
-	if _, err := decode.Caption(txt, MaxCaptionBytes); err != nil {
-		return fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
+	caption, err := decode.Caption(txt, MaxCaptionBytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
-	return nil
+	return img, caption, nil
 }
 
 // MaxCaptionBytes bounds a caption.

@@ -36,3 +36,13 @@ type Source interface {
 	// Delete removes an object; a missing one is not an error.
 	Delete(ctx context.Context, name string) error
 }
+
+// ReadObject reads a whole object of src into memory.
+func ReadObject(ctx context.Context, src Source, name string) ([]byte, error) {
+	rc, err := src.Open(ctx, name, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}

@@ -78,17 +78,23 @@ func (m *Model) ExportSafetensors(path string) error {
 	if params == nil {
 		return errors.New("export: parameters are not in host memory")
 	}
-	var ts []Tensor
-	for _, p := range m.info.Params {
-		ts = append(ts, F32Tensor(p.Name, p.Shape, params[p.Offset:p.Offset+p.Numel]))
-	}
 	f, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	if err := WriteSafetensors(f, ts, map[string]string{"format": "pt", "producer": "lavit"}); err != nil {
+	if err := checkpoint.WriteParams(f, params, CheckpointParams(m.info.Params)); err != nil {
 		f.Close()
 		return fmt.Errorf("export %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// CheckpointParams is a parameter table as checkpoint manifests record it
+// (without the optimizer groups).
+func CheckpointParams(params []ParamInfo) []checkpoint.ParamInfo {
+	var out []checkpoint.ParamInfo
+	for _, p := range params {
+		out = append(out, checkpoint.ParamInfo{Name: p.Name, Shape: p.Shape, Offset: p.Offset, Numel: p.Numel})
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/collective"
 	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/trainer"
 )
 
 // Checkpoints on the worker side: at a step boundary every rank copies the
@@ -102,7 +103,7 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 	}
 	req := &wire.CheckpointPartRequest{
 		Instance: r.j.Instance, Run: r.j.Desired.Run, Generation: r.j.Desired.Generation, Rank: r.rank, World: r.world, Step: step,
-		Part: wire.CheckpointPart{Name: part.Name, Offset: part.Offset, Bytes: part.Bytes, SHA256: part.SHA256},
+		Part: wire.CheckpointPart(part),
 	}
 	if r.rank == 0 {
 		req.Meta = r.checkpointMeta(state, part)
@@ -123,23 +124,29 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 	}
 }
 
+// runMeta is what every checkpoint of the run records that does not
+// change during it: the config and spec hashes, the build and the
+// parameter table.
+func (r *runState) runMeta() wire.CheckpointMeta {
+	cfg, _ := json.Marshal(r.model.Config())
+	spec, _ := json.Marshal(r.spec)
+	m := wire.CheckpointMeta{ConfigHash: checkpoint.SHA256(cfg), SpecHash: checkpoint.SHA256(spec), CodeVersion: r.j.Build}
+	for _, p := range trainer.CheckpointParams(r.model.Info().Params) {
+		m.Params = append(m.Params, wire.ParamInfo(p))
+	}
+	return m
+}
+
 // checkpointMeta describes the whole checkpoint (rank 0). A world of one's
 // part is the whole state, whose checksum is then already known.
 func (r *runState) checkpointMeta(state []byte, part checkpoint.Part) *wire.CheckpointMeta {
-	cfg, _ := json.Marshal(r.model.Config())
-	spec, _ := json.Marshal(r.spec)
 	sum := part.SHA256
 	if part.Bytes != int64(len(state)) {
 		sum = checkpoint.SHA256(state)
 	}
-	m := &wire.CheckpointMeta{
-		StateBytes: int64(len(state)), StateSHA256: sum,
-		ConfigHash: checkpoint.SHA256(cfg), SpecHash: checkpoint.SHA256(spec), CodeVersion: r.j.Build,
-	}
-	for _, p := range r.model.Info().Params {
-		m.Params = append(m.Params, wire.ParamInfo{Name: p.Name, Shape: p.Shape, Offset: p.Offset, Numel: p.Numel})
-	}
-	return m
+	m := r.meta
+	m.StateBytes, m.StateSHA256 = int64(len(state)), sum
+	return &m
 }
 
 // listCheckpoints asks the coordinator for the run's committed checkpoints.
@@ -172,11 +179,7 @@ func (r *runState) restore(ctx context.Context) (int64, string, error) {
 			continue
 		}
 		began := time.Now()
-		m, err := checkpoint.ReadManifest(ctx, c.URL)
-		var state []byte
-		if err == nil {
-			state, err = checkpoint.Fetch(ctx, c.URL, m)
-		}
+		m, state, err := checkpoint.Load(ctx, c.URL)
 		if err == nil {
 			err = r.model.Load(state)
 		}

@@ -36,7 +36,7 @@ func BenchmarkCheckpointTiny(b *testing.B) {
 		t0 = time.Now()
 		p, err := checkpoint.WritePart(ctx, dir, state, 0, 1)
 		if err == nil {
-			err = checkpoint.WriteManifest(ctx, dir, &checkpoint.Manifest{Format: 1, Run: "tiny", Step: int64(i + 1), World: 1,
+			err = checkpoint.WriteManifest(ctx, dir, &checkpoint.Manifest{Format: checkpoint.FormatVersion, Run: "tiny", Step: int64(i + 1), World: 1,
 				StateBytes: int64(len(state)), StateSHA256: p.SHA256, Parts: []checkpoint.Part{p}})
 		}
 		if err != nil {
@@ -44,11 +44,7 @@ func BenchmarkCheckpointTiny(b *testing.B) {
 		}
 		save += time.Since(t0)
 		t0 = time.Now()
-		man, err := checkpoint.ReadManifest(ctx, dir)
-		var got []byte
-		if err == nil {
-			got, err = checkpoint.Fetch(ctx, dir, man)
-		}
+		_, got, err := checkpoint.Load(ctx, dir)
 		if err == nil {
 			err = m.Load(got)
 		}

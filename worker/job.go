@@ -61,6 +61,16 @@ type runningJob struct {
 	done   chan struct{}
 }
 
+// running reports whether the job has not ended yet.
+func (j *runningJob) running() bool {
+	select {
+	case <-j.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // reconcile starts, stops or keeps the job to match the desired state. A
 // new job starts only once the previous one has stopped, and a finished
 // (run, generation) is never started again.
@@ -69,16 +79,14 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 	defer a.mu.Unlock()
 	d := a.desired
 	if j := a.job; j != nil {
-		select {
-		case <-j.done:
-			a.job = nil
-		default:
+		if j.running() {
 			if d.State != wire.WorkerTraining || d.Run != j.run || d.Generation != j.gen {
 				a.log.Info("stopping the job: the coordinator moved on", "run", j.run, "generation", j.gen, "desired", d.State, "desired_run", d.Run, "desired_generation", d.Generation)
 				j.cancel()
 			}
 			return
 		}
+		a.job = nil
 	}
 	if d.State != wire.WorkerTraining || (d.Run == a.lastRun && d.Generation == a.lastGen) {
 		return
@@ -124,14 +132,11 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 	}()
 }
 
-// training reports whether a job is running (for the heartbeat).
+// trainingLocked reports the job that is running, if any (for the
+// heartbeat). The caller holds a.mu.
 func (a *Agent) trainingLocked() (run string, gen uint64, ok bool) {
-	if j := a.job; j != nil {
-		select {
-		case <-j.done:
-		default:
-			return j.run, j.gen, true
-		}
+	if j := a.job; j != nil && j.running() {
+		return j.run, j.gen, true
 	}
 	return "", 0, false
 }

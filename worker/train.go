@@ -3,12 +3,9 @@ package worker
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -16,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/collective"
 	"github.com/lavit-org/lavit/collective/ring"
 	"github.com/lavit-org/lavit/internal/runspec"
@@ -116,6 +114,17 @@ type runState struct {
 	seenRequests uint64
 	restoreNote  string
 	restoredFrom int64
+	meta         wire.CheckpointMeta // the run's part of every checkpoint's meta
+	// The refs samples prefetched for the next step, reused when it comes
+	// (used by the data goroutine only).
+	next nextRefs
+}
+
+// nextRefs is one prefetched slice [from, to) of global batch step.
+type nextRefs struct {
+	step     int64
+	from, to int
+	refs     []stream.Ref
 }
 
 func (r *runState) close() {
@@ -150,11 +159,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*run
 	if err != nil {
 		return r, fmt.Errorf("data.url %s: %w", spec.Data.URL, err)
 	}
-	blocks := spec.Data.BlockShards
-	if blocks <= 0 {
-		blocks = 4
-	}
-	if r.stream, err = m.Stream(spec.Seed, blocks); err != nil {
+	if r.stream, err = m.Stream(spec.Seed, spec.Data.BlockShards); err != nil {
 		return r, fmt.Errorf("data.url %s: %w", spec.Data.URL, err)
 	}
 	if int64(r.batch) > r.stream.Total() {
@@ -175,6 +180,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*run
 		return r, fmt.Errorf("build the %s model on %s: %w", spec.Model, device, err)
 	}
 	info := r.model.Info()
+	r.meta = r.runMeta()
 	r.image = int(info.Image)
 	if spec.Stage == 1 {
 		r.phaseA = spec.PhaseASteps(r.total)
@@ -319,11 +325,11 @@ func (t *Trainer) loadTokenizer(ctx context.Context, j *Job, spec *runspec.Spec,
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
-	cfgBytes, err := readObject(ctx, src, finalConfigName)
+	cfgBytes, err := shards.ReadObject(ctx, src, finalConfigName)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
-	state, err := readObject(ctx, src, finalStateName)
+	state, err := shards.ReadObject(ctx, src, finalStateName)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
@@ -343,15 +349,6 @@ func (t *Trainer) loadTokenizer(ctx context.Context, j *Job, spec *runspec.Spec,
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
 	return tok, nil
-}
-
-func readObject(ctx context.Context, src shards.Source, name string) ([]byte, error) {
-	rc, err := src.Open(ctx, name, 0, -1)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
 }
 
 // item is what the data goroutine hands the step loop: the k-means sample
@@ -395,13 +392,18 @@ func (r *runState) produce(ctx context.Context, start int64, out chan<- item) {
 
 // samples reads and decodes [from, to) of global batch step.
 func (r *runState) samples(ctx context.Context, step int64, from, to int) (shards.Decoded, []int64, error) {
-	refs, err := r.stream.Batch(step, r.batch, from, to)
-	if err != nil {
-		return shards.Decoded{}, nil, err
+	refs := r.next.refs
+	if r.next.step != step || r.next.from != from || r.next.to != to || refs == nil {
+		var err error
+		if refs, err = r.stream.Batch(step, r.batch, from, to); err != nil {
+			return shards.Decoded{}, nil, err
+		}
 	}
+	r.next = nextRefs{}
 	if step+1 < r.total {
 		if next, err := r.stream.Batch(step+1, r.batch, from, to); err == nil {
 			r.loader.Prefetch(ctx, next)
+			r.next = nextRefs{step: step + 1, from: from, to: to, refs: next}
 		}
 	}
 	samples, err := r.loader.Samples(ctx, refs)
@@ -447,9 +449,6 @@ func (r *runState) rankBatch(ctx context.Context, step int64) (*trainer.Batch, i
 // batches of steps phaseA … phaseA+K−1, the same on every rank.
 func (r *runState) kmeansBatch(ctx context.Context) (*trainer.Batch, error) {
 	k := r.spec.Stage1.KMeansBatches
-	if k <= 0 {
-		k = trainer.TinyKMeansBatches
-	}
 	b := &trainer.Batch{}
 	for s := r.phaseA; s < r.phaseA+int64(k); s++ {
 		d, positions, err := r.samples(ctx, s, 0, r.batch)
@@ -724,8 +723,7 @@ func (r *runState) saveFinal(ctx context.Context, step int64) (*wire.Artifact, e
 	if err := dst.Put(ctx, finalStateName, bytes.NewReader(state), int64(len(state))); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(state)
-	return &wire.Artifact{URL: base, Step: step, Bytes: int64(len(state)), SHA256: hex.EncodeToString(sum[:])}, nil
+	return &wire.Artifact{URL: base, Step: step, Bytes: int64(len(state)), SHA256: checkpoint.SHA256(state)}, nil
 }
 
 // evaluate measures MODEL.md's checks on the eval data set.

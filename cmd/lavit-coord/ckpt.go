@@ -96,8 +96,13 @@ func listCkpts(c *cli.Context) ([]wire.CheckpointInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	return runCkpts(c, id)
+}
+
+// runCkpts asks the cluster for a run's committed checkpoints.
+func runCkpts(c *cli.Context, run string) ([]wire.CheckpointInfo, error) {
 	var reply wire.CheckpointListReply
-	if err := callCluster(c, wire.SubjectCkptList, &wire.RunRequest{ID: id}, &reply); err != nil {
+	if err := callCluster(c, wire.SubjectCkptList, &wire.RunRequest{ID: run}, &reply); err != nil {
 		return nil, err
 	}
 	return reply.Checkpoints, nil
@@ -135,12 +140,12 @@ func findCkpt(c *cli.Context) (wire.CheckpointInfo, error) {
 	if err != nil {
 		return wire.CheckpointInfo{}, cliutil.Usagef("STEP %q is not a number", args[1])
 	}
-	var reply wire.CheckpointListReply
-	if err := callCluster(c, wire.SubjectCkptList, &wire.RunRequest{ID: args[0]}, &reply); err != nil {
+	list, err := runCkpts(c, args[0])
+	if err != nil {
 		return wire.CheckpointInfo{}, err
 	}
 	var steps []int64
-	for _, k := range reply.Checkpoints {
+	for _, k := range list {
 		if k.Step == step {
 			return k, nil
 		}

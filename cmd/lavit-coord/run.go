@@ -261,13 +261,7 @@ func printRun(w io.Writer, r wire.RunInfo) {
 	}
 	if len(r.Eval) > 0 {
 		fmt.Fprintln(w, "checks on the eval set:")
-		for _, ch := range r.Eval {
-			verdict := "PASS"
-			if !ch.Pass {
-				verdict = "FAIL"
-			}
-			fmt.Fprintf(w, "  %s  %-62s %s\n", verdict, ch.Name, ch.Value)
-		}
+		printChecks(w, r.Eval, 62)
 	}
 	if r.StartStep > 0 {
 		fmt.Fprintf(w, "resumed from step %d\n", r.StartStep)
@@ -284,6 +278,18 @@ func printRun(w io.Writer, r wire.RunInfo) {
 }
 
 func short(s string) string { return s[:min(12, len(s))] }
+
+// printChecks prints one "PASS|FAIL  name value" line per check, the name
+// padded to width.
+func printChecks(w io.Writer, checks []wire.Check, width int) {
+	for _, ch := range checks {
+		verdict := "PASS"
+		if !ch.Pass {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s  %-*s %s\n", verdict, width, ch.Name, ch.Value)
+	}
+}
 
 // evalCommand prints the "it learned" checks each run's rank 0 measured on
 // the eval split when it completed (the coordinator does not run models:
@@ -338,14 +344,12 @@ func evalCommand() *cli.Command {
 					fmt.Printf("stage %d (run %s)\n", r.Stage, r.ID)
 				}
 				for _, ch := range r.Eval {
-					verdict := "PASS"
 					if !ch.Pass {
-						verdict = "FAIL"
 						failed++
 					}
-					if !c.Bool("json") {
-						fmt.Printf("  %s  %-64s %s\n", verdict, ch.Name, ch.Value)
-					}
+				}
+				if !c.Bool("json") {
+					printChecks(os.Stdout, r.Eval, 64)
 				}
 			}
 			if failed > 0 {

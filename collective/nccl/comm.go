@@ -135,19 +135,24 @@ func (c *Comm) stopWorker() {
 // pollAsync waits, on the worker thread, until the communicator's pending
 // non-blocking work (init, enqueue, finalize) is no longer in progress.
 func (c *Comm) pollAsync(ctx context.Context, what string) error {
-	return c.poll(ctx, func() (bool, error) {
-		if r := Result(C.lnccl_comm_get_async_error(&c.lib.api, c.state)); r != Success {
-			return false, c.lib.ncclError("ncclCommGetAsyncError", r, c.state)
-		}
-		switch a := Result(c.state.async); a {
-		case Success:
-			return true, nil
-		case InProgress:
-			return false, nil
-		default:
-			return false, c.lib.ncclError(what, a, c.state)
-		}
-	})
+	return c.poll(ctx, func() (bool, error) { return c.asyncDone(what) })
+}
+
+// asyncDone asks NCCL once whether the communicator's pending work (what)
+// is done: true when it is, false while in progress, an error when it or
+// the communicator failed. Worker thread only.
+func (c *Comm) asyncDone(what string) (bool, error) {
+	if r := Result(C.lnccl_comm_get_async_error(&c.lib.api, c.state)); r != Success {
+		return false, c.lib.ncclError("ncclCommGetAsyncError", r, c.state)
+	}
+	switch a := Result(c.state.async); a {
+	case Success:
+		return true, nil
+	case InProgress:
+		return false, nil
+	default:
+		return false, c.lib.ncclError(what, a, c.state)
+	}
 }
 
 // poll calls done until it reports true or an error, sleeping between
@@ -193,15 +198,12 @@ func (c *Comm) Err() error {
 
 // AllReduce reduces count elements at devPtr in place across all ranks.
 func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype DataType, op collective.Op) error {
-	var nop C.int
-	switch op {
-	case collective.Sum:
-		nop = 0 // ncclSum
-	case collective.Avg:
+	if bad := collective.CheckOp(c.rank, "allreduce", op); bad != nil {
+		return c.fail(bad)
+	}
+	nop := C.int(0) // ncclSum
+	if op == collective.Avg {
 		nop = 4 // ncclAvg
-	default:
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: "allreduce", Kind: collective.ErrAborted,
-			Err: fmt.Errorf("invalid argument: unknown op %v", op)})
 	}
 	return c.call(ctx, "allreduce", func() Result {
 		return Result(C.lnccl_all_reduce(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count), C.int(dtype), nop))
@@ -210,9 +212,8 @@ func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype D
 
 // Broadcast copies root's count elements at devPtr to every rank's devPtr.
 func (c *Comm) Broadcast(ctx context.Context, devPtr uintptr, count int, dtype DataType, root int) error {
-	if root < 0 || root >= c.size {
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: "broadcast", Kind: collective.ErrAborted,
-			Err: fmt.Errorf("invalid argument: root %d out of range [0, %d)", root, c.size)})
+	if bad := collective.CheckRoot(c.rank, c.size, "broadcast", root); bad != nil {
+		return c.fail(bad)
 	}
 	return c.call(ctx, "broadcast", func() Result {
 		return Result(C.lnccl_broadcast(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count), C.int(dtype), C.int(root)))
@@ -224,13 +225,12 @@ func (c *Comm) Broadcast(ctx context.Context, devPtr uintptr, count int, dtype D
 func (c *Comm) call(ctx context.Context, name string, enqueue func() Result) error {
 	ctx, cancel := collective.WithDeadline(ctx, 0)
 	defer cancel()
-	select {
-	case c.turn <- struct{}{}:
-	case <-c.broken:
+	held, failure := collective.AwaitTurn(ctx, c.turn, c.broken, c.rank, name)
+	if failure != nil {
+		return c.fail(failure)
+	}
+	if !held {
 		return c.Err()
-	case <-ctx.Done():
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: ctx.Err(),
-			Err: errors.New("still waiting for an earlier call on this rank")})
 	}
 	defer func() { <-c.turn }()
 	if err := c.Err(); err != nil {
@@ -317,10 +317,7 @@ func (c *Comm) abortOnThread() {
 // Peers notice through NCCL only if they talk to this rank; the caller
 // should also tell them out of band (the coordinator does).
 func (c *Comm) Abort(err error) {
-	if err == nil {
-		err = errors.New("aborted")
-	}
-	c.fail(&collective.Error{Rank: c.rank, Peer: -1, Kind: collective.ErrAborted, Err: err})
+	c.fail(collective.AbortError(c.rank, err))
 	select { // idle worker: abort now; busy: the poll loop sees broken
 	case c.work <- func() { c.abortOnThread() }:
 	default:
@@ -370,19 +367,17 @@ func (c *Comm) finalizeOnThread() error {
 	}
 	deadline := time.Now().Add(finalizeTimeout)
 	for {
-		if r := Result(C.lnccl_comm_get_async_error(&c.lib.api, c.state)); r != Success {
-			return c.lib.ncclError("ncclCommGetAsyncError", r, c.state)
+		// Not c.poll: Close has broken the communicator already.
+		done, err := c.asyncDone("ncclCommFinalize")
+		if err != nil {
+			return err
 		}
-		switch a := Result(c.state.async); a {
-		case Success:
+		if done {
 			C.lnccl_comm_destroy(&c.lib.api, c.state)
 			c.mu.Lock()
 			c.aborted = true // destroyed: nothing left to abort
 			c.mu.Unlock()
 			return nil
-		case InProgress:
-		default:
-			return c.lib.ncclError("ncclCommFinalize", a, c.state)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("nccl: finalize rank %d: no progress in %s; aborted", c.rank, finalizeTimeout)

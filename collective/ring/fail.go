@@ -162,10 +162,7 @@ func (c *Comm) monitor() {
 // rank return an error wrapping collective.ErrAborted and err, and the
 // other ranks are told. Safe from any goroutine, any number of times.
 func (c *Comm) Abort(err error) {
-	if err == nil {
-		err = errors.New("aborted")
-	}
-	c.fail(&collective.Error{Rank: c.rank, Peer: -1, Kind: collective.ErrAborted, Err: err})
+	c.fail(collective.AbortError(c.rank, err))
 }
 
 // Close breaks the communicator (later calls return collective.ErrClosed

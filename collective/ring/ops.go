@@ -135,26 +135,26 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	name := kindName(kind)
 	ctx, cancel := collective.WithDeadline(ctx, c.cfg.Timeout)
 	defer cancel()
-	select {
-	case c.turn <- struct{}{}:
-	case <-c.broken:
+	held, failure := collective.AwaitTurn(ctx, c.turn, c.broken, c.rank, name)
+	if failure != nil {
+		return c.fail(failure) // our peers expect this call: skipping it breaks the ring
+	}
+	if !held {
 		return c.Err()
-	case <-ctx.Done():
-		// Our peers expect this call; skipping it breaks the ring.
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: ctx.Err(),
-			Err: errors.New("still waiting for an earlier call on this rank")})
 	}
 	defer func() { <-c.turn }()
 	if err := c.Err(); err != nil {
 		return err
 	}
-	switch {
-	case kind == kindAllReduce && !op.Valid():
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted,
-			Err: fmt.Errorf("invalid argument: unknown op %v", op)})
-	case kind == kindBroadcast && (root < 0 || root >= c.size):
-		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted,
-			Err: fmt.Errorf("invalid argument: root %d out of range [0, %d)", root, c.size)})
+	var bad *collective.Error
+	switch kind {
+	case kindAllReduce:
+		bad = collective.CheckOp(c.rank, name, op)
+	case kindBroadcast:
+		bad = collective.CheckRoot(c.rank, c.size, name, root)
+	}
+	if bad != nil {
+		return c.fail(bad)
 	}
 	c.seq++
 	if c.size == 1 {

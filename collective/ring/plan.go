@@ -56,27 +56,25 @@ func chunks(s span, chunk int) []span {
 func allReducePlan(total, n, r, chunk int, scale bool) plan {
 	mod := func(i int) int { return ((i % n) + n) % n }
 	last := 2*n - 3 // the last step (global numbering: n−1 reduce-scatter steps, then all-gather)
-	sendSeg := func(g int) span {
-		if g < n-1 {
-			return segment(total, n, mod(r-g))
+	// sends[g]: the chunks sent at step g. What is received at step g is
+	// what is sent at step g+1, so sends[last+1] is the final receive.
+	sends := make([][]span, last+2)
+	for g := range sends {
+		seg := segment(total, n, mod(r-g)) // reduce-scatter
+		if g >= n-1 {
+			seg = segment(total, n, mod(r+1-(g-n+1))) // all-gather
 		}
-		return segment(total, n, mod(r+1-(g-n+1)))
+		sends[g] = chunks(seg, chunk)
 	}
 	// sentBefore[g]: how many chunks the sender writes before step g.
 	sentBefore := make([]int, last+2)
 	for g := 0; g <= last; g++ {
-		sentBefore[g+1] = sentBefore[g] + len(chunks(sendSeg(g), chunk))
+		sentBefore[g+1] = sentBefore[g] + len(sends[g])
 	}
-	p := plan{first: chunks(sendSeg(0), chunk)}
+	p := plan{first: sends[0]}
 	for g := 0; g <= last; g++ {
 		rs := g < n-1
-		var seg span
-		if rs {
-			seg = segment(total, n, mod(r-g-1))
-		} else {
-			seg = segment(total, n, mod(r-(g-n+1)))
-		}
-		for k, s := range chunks(seg, chunk) {
+		for k, s := range sends[g+1] {
 			it := recvItem{span: s, reduce: rs, scale: scale && g == n-2, forward: g < last}
 			if !rs {
 				// s_{r−t} was sent at reduce-scatter step t = g−n+1.

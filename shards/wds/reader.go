@@ -36,16 +36,6 @@ type building struct {
 	err    error // first problem found; later members are discarded
 }
 
-// has reports whether the sample already has the field.
-func (b *building) has(field string) bool {
-	for _, f := range b.fields {
-		if f.Name == field {
-			return true
-		}
-	}
-	return false
-}
-
 // NewReader returns a Reader over the tar stream r. shard names the shard
 // in samples and errors. Zero fields of lim take their defaults.
 func NewReader(r io.Reader, shard string, lim Limits) *Reader {
@@ -198,7 +188,6 @@ func (r *Reader) intern(field string) string {
 func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	b := &r.cur
 	b.bytes += hdr.Size
-	dup := b.has(field)
 	if b.err == nil {
 		switch {
 		case escapes(name):
@@ -207,7 +196,7 @@ func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 			b.err = errorf(r.shard, b.key, "member %q: %d bytes exceeds the %d-byte member limit", hdr.Name, hdr.Size, r.lim.MaxMemberBytes)
 		case b.bytes > r.lim.MaxSampleBytes:
 			b.err = errorf(r.shard, b.key, "member %q: sample reaches %d bytes, over the %d-byte sample limit", hdr.Name, b.bytes, r.lim.MaxSampleBytes)
-		case dup:
+		case fieldIndex(b.fields, field) >= 0:
 			// A duplicate field makes the whole sample bad rather than
 			// silently keeping the first or the last copy.
 			b.err = errorf(r.shard, b.key, "member %q: duplicate field %q", hdr.Name, field)
@@ -234,11 +223,6 @@ func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	if err != nil {
 		return err
 	}
-	if int64(len(data)) > r.lim.MaxMemberBytes {
-		b.err = errorf(r.shard, b.key, "member %q: more than the %d-byte member limit", hdr.Name, r.lim.MaxMemberBytes)
-		b.fields = nil
-		return r.discard()
-	}
 	if data == nil {
 		data = []byte{} // an empty member is still a present field
 	}
@@ -246,8 +230,13 @@ func (r *Reader) addMember(hdr tarHeader, name, field string) error {
 	return nil
 }
 
-// discard skips the rest of the current member.
+// discard skips the rest of the current member (in place: without
+// copying it anywhere).
 func (r *Reader) discard() error {
+	if r.tr.inPlace() {
+		_, err := r.tr.slice(r.tr.remain)
+		return err
+	}
 	_, err := io.Copy(io.Discard, r.tr)
 	return err
 }

@@ -85,12 +85,20 @@ type Field struct {
 
 // Field returns the bytes of the named field and whether the sample has it.
 func (s Sample) Field(name string) ([]byte, bool) {
-	for _, f := range s.Fields {
-		if f.Name == name {
-			return f.Data, true
-		}
+	if i := fieldIndex(s.Fields, name); i >= 0 {
+		return s.Fields[i].Data, true
 	}
 	return nil, false
+}
+
+// fieldIndex is the index of the named field in fields, or -1.
+func fieldIndex(fields []Field, name string) int {
+	for i, f := range fields {
+		if f.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // Bytes is the sum of the sample's field sizes.
