@@ -29,21 +29,11 @@ func Open(ctx context.Context, rawURL string) (Source, error) {
 	}
 	switch strings.ToLower(scheme) {
 	case "file":
-		// file:///abs/dir, or file://localhost/abs/dir.
-		if strings.HasPrefix(rest, "localhost/") {
-			rest = strings.TrimPrefix(rest, "localhost")
-		}
-		if !strings.HasPrefix(rest, "/") {
-			return nil, fmt.Errorf("shards: file URL %q must name an absolute path, as in file:///abs/dir (three slashes)", rawURL)
-		}
-		p, err := url.PathUnescape(rest)
+		p, err := fileURLPath(rawURL, rest)
 		if err != nil {
-			return nil, fmt.Errorf("shards: file URL %q: %v", rawURL, err)
+			return nil, err
 		}
-		if strings.ContainsAny(p, "?#") {
-			return nil, fmt.Errorf("shards: file URL %q: query strings and fragments are not supported", rawURL)
-		}
-		return NewFileSource(filepath.FromSlash(p))
+		return NewFileSource(p)
 	case "s3":
 		bucket, prefix, _ := strings.Cut(rest, "/")
 		if bucket == "" {
@@ -60,6 +50,25 @@ func Open(ctx context.Context, rawURL string) (Source, error) {
 	default:
 		return nil, fmt.Errorf("shards: unsupported data source scheme %q in %q (want file:///abs/dir or s3://bucket/prefix)", scheme, rawURL)
 	}
+}
+
+// fileURLPath is the local path a file URL names; rest is the URL after
+// "file://": /abs/dir, or localhost/abs/dir, percent-decoded.
+func fileURLPath(rawURL, rest string) (string, error) {
+	if strings.HasPrefix(rest, "localhost/") {
+		rest = strings.TrimPrefix(rest, "localhost")
+	}
+	if !strings.HasPrefix(rest, "/") {
+		return "", fmt.Errorf("shards: file URL %q must name an absolute path, as in file:///abs/dir (three slashes)", rawURL)
+	}
+	p, err := url.PathUnescape(rest)
+	if err != nil {
+		return "", fmt.Errorf("shards: file URL %q: %v", rawURL, err)
+	}
+	if strings.ContainsAny(p, "?#") {
+		return "", fmt.Errorf("shards: file URL %q: query strings and fragments are not supported", rawURL)
+	}
+	return filepath.FromSlash(p), nil
 }
 
 // checkName refuses object names that are empty, absolute, not clean, or
@@ -89,9 +98,11 @@ func checkName(name string) error {
 // OpenForWrite is Open for a destination: a file:// directory is created
 // if missing (an S3 prefix needs nothing).
 func OpenForWrite(ctx context.Context, rawURL string) (Source, error) {
-	if dir, ok := strings.CutPrefix(rawURL, "file://"); ok && strings.HasPrefix(dir, "/") {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("shards: create %s: %w", dir, err)
+	if scheme, rest, ok := strings.Cut(rawURL, "://"); ok && strings.EqualFold(scheme, "file") {
+		if dir, err := fileURLPath(rawURL, rest); err == nil { // Open reports a bad URL
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return nil, fmt.Errorf("shards: create %s: %w", dir, err)
+			}
 		}
 	}
 	return Open(ctx, rawURL)

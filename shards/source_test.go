@@ -735,3 +735,26 @@ func TestExpandBraces(t *testing.T) {
 		}
 	}
 }
+
+// OpenForWrite creates the directory the URL names, parsed as Open parses
+// it: percent-decoded, with or without "localhost", any case of scheme.
+func TestOpenForWriteCreatesTheNamedDirectory(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	for _, c := range []struct{ url, dir string }{
+		{"file://" + base + "/plain", base + "/plain"},
+		{"file://" + base + "/with%20space", base + "/with space"},
+		{"file://localhost" + base + "/local", base + "/local"},
+		{"FILE://" + base + "/upper", base + "/upper"},
+	} {
+		if _, err := OpenForWrite(ctx, c.url); err != nil {
+			t.Fatalf("OpenForWrite(%s): %v", c.url, err)
+		}
+		if fi, err := os.Stat(c.dir); err != nil || !fi.IsDir() {
+			t.Errorf("OpenForWrite(%s) did not create %s: %v", c.url, c.dir, err)
+		}
+	}
+	if _, err := OpenForWrite(ctx, "file://relative/dir"); err == nil {
+		t.Error("OpenForWrite of a relative file URL succeeded")
+	}
+}
