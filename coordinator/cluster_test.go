@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lavit-org/lavit/coordinator"
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
 )
@@ -191,7 +192,7 @@ func TestDataDirInUse(t *testing.T) {
 	second := nodeConfig(t, "c1")
 	second.DataDir = first.DataDir
 	_, err = coordinator.New(second)
-	if !errors.Is(err, coordinator.ErrDataDirInUse) {
+	if !errors.Is(err, datadir.ErrInUse) {
 		t.Fatalf("second New on a used data dir: %v, want ErrDataDirInUse", err)
 	}
 	if s.Ready() != "" {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -70,7 +71,7 @@ type Config struct {
 // DefaultConfig returns the defaults of `lavit-coord up` with no flags.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:              "./lavit-data",
+		DataDir:              datadir.Default,
 		RaftAddr:             "127.0.0.1:7000",
 		HTTPAddr:             "127.0.0.1:8080",
 		NATSAddr:             "127.0.0.1:4222",

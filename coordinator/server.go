@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/logging"
 	"github.com/lavit-org/lavit/internal/natsembed"
 	"github.com/lavit-org/lavit/internal/wire"
@@ -34,7 +35,7 @@ type Server struct {
 
 	tokenGenerated bool
 
-	lock      *os.File
+	lock      *datadir.Lock
 	fsm       *FSM
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
@@ -89,7 +90,7 @@ func New(cfg Config) (*Server, error) {
 	}()
 
 	var err error
-	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+	if s.lock, err = datadir.Acquire(cfg.DataDir); err != nil {
 		return nil, err
 	}
 	snaps, hasState, err := s.openRaftStores()
@@ -98,7 +99,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	// Settle the token before raft starts, so a bad token never leaves a
 	// half-bootstrapped data dir behind.
-	tok, generated, err := resolveToken(cfg.DataDir, cfg.Token, !hasState && cfg.Join == "" && len(cfg.Peers) == 0 && !cfg.NoBootstrap)
+	tok, generated, err := datadir.ResolveToken(cfg.DataDir, cfg.Token, !hasState && cfg.Join == "" && len(cfg.Peers) == 0 && !cfg.NoBootstrap)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if generated {
-		s.log.Info("generated a join token; workers and clients need it (LAVIT_TOKEN)", "path", TokenPath(cfg.DataDir))
+		s.log.Info("generated a join token; workers and clients need it (LAVIT_TOKEN)", "path", datadir.TokenPath(cfg.DataDir))
 	}
 
 	// Start serving HTTP early: a joining node's peers may ask for it.
@@ -227,7 +228,7 @@ func (s *Server) startNATS(joinRoutes []string) error {
 		nats.ReconnectWait(250 * time.Millisecond),
 	}
 	if url == "" {
-		saved, err := readRoutesFile(cfg.DataDir)
+		saved, err := datadir.ReadRoutes(cfg.DataDir)
 		if err != nil {
 			s.log.Warn("ignoring saved NATS routes", "err", err)
 		}
@@ -346,7 +347,7 @@ func (s *Server) watchState() {
 		})
 		slices.Sort(routes)
 		if s.natsSrv != nil && len(routes) > 0 && !slices.Equal(routes, savedRoutes) {
-			if err := writeRoutesFile(s.cfg.DataDir, routes); err != nil {
+			if err := datadir.WriteRoutes(s.cfg.DataDir, routes); err != nil {
 				s.log.Warn("save NATS routes", "err", err)
 			} else {
 				savedRoutes = routes
@@ -460,7 +461,7 @@ func (s *Server) closeAll() error {
 			errs = append(errs, fmt.Errorf("close raft log metadata: %w", err))
 		}
 	}
-	unlockDataDir(s.lock)
+	s.lock.Release()
 	return errors.Join(errs...)
 }
 

@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
-	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -19,7 +19,7 @@ func clientFlags(withJSON bool) []cli.Flag {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "coord", Value: "nats://127.0.0.1:4222", Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
 		&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
-		&cli.StringFlag{Name: "data-dir", Value: coordinator.DefaultConfig().DataDir, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
+		&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long"},
 	}
 	if withJSON {
@@ -32,7 +32,7 @@ func clientFlags(withJSON bool) []cli.Flag {
 func callCluster(c *cli.Context, subject string, req, resp any) error {
 	token := c.String("token")
 	if token == "" {
-		t, err := coordinator.ReadToken(c.String("data-dir"))
+		t, err := datadir.ReadToken(c.String("data-dir"))
 		if err != nil {
 			return cliutil.Usagef("no join token: pass --token, set LAVIT_TOKEN, or run where --data-dir holds a coordinator's token (%v)", err)
 		}

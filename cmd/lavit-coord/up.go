@@ -10,6 +10,7 @@ import (
 
 	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/datadir"
 )
 
 func env(name string) []string { return []string{"LAVIT_" + name} }
@@ -94,7 +95,7 @@ func runUp(c *cli.Context) error {
 		return err
 	}
 	if srv.TokenGenerated() {
-		fmt.Printf("join token: %s\n(saved in %s; workers and clients on other hosts need it as --token or LAVIT_TOKEN)\n", srv.Token(), coordinator.TokenPath(cfg.DataDir))
+		fmt.Printf("join token: %s\n(saved in %s; workers and clients on other hosts need it as --token or LAVIT_TOKEN)\n", srv.Token(), datadir.TokenPath(cfg.DataDir))
 	}
 	fmt.Fprintf(os.Stderr, "lavit-coord %s up: node %s, raft %s, NATS %s, HTTP http://%s, data %s\n",
 		version, cfg.NodeID, srv.RaftAddr(), srv.NATSURL(), srv.HTTPAddr(), cfg.DataDir)

@@ -11,8 +11,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/trainer"
 	"github.com/lavit-org/lavit/worker"
 )
@@ -38,7 +38,7 @@ func newApp() *cli.App {
 			Flags: append(cliutil.LogFlags(),
 				&cli.StringFlag{Name: "coord", Value: d.Coord, Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
 				&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
-				&cli.StringFlag{Name: "data-dir", Value: coordinator.DefaultConfig().DataDir, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
+				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, or auto (first GPU, else CPU)", EnvVars: env("DEVICE")},
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
@@ -64,9 +64,9 @@ func runJoin(c *cli.Context) error {
 	cfg.Coord = c.String("coord")
 	cfg.Token = c.String("token")
 	if cfg.Token == "" {
-		if t, err := coordinator.ReadToken(c.String("data-dir")); err == nil {
+		if t, err := datadir.ReadToken(c.String("data-dir")); err == nil {
 			cfg.Token = t
-			log.Info("using the join token from the local coordinator's data dir", "path", coordinator.TokenPath(c.String("data-dir")))
+			log.Info("using the join token from the local coordinator's data dir", "path", datadir.TokenPath(c.String("data-dir")))
 		}
 	}
 	cfg.Host, _ = os.Hostname()
