@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lavit-org/lavit/checkpoint"
+	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -95,27 +96,29 @@ func (s *Server) handleCkptPart(req *wire.CheckpointPartRequest) (any, *wire.Err
 		return nil, wire.Errorf(wire.CodeBadRequest, "checkpoint part: rank 0 must describe the checkpoint (meta)")
 	}
 	if p := s.ckpts.add(req); p != nil {
-		go s.commitCheckpoint(req.Run, req.Step, p)
+		if !s.goLeader(func(ctx context.Context) { s.commitCheckpoint(ctx, req.Run, req.Step, p) }) {
+			s.ckpts.done(req.Run, req.Step)
+			return nil, wire.Errorf(wire.CodeNotLeader, "checkpoint part: this coordinator stopped leading; retry")
+		}
 	}
 	return wire.Empty{}, nil
 }
 
 // commitCheckpoint writes the manifest and commits the checkpoint, then
-// applies retention. It runs outside the NATS handler (object stores are
-// slow) and gives up quietly if leadership moves on.
-func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
+// applies retention. It runs as leader work outside the NATS handler
+// (object stores are slow); ctx ends, and it gives up, when leadership
+// moves on.
+func (s *Server) commitCheckpoint(ctx context.Context, run string, step int64, p *pendingCkpt) {
 	defer s.ckpts.done(run, step)
 	log := s.log.With("run", run, "step", step)
-	var base string
-	var keep int
+	var policy RunPolicy
 	var found bool
 	s.fsm.Read(func(st *State, _ uint64) {
 		if r, ok := st.Runs[run]; ok {
-			if spec, err := decodeSpec(r.Spec); err == nil {
-				base, keep, found = spec.Checkpoint.URL, spec.Checkpoint.Keep, true
-			}
+			policy, found = r.Policy, true
 		}
 	})
+	base := policy.CheckpointURL
 	if !found || base == "" {
 		log.Warn("checkpoint parts for a run without a checkpoint.url; ignored")
 		return
@@ -132,7 +135,7 @@ func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
 	for _, pi := range p.meta.Params {
 		m.Params = append(m.Params, checkpoint.ParamInfo(pi))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	err := writeManifestRetrying(ctx, dir, m)
 	if errors.Is(err, checkpoint.ErrExists) {
@@ -159,38 +162,34 @@ func (s *Server) commitCheckpoint(run string, step int64, p *pendingCkpt) {
 		log.Error("test hook: exiting after the manifest, before the commit")
 		os.Exit(3)
 	}
+	if ctx.Err() != nil {
+		log.Info("stopped leading before the commit; the checkpoint is dropped")
+		return
+	}
 	rec := CheckpointRecord{Step: step, World: p.world, Generation: p.generation, URL: dir, StateBytes: m.StateBytes, StateSHA256: m.StateSHA256, Committed: time.Now().UTC()}
 	if err := s.raftApply(CmdCommitCheckpoint, CommitCheckpointCmd{Run: run, Checkpoint: rec}); err != nil {
 		log.Warn("checkpoint not committed", "err", err)
 		return
 	}
 	log.Info("checkpoint committed", "dir", dir, "world", p.world, "bytes", m.StateBytes)
-	s.applyRetention(run, keep)
+	s.applyRetention(ctx, run, policy.keep())
 }
 
-// writeManifestRetrying retries transient store failures until ctx ends.
+// writeManifestRetrying retries transient store failures until ctx ends;
+// a manifest that already exists is not retried.
 func writeManifestRetrying(ctx context.Context, dir string, m *checkpoint.Manifest) error {
-	wait := 200 * time.Millisecond
-	for {
+	return retry.Do(ctx, retry.Default, func(int) error {
 		err := checkpoint.WriteManifest(ctx, dir, m)
-		if err == nil || errors.Is(err, checkpoint.ErrExists) {
-			return err
+		if errors.Is(err, checkpoint.ErrExists) {
+			return retry.Permanent(err)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+		return err
+	}, nil)
 }
 
 // applyRetention forgets all but the newest keep checkpoints (through raft
 // first), then deletes their objects.
-func (s *Server) applyRetention(run string, keep int) {
-	if keep < 1 {
-		keep = 1
-	}
+func (s *Server) applyRetention(ctx context.Context, run string, keep int) {
 	var drop []CheckpointRecord
 	s.fsm.Read(func(st *State, _ uint64) {
 		if r, ok := st.Runs[run]; ok && len(r.Checkpoints) > keep {
@@ -208,7 +207,7 @@ func (s *Server) applyRetention(run string, keep int) {
 		s.log.Warn("retention: forget checkpoints", "run", run, "err", err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for _, d := range drop {
 		if err := checkpoint.Delete(ctx, d.URL); err != nil {

@@ -33,8 +33,22 @@ const (
 // other replicas.
 const IgnorableCommandFlag CommandType = 0x80
 
-// commandVersion is the body version this build writes and reads.
-const commandVersion = 1
+// commandVersions is the newest body version of each command type this
+// build writes. Apply reads every version from 1 up to it, so a log
+// written by an older build still replays; a newer version stops the node
+// (see FSM). A type not listed is at version 1. Raising a version is
+// append-only like the type numbers: the old body stays decodable.
+var commandVersions = map[CommandType]uint8{
+	CmdCreateRun: 2, // v2 adds the run's policy, decoded once at submit
+}
+
+// commandVersion returns the body version this build writes for t.
+func commandVersion(t CommandType) uint8 {
+	if v, ok := commandVersions[t&^IgnorableCommandFlag]; ok {
+		return v
+	}
+	return 1
+}
 
 func (t CommandType) String() string {
 	switch t &^ IgnorableCommandFlag {
@@ -73,7 +87,7 @@ func encodeCommand(t CommandType, body any) ([]byte, error) {
 		return nil, fmt.Errorf("encode %s: %w", t, err)
 	}
 	out := make([]byte, 0, 2+len(b))
-	out = append(out, byte(t), commandVersion)
+	out = append(out, byte(t), commandVersion(t))
 	return append(out, b...), nil
 }
 
@@ -118,9 +132,21 @@ type SetWorkerStateCmd struct {
 	At     time.Time `json:"at"`
 }
 
-// CreateRunCmd records a submitted run. The spec is opaque here; the run
-// issue gives it a schema.
+// CreateRunCmd records a submitted run: its normalised spec (what the
+// workers build the run from) and its policy (what the coordinator acts
+// on), both fixed for the run's life.
+//
+// Version 2. Version 1 had no Policy; applying a v1 entry derives the
+// policy from the spec (PolicyFromSpecJSON), the same on every replica.
 type CreateRunCmd struct {
+	ID     string          `json:"id"`
+	Spec   json.RawMessage `json:"spec"`
+	Policy RunPolicy       `json:"policy"`
+	At     time.Time       `json:"at"`
+}
+
+// createRunCmdV1 is CreateRun as version-1 builds wrote it.
+type createRunCmdV1 struct {
 	ID   string          `json:"id"`
 	Spec json.RawMessage `json:"spec"`
 	At   time.Time       `json:"at"`

@@ -1,11 +1,9 @@
 package coordinator
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -216,49 +214,7 @@ func (s *Server) desiredIn(st *State, w WorkerRecord) wire.DesiredState {
 		return idle
 	}
 	return wire.DesiredState{State: wire.WorkerTraining, Run: r.ID, Generation: r.Generation, Rank: rank, World: len(r.Members),
-		Backend: s.backends.get(r.ID, r.Spec), StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
-}
-
-// backendCache remembers each run's collective backend. A run's spec never
-// changes after CreateRun, so it is decoded once per run rather than on
-// every heartbeat.
-type backendCache struct {
-	mu   sync.Mutex
-	runs map[string]string // run id → backend
-}
-
-func newBackendCache() *backendCache { return &backendCache{runs: map[string]string{}} }
-
-func (c *backendCache) reset() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.runs)
-}
-
-// get returns run's backend, decoding spec on first use.
-func (c *backendCache) get(run string, spec json.RawMessage) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b, ok := c.runs[run]
-	if !ok {
-		b = runBackend(spec)
-		c.runs[run] = b
-	}
-	return b
-}
-
-// runBackend reads the collective backend from a run spec ("ring" unless
-// the spec says "nccl").
-func runBackend(spec json.RawMessage) string {
-	var v struct {
-		Collective struct {
-			Backend string `json:"backend"`
-		} `json:"collective"`
-	}
-	if json.Unmarshal(spec, &v) == nil && v.Collective.Backend == wire.BackendNCCL {
-		return wire.BackendNCCL
-	}
-	return wire.BackendRing
+		Backend: r.Policy.Backend, StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
 }
 
 func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) {

@@ -18,8 +18,10 @@ import (
 //     leader stamps times and ids into the command before it is proposed.
 //   - Apply never fails silently: a rejected command returns an error as
 //     its response, and every replica rejects it the same way.
-//   - An unknown command type stops the node (panic) unless it carries
+//   - An unknown command type, or a body version newer than this build
+//     writes (commandVersions), stops the node (panic) unless it carries
 //     IgnorableCommandFlag: skipping it could make this replica diverge.
+//     Every older version still applies, so an old log replays.
 //   - Snapshot copies the state under the read lock (it is small); Persist
 //     writes it out while Apply goes on.
 //   - Restore discards all previous state.
@@ -62,12 +64,12 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 		return applyResponse{Err: fmt.Errorf("log entry %d: %d bytes is too short for a command", index, len(data))}
 	}
 	t, version, body := CommandType(data[0]), data[1], data[2:]
-	if version != commandVersion {
+	if version == 0 || version > commandVersion(t) {
 		if t&IgnorableCommandFlag != 0 {
 			f.log.Warn("skipping command with unknown version", "index", index, "type", t, "version", version)
 			return applyResponse{}
 		}
-		panic(fmt.Sprintf("log entry %d: %s version %d is newer than this lavit-coord understands (%d); upgrade this node", index, t, version, commandVersion))
+		panic(fmt.Sprintf("log entry %d: %s version %d is newer than this lavit-coord understands (%d); upgrade this node", index, t, version, commandVersion(t)))
 	}
 
 	f.mu.Lock()
@@ -89,7 +91,11 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 	case CmdSetWorkerState:
 		err = applyBody(t, body, f.state.applySetWorkerState)
 	case CmdCreateRun:
-		err = applyBody(t, body, f.state.applyCreateRun)
+		if version == 1 {
+			err = applyBody(t, body, f.state.applyCreateRunV1)
+		} else {
+			err = applyBody(t, body, f.state.applyCreateRun)
+		}
 	case CmdStartGeneration:
 		err = applyBody(t, body, f.state.applyStartGeneration)
 	case CmdCommitCheckpoint:
@@ -130,8 +136,10 @@ func (f *FSM) Read(fn func(s *State, lastIndex uint64)) {
 // Changed is signalled after commands are applied (coalesced).
 func (f *FSM) Changed() <-chan struct{} { return f.changed }
 
-// snapshotFormat versions the snapshot encoding.
-const snapshotFormat = 1
+// snapshotFormat versions the snapshot encoding. Format 2 added each run's
+// policy; a format-1 snapshot restores with the policies derived from the
+// stored specs.
+const snapshotFormat = 2
 
 type snapshotFile struct {
 	Format    int    `json:"format"`
@@ -157,8 +165,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := json.NewDecoder(rc).Decode(&snap); err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
-	if snap.Format != snapshotFormat {
-		return fmt.Errorf("snapshot format %d is not supported (want %d)", snap.Format, snapshotFormat)
+	if snap.Format < 1 || snap.Format > snapshotFormat {
+		return fmt.Errorf("snapshot format %d is not supported (this build reads 1 to %d)", snap.Format, snapshotFormat)
 	}
 	st := snap.State
 	if st == nil {
@@ -172,6 +180,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if st.Runs == nil {
 		st.Runs = map[string]*RunRecord{}
+	}
+	if snap.Format == 1 {
+		for _, r := range st.Runs {
+			r.Policy = policyFromSpecJSON(r.Spec)
+		}
 	}
 	f.mu.Lock()
 	f.state, f.lastIndex = st, snap.LastIndex

@@ -166,7 +166,7 @@ func TestFSMRejections(t *testing.T) {
 	})
 	t.Run("malformed body", func(t *testing.T) {
 		f := NewFSM(logging.Discard())
-		data := append([]byte{byte(CmdRegisterWorker), commandVersion}, "{not json"...)
+		data := append([]byte{byte(CmdRegisterWorker), commandVersion(CmdRegisterWorker)}, "{not json"...)
 		resp := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data}).(applyResponse)
 		if resp.Err == nil {
 			t.Fatal("a malformed body was accepted")
@@ -194,7 +194,7 @@ func TestFSMWorkerReRegisterKeepsFirstRegistration(t *testing.T) {
 func TestFSMUnknownCommand(t *testing.T) {
 	f := NewFSM(logging.Discard())
 	t.Run("ignorable is skipped", func(t *testing.T) {
-		data := []byte{byte(IgnorableCommandFlag | 0x7e), commandVersion, '{', '}'}
+		data := []byte{byte(IgnorableCommandFlag | 0x7e), 1, '{', '}'}
 		if resp := f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data}).(applyResponse); resp.Err != nil {
 			t.Fatalf("ignorable unknown command: %v", resp.Err)
 		}
@@ -205,7 +205,7 @@ func TestFSMUnknownCommand(t *testing.T) {
 				t.Fatal("an unknown, non-ignorable command was applied without stopping")
 			}
 		}()
-		f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: []byte{0x7e, commandVersion, '{', '}'}})
+		f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: []byte{0x7e, 1, '{', '}'}})
 	})
 	t.Run("newer version stops the node", func(t *testing.T) {
 		defer func() {
@@ -213,7 +213,23 @@ func TestFSMUnknownCommand(t *testing.T) {
 				t.Fatal("a command of a newer version was applied")
 			}
 		}()
-		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{byte(CmdRegisterWorker), commandVersion + 1, '{', '}'}})
+		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{byte(CmdRegisterWorker), commandVersion(CmdRegisterWorker) + 1, '{', '}'}})
+	})
+	t.Run("newer CreateRun version stops the node", func(t *testing.T) {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("a CreateRun of a newer version was applied")
+			}
+		}()
+		f.Apply(&raft.Log{Index: 4, Type: raft.LogCommand, Data: []byte{byte(CmdCreateRun), commandVersion(CmdCreateRun) + 1, '{', '}'}})
+	})
+	t.Run("version 0 stops the node", func(t *testing.T) {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("a command of version 0 was applied")
+			}
+		}()
+		f.Apply(&raft.Log{Index: 5, Type: raft.LogCommand, Data: []byte{byte(CmdRegisterWorker), 0, '{', '}'}})
 	})
 }
 

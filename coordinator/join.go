@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -37,7 +38,8 @@ func joinURL(addr string) string {
 }
 
 // joinCluster asks an existing member to add this node, retrying with
-// backoff while the member is unreachable or has no leader.
+// backoff while the member is unreachable or has no leader, for up to
+// joinTimeout.
 func (s *Server) joinCluster() ([]string, error) {
 	req := wire.RaftJoinRequest{
 		Auth:     wire.Auth{V: wire.Version, Token: s.token, From: s.cfg.NodeID},
@@ -47,29 +49,32 @@ func (s *Server) joinCluster() ([]string, error) {
 	}
 	body, _ := json.Marshal(req)
 	url := joinURL(s.cfg.Join)
-	deadline := time.Now().Add(joinTimeout)
-	backoff := 200 * time.Millisecond
 	client := &http.Client{Timeout: 10 * time.Second}
-	for attempt := 1; ; attempt++ {
-		reply, err, retry := s.postJoin(client, url, body)
-		if err == nil {
-			s.log.Info("joined the cluster", "via", s.cfg.Join, "leader", reply.Leader)
-			return reply.NATSRoutes, nil
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	var reply *wire.RaftJoinReply
+	err := retry.Do(ctx, retry.Backoff{Initial: 200 * time.Millisecond, Max: 3 * time.Second, Jitter: 0.5}, func(int) error {
+		var err error
+		var again bool
+		if reply, err, again = s.postJoin(client, url, body); err != nil && !again {
+			return retry.Permanent(err)
 		}
-		if !retry {
-			return nil, fmt.Errorf("join %s: %w", s.cfg.Join, err)
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("join %s: gave up after %s: %w", s.cfg.Join, joinTimeout, err)
-		}
-		s.log.Info("waiting to join the cluster", "via", s.cfg.Join, "attempt", attempt, "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-s.shutdownCh:
-			return nil, errors.New("shut down while joining")
-		}
-		backoff = min(backoff*2, 3*time.Second)
+		return err
+	}, func(t retry.Try) {
+		s.log.Info("waiting to join the cluster", "via", s.cfg.Join, "attempt", t.Attempt, "retry_in", t.Wait.Round(time.Millisecond), "err", t.Err)
+	})
+	switch {
+	case err == nil:
+		s.log.Info("joined the cluster", "via", s.cfg.Join, "leader", reply.Leader)
+		return reply.NATSRoutes, nil
+	case s.ctx.Err() != nil:
+		return nil, errors.New("shut down while joining")
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("join %s: gave up after %s: %w", s.cfg.Join, joinTimeout, err)
 	}
+	return nil, fmt.Errorf("join %s: %w", s.cfg.Join, err)
 }
 
 // postJoin makes one join attempt; retry says whether trying again may help.

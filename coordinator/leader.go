@@ -1,10 +1,12 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,7 +30,7 @@ func (s *Server) monitorLeadership() {
 	}
 	for {
 		select {
-		case <-s.shutdownCh:
+		case <-s.ctx.Done():
 			stopLeading()
 			return
 		case isLeader := <-s.leaderCh:
@@ -93,8 +95,57 @@ func (s *Server) leaderLoop(stop chan struct{}) {
 	}
 }
 
+// leaderTerm is one stretch of leadership: work started for it (goLeader)
+// gets its context, which ends when leadership does, and
+// revokeLeadership waits for that work to return.
+type leaderTerm struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// goLeader runs fn in the background as leader work: fn's context ends
+// when this node stops leading, and leadership is not given up before fn
+// returns. It reports false, and runs nothing, when this node does not
+// lead.
+func (s *Server) goLeader(fn func(ctx context.Context)) bool {
+	s.termMu.Lock()
+	defer s.termMu.Unlock()
+	t := s.term
+	if t == nil {
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		fn(t.ctx)
+	}()
+	return true
+}
+
+// startTerm begins a leadership term.
+func (s *Server) startTerm() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.termMu.Lock()
+	s.term = &leaderTerm{ctx: ctx, cancel: cancel}
+	s.termMu.Unlock()
+}
+
+// endTerm cancels the term's work and waits for it.
+func (s *Server) endTerm() {
+	s.termMu.Lock()
+	t := s.term
+	s.term = nil
+	s.termMu.Unlock()
+	if t != nil {
+		t.cancel()
+		t.wg.Wait()
+	}
+}
+
 // establishLeadership initialises a new cluster if needed, starts every
-// known worker's liveness clock and subscribes to the control subjects.
+// known worker's liveness clock, starts the term's context and subscribes
+// to the control subjects.
 func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	var clusterID string
 	var workers []string
@@ -122,17 +173,20 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	s.meet.reset()
 	s.progress.reset()
 	s.ckpts.reset()
-	s.backends.reset()
+	s.startTerm()
 	return s.subscribeControl()
 }
 
-// revokeLeadership stops serving the control subjects.
+// revokeLeadership stops serving the control subjects, then ends the term:
+// its background work (checkpoint commits, retention) is cancelled and
+// waited for, so none of it outlives leadership.
 func (s *Server) revokeLeadership(subs []*nats.Subscription) {
 	for _, sub := range subs {
 		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			s.log.Debug("unsubscribe", "subject", sub.Subject, "err", err)
 		}
 	}
+	s.endTerm()
 	s.live.reset(nil, time.Now())
 	if len(subs) > 0 {
 		s.log.Info("stopped leading")

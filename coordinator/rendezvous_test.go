@@ -46,7 +46,8 @@ func TestRendezvous(t *testing.T) {
 		must(t, s.raftApply(CmdRegisterWorker, RegisterWorkerCmd{Worker: WorkerRecord{ID: id, Instance: "i-" + id, Host: "h", Device: "cpu", Capacity: 1, Since: now}}))
 		s.live.seen(id, time.Now())
 	}
-	must(t, s.raftApply(CmdCreateRun, CreateRunCmd{ID: "r1", Spec: []byte(`{}`), At: now}))
+	// min_workers 99: the scheduler never starts it; the test does.
+	must(t, s.raftApply(CmdCreateRun, CreateRunCmd{ID: "r1", Spec: []byte(`{}`), Policy: RunPolicy{Stage: 1, MinWorkers: 99, MaxWorkers: 99, Backend: wire.BackendRing}, At: now}))
 	must(t, s.raftApply(CmdStartGeneration, StartGenerationCmd{Run: "r1", Generation: 1, Members: map[string]int{"w1": 0, "w2": 1, "w3": 2}, At: now}))
 
 	post := func(id string, gen uint64, rank int, addr string, ncclID []byte) (wire.RendezvousReply, error) {
@@ -144,7 +145,7 @@ func TestRendezvousNCCLID(t *testing.T) {
 	for _, id := range []string{"g0", "g1"} {
 		must(t, s.raftApply(CmdRegisterWorker, RegisterWorkerCmd{Worker: WorkerRecord{ID: id, Instance: "i-" + id, Host: "h", Device: "cuda:0", Capacity: 1, Since: now}}))
 	}
-	must(t, s.raftApply(CmdCreateRun, CreateRunCmd{ID: "r2", Spec: []byte(`{"collective":{"backend":"nccl"}}`), At: now}))
+	must(t, s.raftApply(CmdCreateRun, CreateRunCmd{ID: "r2", Spec: []byte(`{"collective":{"backend":"nccl"}}`), Policy: RunPolicy{Stage: 1, MinWorkers: 99, MaxWorkers: 99, Backend: wire.BackendNCCL}, At: now}))
 	must(t, s.raftApply(CmdStartGeneration, StartGenerationCmd{Run: "r2", Generation: 1, Members: map[string]int{"g0": 0, "g1": 1}, At: now}))
 	id := bytes.Repeat([]byte{0xAB}, 128)
 	call := func(from string, rank int, ncclID []byte) wire.RendezvousReply {

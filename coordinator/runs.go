@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,7 +75,8 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 	if len(spec.ModelConfig) == 0 {
 		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: the spec has no model_config (submit with lavit-coord run submit, which inlines the model)")
 	}
-	if dep := tokenizerRun(&spec); dep != "" {
+	policy := PolicyFromSpec(&spec)
+	if dep := policy.TokenizerRun; dep != "" {
 		var state string
 		var found bool
 		s.fsm.Read(func(st *State, _ uint64) {
@@ -99,7 +99,7 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 	s.fsm.Read(func(st *State, _ uint64) { n = len(st.Runs) })
 	for try := 0; try < 100; try++ {
 		id := runID(n + 1 + try)
-		err := s.raftApply(CmdCreateRun, CreateRunCmd{ID: id, Spec: normalized, At: time.Now().UTC()})
+		err := s.raftApply(CmdCreateRun, CreateRunCmd{ID: id, Spec: normalized, Policy: policy, At: time.Now().UTC()})
 		if errors.Is(err, ErrRunExists) {
 			continue
 		}
@@ -116,10 +116,9 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
 	var out []wire.RunInfo
 	s.fsm.Read(func(st *State, _ uint64) {
-		runs := sortedRuns(st)
-		oldest := oldestWaiting(runs)
-		for _, r := range runs {
-			out = append(out, s.runInfo(st, r, oldest, false))
+		plan := planSchedule(s.schedInput(st, time.Now()))
+		for _, r := range sortedRuns(st) {
+			out = append(out, s.runInfo(r, st, plan.Waiting, false))
 		}
 	})
 	if out == nil {
@@ -131,11 +130,11 @@ func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
 func (s *Server) handleRunShow(req *wire.RunShowRequest) (any, *wire.Error) {
 	var info wire.RunInfo
 	werr := s.readRun(req.ID, func(st *State, r *RunRecord) {
-		var oldest string
+		var waiting map[string]string
 		if waitingRun(r.State) {
-			oldest = oldestWaiting(sortedRuns(st))
+			waiting = planSchedule(s.schedInput(st, time.Now())).Waiting
 		}
-		info = s.runInfo(st, r, oldest, true)
+		info = s.runInfo(r, st, waiting, true)
 	})
 	if werr != nil {
 		return nil, werr
@@ -255,143 +254,6 @@ func (s *Server) kickScheduler() {
 	}
 }
 
-// schedule starts pending runs, oldest first: a run starts when at least
-// its min_workers are idle and alive (it takes up to max_workers, by
-// worker id). Runs queue in submission order: while the oldest pending run
-// waits for workers, younger ones wait behind it. A stage-2 run whose
-// tokenizer run has not completed waits for it (and fails if it fails).
-// A running run that lost a member fails: resuming needs checkpoints.
-func (s *Server) schedule() {
-	now := time.Now()
-	var pending []*RunRecord
-	var running []*RunRecord
-	var idle []string
-	workerState := map[string]string{}
-	runState := map[string]string{}
-	s.fsm.Read(func(st *State, _ uint64) {
-		for _, r := range sortedRuns(st) {
-			runState[r.ID] = r.State
-			switch r.State {
-			case RunPending, RunPaused:
-				cp := *r
-				cp.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
-				pending = append(pending, &cp)
-			case RunRunning:
-				cp := *r
-				cp.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
-				cp.Members = maps.Clone(r.Members)
-				running = append(running, &cp)
-			}
-		}
-		for _, w := range st.sortedWorkers() {
-			workerState[w.ID] = w.State
-			if w.Capacity > 0 && s.idleAndAlive(w, now) {
-				idle = append(idle, w.ID)
-			}
-		}
-	})
-
-	for _, r := range running {
-		for id := range r.Members {
-			if st, ok := workerState[id]; !ok || st == wire.WorkerLost || st == wire.WorkerIdle {
-				why := "was lost"
-				if !ok {
-					why = "left the fleet"
-				} else if st == wire.WorkerIdle {
-					why = "restarted"
-				}
-				from := "the start (no checkpoint yet)"
-				if n := len(r.Checkpoints); n > 0 {
-					from = fmt.Sprintf("its checkpoint at step %d", r.Checkpoints[n-1].Step)
-				}
-				reason := fmt.Sprintf("worker %s %s during generation %d; the run resumes from %s when %s", id, why, r.Generation, from, "enough workers are idle")
-				if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: r.ID, State: RunPaused, Reason: reason, At: now.UTC()}); err != nil {
-					s.log.Warn("pause run", "run", r.ID, "err", err)
-				} else {
-					s.log.Warn("run paused", "run", r.ID, "reason", reason)
-				}
-				break
-			}
-		}
-	}
-
-	for _, r := range pending {
-		spec, err := decodeSpec(r.Spec)
-		if err != nil {
-			s.failRun(r.ID, fmt.Sprintf("stored spec is invalid: %v", err))
-			continue
-		}
-		if from := tokenizerRun(spec); from != "" {
-			switch dep := runState[from]; dep {
-			case RunCompleted:
-			case RunFailed, RunCancelled, "":
-				s.failRun(r.ID, fmt.Sprintf("tokenizer.from: run %s is %s", spec.Tokenizer.From, orNone(dep)))
-				continue
-			default:
-				return // waits for its tokenizer run; younger runs queue behind
-			}
-		}
-		if len(idle) < spec.MinWorkers {
-			return
-		}
-		take := min(len(idle), spec.MaxWorkers)
-		members := make(map[string]int, take)
-		for rank, id := range idle[:take] {
-			members[id] = rank
-		}
-		idle = idle[take:]
-		cmd := StartGenerationCmd{Run: r.ID, Generation: r.Generation + 1, Members: members, At: now.UTC()}
-		if n := len(r.Checkpoints); n > 0 {
-			cmd.StartStep = r.Checkpoints[n-1].Step
-		}
-		if err := s.raftApply(CmdStartGeneration, cmd); err != nil {
-			s.log.Warn("start run", "run", r.ID, "err", err)
-			return
-		}
-		s.log.Info("run started", "run", r.ID, "generation", cmd.Generation, "workers", take, "from_step", cmd.StartStep)
-	}
-}
-
-// waitingFor explains why a waiting run has not started. spec is the run's
-// decoded spec (nil if it does not decode); oldest is the oldest waiting
-// run (see oldestWaiting), which the others queue behind.
-func (s *Server) waitingFor(st *State, r *RunRecord, spec *runspec.Spec, oldest string) string {
-	if spec == nil {
-		return "its spec is invalid"
-	}
-	if from := tokenizerRun(spec); from != "" {
-		if dep, ok := st.Runs[from]; ok && dep.State != RunCompleted {
-			return fmt.Sprintf("tokenizer run %s to complete (it is %s)", dep.ID, dep.State)
-		}
-	}
-	if oldest != r.ID {
-		return fmt.Sprintf("run %s, submitted earlier", oldest)
-	}
-	idle, cannot := 0, 0
-	now := time.Now()
-	for _, w := range st.Workers {
-		switch {
-		case !s.idleAndAlive(w, now):
-		case w.Capacity > 0:
-			idle++
-		default:
-			cannot++
-		}
-	}
-	msg := fmt.Sprintf("%d idle workers that can train (%d now)", spec.MinWorkers, idle)
-	if cannot > 0 {
-		msg += fmt.Sprintf("; %d more idle cannot train (started without the libtorch shim: see lavit-worker's log)", cannot)
-	}
-	return msg
-}
-
-// idleAndAlive reports whether a worker is free for a run: IDLE, in no
-// run, and heard from within the worker timeout.
-func (s *Server) idleAndAlive(w *WorkerRecord, now time.Time) bool {
-	last, ok := s.live.last(w.ID)
-	return ok && w.State == wire.WorkerIdle && w.Run == "" && now.Sub(last) <= s.cfg.WorkerTimeout
-}
-
 func (s *Server) failRun(id, reason string) {
 	if err := s.raftApply(CmdSetRunState, SetRunStateCmd{ID: id, State: RunFailed, Reason: reason, At: time.Now().UTC()}); err != nil {
 		s.log.Warn("fail run", "run", id, "err", err)
@@ -401,9 +263,9 @@ func (s *Server) failRun(id, reason string) {
 }
 
 // runInfo builds the client view of a run (under the FSM read lock);
-// oldest is the oldest waiting run (see oldestWaiting), needed only when r
-// is waiting.
-func (s *Server) runInfo(st *State, r *RunRecord, oldest string, withSpec bool) wire.RunInfo {
+// waiting is the scheduler's explanation of each waiting run (planSchedule),
+// needed only when r waits.
+func (s *Server) runInfo(r *RunRecord, st *State, waiting map[string]string, withSpec bool) wire.RunInfo {
 	info := wire.RunInfo{
 		ID: r.ID, State: r.State, Reason: r.Reason, Generation: r.Generation,
 		Created: r.Created, Updated: r.Updated, Step: r.Step, Members: []wire.RunMember{},
@@ -413,10 +275,7 @@ func (s *Server) runInfo(st *State, r *RunRecord, oldest string, withSpec bool) 
 		info.Final = &f
 	}
 	info.Eval = append([]wire.Check(nil), r.Eval...)
-	spec, err := decodeSpec(r.Spec)
-	if err == nil {
-		info.Name, info.Stage, info.TotalSteps = spec.Name, spec.Stage, spec.Steps
-	}
+	info.Name, info.Stage, info.TotalSteps = r.Policy.Name, r.Policy.Stage, r.Policy.Steps
 	for id, rank := range r.Members {
 		m := wire.RunMember{Worker: id, Rank: rank}
 		if w, ok := st.Workers[id]; ok {
@@ -439,7 +298,7 @@ func (s *Server) runInfo(st *State, r *RunRecord, oldest string, withSpec bool) 
 		info.Timing = &t
 	}
 	if waitingRun(r.State) {
-		info.WaitingFor = s.waitingFor(st, r, spec, oldest)
+		info.WaitingFor = waiting[r.ID]
 	}
 	info.StartStep = r.StartStep
 	info.Checkpoints = checkpointInfos(r)
@@ -467,26 +326,6 @@ func sortedRuns(st *State) []*RunRecord {
 // waitingRun reports whether a run in state waits to be scheduled.
 func waitingRun(state string) bool { return state == RunPending || state == RunPaused }
 
-// oldestWaiting returns the id of the first waiting run in runs (sorted
-// by sortedRuns), or "" if none waits.
-func oldestWaiting(runs []*RunRecord) string {
-	for _, r := range runs {
-		if waitingRun(r.State) {
-			return r.ID
-		}
-	}
-	return ""
-}
-
-// tokenizerRun returns the run a stage-2 spec takes its tokenizer from,
-// or "" if it takes none from a run.
-func tokenizerRun(spec *runspec.Spec) string {
-	if spec.Stage == 2 && runspec.IsRunID(spec.Tokenizer.From) {
-		return spec.Tokenizer.From
-	}
-	return ""
-}
-
 // readRun calls fn with run id under the FSM read lock; a missing run is
 // the client error "run ... does not exist".
 func (s *Server) readRun(id string, fn func(st *State, r *RunRecord)) *wire.Error {
@@ -513,14 +352,6 @@ func (s *Server) runState(id string) (string, *wire.Error) {
 func runNumber(id string) int {
 	n, _ := strconv.Atoi(strings.TrimPrefix(id, "r-"))
 	return n
-}
-
-func decodeSpec(raw json.RawMessage) (*runspec.Spec, error) {
-	var spec runspec.Spec
-	if err := json.Unmarshal(raw, &spec); err != nil {
-		return nil, err
-	}
-	return &spec, nil
 }
 
 func truncate(s string, n int) string {

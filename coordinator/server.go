@@ -51,12 +51,19 @@ type Server struct {
 	meet      *rendezvousTable // leader only: ring addresses and NCCL ids per generation
 	progress  *progressTable   // leader only: each run's latest progress report
 	ckpts     *ckptTable       // leader only: checkpoint parts reported, per (run, step)
-	backends  *backendCache    // leader only: each run's collective backend
 	schedKick chan struct{}    // wakes the scheduler (see kickScheduler)
 
+	// term is the current leadership term's context and background work
+	// (see goLeader); nil while this node does not lead.
+	termMu sync.Mutex
+	term   *leaderTerm
+
 	shutdownOnce sync.Once
-	shutdownCh   chan struct{}
-	wg           sync.WaitGroup
+	// ctx ends when the node shuts down; everything the node runs in the
+	// background stops with it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New starts a coordinator node: it locks the data dir, opens raft,
@@ -70,18 +77,17 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = logging.Discard()
 	}
 	s := &Server{
-		cfg:        cfg,
-		log:        cfg.Logger.With("node", cfg.NodeID),
-		fsm:        NewFSM(cfg.Logger.With("component", "fsm")),
-		leaderCh:   make(chan bool, 16),
-		live:       newLiveness(),
-		meet:       newRendezvousTable(),
-		progress:   newProgressTable(),
-		ckpts:      newCkptTable(),
-		backends:   newBackendCache(),
-		schedKick:  make(chan struct{}, 1),
-		shutdownCh: make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.NodeID),
+		fsm:       NewFSM(cfg.Logger.With("component", "fsm")),
+		leaderCh:  make(chan bool, 16),
+		live:      newLiveness(),
+		meet:      newRendezvousTable(),
+		progress:  newProgressTable(),
+		ckpts:     newCkptTable(),
+		schedKick: make(chan struct{}, 1),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	started := false
 	defer func() {
 		if !started {
@@ -328,7 +334,7 @@ func (s *Server) watchState() {
 	var savedRoutes []string
 	for {
 		select {
-		case <-s.shutdownCh:
+		case <-s.ctx.Done():
 			return
 		case <-s.fsm.Changed():
 		case <-tick.C:
@@ -421,7 +427,7 @@ func (s *Server) stop(graceful bool) error {
 				s.log.Warn("leadership transfer failed; the others will elect a leader", "err", terr)
 			}
 		}
-		close(s.shutdownCh)
+		s.cancel()
 		err = s.closeAll()
 		s.wg.Wait()
 		s.log.Info("coordinator stopped")
@@ -431,6 +437,7 @@ func (s *Server) stop(graceful bool) error {
 
 // closeAll releases everything New may have opened, in reverse order.
 func (s *Server) closeAll() error {
+	s.cancel()
 	var errs []error
 	if s.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -69,14 +69,17 @@ type WorkerRecord struct {
 // RunRecord is one training run. Generation and Members change whenever
 // the set of workers training it changes.
 type RunRecord struct {
-	ID         string          `json:"id"`
-	State      string          `json:"state"`
-	Spec       json.RawMessage `json:"spec"`
-	Generation uint64          `json:"generation"`
-	Members    map[string]int  `json:"members,omitempty"` // worker id → rank
-	Created    time.Time       `json:"created"`
-	Updated    time.Time       `json:"updated"`
-	Reason     string          `json:"reason,omitempty"`
+	ID    string          `json:"id"`
+	State string          `json:"state"`
+	Spec  json.RawMessage `json:"spec"`
+	// Policy is what the coordinator acts on from the spec (decoded once,
+	// at submit).
+	Policy     RunPolicy      `json:"policy"`
+	Generation uint64         `json:"generation"`
+	Members    map[string]int `json:"members,omitempty"` // worker id → rank
+	Created    time.Time      `json:"created"`
+	Updated    time.Time      `json:"updated"`
+	Reason     string         `json:"reason,omitempty"`
 	// Step is the last step the run reported finishing (set when it ends).
 	Step int64 `json:"step,omitempty"`
 	// Final is the model state a COMPLETED run produced.
@@ -199,8 +202,14 @@ func (s *State) applyCreateRun(c CreateRunCmd) error {
 	if _, ok := s.Runs[c.ID]; ok {
 		return fmt.Errorf("%w: %q", ErrRunExists, c.ID)
 	}
-	s.Runs[c.ID] = &RunRecord{ID: c.ID, State: RunPending, Spec: c.Spec, Created: c.At, Updated: c.At}
+	s.Runs[c.ID] = &RunRecord{ID: c.ID, State: RunPending, Spec: c.Spec, Policy: c.Policy, Created: c.At, Updated: c.At}
 	return nil
+}
+
+// applyCreateRunV1 applies a version-1 CreateRun (written before runs had
+// a policy): the policy is derived from the stored spec.
+func (s *State) applyCreateRunV1(c createRunCmdV1) error {
+	return s.applyCreateRun(CreateRunCmd{ID: c.ID, Spec: c.Spec, Policy: policyFromSpecJSON(c.Spec), At: c.At})
 }
 
 // runTransitions lists the states each run state may move to.
@@ -346,34 +355,6 @@ func (s *State) applyRequestCheckpoint(c RequestCheckpointCmd) error {
 	}
 	r.CheckpointRequests++
 	return nil
-}
-
-// clone deep-copies the state, for snapshots and readers.
-func (s *State) clone() *State {
-	out := newState()
-	out.ClusterID, out.TokenHash, out.Created = s.ClusterID, s.TokenHash, s.Created
-	for id, c := range s.Coordinators {
-		cc := *c
-		out.Coordinators[id] = &cc
-	}
-	for id, w := range s.Workers {
-		wc := *w
-		wc.Devices = append([]wire.Device(nil), w.Devices...)
-		out.Workers[id] = &wc
-	}
-	for id, r := range s.Runs {
-		rc := *r
-		rc.Spec = append(json.RawMessage(nil), r.Spec...)
-		if r.Final != nil {
-			f := *r.Final
-			rc.Final = &f
-		}
-		rc.Eval = append([]wire.Check(nil), r.Eval...)
-		rc.Checkpoints = append([]CheckpointRecord(nil), r.Checkpoints...)
-		rc.Members = maps.Clone(r.Members)
-		out.Runs[id] = &rc
-	}
-	return out
 }
 
 // sortedWorkers returns the workers ordered by id.
