@@ -33,7 +33,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 		cl := *clients[i%conns]
 		cl.From = fmt.Sprintf("w%d", i)
 		reg := &wire.RegisterRequest{Instance: "i", Host: "h", Device: "cpu", Capacity: 1}
-		if err := cl.Call(context.Background(), wire.SubjectRegister, reg, &wire.RegisterReply{}); err != nil {
+		if _, err := wire.Register.Call(context.Background(), &cl, reg); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -47,7 +47,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 		cl.From = fmt.Sprintf("w%d", n%workers)
 		hb := &wire.HeartbeatRequest{Instance: "i", State: wire.WorkerIdle}
 		for pb.Next() {
-			if err := cl.Call(context.Background(), wire.SubjectHeartbeat, hb, &wire.HeartbeatReply{}); err != nil {
+			if _, err := wire.Heartbeat.Call(context.Background(), &cl, hb); err != nil {
 				b.Error(err)
 				return
 			}
@@ -66,7 +66,7 @@ func BenchmarkRegister(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		cl.From = fmt.Sprintf("w%d", i)
 		reg := &wire.RegisterRequest{Instance: "i", Host: "h", Device: "cpu", Capacity: 1}
-		if err := cl.Call(context.Background(), wire.SubjectRegister, reg, &wire.RegisterReply{}); err != nil {
+		if _, err := wire.Register.Call(context.Background(), cl, reg); err != nil {
 			b.Fatal(err)
 		}
 	}

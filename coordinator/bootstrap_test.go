@@ -84,7 +84,7 @@ func TestNoBootstrapThenRaftJoin(t *testing.T) {
 	}
 	cl := c.client(c.token)
 	req := &wire.RaftJoinRequest{ID: "c2", RaftAddr: s2.RaftAddr()}
-	if err := cl.Call(context.Background(), wire.SubjectRaftJoin, req, &wire.RaftJoinReply{}); err != nil {
+	if _, err := wire.JoinRaft.Call(context.Background(), cl, req); err != nil {
 		t.Fatalf("raft join: %v", err)
 	}
 	c.waitFormed(2)

@@ -82,7 +82,7 @@ func (t *ckptTable) done(run string, step int64) {
 	delete(t.pending, ckptKey{run, step})
 }
 
-func (s *Server) handleCkptPart(req *wire.CheckpointPartRequest) (any, *wire.Error) {
+func (s *Server) handleCkptPart(req *wire.CheckpointPartRequest) (*wire.Empty, *wire.Error) {
 	world, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank)
 	if werr != nil {
 		return nil, werr
@@ -101,7 +101,7 @@ func (s *Server) handleCkptPart(req *wire.CheckpointPartRequest) (any, *wire.Err
 			return nil, wire.Errorf(wire.CodeNotLeader, "checkpoint part: this coordinator stopped leading; retry")
 		}
 	}
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
 // commitCheckpoint writes the manifest and commits the checkpoint, then
@@ -217,12 +217,12 @@ func (s *Server) applyRetention(ctx context.Context, run string, keep int) {
 	s.log.Info("retention: checkpoints removed", "run", run, "steps", steps)
 }
 
-func (s *Server) handleCkptList(req *wire.RunRequest) (any, *wire.Error) {
+func (s *Server) handleCkptList(req *wire.RunRequest) (*wire.CheckpointListReply, *wire.Error) {
 	var out []wire.CheckpointInfo
 	if werr := s.readRun(req.ID, func(_ *State, r *RunRecord) { out = checkpointInfos(r) }); werr != nil {
 		return nil, werr
 	}
-	return wire.CheckpointListReply{Checkpoints: out}, nil
+	return &wire.CheckpointListReply{Checkpoints: out}, nil
 }
 
 func checkpointInfos(r *RunRecord) []wire.CheckpointInfo {
@@ -234,27 +234,27 @@ func checkpointInfos(r *RunRecord) []wire.CheckpointInfo {
 	return out
 }
 
-func (s *Server) handleRunCheckpoint(req *wire.RunRequest) (any, *wire.Error) {
+func (s *Server) handleRunCheckpoint(req *wire.RunRequest) (*wire.Empty, *wire.Error) {
 	if err := s.raftApply(CmdRequestCheckpoint, RequestCheckpointCmd{Run: req.ID, At: time.Now().UTC()}); err != nil {
 		if errors.Is(err, ErrUnknownRun) || errors.Is(err, ErrBadTransition) {
 			return nil, wire.Errorf(wire.CodeBadRequest, "run checkpoint: %v", err)
 		}
 		return nil, toWireError(err)
 	}
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
 // handleRunResume moves a failed, cancelled or paused run to PAUSED: the
 // scheduler restarts it from its newest committed checkpoint as soon as
 // min_workers are idle.
-func (s *Server) handleRunResume(req *wire.RunRequest) (any, *wire.Error) {
+func (s *Server) handleRunResume(req *wire.RunRequest) (*wire.Empty, *wire.Error) {
 	state, werr := s.runState(req.ID)
 	if werr != nil {
 		return nil, werr
 	}
 	switch state {
 	case RunPaused:
-		return wire.Empty{}, nil
+		return &wire.Empty{}, nil
 	case RunFailed, RunCancelled:
 	default:
 		return nil, wire.Errorf(wire.CodeConflict, "run %q is %s; only a FAILED, CANCELLED or PAUSED run resumes", req.ID, state)
@@ -264,5 +264,5 @@ func (s *Server) handleRunResume(req *wire.RunRequest) (any, *wire.Error) {
 		return nil, toWireError(err)
 	}
 	s.kickScheduler()
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }

@@ -73,7 +73,7 @@ func TestWorkerLostAndBack(t *testing.T) {
 	cl.From = "silent"
 	ctx := context.Background()
 	reg := &wire.RegisterRequest{Instance: "i1", Host: "h", Device: "cpu", Capacity: 1}
-	if err := cl.Call(ctx, wire.SubjectRegister, reg, &wire.RegisterReply{}); err != nil {
+	if _, err := wire.Register.Call(ctx, cl, reg); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -85,7 +85,7 @@ func TestWorkerLostAndBack(t *testing.T) {
 
 	// It comes back with a heartbeat: IDLE again, committed.
 	hb := &wire.HeartbeatRequest{Instance: "i1", Seq: 1, State: wire.WorkerIdle}
-	if err := cl.Call(ctx, wire.SubjectHeartbeat, hb, &wire.HeartbeatReply{}); err != nil {
+	if _, err := wire.Heartbeat.Call(ctx, cl, hb); err != nil {
 		t.Fatal(err)
 	}
 	if st := workerStates(leader)["silent"]; st != wire.WorkerIdle {
@@ -126,8 +126,8 @@ func TestRaftMembershipVerbs(t *testing.T) {
 	cl := c.client(c.token)
 	ctx := context.Background()
 
-	var peers wire.RaftPeersReply
-	if err := cl.Call(ctx, wire.SubjectRaftPeers, &wire.RaftPeersRequest{}, &peers); err != nil {
+	peers, err := wire.ListRaftPeers.Call(ctx, cl, &wire.RaftPeersRequest{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(peers.Peers) != 3 {
@@ -140,13 +140,13 @@ func TestRaftMembershipVerbs(t *testing.T) {
 	if old.ID() == "c2" {
 		target = "c3"
 	}
-	if err := cl.Call(ctx, wire.SubjectRaftTransfer, &wire.RaftTransferRequest{ID: target}, nil); err != nil {
+	if _, err := wire.TransferLeadership.Call(ctx, cl, &wire.RaftTransferRequest{ID: target}); err != nil {
 		t.Fatalf("transfer: %v", err)
 	}
 	testutil.WaitFor(t, 5*time.Second, target+" leads", func() bool { return c.nodes[target].IsLeader() })
 
 	// Unknown ids are refused with a clear error.
-	err := cl.Call(ctx, wire.SubjectRaftRemove, &wire.RaftRemoveRequest{ID: "nope"}, nil)
+	_, err = wire.RemoveRaftPeer.Call(ctx, cl, &wire.RaftRemoveRequest{ID: "nope"})
 	if !wire.HasCode(err, wire.CodeBadRequest) {
 		t.Fatalf("remove unknown: %v, want bad_request", err)
 	}
@@ -156,11 +156,11 @@ func TestRaftMembershipVerbs(t *testing.T) {
 	if target == "c1" {
 		victim = "c3"
 	}
-	if err := cl.Call(ctx, wire.SubjectRaftRemove, &wire.RaftRemoveRequest{ID: victim}, nil); err != nil {
+	if _, err := wire.RemoveRaftPeer.Call(ctx, cl, &wire.RaftRemoveRequest{ID: victim}); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
 	testutil.WaitFor(t, 5*time.Second, "two peers left", func() bool {
-		err := cl.Call(ctx, wire.SubjectRaftPeers, &wire.RaftPeersRequest{}, &peers)
+		peers, err := wire.ListRaftPeers.Call(ctx, cl, &wire.RaftPeersRequest{})
 		return err == nil && len(peers.Peers) == 2
 	})
 }
@@ -214,7 +214,7 @@ func TestRestartKeepsState(t *testing.T) {
 	cl := c.client(s.Token())
 	cl.From = "w9"
 	reg := &wire.RegisterRequest{Instance: "i", Host: "h", Device: "cpu", Capacity: 1}
-	if err := cl.Call(context.Background(), wire.SubjectRegister, reg, &wire.RegisterReply{}); err != nil {
+	if _, err := wire.Register.Call(context.Background(), cl, reg); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := s.Status()

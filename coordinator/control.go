@@ -3,7 +3,6 @@ package coordinator
 import (
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,42 +16,47 @@ import (
 // its own subscription, so a slow raft write for a registration never
 // delays heartbeats, which are answered from memory.
 
+// route is one served subject and its handler.
+type route struct {
+	subject string
+	handler nats.MsgHandler
+}
+
+// routes pairs every control endpoint with its handler.
+func (s *Server) routes() []route {
+	return []route{
+		serve(s, wire.Register, s.handleRegister),
+		serve(s, wire.Heartbeat, s.handleHeartbeat),
+		serve(s, wire.Deregister, s.handleDeregister),
+		serve(s, wire.Rendezvous, s.handleRendezvous),
+		serve(s, wire.ReportProgress, s.handleProgress),
+		serve(s, wire.FinishRun, s.handleRunFinish),
+		serve(s, wire.ReportCheckpointPart, s.handleCkptPart),
+		serve(s, wire.GetStatus, s.handleStatus),
+		serve(s, wire.SubmitRun, s.handleRunSubmit),
+		serve(s, wire.ListRuns, s.handleRunList),
+		serve(s, wire.ShowRun, s.handleRunShow),
+		serve(s, wire.CancelRun, s.handleRunCancel),
+		serve(s, wire.ResumeRun, s.handleRunResume),
+		serve(s, wire.RequestCheckpoint, s.handleRunCheckpoint),
+		serve(s, wire.ListCheckpoints, s.handleCkptList),
+		serve(s, wire.ListWorkers, s.handleWorkers),
+		serve(s, wire.ListRaftPeers, s.handleRaftPeers),
+		serve(s, wire.JoinRaft, s.handleRaftJoin),
+		serve(s, wire.RemoveRaftPeer, s.handleRaftRemove),
+		serve(s, wire.TransferLeadership, s.handleRaftTransfer),
+		serve(s, wire.Announce, s.handleAnnounce),
+	}
+}
+
 // subscribeControl subscribes every control subject in the leader queue
 // group and flushes, so the server knows the interest before we return.
 func (s *Server) subscribeControl() ([]*nats.Subscription, error) {
-	handlers := map[string]nats.MsgHandler{
-		wire.SubjectRegister:     handle(s, wire.SubjectRegister, s.handleRegister),
-		wire.SubjectHeartbeat:    handle(s, wire.SubjectHeartbeat, s.handleHeartbeat),
-		wire.SubjectDeregister:   handle(s, wire.SubjectDeregister, s.handleDeregister),
-		wire.SubjectStatus:       handle(s, wire.SubjectStatus, s.handleStatus),
-		wire.SubjectRendezvous:   handle(s, wire.SubjectRendezvous, s.handleRendezvous),
-		wire.SubjectProgress:     handle(s, wire.SubjectProgress, s.handleProgress),
-		wire.SubjectRunFinish:    handle(s, wire.SubjectRunFinish, s.handleRunFinish),
-		wire.SubjectRunSubmit:    handle(s, wire.SubjectRunSubmit, s.handleRunSubmit),
-		wire.SubjectRunList:      handle(s, wire.SubjectRunList, s.handleRunList),
-		wire.SubjectRunShow:      handle(s, wire.SubjectRunShow, s.handleRunShow),
-		wire.SubjectRunCancel:    handle(s, wire.SubjectRunCancel, s.handleRunCancel),
-		wire.SubjectRunResume:    handle(s, wire.SubjectRunResume, s.handleRunResume),
-		wire.SubjectRunCkpt:      handle(s, wire.SubjectRunCkpt, s.handleRunCheckpoint),
-		wire.SubjectCkptList:     handle(s, wire.SubjectCkptList, s.handleCkptList),
-		wire.SubjectCkptPart:     handle(s, wire.SubjectCkptPart, s.handleCkptPart),
-		wire.SubjectWorkers:      handle(s, wire.SubjectWorkers, s.handleWorkers),
-		wire.SubjectRaftPeers:    handle(s, wire.SubjectRaftPeers, s.handleRaftPeers),
-		wire.SubjectRaftJoin:     handle(s, wire.SubjectRaftJoin, s.handleRaftJoin),
-		wire.SubjectRaftRemove:   handle(s, wire.SubjectRaftRemove, s.handleRaftRemove),
-		wire.SubjectRaftTransfer: handle(s, wire.SubjectRaftTransfer, s.handleRaftTransfer),
-		wire.SubjectAnnounce:     handle(s, wire.SubjectAnnounce, s.handleAnnounce),
-	}
-	subjects := make([]string, 0, len(handlers))
-	for subj := range handlers {
-		subjects = append(subjects, subj)
-	}
-	sort.Strings(subjects)
 	var subs []*nats.Subscription
-	for _, subj := range subjects {
-		sub, err := s.nc.QueueSubscribe(subj, wire.LeaderQueue, handlers[subj])
+	for _, r := range s.routes() {
+		sub, err := s.nc.QueueSubscribe(r.subject, wire.LeaderQueue, r.handler)
 		if err != nil {
-			return subs, fmt.Errorf("subscribe %s: %w", subj, err)
+			return subs, fmt.Errorf("subscribe %s: %w", r.subject, err)
 		}
 		subs = append(subs, sub)
 	}
@@ -65,17 +69,18 @@ func (s *Server) subscribeControl() ([]*nats.Subscription, error) {
 // authed is implemented by every request through its embedded wire.Auth.
 type authed interface{ GetAuth() wire.Auth }
 
-// handle wraps a typed handler: decode with bounds, check the token, call
-// fn, encode the reply. A bad message gets an error reply and nothing else
-// happens; the service keeps running.
-func handle[Req any](s *Server, subject string, fn func(*Req) (any, *wire.Error)) nats.MsgHandler {
-	return func(m *nats.Msg) {
+// serve wraps a typed handler for an endpoint: decode with bounds, check
+// the token, call fn, encode the reply. A bad message gets an error reply
+// and nothing else happens; the service keeps running.
+func serve[Req, Rep any](s *Server, ep wire.Endpoint[Req, Rep], fn func(*Req) (*Rep, *wire.Error)) route {
+	subject := ep.Subject
+	return route{subject: subject, handler: func(m *nats.Msg) {
 		var req Req
 		werr := wire.DecodeRequest(subject, m.Data, &req)
 		if werr == nil {
 			werr = s.authorize(any(&req).(authed).GetAuth())
 		}
-		var body any
+		var body *Rep
 		if werr == nil {
 			body, werr = fn(&req)
 		}
@@ -88,7 +93,7 @@ func handle[Req any](s *Server, subject string, fn func(*Req) (any, *wire.Error)
 		if err := m.Respond(wire.EncodeReply(body, werr)); err != nil {
 			s.log.Debug("reply failed", "subject", subject, "err", err)
 		}
-	}
+	}}
 }
 
 // authorize checks the join token against the hash in the replicated state.
@@ -162,7 +167,7 @@ func validateRegister(r *wire.RegisterRequest) error {
 	return nil
 }
 
-func (s *Server) handleRegister(req *wire.RegisterRequest) (any, *wire.Error) {
+func (s *Server) handleRegister(req *wire.RegisterRequest) (*wire.RegisterReply, *wire.Error) {
 	if err := validateRegister(req); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "register: %v", err)
 	}
@@ -183,7 +188,7 @@ func (s *Server) handleRegister(req *wire.RegisterRequest) (any, *wire.Error) {
 	s.live.seen(req.From, now)
 	s.log.Info("worker registered", "worker", req.From, "host", req.Host, "device", req.Device)
 	stored, _ := s.lookupWorker(req.From)
-	return wire.RegisterReply{
+	return &wire.RegisterReply{
 		Worker:            s.workerToWire(stored),
 		HeartbeatInterval: wire.Duration(s.cfg.HeartbeatInterval),
 		Desired:           s.desiredState(stored),
@@ -217,7 +222,7 @@ func (s *Server) desiredIn(st *State, w WorkerRecord) wire.DesiredState {
 		Backend: r.Policy.Backend, StartStep: r.StartStep, CheckpointRequests: r.CheckpointRequests}
 }
 
-func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) {
+func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (*wire.HeartbeatReply, *wire.Error) {
 	if err := wire.ValidateID("worker", req.From); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "heartbeat: %v", err)
 	}
@@ -246,10 +251,10 @@ func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (any, *wire.Error) 
 		}
 		s.log.Info("worker back", "worker", req.From)
 	}
-	return wire.HeartbeatReply{Desired: desired, Leader: s.cfg.NodeID}, nil
+	return &wire.HeartbeatReply{Desired: desired, Leader: s.cfg.NodeID}, nil
 }
 
-func (s *Server) handleDeregister(req *wire.DeregisterRequest) (any, *wire.Error) {
+func (s *Server) handleDeregister(req *wire.DeregisterRequest) (*wire.DeregisterReply, *wire.Error) {
 	if err := wire.ValidateID("worker", req.From); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "deregister: %v", err)
 	}
@@ -262,30 +267,30 @@ func (s *Server) handleDeregister(req *wire.DeregisterRequest) (any, *wire.Error
 	}
 	s.live.forget(req.From)
 	s.log.Info("worker left", "worker", req.From, "reason", req.Reason)
-	return wire.DeregisterReply{Removed: true}, nil
+	return &wire.DeregisterReply{Removed: true}, nil
 }
 
-func (s *Server) handleStatus(*wire.StatusRequest) (any, *wire.Error) {
+func (s *Server) handleStatus(*wire.StatusRequest) (*wire.Status, *wire.Error) {
 	st, err := s.Status()
 	if err != nil {
 		return nil, toWireError(err)
 	}
-	return st, nil
+	return &st, nil
 }
 
-func (s *Server) handleWorkers(*wire.WorkersRequest) (any, *wire.Error) {
-	return wire.WorkersReply{Workers: s.Workers()}, nil
+func (s *Server) handleWorkers(*wire.WorkersRequest) (*wire.WorkersReply, *wire.Error) {
+	return &wire.WorkersReply{Workers: s.Workers()}, nil
 }
 
-func (s *Server) handleRaftPeers(*wire.RaftPeersRequest) (any, *wire.Error) {
+func (s *Server) handleRaftPeers(*wire.RaftPeersRequest) (*wire.RaftPeersReply, *wire.Error) {
 	peers, err := s.peers()
 	if err != nil {
 		return nil, toWireError(err)
 	}
-	return wire.RaftPeersReply{Peers: peers}, nil
+	return &wire.RaftPeersReply{Peers: peers}, nil
 }
 
-func (s *Server) handleRaftJoin(req *wire.RaftJoinRequest) (any, *wire.Error) {
+func (s *Server) handleRaftJoin(req *wire.RaftJoinRequest) (*wire.RaftJoinReply, *wire.Error) {
 	reply, err := s.addVoter(req)
 	if err != nil {
 		var werr *wire.Error
@@ -297,7 +302,7 @@ func (s *Server) handleRaftJoin(req *wire.RaftJoinRequest) (any, *wire.Error) {
 	return reply, nil
 }
 
-func (s *Server) handleRaftRemove(req *wire.RaftRemoveRequest) (any, *wire.Error) {
+func (s *Server) handleRaftRemove(req *wire.RaftRemoveRequest) (*wire.Empty, *wire.Error) {
 	cfgf := s.raft.GetConfiguration()
 	if err := cfgf.Error(); err != nil {
 		return nil, toWireError(err)
@@ -318,10 +323,10 @@ func (s *Server) handleRaftRemove(req *wire.RaftRemoveRequest) (any, *wire.Error
 		}
 	}
 	s.log.Info("coordinator removed from the cluster", "id", req.ID, "by", req.From)
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
-func (s *Server) handleRaftTransfer(req *wire.RaftTransferRequest) (any, *wire.Error) {
+func (s *Server) handleRaftTransfer(req *wire.RaftTransferRequest) (*wire.Empty, *wire.Error) {
 	var f raft.Future
 	if req.ID == "" {
 		f = s.raft.LeadershipTransfer()
@@ -348,10 +353,10 @@ func (s *Server) handleRaftTransfer(req *wire.RaftTransferRequest) (any, *wire.E
 		return nil, wire.Errorf(wire.CodeUnavailable, "raft transfer: %v", err)
 	}
 	s.log.Info("leadership transferred", "to", req.ID, "by", req.From)
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
-func (s *Server) handleAnnounce(req *wire.AnnounceRequest) (any, *wire.Error) {
+func (s *Server) handleAnnounce(req *wire.AnnounceRequest) (*wire.Empty, *wire.Error) {
 	c := req.Coordinator
 	if err := wire.ValidateID("coordinator", c.ID); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "announce: %v", err)
@@ -371,5 +376,5 @@ func (s *Server) handleAnnounce(req *wire.AnnounceRequest) (any, *wire.Error) {
 	if err := s.raftApply(CmdUpsertCoordinator, UpsertCoordinatorCmd{Coordinator: rec}); err != nil {
 		return nil, toWireError(err)
 	}
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }

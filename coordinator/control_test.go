@@ -98,8 +98,8 @@ func TestBadControlMessages(t *testing.T) {
 
 	// The cluster still serves, and nothing bad was committed.
 	cl := c.client(tok)
-	var st wire.Status
-	if err := cl.Call(context.Background(), wire.SubjectStatus, &wire.StatusRequest{}, &st); err != nil {
+	st, err := wire.GetStatus.Call(context.Background(), cl, &wire.StatusRequest{})
+	if err != nil {
 		t.Fatalf("status after bad input: %v", err)
 	}
 	if st.Workers.Total != 1 || workerStates(leader)["w1"] != wire.WorkerIdle {

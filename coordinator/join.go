@@ -155,9 +155,5 @@ func (s *Server) addVoter(req *wire.RaftJoinRequest) (*wire.RaftJoinReply, error
 // forwardJoin sends a join request to the leader over NATS.
 func (s *Server) forwardJoin(ctx context.Context, req *wire.RaftJoinRequest) (*wire.RaftJoinReply, error) {
 	c := &wire.Client{NC: s.nc, Token: req.Token, From: req.From}
-	var reply wire.RaftJoinReply
-	if err := c.Call(ctx, wire.SubjectRaftJoin, req, &reply); err != nil {
-		return nil, err
-	}
-	return &reply, nil
+	return wire.JoinRaft.Call(ctx, c, req)
 }

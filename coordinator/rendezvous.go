@@ -76,7 +76,7 @@ func (t *rendezvousTable) post(req *wire.RendezvousRequest, world int) wire.Rend
 // handleRendezvous checks that the caller is a member of the run's current
 // generation with that rank, then records its post. A member of an older
 // generation gets CodeStale: it must not join the new ring.
-func (s *Server) handleRendezvous(req *wire.RendezvousRequest) (any, *wire.Error) {
+func (s *Server) handleRendezvous(req *wire.RendezvousRequest) (*wire.RendezvousReply, *wire.Error) {
 	if err := validateRendezvous(req); err != nil {
 		return nil, wire.Errorf(wire.CodeBadRequest, "rendezvous: %v", err)
 	}
@@ -86,7 +86,8 @@ func (s *Server) handleRendezvous(req *wire.RendezvousRequest) (any, *wire.Error
 		return nil, werr
 	}
 	s.live.seen(req.From, time.Now())
-	return s.meet.post(req, world), nil
+	reply := s.meet.post(req, world)
+	return &reply, nil
 }
 
 func validateRendezvous(r *wire.RendezvousRequest) error {

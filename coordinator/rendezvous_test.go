@@ -52,9 +52,11 @@ func TestRendezvous(t *testing.T) {
 
 	post := func(id string, gen uint64, rank int, addr string, ncclID []byte) (wire.RendezvousReply, error) {
 		c := &wire.Client{NC: nc, Token: s.Token(), From: id}
-		var reply wire.RendezvousReply
-		err := c.Call(ctx, wire.SubjectRendezvous, &wire.RendezvousRequest{Instance: "i-" + id, Run: "r1", Generation: gen, Rank: rank, Addr: addr, NCCLID: ncclID}, &reply)
-		return reply, err
+		reply, err := wire.Rendezvous.Call(ctx, c, &wire.RendezvousRequest{Instance: "i-" + id, Run: "r1", Generation: gen, Rank: rank, Addr: addr, NCCLID: ncclID})
+		if err != nil {
+			return wire.RendezvousReply{}, err
+		}
+		return *reply, nil
 	}
 	desired := func(id string) wire.DesiredState {
 		w, _ := s.lookupWorker(id)
@@ -150,11 +152,11 @@ func TestRendezvousNCCLID(t *testing.T) {
 	id := bytes.Repeat([]byte{0xAB}, 128)
 	call := func(from string, rank int, ncclID []byte) wire.RendezvousReply {
 		c := &wire.Client{NC: nc, Token: s.Token(), From: from}
-		var reply wire.RendezvousReply
-		if err := c.Call(ctx, wire.SubjectRendezvous, &wire.RendezvousRequest{Instance: "i-" + from, Run: "r2", Generation: 1, Rank: rank, NCCLID: ncclID}, &reply); err != nil {
+		reply, err := wire.Rendezvous.Call(ctx, c, &wire.RendezvousRequest{Instance: "i-" + from, Run: "r2", Generation: 1, Rank: rank, NCCLID: ncclID})
+		if err != nil {
 			t.Fatal(err)
 		}
-		return reply
+		return *reply
 	}
 	if r := call("g1", 1, nil); r.Complete {
 		t.Fatal("complete before rank 0 posted")

@@ -59,7 +59,7 @@ func (p *progressTable) get(run string) *wire.ProgressRequest {
 // runIDPattern is the form of the ids the leader hands out.
 func runID(n int) string { return fmt.Sprintf("r-%04d", n) }
 
-func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) {
+func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (*wire.RunSubmitReply, *wire.Error) {
 	var spec runspec.Spec
 	dec := json.NewDecoder(strings.NewReader(string(req.Spec)))
 	dec.DisallowUnknownFields()
@@ -108,12 +108,12 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (any, *wire.Error) 
 		}
 		s.log.Info("run submitted", "run", id, "stage", spec.Stage, "by", req.From, "min_workers", spec.MinWorkers, "max_workers", spec.MaxWorkers)
 		s.kickScheduler()
-		return wire.RunSubmitReply{ID: id}, nil
+		return &wire.RunSubmitReply{ID: id}, nil
 	}
 	return nil, wire.Errorf(wire.CodeInternal, "run submit: could not allocate a run id")
 }
 
-func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
+func (s *Server) handleRunList(*wire.RunListRequest) (*wire.RunListReply, *wire.Error) {
 	var out []wire.RunInfo
 	s.fsm.Read(func(st *State, _ uint64) {
 		plan := planSchedule(s.schedInput(st, time.Now()))
@@ -124,10 +124,10 @@ func (s *Server) handleRunList(*wire.RunListRequest) (any, *wire.Error) {
 	if out == nil {
 		out = []wire.RunInfo{}
 	}
-	return wire.RunListReply{Runs: out}, nil
+	return &wire.RunListReply{Runs: out}, nil
 }
 
-func (s *Server) handleRunShow(req *wire.RunShowRequest) (any, *wire.Error) {
+func (s *Server) handleRunShow(req *wire.RunShowRequest) (*wire.RunInfo, *wire.Error) {
 	var info wire.RunInfo
 	werr := s.readRun(req.ID, func(st *State, r *RunRecord) {
 		var waiting map[string]string
@@ -139,10 +139,10 @@ func (s *Server) handleRunShow(req *wire.RunShowRequest) (any, *wire.Error) {
 	if werr != nil {
 		return nil, werr
 	}
-	return info, nil
+	return &info, nil
 }
 
-func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (any, *wire.Error) {
+func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (*wire.Empty, *wire.Error) {
 	state, werr := s.runState(req.ID)
 	if werr != nil {
 		return nil, werr
@@ -159,7 +159,7 @@ func (s *Server) handleRunCancel(req *wire.RunCancelRequest) (any, *wire.Error) 
 	}
 	s.log.Info("run cancelled", "run", req.ID, "by", req.From)
 	s.kickScheduler()
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
 // checkMember verifies that a worker request comes from the current
@@ -200,7 +200,7 @@ func (s *Server) checkMember(from, instance, run string, generation uint64, rank
 	return world, nil
 }
 
-func (s *Server) handleProgress(req *wire.ProgressRequest) (any, *wire.Error) {
+func (s *Server) handleProgress(req *wire.ProgressRequest) (*wire.Empty, *wire.Error) {
 	if _, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
 		return nil, werr
 	}
@@ -211,10 +211,10 @@ func (s *Server) handleProgress(req *wire.ProgressRequest) (any, *wire.Error) {
 	if req.Rank == 0 {
 		s.progress.record(req)
 	}
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
-func (s *Server) handleRunFinish(req *wire.RunFinishRequest) (any, *wire.Error) {
+func (s *Server) handleRunFinish(req *wire.RunFinishRequest) (*wire.Empty, *wire.Error) {
 	if _, werr := s.checkMember(req.From, req.Instance, req.Run, req.Generation, req.Rank); werr != nil {
 		return nil, werr
 	}
@@ -242,7 +242,7 @@ func (s *Server) handleRunFinish(req *wire.RunFinishRequest) (any, *wire.Error) 
 	}
 	s.log.Info("run finished", "run", req.Run, "state", cmd.State, "step", req.Step, "reason", cmd.Reason)
 	s.kickScheduler()
-	return wire.Empty{}, nil
+	return &wire.Empty{}, nil
 }
 
 // kickScheduler asks the leader loop to schedule now rather than at its

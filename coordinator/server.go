@@ -376,11 +376,11 @@ func (s *Server) announce(self CoordinatorRecord) {
 	if s.Leader() == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 	defer cancel()
 	c := &wire.Client{NC: s.nc, Token: s.token, From: s.cfg.NodeID}
 	req := &wire.AnnounceRequest{Coordinator: recordToWire(self)}
-	if err := c.Call(ctx, wire.SubjectAnnounce, req, nil); err != nil {
+	if _, err := wire.Announce.Call(ctx, c, req); err != nil {
 		s.log.Debug("announce to leader", "err", err)
 	}
 }

@@ -204,9 +204,8 @@ func (a *Agent) register(ctx context.Context, c *wire.Client) error {
 	}
 	backoff := newBackoff(200*time.Millisecond, a.cfg.MaxBackoff)
 	for attempt := 1; ; attempt++ {
-		var reply wire.RegisterReply
 		callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-		err := c.Call(callCtx, wire.SubjectRegister, req, &reply)
+		reply, err := wire.Register.Call(callCtx, c, req)
 		cancel()
 		if err == nil {
 			a.mu.Lock()
@@ -257,8 +256,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
 
 		timeout := min(a.cfg.RequestTimeout, 2*interval)
 		callCtx, cancel := context.WithTimeout(ctx, timeout)
-		var reply wire.HeartbeatReply
-		err := c.Call(callCtx, wire.SubjectHeartbeat, req, &reply)
+		reply, err := wire.Heartbeat.Call(callCtx, c, req)
 		cancel()
 		switch {
 		case err == nil:
@@ -303,7 +301,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
 func (a *Agent) deregister(c *wire.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RequestTimeout)
 	defer cancel()
-	err := c.Call(ctx, wire.SubjectDeregister, &wire.DeregisterRequest{Instance: a.instance, Reason: "worker shut down"}, nil)
+	_, err := wire.Deregister.Call(ctx, c, &wire.DeregisterRequest{Instance: a.instance, Reason: "worker shut down"})
 	if err != nil {
 		a.log.Warn("deregister failed; the coordinator will mark this worker lost after its timeout", "err", err)
 		return

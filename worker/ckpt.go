@@ -110,7 +110,7 @@ func (r *runState) uploadPart(ctx context.Context, step int64, state []byte) err
 	}
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := r.j.Client.Call(cctx, wire.SubjectCkptPart, req, nil)
+		_, err := wire.ReportCheckpointPart.Call(cctx, r.j.Client, req)
 		cancel()
 		if err == nil {
 			return nil
@@ -153,8 +153,8 @@ func (r *runState) checkpointMeta(state []byte, part checkpoint.Part) *wire.Chec
 func listCheckpoints(ctx context.Context, c *wire.Client, run string) ([]wire.CheckpointInfo, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var reply wire.CheckpointListReply
-	if err := c.Call(cctx, wire.SubjectCkptList, &wire.RunRequest{ID: run}, &reply); err != nil {
+	reply, err := wire.ListCheckpoints.Call(cctx, c, &wire.RunRequest{ID: run})
+	if err != nil {
 		return nil, fmt.Errorf("list checkpoints of run %s: %w", run, err)
 	}
 	return reply.Checkpoints, nil

@@ -44,7 +44,7 @@ func (j *Job) ReportFailure(step int64, reason string) {
 		Instance: j.Instance, Run: j.Desired.Run, Generation: j.Desired.Generation,
 		Rank: j.Desired.Rank, Outcome: wire.RunFailed, Reason: reason, Step: step,
 	}
-	if err := j.Client.Call(ctx, wire.SubjectRunFinish, req, nil); err != nil {
+	if _, err := wire.FinishRun.Call(ctx, j.Client, req); err != nil {
 		j.Log.Warn("could not report the failure to the coordinator", "err", err)
 	}
 }

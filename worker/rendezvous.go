@@ -25,8 +25,11 @@ func Rendezvous(ctx context.Context, c *wire.Client, req wire.RendezvousRequest)
 	poll := minPoll
 	var last wire.RendezvousReply
 	for {
-		var reply wire.RendezvousReply
-		err := c.Call(ctx, wire.SubjectRendezvous, &req, &reply)
+		reply := wire.RendezvousReply{}
+		rep, err := wire.Rendezvous.Call(ctx, c, &req)
+		if err == nil {
+			reply = *rep
+		}
 		switch {
 		case err == nil && reply.Complete:
 			return reply, nil

@@ -77,11 +77,11 @@ func fetchSpec(ctx context.Context, c *wire.Client, run string) (*runspec.Spec, 
 func showRun(ctx context.Context, c *wire.Client, run string) (wire.RunInfo, error) {
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var info wire.RunInfo
-	if err := c.Call(callCtx, wire.SubjectRunShow, &wire.RunShowRequest{ID: run}, &info); err != nil {
-		return info, fmt.Errorf("read run %s: %w", run, err)
+	info, err := wire.ShowRun.Call(callCtx, c, &wire.RunShowRequest{ID: run})
+	if err != nil {
+		return wire.RunInfo{}, fmt.Errorf("read run %s: %w", run, err)
 	}
-	return info, nil
+	return *info, nil
 }
 
 // runState is one job's training state.
@@ -666,7 +666,7 @@ func (r *runState) report(ctx context.Context, reduce trainer.Reducer, step int6
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := r.j.Client.Call(cctx, wire.SubjectProgress, req, nil); err != nil {
+	if _, err := wire.ReportProgress.Call(cctx, r.j.Client, req); err != nil {
 		if wire.HasCode(err, wire.CodeStale) {
 			return checkpointNow, fmt.Errorf("%w: %v", ErrStaleGeneration, err)
 		}
@@ -694,7 +694,7 @@ func (r *runState) finish(ctx context.Context, step int64) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := r.j.Client.Call(cctx, wire.SubjectRunFinish, req, nil); err != nil {
+	if _, err := wire.FinishRun.Call(cctx, r.j.Client, req); err != nil {
 		return fmt.Errorf("report completion: %w", err)
 	}
 	r.log.Info("run completed", "step", step, "final", artifact.URL)

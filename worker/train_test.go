@@ -115,8 +115,8 @@ func (f *fleet) submit(example string, sets ...string) string {
 		f.t.Fatal(err)
 	}
 	raw, _ := json.Marshal(spec)
-	var reply wire.RunSubmitReply
-	if err := f.client.Call(context.Background(), wire.SubjectRunSubmit, &wire.RunSubmitRequest{Spec: raw}, &reply); err != nil {
+	reply, err := wire.SubmitRun.Call(context.Background(), f.client, &wire.RunSubmitRequest{Spec: raw})
+	if err != nil {
 		f.t.Fatal(err)
 	}
 	return reply.ID
@@ -124,11 +124,11 @@ func (f *fleet) submit(example string, sets ...string) string {
 
 func (f *fleet) show(id string) wire.RunInfo {
 	f.t.Helper()
-	var info wire.RunInfo
-	if err := f.client.Call(context.Background(), wire.SubjectRunShow, &wire.RunShowRequest{ID: id}, &info); err != nil {
+	info, err := wire.ShowRun.Call(context.Background(), f.client, &wire.RunShowRequest{ID: id})
+	if err != nil {
 		f.t.Fatal(err)
 	}
-	return info
+	return *info
 }
 
 // waitDone waits for a run to end and returns its final view.

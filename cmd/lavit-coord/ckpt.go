@@ -101,8 +101,8 @@ func listCkpts(c *cli.Context) ([]wire.CheckpointInfo, error) {
 
 // runCkpts asks the cluster for a run's committed checkpoints.
 func runCkpts(c *cli.Context, run string) ([]wire.CheckpointInfo, error) {
-	var reply wire.CheckpointListReply
-	if err := callCluster(c, wire.SubjectCkptList, &wire.RunRequest{ID: run}, &reply); err != nil {
+	reply, err := callCluster(c, wire.ListCheckpoints, &wire.RunRequest{ID: run})
+	if err != nil {
 		return nil, err
 	}
 	return reply.Checkpoints, nil

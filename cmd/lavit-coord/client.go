@@ -29,12 +29,13 @@ func clientFlags(withJSON bool) []cli.Flag {
 }
 
 // callCluster connects to NATS, makes one call to the leader and closes.
-func callCluster(c *cli.Context, subject string, req, resp any) error {
+func callCluster[Req, Rep any](c *cli.Context, ep wire.Endpoint[Req, Rep], req *Req) (Rep, error) {
+	var zero Rep
 	token := c.String("token")
 	if token == "" {
 		t, err := datadir.ReadToken(c.String("data-dir"))
 		if err != nil {
-			return cliutil.Usagef("no join token: pass --token, set LAVIT_TOKEN, or run where --data-dir holds a coordinator's token (%v)", err)
+			return zero, cliutil.Usagef("no join token: pass --token, set LAVIT_TOKEN, or run where --data-dir holds a coordinator's token (%v)", err)
 		}
 		token = t
 	}
@@ -43,11 +44,15 @@ func callCluster(c *cli.Context, subject string, req, resp any) error {
 	host, _ := os.Hostname()
 	nc, err := nats.Connect(c.String("coord"), nats.Name("lavit-coord cli"), nats.Timeout(c.Duration("timeout")))
 	if err != nil {
-		return fmt.Errorf("connect to coordinator NATS at %s: %w", c.String("coord"), err)
+		return zero, fmt.Errorf("connect to coordinator NATS at %s: %w", c.String("coord"), err)
 	}
 	defer nc.Close()
 	client := &wire.Client{NC: nc, Token: token, From: "cli@" + host}
-	return client.Call(ctx, subject, req, resp)
+	rep, err := ep.Call(ctx, client, req)
+	if err != nil {
+		return zero, err
+	}
+	return *rep, nil
 }
 
 func noArgs(c *cli.Context) error {

@@ -23,8 +23,8 @@ func raftCommand() *cli.Command {
 					if err := noArgs(c); err != nil {
 						return err
 					}
-					var reply wire.RaftPeersReply
-					if err := callCluster(c, wire.SubjectRaftPeers, &wire.RaftPeersRequest{}, &reply); err != nil {
+					reply, err := callCluster(c, wire.ListRaftPeers, &wire.RaftPeersRequest{})
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -43,8 +43,7 @@ func raftCommand() *cli.Command {
 						return cliutil.Usagef("raft join needs ID and RAFT_ADDR (got %d arguments)", c.NArg())
 					}
 					req := &wire.RaftJoinRequest{ID: c.Args().Get(0), RaftAddr: c.Args().Get(1)}
-					var reply wire.RaftJoinReply
-					if err := callCluster(c, wire.SubjectRaftJoin, req, &reply); err != nil {
+					if _, err := callCluster(c, wire.JoinRaft, req); err != nil {
 						return err
 					}
 					fmt.Printf("added %s (%s) as a voter\n", req.ID, req.RaftAddr)
@@ -61,7 +60,7 @@ func raftCommand() *cli.Command {
 						return cliutil.Usagef("raft remove needs one ID (got %d arguments)", c.NArg())
 					}
 					req := &wire.RaftRemoveRequest{ID: c.Args().First()}
-					if err := callCluster(c, wire.SubjectRaftRemove, req, nil); err != nil {
+					if _, err := callCluster(c, wire.RemoveRaftPeer, req); err != nil {
 						return err
 					}
 					fmt.Printf("removed %s\n", req.ID)
@@ -78,7 +77,7 @@ func raftCommand() *cli.Command {
 						return cliutil.Usagef("raft transfer takes at most one ID")
 					}
 					req := &wire.RaftTransferRequest{ID: c.Args().First()}
-					if err := callCluster(c, wire.SubjectRaftTransfer, req, nil); err != nil {
+					if _, err := callCluster(c, wire.TransferLeadership, req); err != nil {
 						return err
 					}
 					fmt.Println("leadership transferred")

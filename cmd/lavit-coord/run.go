@@ -40,8 +40,8 @@ func runCommand() *cli.Command {
 					if err := noArgs(c); err != nil {
 						return err
 					}
-					var reply wire.RunListReply
-					if err := callCluster(c, wire.SubjectRunList, &wire.RunListRequest{}, &reply); err != nil {
+					reply, err := callCluster(c, wire.ListRuns, &wire.RunListRequest{})
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -64,8 +64,8 @@ func runCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					var info wire.RunInfo
-					if err := callCluster(c, wire.SubjectRunShow, &wire.RunShowRequest{ID: id}, &info); err != nil {
+					info, err := callCluster(c, wire.ShowRun, &wire.RunShowRequest{ID: id})
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -75,9 +75,9 @@ func runCommand() *cli.Command {
 					return nil
 				},
 			},
-			runVerb("checkpoint", "ask a running run for a checkpoint now (taken at its next progress report)", wire.SubjectRunCkpt,
+			runVerb("checkpoint", "ask a running run for a checkpoint now (taken at its next progress report)", wire.RequestCheckpoint,
 				"checkpoint requested for run %[1]s; see lavit-coord ckpt ls %[1]s\n"),
-			runVerb("resume", "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size", wire.SubjectRunResume,
+			runVerb("resume", "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size", wire.ResumeRun,
 				"run %[1]s will resume when enough workers are idle; follow it with: lavit-coord run show %[1]s\n"),
 			{
 				Name:      "cancel",
@@ -89,7 +89,7 @@ func runCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if err := callCluster(c, wire.SubjectRunCancel, &wire.RunCancelRequest{ID: id, Reason: c.String("reason")}, &wire.Empty{}); err != nil {
+					if _, err := callCluster(c, wire.CancelRun, &wire.RunCancelRequest{ID: id, Reason: c.String("reason")}); err != nil {
 						return err
 					}
 					fmt.Printf("run %s cancelled\n", id)
@@ -100,9 +100,9 @@ func runCommand() *cli.Command {
 	}
 }
 
-// runVerb is a `run VERB ID` command that sends the run id to subject and
+// runVerb is a `run VERB ID` command that sends the run id to ep and
 // prints done (a format taking the id).
-func runVerb(name, usage, subject, done string) *cli.Command {
+func runVerb(name, usage string, ep wire.Endpoint[wire.RunRequest, wire.Empty], done string) *cli.Command {
 	return &cli.Command{
 		Name:      name,
 		Usage:     usage,
@@ -113,7 +113,7 @@ func runVerb(name, usage, subject, done string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := callCluster(c, subject, &wire.RunRequest{ID: id}, &wire.Empty{}); err != nil {
+			if _, err := callCluster(c, ep, &wire.RunRequest{ID: id}); err != nil {
 				return err
 			}
 			fmt.Printf(done, id)
@@ -157,8 +157,8 @@ func runSubmit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var reply wire.RunSubmitReply
-	if err := callCluster(c, wire.SubjectRunSubmit, &wire.RunSubmitRequest{Spec: raw}, &reply); err != nil {
+	reply, err := callCluster(c, wire.SubmitRun, &wire.RunSubmitRequest{Spec: raw})
+	if err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -310,8 +310,8 @@ func evalCommand() *cli.Command {
 			}
 			var infos []wire.RunInfo
 			for _, id := range ids {
-				var info wire.RunInfo
-				if err := callCluster(c, wire.SubjectRunShow, &wire.RunShowRequest{ID: id}, &info); err != nil {
+				info, err := callCluster(c, wire.ShowRun, &wire.RunShowRequest{ID: id})
+				if err != nil {
 					return err
 				}
 				infos = append(infos, info)

@@ -20,8 +20,8 @@ func statusCommand() *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			var st wire.Status
-			if err := callCluster(c, wire.SubjectStatus, &wire.StatusRequest{}, &st); err != nil {
+			st, err := callCluster(c, wire.GetStatus, &wire.StatusRequest{})
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -69,8 +69,8 @@ func workersCommand() *cli.Command {
 				if err := noArgs(c); err != nil {
 					return err
 				}
-				var reply wire.WorkersReply
-				if err := callCluster(c, wire.SubjectWorkers, &wire.WorkersRequest{}, &reply); err != nil {
+				reply, err := callCluster(c, wire.ListWorkers, &wire.WorkersRequest{})
+				if err != nil {
 					return err
 				}
 				if c.Bool("json") {

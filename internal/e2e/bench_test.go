@@ -77,7 +77,7 @@ func leaderCPU(b *testing.B, workers int) {
 	for w := 0; w < workers; w++ {
 		cl := &wire.Client{NC: conns[w/perConn], Token: token, From: fmt.Sprintf("sim-%d", w)}
 		reg := &wire.RegisterRequest{Instance: "i", Host: "sim", Device: "cpu", Capacity: 1}
-		if err := cl.Call(ctx, wire.SubjectRegister, reg, &wire.RegisterReply{}); err != nil {
+		if _, err := wire.Register.Call(ctx, cl, reg); err != nil {
 			b.Fatal(err)
 		}
 		wg.Add(1)
@@ -89,7 +89,7 @@ func leaderCPU(b *testing.B, workers int) {
 			hb := &wire.HeartbeatRequest{Instance: "i", State: wire.WorkerIdle}
 			for {
 				callCtx, cc := context.WithTimeout(ctx, 2*time.Second)
-				err := cl.Call(callCtx, wire.SubjectHeartbeat, hb, &wire.HeartbeatReply{})
+				_, err := wire.Heartbeat.Call(callCtx, cl, hb)
 				cc()
 				if ctx.Err() != nil {
 					return

@@ -14,7 +14,8 @@ import (
 // election is in progress.
 var ErrNoLeader = errors.New("no coordinator leader is answering (is lavit-coord up running, and does it have a raft leader?)")
 
-// Client makes control calls to the coordinator leader over NATS.
+// Client makes control calls to the coordinator leader over NATS, through
+// the typed endpoints (Endpoint.Call).
 type Client struct {
 	NC    *nats.Conn
 	Token string
@@ -24,10 +25,11 @@ type Client struct {
 // DefaultCallTimeout bounds a call when the context has no deadline.
 const DefaultCallTimeout = 5 * time.Second
 
-// Call sends req on subject and decodes the reply body into resp. The
-// request's Auth is filled in from the client. While no leader answers (an
-// election is in progress) it retries until the context's deadline.
-func (c *Client) Call(ctx context.Context, subject string, req any, resp any) error {
+// call sends req on subject and decodes the reply body into resp (see
+// Endpoint.Call, the typed way in). The request's Auth is filled in from
+// the client. While no leader answers (an election is in progress) it
+// retries until the context's deadline.
+func (c *Client) call(ctx context.Context, subject string, req any, resp any) error {
 	if a, ok := req.(interface{ setAuth(Auth) }); ok {
 		a.setAuth(Auth{V: Version, Token: c.Token, From: c.From})
 	}
