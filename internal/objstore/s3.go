@@ -98,7 +98,7 @@ func S3ConfigFromEnv() (S3Config, error) {
 	if raw != "" {
 		host, secure, err := parseEndpoint(raw)
 		if err != nil {
-			return S3Config{}, fmt.Errorf("shards: %s: %w", endpointVar, err)
+			return S3Config{}, fmt.Errorf("objstore: %s: %w", endpointVar, err)
 		}
 		cfg.Endpoint, cfg.Secure, cfg.PathStyle = host, secure, true
 	}
@@ -111,9 +111,9 @@ func S3ConfigFromEnv() (S3Config, error) {
 	id, secret := os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
 	if (id == "") != (secret == "") {
 		if id == "" {
-			return S3Config{}, errors.New("shards: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
+			return S3Config{}, errors.New("objstore: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
 		}
-		return S3Config{}, errors.New("shards: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+		return S3Config{}, errors.New("objstore: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
 	}
 	providers := []credentials.Provider{&credentials.EnvAWS{}}
 	credFile := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
@@ -129,7 +129,7 @@ func S3ConfigFromEnv() (S3Config, error) {
 	if err != nil {
 		// The chain falls back to anonymous; an error here is unexpected.
 		// Its text comes from the provider and carries no secret values.
-		return S3Config{}, fmt.Errorf("shards: reading AWS credentials: %w", err)
+		return S3Config{}, fmt.Errorf("objstore: reading AWS credentials: %w", err)
 	}
 	cfg.AccessKey, cfg.SecretKey, cfg.SessionToken = v.AccessKeyID, v.SecretAccessKey, v.SessionToken
 	return cfg, nil
@@ -175,15 +175,15 @@ type s3Source struct {
 // contact S3; the first call does.
 func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	if bucket == "" {
-		return nil, errors.New("shards: S3 source needs a bucket")
+		return nil, errors.New("objstore: S3 source needs a bucket")
 	}
 	if strings.ContainsAny(bucket, "/?#") {
-		return nil, fmt.Errorf("shards: invalid S3 bucket name %q", bucket)
+		return nil, fmt.Errorf("objstore: invalid S3 bucket name %q", bucket)
 	}
 	prefix = strings.Trim(prefix, "/")
 	if prefix != "" {
 		if err := checkName(prefix); err != nil {
-			return nil, fmt.Errorf("shards: S3 prefix %q: %w", prefix, err)
+			return nil, fmt.Errorf("objstore: S3 prefix %q: %w", prefix, err)
 		}
 	}
 	src := &s3Source{bucket: bucket, url: "s3://" + bucket, maxRetries: cfg.MaxRetries, retryBase: cfg.RetryBase}
@@ -207,7 +207,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	} else if strings.Contains(endpoint, "://") {
 		var err error
 		if endpoint, secure, err = parseEndpoint(endpoint); err != nil {
-			return nil, fmt.Errorf("shards: S3 endpoint: %w", err)
+			return nil, fmt.Errorf("objstore: S3 endpoint: %w", err)
 		}
 	}
 	region := cfg.Region
@@ -220,7 +220,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	}
 	tr, err := minio.DefaultTransport(secure)
 	if err != nil {
-		return nil, fmt.Errorf("shards: S3 transport: %w", err)
+		return nil, fmt.Errorf("objstore: S3 transport: %w", err)
 	}
 	client, err := minio.New(endpoint, &minio.Options{
 		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken),
@@ -232,7 +232,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	})
 	if err != nil {
 		// minio-go's errors here name the endpoint, never the keys.
-		return nil, fmt.Errorf("shards: S3 client for %s: %w", endpoint, err)
+		return nil, fmt.Errorf("objstore: S3 client for %s: %w", endpoint, err)
 	}
 	src.core = minio.Core{Client: client}
 	return src, nil
@@ -286,7 +286,7 @@ type credError struct {
 }
 
 func (e *credError) Error() string {
-	return fmt.Sprintf("shards: S3 refused the credentials for bucket %s (%s); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the shared credentials file and AWS_PROFILE", e.bucket, e.code)
+	return fmt.Sprintf("objstore: S3 refused the credentials for bucket %s (%s); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the shared credentials file and AWS_PROFILE", e.bucket, e.code)
 }
 
 func (e *credError) Is(target error) bool { return target == ErrAccessDenied }
@@ -299,15 +299,15 @@ func (s *s3Source) wrapErr(ctx context.Context, op, key string, attempts int, er
 		where = s.url
 	}
 	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("shards: S3 %s %s: %w", op, where, cerr)
+		return fmt.Errorf("objstore: S3 %s %s: %w", op, where, cerr)
 	}
 	var er minio.ErrorResponse
 	if errors.As(err, &er) {
 		switch er.Code {
 		case "NoSuchBucket":
-			return fmt.Errorf("shards: S3 %s %s: bucket %q does not exist: %w", op, where, s.bucket, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: bucket %q does not exist: %w", op, where, s.bucket, ErrNotFound)
 		case "NoSuchKey", "NotFound":
-			return fmt.Errorf("shards: S3 %s %s: %w", op, where, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: %w", op, where, ErrNotFound)
 		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
 			"InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
 			"XAdminUserNotFound": // versitygw's answer (404) to an unknown access key
@@ -317,14 +317,14 @@ func (s *s3Source) wrapErr(ctx context.Context, op, key string, attempts int, er
 			return &credError{bucket: s.bucket, code: "403 Forbidden"}
 		}
 		if er.StatusCode == 404 {
-			return fmt.Errorf("shards: S3 %s %s: %w", op, where, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: %w", op, where, ErrNotFound)
 		}
 		err = fmt.Errorf("%s: %w", er.Code, err)
 	}
 	if attempts > 1 {
-		return fmt.Errorf("shards: S3 %s %s failed after %d attempts: %w", op, where, attempts, err)
+		return fmt.Errorf("objstore: S3 %s %s failed after %d attempts: %w", op, where, attempts, err)
 	}
-	return fmt.Errorf("shards: S3 %s %s: %w", op, where, err)
+	return fmt.Errorf("objstore: S3 %s %s: %w", op, where, err)
 }
 
 // isTransient says whether a failure is worth retrying.
@@ -442,7 +442,7 @@ func (s *s3Source) Put(ctx context.Context, name string, r io.Reader, size int64
 	if rewind == nil && size >= 0 && size <= putRetryBuffer {
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return fmt.Errorf("shards: S3 put %s: reading the body (%d bytes expected): %w", s.objURL(key), size, err)
+			return fmt.Errorf("objstore: S3 put %s: reading the body (%d bytes expected): %w", s.objURL(key), size, err)
 		}
 		br := bytes.NewReader(buf)
 		r = br
@@ -508,7 +508,7 @@ func (s *s3Source) Open(ctx context.Context, name string, off, length int64) (io
 		return nil, err
 	}
 	if off < 0 {
-		return nil, fmt.Errorf("shards: S3 open %s: negative offset %d", s.objURL(key), off)
+		return nil, fmt.Errorf("objstore: S3 open %s: negative offset %d", s.objURL(key), off)
 	}
 	if length == 0 {
 		info, err := s.Stat(ctx, name)
@@ -516,7 +516,7 @@ func (s *s3Source) Open(ctx context.Context, name string, off, length int64) (io
 			return nil, err
 		}
 		if off > info.Size {
-			return nil, fmt.Errorf("shards: S3 open %s: offset %d is past the end (%d bytes)", s.objURL(key), off, info.Size)
+			return nil, fmt.Errorf("objstore: S3 open %s: offset %d is past the end (%d bytes)", s.objURL(key), off, info.Size)
 		}
 		return io.NopCloser(strings.NewReader("")), nil
 	}
@@ -569,7 +569,7 @@ func (r *s3Reader) connect() error {
 				return r.atEnd()
 			}
 			if er.Code == "PreconditionFailed" || er.StatusCode == 412 {
-				return fmt.Errorf("shards: S3 read %s: the object changed while it was being read (ETag is no longer %q)", r.s.objURL(r.key), r.etag)
+				return fmt.Errorf("objstore: S3 read %s: the object changed while it was being read (ETag is no longer %q)", r.s.objURL(r.key), r.etag)
 			}
 		}
 		if r.ctx.Err() != nil || !isTransient(err) {
@@ -578,9 +578,9 @@ func (r *s3Reader) connect() error {
 		r.fails++
 		if r.fails > r.s.maxRetries {
 			if r.etag != "" { // a resume: the first response came
-				return fmt.Errorf("shards: S3 read %s: connection lost at byte %d, could not resume after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
+				return fmt.Errorf("objstore: S3 read %s: connection lost at byte %d, could not resume after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
 			}
-			return fmt.Errorf("shards: S3 read %s: could not reach S3 after %d attempts: %w", r.s.objURL(r.key), r.fails, err)
+			return fmt.Errorf("objstore: S3 read %s: could not reach S3 after %d attempts: %w", r.s.objURL(r.key), r.fails, err)
 		}
 	}
 }
@@ -623,10 +623,10 @@ func (r *s3Reader) atEnd() error {
 		r.eof = true
 		return nil
 	}
-	return fmt.Errorf("shards: S3 open %s: offset %d is past the end (%d bytes)", r.s.objURL(r.key), r.pos, info.Size)
+	return fmt.Errorf("objstore: S3 open %s: offset %d is past the end (%d bytes)", r.s.objURL(r.key), r.pos, info.Size)
 }
 
-var errReaderClosed = errors.New("shards: read from a closed S3 object reader")
+var errReaderClosed = errors.New("objstore: read from a closed S3 object reader")
 
 func (r *s3Reader) Read(p []byte) (int, error) {
 	switch {
@@ -676,7 +676,7 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		}
 		r.fails++
 		if r.fails > r.s.maxRetries {
-			r.err = fmt.Errorf("shards: S3 read %s: connection lost at byte %d, gave up after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
+			r.err = fmt.Errorf("objstore: S3 read %s: connection lost at byte %d, gave up after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
 			return n, r.err
 		}
 		if n > 0 {
