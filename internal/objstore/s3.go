@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/lavit-org/lavit/internal/retry"
 )
 
 // ErrAccessDenied means S3 refused the request's credentials (AccessDenied,
@@ -168,7 +169,9 @@ type s3Source struct {
 	prefix     string // "" or ends in '/'
 	url        string
 	maxRetries int
-	retryBase  time.Duration
+	// backoff is the waits between tries of one request: RetryBase
+	// doubling up to maxS3Backoff, full jitter, maxRetries+1 tries.
+	backoff retry.Backoff
 }
 
 // NewS3Source returns a Source over s3://bucket/prefix. It does not
@@ -186,7 +189,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 			return nil, fmt.Errorf("objstore: S3 prefix %q: %w", prefix, err)
 		}
 	}
-	src := &s3Source{bucket: bucket, url: "s3://" + bucket, maxRetries: cfg.MaxRetries, retryBase: cfg.RetryBase}
+	src := &s3Source{bucket: bucket, url: "s3://" + bucket, maxRetries: cfg.MaxRetries}
 	if prefix != "" {
 		src.prefix = prefix + "/"
 		src.url += "/" + prefix
@@ -197,9 +200,11 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	case src.maxRetries < 0:
 		src.maxRetries = 0
 	}
-	if src.retryBase <= 0 {
-		src.retryBase = defaultS3RetryBase
+	retryBase := cfg.RetryBase
+	if retryBase <= 0 {
+		retryBase = defaultS3RetryBase
 	}
+	src.backoff = retry.Backoff{Initial: retryBase, Max: maxS3Backoff, Multiplier: 2, Jitter: 1, MaxTries: src.maxRetries + 1}
 
 	endpoint, secure := cfg.Endpoint, cfg.Secure
 	if endpoint == "" {
@@ -249,35 +254,19 @@ func (s *s3Source) key(name string) (string, error) {
 
 func (s *s3Source) objURL(key string) string { return "s3://" + s.bucket + "/" + key }
 
-// backoff sleeps before retry number attempt+1 (full jitter).
-func (s *s3Source) backoff(ctx context.Context, attempt int) error {
-	d := maxS3Backoff
-	if attempt < 30 {
-		if step := s.retryBase << attempt; step > 0 && step < d {
-			d = step
-		}
-	}
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(d) + 1)))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// do runs fn, retrying transient failures; it returns the attempts made.
-func (s *s3Source) do(ctx context.Context, fn func() error) (int, error) {
-	for attempt := 0; ; attempt++ {
+// do runs fn, retrying transient failures as b says; it returns the
+// attempts made, for the error message.
+func do(ctx context.Context, b retry.Backoff, fn func() error) (int, error) {
+	attempts := 0
+	err := retry.Do(ctx, b, func(attempt int) error {
+		attempts = attempt
 		err := fn()
-		if err == nil || ctx.Err() != nil || !isTransient(err) || attempt >= s.maxRetries {
-			return attempt + 1, err
+		if err != nil && !isTransient(err) {
+			return retry.Permanent(err)
 		}
-		if s.backoff(ctx, attempt) != nil {
-			return attempt + 1, err
-		}
-	}
+		return err
+	}, nil)
+	return attempts, err
 }
 
 // credError is S3 refusing the credentials.
@@ -371,7 +360,7 @@ func isTransient(err error) bool {
 func (s *s3Source) List(ctx context.Context) ([]ObjectInfo, error) {
 	var out []ObjectInfo
 	startAfter := "" // resume point after a failure part-way
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		lctx, cancel := context.WithCancel(ctx)
 		defer cancel() // stops minio-go's listing goroutine on early return
 		opts := minio.ListObjectsOptions{Prefix: s.prefix, Recursive: true, StartAfter: startAfter}
@@ -400,7 +389,7 @@ func (s *s3Source) Stat(ctx context.Context, name string) (ObjectInfo, error) {
 		return ObjectInfo{}, err
 	}
 	var info minio.ObjectInfo
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		var err error
 		info, err = s.core.Client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
 		return err
@@ -416,7 +405,7 @@ func (s *s3Source) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		return s.core.Client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
 	})
 	if err != nil {
@@ -453,13 +442,11 @@ func (s *s3Source) Put(ctx context.Context, name string, r io.Reader, size int64
 		opts.PartSize = 64 << 20
 	}
 	first := true
-	tries := s
+	tries := s.backoff
 	if rewind == nil {
-		single := *s
-		single.maxRetries = 0
-		tries = &single
+		tries.MaxTries = 1
 	}
-	attempts, err := tries.do(ctx, func() error {
+	attempts, err := do(ctx, tries, func() error {
 		if !first {
 			if err := rewind(); err != nil {
 				return fmt.Errorf("rewinding the body for a retry: %w", err)
@@ -543,9 +530,10 @@ type s3Reader struct {
 	pos    int64 // absolute offset of the next byte
 	end    int64 // inclusive last offset wanted; -1: to the object's end
 	body   io.ReadCloser
-	expect int64 // bytes the current response announced (-1 unknown)
-	got    int64 // bytes read from the current response
-	fails  int   // consecutive failures without progress
+	expect int64        // bytes the current response announced (-1 unknown)
+	got    int64        // bytes read from the current response
+	fails  int          // consecutive failures without progress
+	waits  *retry.Waits // the waits since the last progress (nil: none yet)
 	eof    bool
 	err    error // sticky
 	closed bool
@@ -555,7 +543,10 @@ type s3Reader struct {
 func (r *s3Reader) connect() error {
 	for {
 		if r.fails > 0 {
-			if err := r.s.backoff(r.ctx, r.fails-1); err != nil {
+			if r.waits == nil {
+				r.waits = r.s.backoff.Waits()
+			}
+			if err := retry.Sleep(r.ctx, r.waits.Next()); err != nil {
 				return r.s.wrapErr(r.ctx, "read", r.key, 1, err)
 			}
 		}
@@ -653,7 +644,7 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		r.pos += int64(n)
 		r.got += int64(n)
 		if n > 0 {
-			r.fails = 0
+			r.fails, r.waits = 0, nil // progress: the next failure starts the backoff afresh
 		}
 		if err == nil {
 			return n, nil

@@ -543,6 +543,36 @@ func TestS3ResumeMidObject(t *testing.T) {
 	}
 }
 
+// TestS3Backoff pins the retry policy of S3 requests: RetryBase (default
+// 100 ms) doubling up to 20 s, full jitter, MaxRetries+1 tries (default 6,
+// negative: one).
+func TestS3Backoff(t *testing.T) {
+	for _, c := range []struct {
+		maxRetries, tries int
+		base, first       time.Duration
+	}{
+		{0, 6, 0, 100 * time.Millisecond},
+		{3, 4, time.Millisecond, time.Millisecond},
+		{-1, 1, 3 * time.Second, 3 * time.Second},
+	} {
+		src, err := NewS3Source("b", "", S3Config{Endpoint: "127.0.0.1:1", MaxRetries: c.maxRetries, RetryBase: c.base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := src.(*s3Source).backoff
+		if b.MaxTries != c.tries || b.Initial != c.first || b.Max != 20*time.Second || b.Jitter != 1 {
+			t.Errorf("MaxRetries %d, RetryBase %s: backoff %+v, want %d tries from %s, at most 20s, full jitter", c.maxRetries, c.base, b, c.tries, c.first)
+		}
+		w := b.Waits()
+		for k := 0; k < 12; k++ {
+			limit := min(c.first<<k, 20*time.Second)
+			if d := w.Next(); d < 0 || d > limit {
+				t.Errorf("RetryBase %s: wait %d is %s, want within [0, %s]", c.first, k, d, limit)
+			}
+		}
+	}
+}
+
 func TestS3ConfigFromEnv(t *testing.T) {
 	clear := func() {
 		for _, k := range []string{"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
