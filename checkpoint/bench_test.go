@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/testutil"
-	"github.com/lavit-org/lavit/shards"
 )
 
 // BenchmarkCheckpoint1GiB: a synthetic 1 GiB state on the loopback S3
@@ -51,7 +51,7 @@ func BenchmarkCheckpoint1GiB(b *testing.B) {
 				}
 				save += time.Since(t0)
 
-				dst, err := shards.OpenForWrite(ctx, dir)
+				dst, err := objstore.OpenForWrite(ctx, dir)
 				if err != nil {
 					b.Fatal(err)
 				}

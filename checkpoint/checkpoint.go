@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lavit-org/lavit/shards"
+	"github.com/lavit-org/lavit/internal/objstore"
 )
 
 // Errors a restore can return: the checkpoint is unusable and the caller
@@ -94,7 +94,7 @@ func WritePart(ctx context.Context, dir string, state []byte, rank, world int) (
 	lo, hi := Slice(int64(len(state)), world, rank)
 	data := state[lo:hi]
 	p := Part{Name: PartName(rank, world), Offset: lo, Bytes: hi - lo}
-	dst, err := shards.OpenForWrite(ctx, dir)
+	dst, err := objstore.OpenForWrite(ctx, dir)
 	if err != nil {
 		return p, err
 	}
@@ -116,13 +116,13 @@ func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	dst, err := shards.OpenForWrite(ctx, dir)
+	dst, err := objstore.OpenForWrite(ctx, dir)
 	if err != nil {
 		return err
 	}
 	if _, err := dst.Stat(ctx, ManifestName); err == nil {
 		return fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrExists)
-	} else if !errors.Is(err, shards.ErrNotFound) {
+	} else if !errors.Is(err, objstore.ErrNotFound) {
 		return fmt.Errorf("%s/%s: %w", dir, ManifestName, err)
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -155,13 +155,13 @@ func (m *Manifest) Validate() error {
 
 // ReadManifest reads and validates the manifest in dir.
 func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
-	src, err := shards.Open(ctx, dir)
+	src, err := objstore.Open(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	b, err := shards.ReadObject(ctx, src, ManifestName)
+	b, err := objstore.ReadObject(ctx, src, ManifestName)
 	if err != nil {
-		if errors.Is(err, shards.ErrNotFound) {
+		if errors.Is(err, objstore.ErrNotFound) {
 			return nil, fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrMissing)
 		}
 		return nil, err
@@ -180,7 +180,7 @@ func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
 // part's sha256 and the whole state's, and returns the state. A missing
 // part is ErrMissing, a wrong one ErrCorrupt; both name the part.
 func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
-	src, err := shards.Open(ctx, dir)
+	src, err := objstore.Open(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +191,7 @@ func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
 		state, err = appendObject(ctx, src, p.Name, state)
 		b := state[start:]
 		if err != nil {
-			if errors.Is(err, shards.ErrNotFound) {
+			if errors.Is(err, objstore.ErrNotFound) {
 				return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, ErrMissing)
 			}
 			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, err)
@@ -225,7 +225,7 @@ func Load(ctx context.Context, dir string) (*Manifest, []byte, error) {
 
 // appendObject appends the whole object name of src to buf, reading into
 // buf's spare capacity: no copy when the object fits.
-func appendObject(ctx context.Context, src shards.Source, name string, buf []byte) ([]byte, error) {
+func appendObject(ctx context.Context, src objstore.Source, name string, buf []byte) ([]byte, error) {
 	rc, err := src.Open(ctx, name, 0, -1)
 	if err != nil {
 		return buf, err
@@ -253,7 +253,7 @@ func appendObject(ctx context.Context, src shards.Source, name string, buf []byt
 // Delete removes a checkpoint's objects (best effort: retention deletes
 // after raft forgot the checkpoint, so leftovers are garbage, never used).
 func Delete(ctx context.Context, dir string) error {
-	src, err := shards.Open(ctx, dir)
+	src, err := objstore.Open(ctx, dir)
 	if err != nil {
 		return err
 	}

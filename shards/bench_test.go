@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/synth"
@@ -21,7 +22,7 @@ import (
 
 // jpegSet writes n 224×224 jpeg samples (synthetic scenes scaled up, with
 // fine noise so they compress like photos rather than flat art).
-func jpegSet(b *testing.B, src Source, n, perShard int) {
+func jpegSet(b *testing.B, src objstore.Source, n, perShard int) {
 	ctx := context.Background()
 	for sh := 0; sh*perShard < n; sh++ {
 		var buf bytes.Buffer
@@ -57,27 +58,27 @@ func BenchmarkRead(b *testing.B) {
 	ctx := context.Background()
 	srv := testutil.StartS3(b)
 	srv.MakeBucket(b, "bench")
-	fileSrc, err := NewFileSource(b.TempDir())
+	fileSrc, err := objstore.NewFileSource(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
-	s3Src, err := NewS3Source("bench", "sets", S3Config{Endpoint: srv.Endpoint, Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true})
+	s3Src, err := objstore.NewS3Source("bench", "sets", objstore.S3Config{Endpoint: srv.Endpoint, Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	sets := []struct {
 		name   string
 		prefix string // of the set's shard names
-		write  func(Source)
+		write  func(objstore.Source)
 		size   int
 	}{
-		{"png32", "train", func(s Source) { WriteSynth(ctx, s, 0, synth.Train, 4000, 1000, nil) }, 32},
-		{"jpeg224", "jpeg", func(s Source) { jpegSet(b, s, 400, 100) }, 224},
+		{"png32", "train", func(s objstore.Source) { WriteSynth(ctx, s, 0, synth.Train, 4000, 1000, nil) }, 32},
+		{"jpeg224", "jpeg", func(s objstore.Source) { jpegSet(b, s, 400, 100) }, 224},
 	}
 	for _, set := range sets {
 		for _, st := range []struct {
 			name string
-			src  Source
+			src  objstore.Source
 		}{{"file", fileSrc}, {"s3", s3Src}} {
 			b.Run(set.name+"/"+st.name, func(b *testing.B) {
 				b.StopTimer()
@@ -173,7 +174,7 @@ const benchInFlight = MaxGets
 
 // replicate copies the set's shards under new names until the set holds
 // at least total bytes.
-func replicate(b *testing.B, src Source, prefix string, total int64) {
+func replicate(b *testing.B, src objstore.Source, prefix string, total int64) {
 	ctx := context.Background()
 	names, err := ShardNames(ctx, src)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -30,7 +31,7 @@ const readBuffer = 64 << 10
 // shards does not fault in fresh memory for every one (that cost a quarter
 // of the read throughput).
 type Loader struct {
-	src     Source
+	src     objstore.Source
 	m       *Manifest
 	lim     wds.Limits
 	keep    int
@@ -52,7 +53,7 @@ type shardData struct {
 
 // NewLoader reads the manifest's shards from src, keeping up to keepShards
 // (default 8) decoded shards in memory.
-func NewLoader(src Source, m *Manifest, keepShards int) *Loader {
+func NewLoader(src objstore.Source, m *Manifest, keepShards int) *Loader {
 	if keepShards <= 0 {
 		keepShards = 8
 	}

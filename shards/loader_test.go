@@ -8,14 +8,30 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
 
-func synthSet(t *testing.T, src Source, n, perShard int) *Manifest {
+// s3Config builds a source configuration for a test server (or a proxy
+// in front of it): few, fast retries.
+func s3Config(srv *testutil.S3Server, endpoint string) objstore.S3Config {
+	return objstore.S3Config{
+		Endpoint:   endpoint,
+		Region:     srv.Region,
+		AccessKey:  srv.AccessKey,
+		SecretKey:  srv.SecretKey,
+		PathStyle:  true,
+		MaxRetries: 3,
+		RetryBase:  time.Millisecond,
+	}
+}
+
+func synthSet(t *testing.T, src objstore.Source, n, perShard int) *Manifest {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := WriteSynth(ctx, src, 0, synth.Train, n, perShard, nil); err != nil {
@@ -30,7 +46,7 @@ func synthSet(t *testing.T, src Source, n, perShard int) *Manifest {
 
 // checkBatches reads a few global batches through the loader, split over
 // W ranks, and compares every decoded image and caption with the generator.
-func checkBatches(t *testing.T, src Source, m *Manifest, perShard int) {
+func checkBatches(t *testing.T, src objstore.Source, m *Manifest, perShard int) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := m.Stream(5, 2)
@@ -69,7 +85,7 @@ func checkBatches(t *testing.T, src Source, m *Manifest, perShard int) {
 func rankSlice(b, w, r int) (int, int) { return r * b / w, (r + 1) * b / w }
 
 func TestLoaderFile(t *testing.T) {
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	m := synthSet(t, src, 100, 12)
 	checkBatches(t, src, m, 12)
 }
@@ -79,14 +95,14 @@ func TestLoaderFile(t *testing.T) {
 func TestLoaderS3DropsMidShard(t *testing.T) {
 	srv := testutil.StartS3(t)
 	srv.MakeBucket(t, "data")
-	direct, err := NewS3Source("data", "set", s3Config(srv, srv.Endpoint))
+	direct, err := objstore.NewS3Source("data", "set", s3Config(srv, srv.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := synthSet(t, direct, 60, 20)
 	proxy := testutil.StartProxy(t, srv.Addr)
 	proxy.CutAfter(20 << 10)
-	flaky, err := NewS3Source("data", "set", s3Config(srv, proxy.Endpoint))
+	flaky, err := objstore.NewS3Source("data", "set", s3Config(srv, proxy.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +119,7 @@ func TestLoaderS3DropsMidShard(t *testing.T) {
 // loader goes on serving the shards that did not change.
 func TestLoaderRefusesChangedShard(t *testing.T) {
 	ctx := context.Background()
-	other, _ := NewFileSource(t.TempDir())
+	other, _ := objstore.NewFileSource(t.TempDir())
 	WriteSynth(ctx, other, 7, synth.Train, 20, 10, nil)
 	changes := []struct {
 		name   string
@@ -125,7 +141,7 @@ func TestLoaderRefusesChangedShard(t *testing.T) {
 	}
 	for _, c := range changes {
 		t.Run(c.name, func(t *testing.T) {
-			src, _ := NewFileSource(t.TempDir())
+			src, _ := objstore.NewFileSource(t.TempDir())
 			m := synthSet(t, src, 20, 10)
 			name := m.Shards[0].Name
 			rc, _ := src.Open(ctx, name, 0, -1)
@@ -182,7 +198,7 @@ func TestDecodeBatchMasksBadSamples(t *testing.T) {
 // sample of every step must still be exactly the generator's.
 func TestLoaderReusesBuffers(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	const perShard = 5
 	m := synthSet(t, src, 60, perShard)
 	st, err := m.Stream(9, 1)

@@ -14,6 +14,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
@@ -75,7 +76,7 @@ func (m *Manifest) Stream(seed uint64, blockShards int) (*stream.Stream, error) 
 }
 
 // ShardNames lists the .tar objects of a source in name order.
-func ShardNames(ctx context.Context, src Source) ([]string, error) {
+func ShardNames(ctx context.Context, src objstore.Source) ([]string, error) {
 	objs, err := src.List(ctx)
 	if err != nil {
 		return nil, err
@@ -93,7 +94,7 @@ func ShardNames(ctx context.Context, src Source) ([]string, error) {
 }
 
 // IndexShard reads one shard once: sample counts, size, sha256.
-func IndexShard(ctx context.Context, src Source, name string, lim wds.Limits) (ShardEntry, error) {
+func IndexShard(ctx context.Context, src objstore.Source, name string, lim wds.Limits) (ShardEntry, error) {
 	rc, err := src.Open(ctx, name, 0, -1)
 	if err != nil {
 		return ShardEntry{}, fmt.Errorf("index %s: %w", name, err)
@@ -112,7 +113,7 @@ func IndexShard(ctx context.Context, src Source, name string, lim wds.Limits) (S
 
 // Index scans the shards of a source (all .tar objects, or the given
 // names) and builds the manifest. progress, if set, is called after each shard.
-func Index(ctx context.Context, src Source, names []string, lim wds.Limits, progress func(done, total int, e ShardEntry)) (*Manifest, error) {
+func Index(ctx context.Context, src objstore.Source, names []string, lim wds.Limits, progress func(done, total int, e ShardEntry)) (*Manifest, error) {
 	var err error
 	if len(names) == 0 {
 		if names, err = ShardNames(ctx, src); err != nil {
@@ -134,7 +135,7 @@ func Index(ctx context.Context, src Source, names []string, lim wds.Limits, prog
 }
 
 // WriteManifest stores the manifest next to the shards.
-func WriteManifest(ctx context.Context, src Source, m *Manifest) error {
+func WriteManifest(ctx context.Context, src objstore.Source, m *Manifest) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
@@ -144,10 +145,10 @@ func WriteManifest(ctx context.Context, src Source, m *Manifest) error {
 }
 
 // LoadManifest reads and checks the manifest of a source.
-func LoadManifest(ctx context.Context, src Source) (*Manifest, error) {
+func LoadManifest(ctx context.Context, src objstore.Source) (*Manifest, error) {
 	rc, err := src.Open(ctx, ManifestName, 0, -1)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, objstore.ErrNotFound) {
 			return nil, fmt.Errorf("%s has no %s: run `lavit-coord shards index %s` first: %w", src.URL(), ManifestName, src.URL(), err)
 		}
 		return nil, err

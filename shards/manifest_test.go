@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -16,7 +17,7 @@ import (
 // stream over the manifest reads back the right samples.
 func TestSynthIndexStream(t *testing.T) {
 	ctx := context.Background()
-	src, err := NewFileSource(t.TempDir())
+	src, err := objstore.NewFileSource(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +82,14 @@ func TestSynthIndexStream(t *testing.T) {
 // TestChangedShardIsRefused: a shard rewritten after indexing is detected.
 func TestChangedShardIsRefused(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	WriteSynth(ctx, src, 0, synth.Train, 20, 10, nil)
 	m, err := Index(ctx, src, nil, wds.DefaultLimits(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Replace shard 1 with different (valid) content of another seed.
-	other, _ := NewFileSource(t.TempDir())
+	other, _ := objstore.NewFileSource(t.TempDir())
 	WriteSynth(ctx, other, 9, synth.Train, 20, 10, nil)
 	rc, _ := other.Open(ctx, m.Shards[1].Name, 0, -1)
 	b, _ := io.ReadAll(rc)
@@ -102,14 +103,14 @@ func TestChangedShardIsRefused(t *testing.T) {
 		t.Fatalf("got %v, want ErrShardChanged naming the shard", err)
 	}
 	// A shard that vanished after indexing: a clear not-found error.
-	if _, err := src.Open(ctx, "train-999999.tar", 0, -1); !errors.Is(err, ErrNotFound) {
+	if _, err := src.Open(ctx, "train-999999.tar", 0, -1); !errors.Is(err, objstore.ErrNotFound) {
 		t.Fatalf("vanished shard: %v", err)
 	}
 }
 
 func TestLoadManifestErrors(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	if _, err := LoadManifest(ctx, src); err == nil || !strings.Contains(err.Error(), "shards index") {
 		t.Fatalf("no manifest: %v", err)
 	}
@@ -128,7 +129,7 @@ func TestLoadManifestErrors(t *testing.T) {
 
 func TestSynthShardBytes(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	names, err := WriteSynthSized(ctx, src, 0, synth.Train, 100, 1000, 20000, nil)
 	if err != nil {
 		t.Fatal(err)

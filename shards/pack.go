@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards/wds"
 )
 
@@ -51,7 +52,7 @@ func FindPairs(dir string) (pairs []PackedPair, orphans []string, err error) {
 }
 
 // Pack writes pairs as shards of perShard samples named prefix-NNNNNN.tar.
-func Pack(ctx context.Context, dst Source, pairs []PackedPair, prefix string, perShard int, progress func(done, total int)) ([]string, error) {
+func Pack(ctx context.Context, dst objstore.Source, pairs []PackedPair, prefix string, perShard int, progress func(done, total int)) ([]string, error) {
 	if perShard <= 0 {
 		return nil, fmt.Errorf("pack: samples per shard must be positive, got %d", perShard)
 	}

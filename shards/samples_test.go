@@ -8,12 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
 
-func readAllSamples(t *testing.T, src Source, m *Manifest) []wds.Sample {
+func readAllSamples(t *testing.T, src objstore.Source, m *Manifest) []wds.Sample {
 	t.Helper()
 	var out []wds.Sample
 	for _, e := range m.Shards {
@@ -40,13 +41,13 @@ func TestFileAndS3GiveIdenticalSamples(t *testing.T) {
 	ctx := context.Background()
 	srv := testutil.StartS3(t)
 	srv.MakeBucket(t, "data")
-	s3src, err := NewS3Source("data", "synth/train", s3Config(srv, srv.Endpoint))
+	s3src, err := objstore.NewS3Source("data", "synth/train", s3Config(srv, srv.Endpoint))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsrc, _ := NewFileSource(t.TempDir())
+	fsrc, _ := objstore.NewFileSource(t.TempDir())
 	var manifests []*Manifest
-	for _, src := range []Source{fsrc, s3src} {
+	for _, src := range []objstore.Source{fsrc, s3src} {
 		if _, err := WriteSynth(ctx, src, 3, synth.Train, 60, 25, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +125,7 @@ func TestCheckSampleBadInput(t *testing.T) {
 // damaged bytes, keeps every other shard's positions where they were.
 func TestTruncatedShardKeepsPositions(t *testing.T) {
 	ctx := context.Background()
-	src, _ := NewFileSource(t.TempDir())
+	src, _ := objstore.NewFileSource(t.TempDir())
 	WriteSynth(ctx, src, 0, synth.Train, 30, 10, nil)
 	m, _ := Index(ctx, src, nil, wds.DefaultLimits(), nil)
 	before, _ := m.Stream(1, 1)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -18,14 +19,14 @@ func SynthShardName(split synth.Split, i int) string {
 // WriteSynth writes n samples of MODEL.md's procedural data set as
 // WebDataset shards of perShard samples (KEY.png, KEY.txt, KEY.json) into
 // src, and returns the shard names. progress, if set, is called per shard.
-func WriteSynth(ctx context.Context, src Source, seed uint64, split synth.Split, n, perShard int, progress func(done, total int)) ([]string, error) {
+func WriteSynth(ctx context.Context, src objstore.Source, seed uint64, split synth.Split, n, perShard int, progress func(done, total int)) ([]string, error) {
 	return WriteSynthSized(ctx, src, seed, split, n, perShard, 0, progress)
 }
 
 // WriteSynthSized is WriteSynth with an optional byte budget per shard: a
 // shard also ends once it holds maxBytes (0 = no budget). The shard count is
 // then known only at the end, so progress reports samples written.
-func WriteSynthSized(ctx context.Context, src Source, seed uint64, split synth.Split, n, perShard int, maxBytes int64, progress func(done, total int)) ([]string, error) {
+func WriteSynthSized(ctx context.Context, src objstore.Source, seed uint64, split synth.Split, n, perShard int, maxBytes int64, progress func(done, total int)) ([]string, error) {
 	if n <= 0 || perShard <= 0 || maxBytes < 0 {
 		return nil, fmt.Errorf("synth: samples (%d), samples per shard (%d) must be positive and the shard byte budget (%d) not negative", n, perShard, maxBytes)
 	}

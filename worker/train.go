@@ -16,6 +16,7 @@ import (
 	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/collective"
 	"github.com/lavit-org/lavit/collective/ring"
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
@@ -151,7 +152,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*run
 	timeout := spec.CollectiveTimeout()
 	r.timeout = timeout
 
-	src, err := shards.Open(ctx, spec.Data.URL)
+	src, err := objstore.Open(ctx, spec.Data.URL)
 	if err != nil {
 		return r, fmt.Errorf("data.url %s: %w", spec.Data.URL, err)
 	}
@@ -321,15 +322,15 @@ func (t *Trainer) loadTokenizer(ctx context.Context, j *Job, spec *runspec.Spec,
 		}
 		loc = info.Final.URL
 	}
-	src, err := shards.Open(ctx, loc)
+	src, err := objstore.Open(ctx, loc)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
-	cfgBytes, err := shards.ReadObject(ctx, src, finalConfigName)
+	cfgBytes, err := objstore.ReadObject(ctx, src, finalConfigName)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
-	state, err := shards.ReadObject(ctx, src, finalStateName)
+	state, err := objstore.ReadObject(ctx, src, finalStateName)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}
@@ -713,7 +714,7 @@ func (r *runState) saveFinal(ctx context.Context, step int64) (*wire.Artifact, e
 		return nil, err
 	}
 	base := strings.TrimSuffix(r.spec.Checkpoint.URL, "/") + "/" + r.j.Desired.Run + "/final"
-	dst, err := shards.OpenForWrite(ctx, base)
+	dst, err := objstore.OpenForWrite(ctx, base)
 	if err != nil {
 		return nil, err
 	}
@@ -762,7 +763,7 @@ func (r *runState) evaluate(ctx context.Context) ([]wire.Check, error) {
 // loadEvalSet reads every sample of an eval data set in manifest order:
 // images, captions, and the objects from each sample's JSON.
 func loadEvalSet(ctx context.Context, u string, image int) (*trainer.EvalSet, error) {
-	src, err := shards.Open(ctx, u)
+	src, err := objstore.Open(ctx, u)
 	if err != nil {
 		return nil, err
 	}

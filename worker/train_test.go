@@ -15,6 +15,7 @@ import (
 	"github.com/lavit-org/lavit/configs"
 	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/logging"
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
@@ -147,7 +148,7 @@ func synthData(t *testing.T, dir string, split synth.Split, n, perShard int) str
 	t.Helper()
 	ctx := context.Background()
 	u := "file://" + dir
-	src, err := shards.OpenForWrite(ctx, u)
+	src, err := objstore.OpenForWrite(ctx, u)
 	if err != nil {
 		t.Fatal(err)
 	}

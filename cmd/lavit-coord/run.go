@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
@@ -177,7 +178,7 @@ func checkLocalData(c *cli.Context, spec *runspec.Spec) error {
 		if !strings.HasPrefix(u.url, "file://") {
 			continue
 		}
-		src, err := shards.Open(c.Context, u.url)
+		src, err := objstore.Open(c.Context, u.url)
 		if err != nil {
 			return cliutil.Usagef("%s %s: no usable data set there: %v", u.key, u.url, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
@@ -75,11 +76,11 @@ func progress(what string, done, total int, detail string) {
 }
 
 // openURLArg opens the data set named by the command's one argument.
-func openURLArg(c *cli.Context) (shards.Source, error) {
+func openURLArg(c *cli.Context) (objstore.Source, error) {
 	if c.NArg() != 1 {
 		return nil, cliutil.Usagef("%s needs one data set URL (file:///abs/dir or s3://bucket/prefix)", c.Command.FullName())
 	}
-	src, err := shards.Open(c.Context, c.Args().First())
+	src, err := objstore.Open(c.Context, c.Args().First())
 	if err != nil {
 		return nil, cliutil.UsageError{Err: err}
 	}
@@ -117,8 +118,8 @@ func runShardsSynth(c *cli.Context) error {
 	return indexAndWrite(c, src, names, false)
 }
 
-func openOut(c *cli.Context) (shards.Source, error) {
-	src, err := shards.OpenForWrite(c.Context, c.String("out"))
+func openOut(c *cli.Context) (objstore.Source, error) {
+	src, err := objstore.OpenForWrite(c.Context, c.String("out"))
 	if err != nil {
 		return nil, cliutil.UsageError{Err: err}
 	}
@@ -161,7 +162,7 @@ func runShardsIndex(c *cli.Context) error {
 	return indexAndWrite(c, src, nil, c.Bool("json"))
 }
 
-func indexAndWrite(c *cli.Context, src shards.Source, names []string, asJSON bool) error {
+func indexAndWrite(c *cli.Context, src objstore.Source, names []string, asJSON bool) error {
 	m, err := shards.Index(c.Context, src, names, wds.DefaultLimits(), func(done, total int, e shards.ShardEntry) {
 		progress("index", done, total, e.Name)
 	})
@@ -216,7 +217,7 @@ func runShardsVerify(c *cli.Context) error {
 	return nil
 }
 
-func verifyShard(c *cli.Context, src shards.Source, e shards.ShardEntry, each func(wds.Sample)) error {
+func verifyShard(c *cli.Context, src objstore.Source, e shards.ShardEntry, each func(wds.Sample)) error {
 	rc, err := src.Open(c.Context, e.Name, 0, -1)
 	if err != nil {
 		return err

@@ -23,8 +23,9 @@ import (
 )
 
 // S3Server is a real S3 server (versitygw over a temporary directory) for
-// tests. It does not import package shards, so shards' own tests can use
-// it; build a shards.S3Config from its fields (path-style, not secure).
+// tests. It does not import package objstore, so objstore's own tests can
+// use it; build an objstore.S3Config from its fields (path-style, not
+// secure).
 type S3Server struct {
 	Endpoint  string // http://127.0.0.1:PORT
 	Addr      string // 127.0.0.1:PORT

@@ -1,4 +1,4 @@
-package shards
+package objstore
 
 import (
 	"context"
@@ -26,18 +26,18 @@ type fileSource struct {
 // absolute path to an existing directory.
 func NewFileSource(dir string) (Source, error) {
 	if !filepath.IsAbs(dir) {
-		return nil, fmt.Errorf("shards: file source directory %q is not an absolute path", dir)
+		return nil, fmt.Errorf("objstore: file source directory %q is not an absolute path", dir)
 	}
 	root := filepath.Clean(dir)
 	fi, err := os.Stat(root)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("shards: file source directory %s: %w: %w", root, ErrNotFound, err)
+			return nil, fmt.Errorf("objstore: file source directory %s: %w: %w", root, ErrNotFound, err)
 		}
-		return nil, fmt.Errorf("shards: file source directory: %w", err)
+		return nil, fmt.Errorf("objstore: file source directory: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("shards: file source %s is not a directory", root)
+		return nil, fmt.Errorf("objstore: file source %s is not a directory", root)
 	}
 	return &fileSource{root: root}, nil
 }
@@ -53,7 +53,7 @@ func (s *fileSource) path(name string) (string, error) {
 }
 
 func (s *fileSource) notFound(name string, err error) error {
-	return fmt.Errorf("shards: %s/%s: %w: %w", s.URL(), name, ErrNotFound, err)
+	return fmt.Errorf("objstore: %s/%s: %w: %w", s.URL(), name, ErrNotFound, err)
 }
 
 func (s *fileSource) List(ctx context.Context) ([]ObjectInfo, error) {
@@ -89,7 +89,7 @@ func (s *fileSource) List(ctx context.Context) ([]ObjectInfo, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, s.notFound("", err)
 		}
-		return nil, fmt.Errorf("shards: listing %s: %w", s.URL(), err)
+		return nil, fmt.Errorf("objstore: listing %s: %w", s.URL(), err)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -105,7 +105,7 @@ func (s *fileSource) Stat(ctx context.Context, name string) (ObjectInfo, error) 
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			return ObjectInfo{}, s.notFound(name, fs.ErrNotExist)
 		}
-		return ObjectInfo{}, fmt.Errorf("shards: stat %s/%s: %w", s.URL(), name, err)
+		return ObjectInfo{}, fmt.Errorf("objstore: stat %s/%s: %w", s.URL(), name, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return ObjectInfo{}, s.notFound(name, fs.ErrNotExist)
@@ -119,19 +119,19 @@ func (s *fileSource) Open(ctx context.Context, name string, off, length int64) (
 		return nil, err
 	}
 	if off < 0 {
-		return nil, fmt.Errorf("shards: open %s/%s: negative offset %d", s.URL(), name, off)
+		return nil, fmt.Errorf("objstore: open %s/%s: negative offset %d", s.URL(), name, off)
 	}
 	f, err := os.Open(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			return nil, s.notFound(name, fs.ErrNotExist)
 		}
-		return nil, fmt.Errorf("shards: open %s/%s: %w", s.URL(), name, err)
+		return nil, fmt.Errorf("objstore: open %s/%s: %w", s.URL(), name, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("shards: open %s/%s: %w", s.URL(), name, err)
+		return nil, fmt.Errorf("objstore: open %s/%s: %w", s.URL(), name, err)
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
@@ -139,11 +139,11 @@ func (s *fileSource) Open(ctx context.Context, name string, off, length int64) (
 	}
 	if off > fi.Size() {
 		f.Close()
-		return nil, fmt.Errorf("shards: open %s/%s: offset %d is past the end (%d bytes)", s.URL(), name, off, fi.Size())
+		return nil, fmt.Errorf("objstore: open %s/%s: offset %d is past the end (%d bytes)", s.URL(), name, off, fi.Size())
 	}
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("shards: open %s/%s: %w", s.URL(), name, err)
+		return nil, fmt.Errorf("objstore: open %s/%s: %w", s.URL(), name, err)
 	}
 	if length < 0 {
 		return f, nil
@@ -164,7 +164,7 @@ func (s *fileSource) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("shards: delete %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: delete %s/%s: %w", s.URL(), name, err)
 	}
 	return nil
 }
@@ -175,15 +175,15 @@ func (s *fileSource) Put(ctx context.Context, name string, r io.Reader, size int
 		return err
 	}
 	if strings.HasPrefix(filepath.Base(p), tempPrefix) {
-		return fmt.Errorf("shards: put %q: names starting with %q are reserved for temporary files", name, tempPrefix)
+		return fmt.Errorf("objstore: put %q: names starting with %q are reserved for temporary files", name, tempPrefix)
 	}
 	dir := filepath.Dir(p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	defer func() {
 		if err != nil {
@@ -196,29 +196,29 @@ func (s *fileSource) Put(ctx context.Context, name string, r io.Reader, size int
 	if size >= 0 {
 		n, err = io.CopyN(tmp, src, size)
 		if errors.Is(err, io.EOF) {
-			err = fmt.Errorf("shards: put %s/%s: the reader ended after %d of %d bytes", s.URL(), name, n, size)
+			err = fmt.Errorf("objstore: put %s/%s: the reader ended after %d of %d bytes", s.URL(), name, n, size)
 			return err
 		}
 	} else {
 		_, err = io.Copy(tmp, src)
 	}
 	if err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	if err = tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	if err = ctx.Err(); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	if err = os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("shards: put %s/%s: %w", s.URL(), name, err)
+		return fmt.Errorf("objstore: put %s/%s: %w", s.URL(), name, err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package shards
+package objstore
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/lavit-org/lavit/internal/retry"
 )
 
 // ErrAccessDenied means S3 refused the request's credentials (AccessDenied,
@@ -98,7 +99,7 @@ func S3ConfigFromEnv() (S3Config, error) {
 	if raw != "" {
 		host, secure, err := parseEndpoint(raw)
 		if err != nil {
-			return S3Config{}, fmt.Errorf("shards: %s: %w", endpointVar, err)
+			return S3Config{}, fmt.Errorf("objstore: %s: %w", endpointVar, err)
 		}
 		cfg.Endpoint, cfg.Secure, cfg.PathStyle = host, secure, true
 	}
@@ -111,9 +112,9 @@ func S3ConfigFromEnv() (S3Config, error) {
 	id, secret := os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
 	if (id == "") != (secret == "") {
 		if id == "" {
-			return S3Config{}, errors.New("shards: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
+			return S3Config{}, errors.New("objstore: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not")
 		}
-		return S3Config{}, errors.New("shards: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+		return S3Config{}, errors.New("objstore: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
 	}
 	providers := []credentials.Provider{&credentials.EnvAWS{}}
 	credFile := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
@@ -129,7 +130,7 @@ func S3ConfigFromEnv() (S3Config, error) {
 	if err != nil {
 		// The chain falls back to anonymous; an error here is unexpected.
 		// Its text comes from the provider and carries no secret values.
-		return S3Config{}, fmt.Errorf("shards: reading AWS credentials: %w", err)
+		return S3Config{}, fmt.Errorf("objstore: reading AWS credentials: %w", err)
 	}
 	cfg.AccessKey, cfg.SecretKey, cfg.SessionToken = v.AccessKeyID, v.SecretAccessKey, v.SessionToken
 	return cfg, nil
@@ -168,25 +169,27 @@ type s3Source struct {
 	prefix     string // "" or ends in '/'
 	url        string
 	maxRetries int
-	retryBase  time.Duration
+	// backoff is the waits between tries of one request: RetryBase
+	// doubling up to maxS3Backoff, full jitter, maxRetries+1 tries.
+	backoff retry.Backoff
 }
 
 // NewS3Source returns a Source over s3://bucket/prefix. It does not
 // contact S3; the first call does.
 func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	if bucket == "" {
-		return nil, errors.New("shards: S3 source needs a bucket")
+		return nil, errors.New("objstore: S3 source needs a bucket")
 	}
 	if strings.ContainsAny(bucket, "/?#") {
-		return nil, fmt.Errorf("shards: invalid S3 bucket name %q", bucket)
+		return nil, fmt.Errorf("objstore: invalid S3 bucket name %q", bucket)
 	}
 	prefix = strings.Trim(prefix, "/")
 	if prefix != "" {
 		if err := checkName(prefix); err != nil {
-			return nil, fmt.Errorf("shards: S3 prefix %q: %w", prefix, err)
+			return nil, fmt.Errorf("objstore: S3 prefix %q: %w", prefix, err)
 		}
 	}
-	src := &s3Source{bucket: bucket, url: "s3://" + bucket, maxRetries: cfg.MaxRetries, retryBase: cfg.RetryBase}
+	src := &s3Source{bucket: bucket, url: "s3://" + bucket, maxRetries: cfg.MaxRetries}
 	if prefix != "" {
 		src.prefix = prefix + "/"
 		src.url += "/" + prefix
@@ -197,9 +200,11 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	case src.maxRetries < 0:
 		src.maxRetries = 0
 	}
-	if src.retryBase <= 0 {
-		src.retryBase = defaultS3RetryBase
+	retryBase := cfg.RetryBase
+	if retryBase <= 0 {
+		retryBase = defaultS3RetryBase
 	}
+	src.backoff = retry.Backoff{Initial: retryBase, Max: maxS3Backoff, Multiplier: 2, Jitter: 1, MaxTries: src.maxRetries + 1}
 
 	endpoint, secure := cfg.Endpoint, cfg.Secure
 	if endpoint == "" {
@@ -207,7 +212,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	} else if strings.Contains(endpoint, "://") {
 		var err error
 		if endpoint, secure, err = parseEndpoint(endpoint); err != nil {
-			return nil, fmt.Errorf("shards: S3 endpoint: %w", err)
+			return nil, fmt.Errorf("objstore: S3 endpoint: %w", err)
 		}
 	}
 	region := cfg.Region
@@ -220,7 +225,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	}
 	tr, err := minio.DefaultTransport(secure)
 	if err != nil {
-		return nil, fmt.Errorf("shards: S3 transport: %w", err)
+		return nil, fmt.Errorf("objstore: S3 transport: %w", err)
 	}
 	client, err := minio.New(endpoint, &minio.Options{
 		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken),
@@ -232,7 +237,7 @@ func NewS3Source(bucket, prefix string, cfg S3Config) (Source, error) {
 	})
 	if err != nil {
 		// minio-go's errors here name the endpoint, never the keys.
-		return nil, fmt.Errorf("shards: S3 client for %s: %w", endpoint, err)
+		return nil, fmt.Errorf("objstore: S3 client for %s: %w", endpoint, err)
 	}
 	src.core = minio.Core{Client: client}
 	return src, nil
@@ -249,35 +254,19 @@ func (s *s3Source) key(name string) (string, error) {
 
 func (s *s3Source) objURL(key string) string { return "s3://" + s.bucket + "/" + key }
 
-// backoff sleeps before retry number attempt+1 (full jitter).
-func (s *s3Source) backoff(ctx context.Context, attempt int) error {
-	d := maxS3Backoff
-	if attempt < 30 {
-		if step := s.retryBase << attempt; step > 0 && step < d {
-			d = step
-		}
-	}
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(d) + 1)))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// do runs fn, retrying transient failures; it returns the attempts made.
-func (s *s3Source) do(ctx context.Context, fn func() error) (int, error) {
-	for attempt := 0; ; attempt++ {
+// do runs fn, retrying transient failures as b says; it returns the
+// attempts made, for the error message.
+func do(ctx context.Context, b retry.Backoff, fn func() error) (int, error) {
+	attempts := 0
+	err := retry.Do(ctx, b, func(attempt int) error {
+		attempts = attempt
 		err := fn()
-		if err == nil || ctx.Err() != nil || !isTransient(err) || attempt >= s.maxRetries {
-			return attempt + 1, err
+		if err != nil && !isTransient(err) {
+			return retry.Permanent(err)
 		}
-		if s.backoff(ctx, attempt) != nil {
-			return attempt + 1, err
-		}
-	}
+		return err
+	}, nil)
+	return attempts, err
 }
 
 // credError is S3 refusing the credentials.
@@ -286,7 +275,7 @@ type credError struct {
 }
 
 func (e *credError) Error() string {
-	return fmt.Sprintf("shards: S3 refused the credentials for bucket %s (%s); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the shared credentials file and AWS_PROFILE", e.bucket, e.code)
+	return fmt.Sprintf("objstore: S3 refused the credentials for bucket %s (%s); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the shared credentials file and AWS_PROFILE", e.bucket, e.code)
 }
 
 func (e *credError) Is(target error) bool { return target == ErrAccessDenied }
@@ -299,15 +288,15 @@ func (s *s3Source) wrapErr(ctx context.Context, op, key string, attempts int, er
 		where = s.url
 	}
 	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("shards: S3 %s %s: %w", op, where, cerr)
+		return fmt.Errorf("objstore: S3 %s %s: %w", op, where, cerr)
 	}
 	var er minio.ErrorResponse
 	if errors.As(err, &er) {
 		switch er.Code {
 		case "NoSuchBucket":
-			return fmt.Errorf("shards: S3 %s %s: bucket %q does not exist: %w", op, where, s.bucket, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: bucket %q does not exist: %w", op, where, s.bucket, ErrNotFound)
 		case "NoSuchKey", "NotFound":
-			return fmt.Errorf("shards: S3 %s %s: %w", op, where, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: %w", op, where, ErrNotFound)
 		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
 			"InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
 			"XAdminUserNotFound": // versitygw's answer (404) to an unknown access key
@@ -317,14 +306,14 @@ func (s *s3Source) wrapErr(ctx context.Context, op, key string, attempts int, er
 			return &credError{bucket: s.bucket, code: "403 Forbidden"}
 		}
 		if er.StatusCode == 404 {
-			return fmt.Errorf("shards: S3 %s %s: %w", op, where, ErrNotFound)
+			return fmt.Errorf("objstore: S3 %s %s: %w", op, where, ErrNotFound)
 		}
 		err = fmt.Errorf("%s: %w", er.Code, err)
 	}
 	if attempts > 1 {
-		return fmt.Errorf("shards: S3 %s %s failed after %d attempts: %w", op, where, attempts, err)
+		return fmt.Errorf("objstore: S3 %s %s failed after %d attempts: %w", op, where, attempts, err)
 	}
-	return fmt.Errorf("shards: S3 %s %s: %w", op, where, err)
+	return fmt.Errorf("objstore: S3 %s %s: %w", op, where, err)
 }
 
 // isTransient says whether a failure is worth retrying.
@@ -371,7 +360,7 @@ func isTransient(err error) bool {
 func (s *s3Source) List(ctx context.Context) ([]ObjectInfo, error) {
 	var out []ObjectInfo
 	startAfter := "" // resume point after a failure part-way
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		lctx, cancel := context.WithCancel(ctx)
 		defer cancel() // stops minio-go's listing goroutine on early return
 		opts := minio.ListObjectsOptions{Prefix: s.prefix, Recursive: true, StartAfter: startAfter}
@@ -400,7 +389,7 @@ func (s *s3Source) Stat(ctx context.Context, name string) (ObjectInfo, error) {
 		return ObjectInfo{}, err
 	}
 	var info minio.ObjectInfo
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		var err error
 		info, err = s.core.Client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
 		return err
@@ -416,7 +405,7 @@ func (s *s3Source) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	attempts, err := s.do(ctx, func() error {
+	attempts, err := do(ctx, s.backoff, func() error {
 		return s.core.Client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{})
 	})
 	if err != nil {
@@ -442,7 +431,7 @@ func (s *s3Source) Put(ctx context.Context, name string, r io.Reader, size int64
 	if rewind == nil && size >= 0 && size <= putRetryBuffer {
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return fmt.Errorf("shards: S3 put %s: reading the body (%d bytes expected): %w", s.objURL(key), size, err)
+			return fmt.Errorf("objstore: S3 put %s: reading the body (%d bytes expected): %w", s.objURL(key), size, err)
 		}
 		br := bytes.NewReader(buf)
 		r = br
@@ -453,13 +442,11 @@ func (s *s3Source) Put(ctx context.Context, name string, r io.Reader, size int64
 		opts.PartSize = 64 << 20
 	}
 	first := true
-	tries := s
+	tries := s.backoff
 	if rewind == nil {
-		single := *s
-		single.maxRetries = 0
-		tries = &single
+		tries.MaxTries = 1
 	}
-	attempts, err := tries.do(ctx, func() error {
+	attempts, err := do(ctx, tries, func() error {
 		if !first {
 			if err := rewind(); err != nil {
 				return fmt.Errorf("rewinding the body for a retry: %w", err)
@@ -508,7 +495,7 @@ func (s *s3Source) Open(ctx context.Context, name string, off, length int64) (io
 		return nil, err
 	}
 	if off < 0 {
-		return nil, fmt.Errorf("shards: S3 open %s: negative offset %d", s.objURL(key), off)
+		return nil, fmt.Errorf("objstore: S3 open %s: negative offset %d", s.objURL(key), off)
 	}
 	if length == 0 {
 		info, err := s.Stat(ctx, name)
@@ -516,7 +503,7 @@ func (s *s3Source) Open(ctx context.Context, name string, off, length int64) (io
 			return nil, err
 		}
 		if off > info.Size {
-			return nil, fmt.Errorf("shards: S3 open %s: offset %d is past the end (%d bytes)", s.objURL(key), off, info.Size)
+			return nil, fmt.Errorf("objstore: S3 open %s: offset %d is past the end (%d bytes)", s.objURL(key), off, info.Size)
 		}
 		return io.NopCloser(strings.NewReader("")), nil
 	}
@@ -543,9 +530,10 @@ type s3Reader struct {
 	pos    int64 // absolute offset of the next byte
 	end    int64 // inclusive last offset wanted; -1: to the object's end
 	body   io.ReadCloser
-	expect int64 // bytes the current response announced (-1 unknown)
-	got    int64 // bytes read from the current response
-	fails  int   // consecutive failures without progress
+	expect int64        // bytes the current response announced (-1 unknown)
+	got    int64        // bytes read from the current response
+	fails  int          // consecutive failures without progress
+	waits  *retry.Waits // the waits since the last progress (nil: none yet)
 	eof    bool
 	err    error // sticky
 	closed bool
@@ -555,7 +543,10 @@ type s3Reader struct {
 func (r *s3Reader) connect() error {
 	for {
 		if r.fails > 0 {
-			if err := r.s.backoff(r.ctx, r.fails-1); err != nil {
+			if r.waits == nil {
+				r.waits = r.s.backoff.Waits()
+			}
+			if err := retry.Sleep(r.ctx, r.waits.Next()); err != nil {
 				return r.s.wrapErr(r.ctx, "read", r.key, 1, err)
 			}
 		}
@@ -569,7 +560,7 @@ func (r *s3Reader) connect() error {
 				return r.atEnd()
 			}
 			if er.Code == "PreconditionFailed" || er.StatusCode == 412 {
-				return fmt.Errorf("shards: S3 read %s: the object changed while it was being read (ETag is no longer %q)", r.s.objURL(r.key), r.etag)
+				return fmt.Errorf("objstore: S3 read %s: the object changed while it was being read (ETag is no longer %q)", r.s.objURL(r.key), r.etag)
 			}
 		}
 		if r.ctx.Err() != nil || !isTransient(err) {
@@ -578,9 +569,9 @@ func (r *s3Reader) connect() error {
 		r.fails++
 		if r.fails > r.s.maxRetries {
 			if r.etag != "" { // a resume: the first response came
-				return fmt.Errorf("shards: S3 read %s: connection lost at byte %d, could not resume after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
+				return fmt.Errorf("objstore: S3 read %s: connection lost at byte %d, could not resume after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
 			}
-			return fmt.Errorf("shards: S3 read %s: could not reach S3 after %d attempts: %w", r.s.objURL(r.key), r.fails, err)
+			return fmt.Errorf("objstore: S3 read %s: could not reach S3 after %d attempts: %w", r.s.objURL(r.key), r.fails, err)
 		}
 	}
 }
@@ -623,10 +614,10 @@ func (r *s3Reader) atEnd() error {
 		r.eof = true
 		return nil
 	}
-	return fmt.Errorf("shards: S3 open %s: offset %d is past the end (%d bytes)", r.s.objURL(r.key), r.pos, info.Size)
+	return fmt.Errorf("objstore: S3 open %s: offset %d is past the end (%d bytes)", r.s.objURL(r.key), r.pos, info.Size)
 }
 
-var errReaderClosed = errors.New("shards: read from a closed S3 object reader")
+var errReaderClosed = errors.New("objstore: read from a closed S3 object reader")
 
 func (r *s3Reader) Read(p []byte) (int, error) {
 	switch {
@@ -653,7 +644,7 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		r.pos += int64(n)
 		r.got += int64(n)
 		if n > 0 {
-			r.fails = 0
+			r.fails, r.waits = 0, nil // progress: the next failure starts the backoff afresh
 		}
 		if err == nil {
 			return n, nil
@@ -676,7 +667,7 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		}
 		r.fails++
 		if r.fails > r.s.maxRetries {
-			r.err = fmt.Errorf("shards: S3 read %s: connection lost at byte %d, gave up after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
+			r.err = fmt.Errorf("objstore: S3 read %s: connection lost at byte %d, gave up after %d attempts: %w", r.s.objURL(r.key), r.pos, r.fails, err)
 			return n, r.err
 		}
 		if n > 0 {

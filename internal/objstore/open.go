@@ -1,4 +1,4 @@
-package shards
+package objstore
 
 import (
 	"context"
@@ -21,11 +21,11 @@ func Open(ctx context.Context, rawURL string) (Source, error) {
 		return nil, err
 	}
 	if rawURL == "" {
-		return nil, fmt.Errorf("shards: empty data source URL (want file:///abs/dir or s3://bucket/prefix)")
+		return nil, fmt.Errorf("objstore: empty store URL (want file:///abs/dir or s3://bucket/prefix)")
 	}
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return nil, fmt.Errorf("shards: data source %q is not a URL (want file:///abs/dir or s3://bucket/prefix)", rawURL)
+		return nil, fmt.Errorf("objstore: store %q is not a URL (want file:///abs/dir or s3://bucket/prefix)", rawURL)
 	}
 	switch strings.ToLower(scheme) {
 	case "file":
@@ -37,10 +37,10 @@ func Open(ctx context.Context, rawURL string) (Source, error) {
 	case "s3":
 		bucket, prefix, _ := strings.Cut(rest, "/")
 		if bucket == "" {
-			return nil, fmt.Errorf("shards: S3 URL %q has no bucket (want s3://bucket/prefix)", rawURL)
+			return nil, fmt.Errorf("objstore: S3 URL %q has no bucket (want s3://bucket/prefix)", rawURL)
 		}
 		if strings.ContainsAny(rest, "?#") {
-			return nil, fmt.Errorf("shards: S3 URL %q: query strings and fragments are not supported", rawURL)
+			return nil, fmt.Errorf("objstore: S3 URL %q: query strings and fragments are not supported", rawURL)
 		}
 		cfg, err := S3ConfigFromEnv()
 		if err != nil {
@@ -48,7 +48,7 @@ func Open(ctx context.Context, rawURL string) (Source, error) {
 		}
 		return NewS3Source(bucket, prefix, cfg)
 	default:
-		return nil, fmt.Errorf("shards: unsupported data source scheme %q in %q (want file:///abs/dir or s3://bucket/prefix)", scheme, rawURL)
+		return nil, fmt.Errorf("objstore: unsupported store scheme %q in %q (want file:///abs/dir or s3://bucket/prefix)", scheme, rawURL)
 	}
 }
 
@@ -59,14 +59,14 @@ func fileURLPath(rawURL, rest string) (string, error) {
 		rest = strings.TrimPrefix(rest, "localhost")
 	}
 	if !strings.HasPrefix(rest, "/") {
-		return "", fmt.Errorf("shards: file URL %q must name an absolute path, as in file:///abs/dir (three slashes)", rawURL)
+		return "", fmt.Errorf("objstore: file URL %q must name an absolute path, as in file:///abs/dir (three slashes)", rawURL)
 	}
 	p, err := url.PathUnescape(rest)
 	if err != nil {
-		return "", fmt.Errorf("shards: file URL %q: %v", rawURL, err)
+		return "", fmt.Errorf("objstore: file URL %q: %v", rawURL, err)
 	}
 	if strings.ContainsAny(p, "?#") {
-		return "", fmt.Errorf("shards: file URL %q: query strings and fragments are not supported", rawURL)
+		return "", fmt.Errorf("objstore: file URL %q: query strings and fragments are not supported", rawURL)
 	}
 	return filepath.FromSlash(p), nil
 }
@@ -76,21 +76,21 @@ func fileURLPath(rawURL, rest string) (string, error) {
 func checkName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("shards: empty object name")
+		return fmt.Errorf("objstore: empty object name")
 	case strings.ContainsRune(name, 0):
-		return fmt.Errorf("shards: object name %q contains a NUL byte", name)
+		return fmt.Errorf("objstore: object name %q contains a NUL byte", name)
 	case strings.HasPrefix(name, "/") || filepath.IsAbs(name):
-		return fmt.Errorf("shards: object name %q is absolute; names are relative to the source", name)
+		return fmt.Errorf("objstore: object name %q is absolute; names are relative to the source", name)
 	case strings.Contains(name, `\`):
-		return fmt.Errorf("shards: object name %q contains a backslash; use '/'", name)
+		return fmt.Errorf("objstore: object name %q contains a backslash; use '/'", name)
 	}
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
-			return fmt.Errorf("shards: object name %q escapes the source root", name)
+			return fmt.Errorf("objstore: object name %q escapes the source root", name)
 		}
 	}
 	if path.Clean(name) != name {
-		return fmt.Errorf("shards: object name %q is not clean (empty, '.' or trailing '/' elements)", name)
+		return fmt.Errorf("objstore: object name %q is not clean (empty, '.' or trailing '/' elements)", name)
 	}
 	return nil
 }
@@ -101,7 +101,7 @@ func OpenForWrite(ctx context.Context, rawURL string) (Source, error) {
 	if scheme, rest, ok := strings.Cut(rawURL, "://"); ok && strings.EqualFold(scheme, "file") {
 		if dir, err := fileURLPath(rawURL, rest); err == nil { // Open reports a bad URL
 			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return nil, fmt.Errorf("shards: create %s: %w", dir, err)
+				return nil, fmt.Errorf("objstore: create %s: %w", dir, err)
 			}
 		}
 	}

@@ -1,7 +1,9 @@
-// Package shards owns lavit's training data: WebDataset tar shards in a
-// local directory or an S3 prefix, their manifest, and the deterministic
-// sample stream that decides which sample each rank reads at each step.
-package shards
+// Package objstore owns where lavit's bytes live: a local directory
+// (file:///abs/dir) or an S3 prefix (s3://bucket/prefix), behind one Source
+// interface. Data sets (package shards), checkpoints (package checkpoint)
+// and final model states (package worker) are all stored through it; it
+// knows nothing of what the objects hold.
+package objstore
 
 import (
 	"context"
@@ -19,7 +21,7 @@ type ObjectInfo struct {
 	ETag string // content tag when the store has one ("" for files)
 }
 
-// Source is a place data sets live: a local directory (file:///abs/dir) or
+// Source is a place objects live: a local directory (file:///abs/dir) or
 // an S3 prefix (s3://bucket/prefix). Implementations are safe for
 // concurrent use.
 type Source interface {

@@ -1,4 +1,4 @@
-package shards
+package objstore
 
 import (
 	"bytes"
@@ -323,10 +323,7 @@ func TestFileAndS3SameBytes(t *testing.T) {
 	if got := ssrc.URL(); got != "s3://shards/webdataset/v1" {
 		t.Errorf("S3 URL() = %q", got)
 	}
-	names, err := ExpandBraces("train-{000..003}.tar")
-	if err != nil {
-		t.Fatal(err)
-	}
+	names := []string{"train-000.tar", "train-001.tar", "train-002.tar", "train-003.tar"}
 	for i, name := range names {
 		data := randomBytes(uint64(100+i), 200_000+i*77_777)
 		for _, src := range []Source{fsrc, ssrc} {
@@ -546,6 +543,36 @@ func TestS3ResumeMidObject(t *testing.T) {
 	}
 }
 
+// TestS3Backoff pins the retry policy of S3 requests: RetryBase (default
+// 100 ms) doubling up to 20 s, full jitter, MaxRetries+1 tries (default 6,
+// negative: one).
+func TestS3Backoff(t *testing.T) {
+	for _, c := range []struct {
+		maxRetries, tries int
+		base, first       time.Duration
+	}{
+		{0, 6, 0, 100 * time.Millisecond},
+		{3, 4, time.Millisecond, time.Millisecond},
+		{-1, 1, 3 * time.Second, 3 * time.Second},
+	} {
+		src, err := NewS3Source("b", "", S3Config{Endpoint: "127.0.0.1:1", MaxRetries: c.maxRetries, RetryBase: c.base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := src.(*s3Source).backoff
+		if b.MaxTries != c.tries || b.Initial != c.first || b.Max != 20*time.Second || b.Jitter != 1 {
+			t.Errorf("MaxRetries %d, RetryBase %s: backoff %+v, want %d tries from %s, at most 20s, full jitter", c.maxRetries, c.base, b, c.tries, c.first)
+		}
+		w := b.Waits()
+		for k := 0; k < 12; k++ {
+			limit := min(c.first<<k, 20*time.Second)
+			if d := w.Next(); d < 0 || d > limit {
+				t.Errorf("RetryBase %s: wait %d is %s, want within [0, %s]", c.first, k, d, limit)
+			}
+		}
+	}
+}
+
 func TestS3ConfigFromEnv(t *testing.T) {
 	clear := func() {
 		for _, k := range []string{"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -680,58 +707,6 @@ func TestOpenURL(t *testing.T) {
 		_, err := Open(ctx, url)
 		if err == nil || !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("Open(%q) = %v, want an error containing %q", url, err, wantErr)
-		}
-	}
-}
-
-func TestExpandBraces(t *testing.T) {
-	for _, tc := range []struct {
-		pattern string
-		want    []string
-	}{
-		{"train.tar", []string{"train.tar"}},
-		{"train-{000000..000003}.tar", []string{"train-000000.tar", "train-000001.tar", "train-000002.tar", "train-000003.tar"}},
-		{"s-{8..11}", []string{"s-8", "s-9", "s-10", "s-11"}},
-		{"s-{08..11}", []string{"s-08", "s-09", "s-10", "s-11"}},
-		{"s-{98..101}", []string{"s-98", "s-99", "s-100", "s-101"}},
-		{"s-{0..0}", []string{"s-0"}},
-		{"{train,val}.tar", []string{"train.tar", "val.tar"}},
-		{"x{,.bak}", []string{"x", "x.bak"}},
-		{"{a,b}/{0..1}-{x,y}", []string{"a/0-x", "a/0-y", "a/1-x", "a/1-y", "b/0-x", "b/0-y", "b/1-x", "b/1-y"}},
-		{"{1..2}{a,b}", []string{"1a", "1b", "2a", "2b"}},
-	} {
-		got, err := ExpandBraces(tc.pattern)
-		if err != nil {
-			t.Errorf("ExpandBraces(%q): %v", tc.pattern, err)
-			continue
-		}
-		if !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("ExpandBraces(%q) = %q, want %q", tc.pattern, got, tc.want)
-		}
-	}
-	got, err := ExpandBraces("train-{000000..127999}.tar")
-	if err != nil || len(got) != 128000 || got[127999] != "train-127999.tar" {
-		t.Errorf("large range: %d names, %v", len(got), err)
-	}
-	for pattern, wantErr := range map[string]string{
-		"":                          "empty",
-		"a{1..3":                    "never closed",
-		"a}b":                       "no matching",
-		"a{b{c,d}}":                 "nested",
-		"a{}":                       "empty brace group",
-		"a{b}":                      "neither",
-		"a{3..1}":                   "backwards",
-		"a{x..y}":                   "decimal",
-		"a{-1..3}":                  "decimal",
-		"a{1..}":                    "decimal",
-		"a{1...3}":                  "decimal",
-		"{0..999999999}":            "more than 1000000",
-		"{0..999}{0..999}{0..9}":    "more than 1000000",
-		"{0..99999999999999999999}": "too large",
-	} {
-		_, err := ExpandBraces(pattern)
-		if err == nil || !strings.Contains(err.Error(), wantErr) {
-			t.Errorf("ExpandBraces(%q) = %v, want an error containing %q", pattern, err, wantErr)
 		}
 	}
 }
