@@ -8,14 +8,44 @@ import (
 	"os"
 )
 
-// Config is a model config: which stage, the architecture, the optimizer.
-// It is parsed strictly (unknown fields are errors) and validated in Go
-// before it reaches the shim, which checks it again.
+// Config is a model config: which stage, the architecture, the optimizer,
+// and (read by the worker, never sent to the shim) how captions become
+// token ids and how the trained model is evaluated. It is parsed strictly
+// (unknown fields are errors) and validated in Go before it reaches the
+// shim, which checks its part again.
 type Config struct {
 	Stage     int              `json:"stage"`
 	Tokenizer *TokenizerConfig `json:"tokenizer,omitempty"`
 	LM        *LMConfig        `json:"lm,omitempty"`
 	Optim     *OptimConfig     `json:"optim,omitempty"`
+	// Text says how stage 2 turns captions into token ids.
+	Text *TextConfig `json:"text,omitempty"`
+	// Eval names the checks measured on data.eval_url when a run
+	// completes: EvalSynthetic for the "it learned" checks of MODEL.md on
+	// the synthetic data set, EvalNone ("" too) for none.
+	Eval string `json:"eval,omitempty"`
+}
+
+// Evaluations a model config can name.
+const (
+	EvalNone      = "none"
+	EvalSynthetic = "synthetic"
+)
+
+// TextConfig is how captions become token ids (stage 2).
+type TextConfig struct {
+	// Tokenizer names the caption tokenizer: TextWords is the synthetic
+	// data set's word vocabulary (the tiny LM's 20 text ids).
+	Tokenizer string `json:"tokenizer"`
+}
+
+// Caption tokenizers a model config can name.
+const TextWords = "words"
+
+// shimConfig is the part of the config the shim builds the model from.
+func (c Config) shimConfig() Config {
+	c.Text, c.Eval = nil, ""
+	return c
 }
 
 // TokenizerConfig is stage 1 (MODEL.md's names; zero means the tiny default).
@@ -127,6 +157,22 @@ func (c Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("model config: stage must be 1 or 2, got %d", c.Stage)
+	}
+	if c.Text != nil {
+		if c.Stage != 2 {
+			return errors.New("model config: \"text\" is for stage 2 (how captions become token ids)")
+		}
+		if c.Text.Tokenizer != TextWords {
+			return fmt.Errorf("model config: text.tokenizer must be %q (the synthetic data set's words; the only caption tokenizer built in so far), got %q", TextWords, c.Text.Tokenizer)
+		}
+	}
+	switch c.Eval {
+	case "", EvalNone, EvalSynthetic:
+	default:
+		return fmt.Errorf("model config: eval must be %q or %q, got %q", EvalSynthetic, EvalNone, c.Eval)
+	}
+	if c.Stage == 2 && c.Eval == EvalSynthetic && (c.Text == nil || c.Text.Tokenizer != TextWords) {
+		return fmt.Errorf("model config: eval %q on stage 2 needs text.tokenizer %q (the checks read the synthetic captions' words)", EvalSynthetic, TextWords)
 	}
 	neg := func(name string, v float64) error {
 		if v < 0 {

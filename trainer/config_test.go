@@ -39,11 +39,31 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"stage":1,"tokenizer":{"width":"wide"}}`, "width"},
 		{`{"stage":1} {}`, "trailing"},
 		{`{"stage":1,"extra":true}`, "extra"},
+		{`{"stage":1,"text":{"tokenizer":"words"}}`, "\"text\" is for stage 2"},
+		{`{"stage":2,"text":{"tokenizer":"bpe"}}`, "text.tokenizer must be"},
+		{`{"stage":2,"eval":"vibes"}`, "eval must be"},
+		{`{"stage":2,"eval":"synthetic"}`, "needs text.tokenizer"},
 	}
 	for _, tc := range tests {
 		_, err := ParseConfig([]byte(tc.json))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error mentioning %q", tc.json, err, tc.want)
 		}
+	}
+}
+
+// The Go-only sections (text, eval) never reach the shim, which refuses
+// keys it does not know.
+func TestShimConfigDropsGoOnlySections(t *testing.T) {
+	c := TinyStage2()
+	if c.Text == nil || c.Eval == "" {
+		t.Fatal("the tiny stage-2 config should name its text tokenizer and evaluation")
+	}
+	s := c.shimConfig()
+	if s.Text != nil || s.Eval != "" || s.LM == nil || s.Optim == nil || s.Stage != 2 {
+		t.Fatalf("shim config %+v: want the model without text and eval", s)
+	}
+	if c.Text == nil || c.Eval == "" {
+		t.Fatal("shimConfig changed its receiver")
 	}
 }

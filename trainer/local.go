@@ -2,17 +2,15 @@ package trainer
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/lavit-org/lavit/shards/synth"
 )
 
 // Local training on the synthetic stream, in one process (a world of one,
-// or several model replicas in tests). The distributed worker drives the
-// same Model calls with a real all-reduce.
+// or several model replicas in tests and benchmarks). The distributed
+// worker drives the same Model calls and the same batch builders
+// (stage2.go) with a real all-reduce, on any data set.
 
 // SyntheticBatch builds global batch `step` of the synthetic train stream:
 // positions [step·B, (step+1)·B), sample p = synth.Generate(seed, Train, p).
@@ -62,7 +60,7 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 			}
 		}
 		_, b := SyntheticBatch(seed, int64(step), s.Batch, 0, s.Batch)
-		r, err := m.Step(ctx, b, LocalReducer)
+		r, err := m.Step(ctx, b, LocalReducer, nil)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
@@ -73,91 +71,22 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 	return nil
 }
 
-// Stage2Batch builds a stage-2 batch: the frozen tokenizer turns the images
-// into visual ids (Gumbel keyed by step and position), and each sample's
-// direction is its position's coin. With continuous image input, image→text
-// samples carry the tokenizer's features and keep decisions instead of ids.
+// Stage2Batch builds a stage-2 batch of the synthetic train stream: the
+// frozen tokenizer turns the images into visual ids (Gumbel keyed by step
+// and position), the captions are encoded with the synthetic word
+// vocabulary, and each sample's direction is its position's coin.
 func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globalBatch, from, to int, continuous bool) (*Batch, error) {
 	samples, ib := SyntheticBatch(seed, step, globalBatch, from, to)
-	captions := make([]string, len(samples))
+	captions := make([][]int, len(samples))
 	for i, s := range samples {
-		captions[i] = s.Caption
-	}
-	return Stage2BatchFrom(tok, v, seqLen, seed, step, int64(globalBatch), ib.Positions, ib.Images, captions, nil, continuous)
-}
-
-// Stage2BatchFrom builds a stage-2 batch from decoded samples: their
-// global positions, images (n × 3 × image × image) and captions. valid
-// (nil: all valid) masks bad samples: they keep their place with padding
-// and no targets, so they add nothing to the loss.
-func Stage2BatchFrom(tok *Model, v Vocab, seqLen int, seed uint64, step, globalBatch int64, positions []int64, images []float32, captions []string, valid []bool, continuous bool) (*Batch, error) {
-	b := &Batch{Step: step, GlobalBatch: globalBatch, Positions: positions, SeqLen: seqLen, Valid: valid}
-	codes, err := visualInputs(tok, images, positions, step, continuous, b)
-	if err != nil {
-		return nil, err
-	}
-	for i := range positions {
-		if valid != nil && !valid[i] {
-			toks, tgts := make([]int64, seqLen), make([]int64, seqLen)
-			for k := range toks {
-				toks[k], tgts[k] = int64(v.PadID), -1
-			}
-			b.Tokens, b.Targets = append(b.Tokens, toks...), append(b.Targets, tgts...)
-			if continuous {
-				b.ImageSlots = append(b.ImageSlots, make([]bool, seqLen)...)
-			}
-			continue
-		}
-		caption, err := synth.Encode(captions[i])
+		ids, err := synth.Encode(s.Caption)
 		if err != nil {
-			return nil, fmt.Errorf("sample at position %d: %w", positions[i], err)
+			return nil, fmt.Errorf("sample at position %d: %w", ib.Positions[i], err)
 		}
-		dir := DirectionFor(seed, positions[i])
-		var toks, tgts []int64
-		slots := make([]bool, seqLen)
-		if continuous && dir == ImageToText {
-			toks, tgts, slots, _, err = v.SequenceContinuous(caption, len(codes[i]), seqLen)
-		} else {
-			toks, tgts, _, err = v.Sequence(dir, caption, codes[i], seqLen)
-		}
-		if err != nil {
-			return nil, err
-		}
-		b.Tokens, b.Targets = append(b.Tokens, toks...), append(b.Targets, tgts...)
-		if continuous {
-			b.ImageSlots = append(b.ImageSlots, slots...)
-		}
+		captions[i] = ids
 	}
-	return b, nil
-}
-
-// visualInputs runs the frozen tokenizer once over images: it returns the
-// kept code ids and, for continuous image input, also fills b's features
-// and keep decisions from the same pass.
-func visualInputs(tok *Model, images []float32, positions []int64, step int64, continuous bool, b *Batch) ([][]int64, error) {
-	if !continuous {
-		return tok.Tokenize(images, positions, step)
-	}
-	ev, err := tok.Features(images, positions, step)
-	if err != nil {
-		return nil, err
-	}
-	b.ImageFeats, b.ImageKeep = ev.Features, ev.Keep
-	return ev.KeptCodes()
-}
-
-// InitVisionFrom copies the stage-1 merger (memory_ln, merger blocks,
-// merger_ln) into a continuous stage-2 model's trainable copy.
-func InitVisionFrom(lm, tok *Model, dir string) error {
-	if lm.Info().ImageInput != "continuous" {
-		return errors.New("init vision: the LM does not take continuous image input")
-	}
-	path := filepath.Join(dir, "stage1-merger.safetensors")
-	if err := tok.ExportSafetensors(path); err != nil {
-		return err
-	}
-	defer os.Remove(path)
-	return lm.LoadPretrained(path, "vis.")
+	b := Stage2Builder{Tokenizer: tok, Vocab: v, SeqLen: seqLen, Seed: seed, Continuous: continuous}
+	return b.Batch(step, int64(globalBatch), ib.Positions, ib.Images, captions, nil)
 }
 
 // TrainStage2 trains the LM for steps on tokens made on the fly.
@@ -170,7 +99,7 @@ func TrainStage2(ctx context.Context, lm, tok *Model, seed uint64, steps, batch 
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
-		r, err := lm.Step(ctx, b, LocalReducer)
+		r, err := lm.Step(ctx, b, LocalReducer, nil)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}

@@ -70,8 +70,9 @@ type Model struct {
 	info Info
 	cfg  Config
 	// Reused statistics buffers: a step allocates nothing on the Go heap
-	// for them (the step loop is the hot path).
-	preBuf, postBuf []float32
+	// for them (the step loop is the hot path). tailBuf is the last
+	// all-reduce's buffer (post statistics, loss, ride-along values).
+	preBuf, postBuf, tailBuf []float32
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",
@@ -80,7 +81,7 @@ func (l *Lib) NewModel(cfg Config, device string, seed uint64) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	js, err := json.Marshal(cfg)
+	js, err := json.Marshal(cfg.shimConfig())
 	if err != nil {
 		return nil, fmt.Errorf("encode model config: %w", err)
 	}
@@ -363,12 +364,21 @@ func LocalReducer(context.Context, []float32) error { return nil }
 // StepResult is what one full step reports. Metrics (a JSON round trip)
 // are fetched separately with Model.Metrics, when a caller logs them.
 type StepResult struct {
+	// LossSum is this rank's loss summed over its samples.
 	LossSum float64
+	// GlobalLossSum is the loss summed over every rank's samples (it rides
+	// on the step's last all-reduce); divided by the global batch it is
+	// the step's loss.
+	GlobalLossSum float64
 }
 
 // Step runs one full data-parallel step: begin, reduce the batch
-// statistics, finish, reduce the gradients and post-statistics, apply.
-func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer) (StepResult, error) {
+// statistics, finish, reduce the gradients, reduce the post-statistics,
+// apply. The last all-reduce also carries this rank's loss sum and ride:
+// values the caller wants summed over the ranks at this step (the worker's
+// checkpoint decision), summed in place, so they cost no collective call
+// of their own. ride may be nil.
+func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer, ride []float32) (StepResult, error) {
 	pre, err := m.StepBegin(b)
 	if err != nil {
 		return StepResult{}, err
@@ -383,13 +393,18 @@ func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer) (StepResult,
 	if err := reduce(ctx, m.Grads()); err != nil {
 		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
 	}
-	if err := reduce(ctx, post); err != nil {
+	// [post statistics | loss | ride], one buffer reused across steps.
+	n := len(post)
+	m.tailBuf = append(append(append(m.tailBuf[:0], post...), float32(loss)), ride...)
+	if err := reduce(ctx, m.tailBuf); err != nil {
 		return StepResult{}, fmt.Errorf("reduce codebook statistics: %w", err)
 	}
+	copy(post, m.tailBuf[:n])
+	copy(ride, m.tailBuf[n+1:])
 	if err := m.ApplyGrads(b.GlobalBatch, post); err != nil {
 		return StepResult{}, err
 	}
-	return StepResult{LossSum: loss}, nil
+	return StepResult{LossSum: loss, GlobalLossSum: float64(m.tailBuf[n])}, nil
 }
 
 // EnableVQ switches stage 1 to phase B: k-means codebook init from these

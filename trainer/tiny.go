@@ -26,15 +26,19 @@ func TinyStage1() Config {
 		},
 		Optim: &OptimConfig{LR: 1e-3, SelectorLR: 1e-2, MinLRRatio: 1, WeightDecay: 0.01,
 			Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Clip: 1.0},
+		Eval: EvalSynthetic,
 	}
 }
 
-// TinyStage2 is the tiny LM config: 20 words + [IMG] + [/IMG] + 256 codes.
+// TinyStage2 is the tiny LM config: 20 text ids (the synthetic data set's
+// words) + [IMG] + [/IMG] + 256 codes.
 func TinyStage2() Config {
 	return Config{
 		Stage: 2,
 		LM:    &LMConfig{Vocab: 278, DModel: 64, Layers: 2, Heads: 4, MLP: 256, MaxLen: 56},
 		Optim: &OptimConfig{LR: 1e-3, MinLRRatio: 1, WeightDecay: 0.01, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Clip: 1.0},
+		Text:  &TextConfig{Tokenizer: TextWords},
+		Eval:  EvalSynthetic,
 	}
 }
 

@@ -10,13 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/lavit-org/lavit/internal/logging"
+	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -34,7 +34,8 @@ type Config struct {
 	Devices []wire.Device
 	// HeartbeatInterval is used until the coordinator suggests another.
 	HeartbeatInterval time.Duration
-	// RequestTimeout bounds one control call.
+	// RequestTimeout bounds one control call (heartbeats: at most two
+	// intervals).
 	RequestTimeout time.Duration
 	// MaxBackoff caps the wait between connection or registration attempts.
 	MaxBackoff time.Duration
@@ -50,7 +51,7 @@ func DefaultConfig() Config {
 	return Config{
 		Coord:             "nats://127.0.0.1:4222",
 		HeartbeatInterval: 500 * time.Millisecond,
-		RequestTimeout:    2 * time.Second,
+		RequestTimeout:    5 * time.Second,
 		MaxBackoff:        5 * time.Second,
 	}
 }
@@ -177,19 +178,25 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 			a.log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
 		}),
 	}
-	backoff := newBackoff(250*time.Millisecond, a.cfg.MaxBackoff)
-	for attempt := 1; ; attempt++ {
-		nc, err := nats.Connect(a.cfg.Coord, opts...)
-		if err == nil {
-			a.log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
-			return nc, nil
-		}
-		wait := backoff.next()
-		a.log.Warn("waiting for a coordinator: cannot reach NATS", "coord", a.cfg.Coord, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
-		if err := sleepCtx(ctx, wait); err != nil {
-			return nil, err
-		}
+	var nc *nats.Conn
+	err := retry.Do(ctx, a.backoff(250*time.Millisecond), func(int) error {
+		var err error
+		nc, err = nats.Connect(a.cfg.Coord, opts...)
+		return err
+	}, func(t retry.Try) {
+		a.log.Warn("waiting for a coordinator: cannot reach NATS", "coord", a.cfg.Coord, "attempt", t.Attempt, "retry_in", t.Wait.Round(time.Millisecond), "err", t.Err)
+	})
+	if err != nil {
+		return nil, err
 	}
+	a.log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+	return nc, nil
+}
+
+// backoff is the agent's retry backoff: from first, doubling to
+// --max-backoff, half of each wait random.
+func (a *Agent) backoff(first time.Duration) retry.Backoff {
+	return retry.Backoff{Initial: first, Max: a.cfg.MaxBackoff, Jitter: 0.5}
 }
 
 // register announces the worker, retrying while no leader answers.
@@ -202,33 +209,33 @@ func (a *Agent) register(ctx context.Context, c *wire.Client) error {
 		Instance: a.instance, Host: a.cfg.Host, Devices: a.cfg.Devices,
 		Device: a.cfg.Device, Capacity: capacity, Build: a.cfg.Build,
 	}
-	backoff := newBackoff(200*time.Millisecond, a.cfg.MaxBackoff)
-	for attempt := 1; ; attempt++ {
+	var reply *wire.RegisterReply
+	err := retry.Do(ctx, a.backoff(200*time.Millisecond), func(int) error {
 		callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-		reply, err := wire.Register.Call(callCtx, c, req)
-		cancel()
-		if err == nil {
-			a.mu.Lock()
-			a.desired, a.leader, a.lastReply = reply.Desired, reply.Leader, time.Now()
-			if iv := time.Duration(reply.HeartbeatInterval); iv > 0 {
-				a.interval = iv
-			}
-			a.mu.Unlock()
-			a.log.Info("registered", "leader", reply.Leader, "device", a.cfg.Device, "heartbeat", a.interval)
-			return nil
-		}
+		defer cancel()
+		var err error
+		reply, err = wire.Register.Call(callCtx, c, req)
 		if isFatal(err) {
-			return fmt.Errorf("%w: register: %v", ErrFatal, err)
+			return retry.Permanent(fmt.Errorf("%w: register: %v", ErrFatal, err))
 		}
+		return err
+	}, func(t retry.Try) {
+		a.log.Warn("waiting for the coordinator leader to accept registration", "attempt", t.Attempt, "retry_in", t.Wait.Round(time.Millisecond), "err", t.Err)
+	})
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		wait := backoff.next()
-		a.log.Warn("waiting for the coordinator leader to accept registration", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
-		if err := sleepCtx(ctx, wait); err != nil {
-			return err
-		}
+		return err
 	}
+	a.mu.Lock()
+	a.desired, a.leader, a.lastReply = reply.Desired, reply.Leader, time.Now()
+	if iv := time.Duration(reply.HeartbeatInterval); iv > 0 {
+		a.interval = iv
+	}
+	a.mu.Unlock()
+	a.log.Info("registered", "leader", reply.Leader, "device", a.cfg.Device, "heartbeat", a.interval)
+	return nil
 }
 
 // isFatal reports refusals that waiting will not fix.
@@ -291,7 +298,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, c *wire.Client) error {
 			}
 			a.log.Warn("heartbeat not answered (coordinator electing a leader?)", "failing_for", time.Since(failingSince).Round(time.Millisecond), "err", err)
 		}
-		if err := sleepCtx(ctx, max(0, interval-time.Since(start))); err != nil {
+		if err := retry.Sleep(ctx, max(0, interval-time.Since(start))); err != nil {
 			return nil
 		}
 	}
@@ -307,32 +314,4 @@ func (a *Agent) deregister(c *wire.Client) {
 		return
 	}
 	a.log.Info("deregistered")
-}
-
-// backoff is exponential with full jitter.
-type backoff struct {
-	cur, max time.Duration
-}
-
-func newBackoff(start, max time.Duration) *backoff { return &backoff{cur: start, max: max} }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	n, err := rand.Int(rand.Reader, big.NewInt(int64(d/2)+1))
-	if err != nil {
-		return d
-	}
-	return d/2 + time.Duration(n.Int64())
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -3,10 +3,12 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -28,6 +30,9 @@ type Job struct {
 	CoordURL string
 	Client   *wire.Client
 	Log      *slog.Logger
+	// RequestTimeout bounds one control call (the worker's
+	// --request-timeout).
+	RequestTimeout time.Duration
 	// Latest returns the newest desired state from the heartbeats (a
 	// checkpoint request arrives there while the job runs).
 	Latest func() wire.DesiredState
@@ -35,16 +40,65 @@ type Job struct {
 	Build string
 }
 
+// callContext bounds one control call by the request timeout.
+func (j *Job) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, j.RequestTimeout)
+}
+
+// showRun reads a run from the coordinator.
+func (j *Job) showRun(ctx context.Context, run string) (*wire.RunInfo, error) {
+	cctx, cancel := j.callContext(ctx)
+	defer cancel()
+	info, err := wire.ShowRun.Call(cctx, j.Client, &wire.RunShowRequest{ID: run})
+	if err != nil {
+		return nil, fmt.Errorf("read run %s: %w", run, err)
+	}
+	return info, nil
+}
+
+// listCheckpoints asks the coordinator for a run's committed checkpoints.
+func (j *Job) listCheckpoints(ctx context.Context, run string) ([]wire.CheckpointInfo, error) {
+	cctx, cancel := j.callContext(ctx)
+	defer cancel()
+	reply, err := wire.ListCheckpoints.Call(cctx, j.Client, &wire.RunRequest{ID: run})
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoints of run %s: %w", run, err)
+	}
+	return reply.Checkpoints, nil
+}
+
+// checkpointRequested reports whether `run checkpoint` asked this
+// generation for a checkpoint that has not been taken (more requests than
+// seen), and the request count to remember once it is.
+func (j *Job) checkpointRequested(seen uint64) (bool, uint64) {
+	latest := j.Desired
+	if j.Latest != nil {
+		latest = j.Latest()
+	}
+	if latest.Run != j.Desired.Run || latest.Generation != j.Desired.Generation {
+		return false, seen
+	}
+	return latest.CheckpointRequests > seen, latest.CheckpointRequests
+}
+
 // ReportFailure tells the coordinator this member failed the run, with the
-// reason; the run becomes FAILED and its workers go idle.
+// reason; the run becomes FAILED and its workers go idle. It tries for a
+// few request timeouts (a leader election may be in progress).
 func (j *Job) ReportFailure(step int64, reason string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*j.RequestTimeout)
 	defer cancel()
 	req := &wire.RunFinishRequest{
 		Instance: j.Instance, Run: j.Desired.Run, Generation: j.Desired.Generation,
 		Rank: j.Desired.Rank, Outcome: wire.RunFailed, Reason: reason, Step: step,
 	}
-	if _, err := wire.FinishRun.Call(ctx, j.Client, req); err != nil {
+	err := retry.Do(ctx, retry.Default, func(int) error {
+		_, err := wire.FinishRun.Call(ctx, j.Client, req)
+		if wire.HasCode(err, wire.CodeStale) || wire.HasCode(err, wire.CodeBadRequest) {
+			return retry.Permanent(err)
+		}
+		return err
+	}, nil)
+	if err != nil {
 		j.Log.Warn("could not report the failure to the coordinator", "err", err)
 	}
 }
@@ -98,7 +152,7 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 	job := &Job{
 		Desired: d, WorkerID: a.cfg.ID, Instance: a.instance, Device: a.cfg.Device, CoordURL: a.cfg.Coord,
 		Client: c, Log: a.log.With("run", d.Run, "generation", d.Generation, "rank", d.Rank),
-		Latest: a.Desired, Build: a.cfg.Build,
+		RequestTimeout: a.cfg.RequestTimeout, Latest: a.Desired, Build: a.cfg.Build,
 	}
 	go func() {
 		defer close(j.done)
@@ -115,7 +169,7 @@ func (a *Agent) reconcile(ctx context.Context, c *wire.Client) {
 			// starts a new generation. Wait for that rather than failing
 			// the run; report only if it does not come.
 			job.Log.Warn("the ring broke; waiting for the coordinator to start a new generation", "err", err)
-			if sleepCtx(jobCtx, peerLostGrace) != nil {
+			if retry.Sleep(jobCtx, peerLostGrace) != nil {
 				job.Log.Info("job stopped")
 				return
 			}
@@ -150,9 +204,11 @@ func (a *Agent) stopJob(wait time.Duration) {
 		return
 	}
 	j.cancel()
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-j.done:
-	case <-time.After(wait):
+	case <-t.C:
 		a.log.Warn("the job did not stop in time", "waited", wait)
 	}
 }

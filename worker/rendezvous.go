@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -45,7 +46,7 @@ func Rendezvous(ctx context.Context, c *wire.Client, req wire.RendezvousRequest)
 				return reply, fmt.Errorf("rendezvous for run %s generation %d: %w", req.Run, req.Generation, err)
 			}
 		}
-		if err := sleepCtx(ctx, poll); err != nil {
+		if err := retry.Sleep(ctx, poll); err != nil {
 			return last, fmt.Errorf("rendezvous for run %s generation %d: %d of %d members posted before the deadline: %w", req.Run, req.Generation, last.Posted, last.World, err)
 		}
 		poll = min(2*poll, maxPoll)

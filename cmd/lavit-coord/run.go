@@ -76,7 +76,7 @@ func runCommand() *cli.Command {
 					return nil
 				},
 			},
-			runVerb("checkpoint", "ask a running run for a checkpoint now (taken at its next progress report)", wire.RequestCheckpoint,
+			runVerb("checkpoint", "ask a running run for a checkpoint now (taken after its next step)", wire.RequestCheckpoint,
 				"checkpoint requested for run %[1]s; see lavit-coord ckpt ls %[1]s\n"),
 			runVerb("resume", "resume a failed, cancelled or paused run from its newest committed checkpoint, at any world size", wire.ResumeRun,
 				"run %[1]s will resume when enough workers are idle; follow it with: lavit-coord run show %[1]s\n"),

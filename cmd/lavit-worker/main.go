@@ -46,6 +46,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
 				&cli.StringFlag{Name: "collective-advertise", Usage: "host:port peers dial to reach this worker's ring listener (default: this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_ADVERTISE")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
+				&cli.DurationFlag{Name: "request-timeout", Value: d.RequestTimeout, Usage: "bound on one control call to the coordinators (heartbeats: at most two intervals)", EnvVars: env("REQUEST_TIMEOUT")},
 			),
 			Action: runJoin,
 		}, benchCommand()},
@@ -100,6 +101,7 @@ func runJoin(c *cli.Context) error {
 		}
 	}
 	cfg.HeartbeatInterval = c.Duration("heartbeat-interval")
+	cfg.RequestTimeout = c.Duration("request-timeout")
 	cfg.Build = version
 	cfg.Logger = log
 	agent, err := worker.New(cfg)

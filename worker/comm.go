@@ -1,0 +1,163 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/collective/ring"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// stepComm is the generation's collective as the step loop uses it: every
+// all-reduce (sum) under the run's collective timeout, timed and split
+// into moving bytes and idling (waiting in the collective for a slower
+// peer to arrive, measured by the ring). A world of one has no
+// communicator; its reduce is a no-op.
+type stepComm struct {
+	comm    collective.Communicator // nil in a world of one
+	timeout time.Duration
+	waiter  interface{ LastWait() time.Duration } // nil if the backend does not measure it
+
+	busy, idle time.Duration // since the last take
+}
+
+func newStepComm(comm collective.Communicator, timeout time.Duration) *stepComm {
+	c := &stepComm{comm: comm, timeout: timeout}
+	c.waiter, _ = comm.(interface{ LastWait() time.Duration })
+	return c
+}
+
+// reduce sums buf over the ranks in place (a trainer.Reducer).
+func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
+	if c.comm == nil {
+		return nil
+	}
+	began := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	err := c.comm.AllReduce(cctx, buf, collective.Sum)
+	took := time.Since(began)
+	wait := time.Duration(0)
+	if c.waiter != nil {
+		wait = min(c.waiter.LastWait(), took)
+	}
+	c.busy += took - wait
+	c.idle += wait
+	return err
+}
+
+// take returns the collective time since the last take, split into moving
+// bytes and waiting for a slower peer, and starts counting afresh.
+func (c *stepComm) take() (busy, idle time.Duration) {
+	busy, idle = c.busy, c.idle
+	c.busy, c.idle = 0, 0
+	return busy, idle
+}
+
+// abortWhenDone makes ctx's end unblock a pending collective call (leaving
+// the job must never hang in an all-reduce). Call the returned func to
+// stop watching.
+func (c *stepComm) abortWhenDone(ctx context.Context) (stop func() bool) {
+	if c.comm == nil {
+		return func() bool { return true }
+	}
+	return context.AfterFunc(ctx, func() { c.comm.Abort(errors.New("the job was stopped")) })
+}
+
+// agreeOnStep checks that every rank restored the same step (each rank
+// fills its slot of a vector summed over the ranks).
+func (c *stepComm) agreeOnStep(ctx context.Context, rank, world int, step int64) error {
+	if c.comm == nil {
+		return nil
+	}
+	buf := make([]float32, world)
+	buf[rank] = float32(step) + 1
+	if err := c.reduce(ctx, buf); err != nil {
+		return fmt.Errorf("agree on the restored step: %w", err)
+	}
+	c.take()
+	for k, v := range buf {
+		if int64(v)-1 != step {
+			return fmt.Errorf("rank %d restored step %d, this rank step %d: the ranks disagree (a checkpoint part changed while they read it?)", k, int64(v)-1, step)
+		}
+	}
+	return nil
+}
+
+func (c *stepComm) close() {
+	if c.comm != nil {
+		c.comm.Close()
+	}
+}
+
+// joinRing rendezvouses through the coordinator and connects the ring (a
+// world of one needs neither and gets a nil communicator).
+func (t *Trainer) joinRing(ctx context.Context, j *Job, timeout time.Duration) (collective.Communicator, error) {
+	d := j.Desired
+	if d.Backend == wire.BackendNCCL {
+		return nil, errors.New("collective.backend nccl: the worker's step loop runs on host buffers and has no NCCL path yet; use ring")
+	}
+	if d.World == 1 {
+		return nil, nil
+	}
+	listen := t.ListenAddr
+	if listen == "" {
+		listen = "0.0.0.0:0"
+	}
+	l, err := ring.Listen(listen)
+	if err != nil {
+		return nil, fmt.Errorf("ring listener: %w", err)
+	}
+	addr, err := advertiseAddr(t.Advertise, l.Addr(), j.CoordURL)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	reply, err := Rendezvous(rctx, j.Client, wire.RendezvousRequest{Instance: j.Instance, Run: d.Run, Generation: d.Generation, Rank: d.Rank, Addr: addr})
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	comm, err := ring.Connect(rctx, l, ring.Config{Rank: d.Rank, Size: d.World, Peers: reply.Peers, Run: d.Run, Generation: d.Generation, Timeout: timeout, Logger: j.Log})
+	l.Close()
+	if err != nil {
+		return nil, fmt.Errorf("connect the ring: %w", err)
+	}
+	j.Log.Info("ring connected", "peers", reply.Peers)
+	return comm, nil
+}
+
+// advertiseAddr is the host:port peers dial: the explicit one, else the
+// listener's port on the address this host uses to reach the coordinators.
+func advertiseAddr(explicit, listenAddr, coordURL string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	host, port, err := net.SplitHostPort(listenAddr)
+	if err != nil {
+		return "", err
+	}
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		return listenAddr, nil
+	}
+	first, _, _ := strings.Cut(coordURL, ",")
+	u, err := url.Parse(first)
+	if err != nil || u.Host == "" {
+		return net.JoinHostPort("127.0.0.1", port), nil
+	}
+	conn, err := net.Dial("udp", u.Host) // no packet is sent: this picks the route
+	if err != nil {
+		return "", fmt.Errorf("find this host's address towards %s: %w (set --collective-advertise)", u.Host, err)
+	}
+	defer conn.Close()
+	local := conn.LocalAddr().(*net.UDPAddr)
+	return net.JoinHostPort(local.IP.String(), port), nil
+}
