@@ -56,7 +56,7 @@ func (p *progressTable) get(run string) *wire.ProgressRequest {
 	return nil
 }
 
-// runIDPattern is the form of the ids the leader hands out.
+// runID is the id the leader hands the n-th run: r-0001, r-0002, …
 func runID(n int) string { return fmt.Sprintf("r-%04d", n) }
 
 func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (*wire.RunSubmitReply, *wire.Error) {

@@ -25,7 +25,7 @@ var (
 	ErrBadMembers         = errors.New("invalid members")
 )
 
-// Run states. PENDING → RUNNING ↔ PAUSED → COMPLETED | FAILED | CANCELLED.
+// Run states; runTransitions says how they change.
 const (
 	RunPending   = wire.RunPending
 	RunRunning   = wire.RunRunning
@@ -212,9 +212,12 @@ func (s *State) applyCreateRunV1(c createRunCmdV1) error {
 	return s.applyCreateRun(CreateRunCmd{ID: c.ID, Spec: c.Spec, Policy: policyFromSpecJSON(c.Spec), At: c.At})
 }
 
-// runTransitions lists the states each run state may move to.
-// A failed or cancelled run can be resumed (to PAUSED, from where the
-// scheduler restarts it from its newest checkpoint); a completed one is done.
+// runTransitions lists the states each run state may move to; DESIGN.md
+// ("Run states") draws the same table, and a test keeps the two equal.
+// RUNNING is entered by StartGeneration (from PENDING, PAUSED, or RUNNING
+// itself for a new generation); the rest by SetRunState. A failed or
+// cancelled run can be resumed (to PAUSED, from where the scheduler
+// restarts it from its newest checkpoint); a completed one is done.
 var runTransitions = map[string][]string{
 	RunPending:   {RunRunning, RunCancelled, RunFailed},
 	RunRunning:   {RunPaused, RunCompleted, RunFailed, RunCancelled},

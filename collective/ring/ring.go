@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/internal/retry"
 )
 
 // DefaultChunkBytes is the largest pipeline chunk: the unit that is sent,
@@ -246,29 +247,27 @@ func (c *Comm) dial(ctx context.Context, deadline time.Time) (*net.TCPConn, erro
 	addr := c.cfg.Peers[c.nextRank]
 	h := hello{Version: protocolVersion, Size: c.size, Rank: c.rank, Generation: c.cfg.Generation, Run: c.cfg.Run}
 	var d net.Dialer
-	backoff := 5 * time.Millisecond
-	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			err = clientHandshake(conn, h, c.nextRank, deadline)
-			if err == nil {
-				return conn.(*net.TCPConn), nil
-			}
-			conn.Close()
+	var conn *net.TCPConn
+	err := retry.Do(ctx, retry.Backoff{Initial: 5 * time.Millisecond, Max: maxDialBackoff}, func(int) error {
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		if err = clientHandshake(nc, h, c.nextRank, deadline); err != nil {
+			nc.Close()
 			var refused *RefusedError
 			if errors.As(err, &refused) && !refused.behind(c.cfg.Generation) {
-				return nil, err
+				return retry.Permanent(err)
 			}
+			return err
 		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("dial next rank %d at %s: %w (last error: %v)", c.nextRank, addr, ctx.Err(), err)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, maxDialBackoff)
+		conn = nc.(*net.TCPConn)
+		return nil
+	}, nil)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("dial next rank %d at %s: %w", c.nextRank, addr, err)
 	}
+	return conn, err
 }
 
 // accept waits on l for the previous rank, refusing anyone else.

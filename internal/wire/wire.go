@@ -209,8 +209,8 @@ type RendezvousReply struct {
 	NCCLID   []byte   `json:"nccl_id,omitempty"`
 }
 
-// Run states. PENDING → RUNNING → COMPLETED | FAILED | CANCELLED (PAUSED:
-// waiting to resume).
+// Run states. How a run moves between them is the coordinator's rule
+// (coordinator/DESIGN.md, "Run states").
 const (
 	RunPending   = "PENDING"
 	RunRunning   = "RUNNING"
