@@ -9,7 +9,8 @@ import (
 	"github.com/lavit-org/lavit/internal/testutil"
 )
 
-// The model configs shipped in configs/models match the Go definitions.
+// TestShippedConfigs checks that the model configs shipped in
+// configs/models match the Go definitions.
 func TestShippedConfigs(t *testing.T) {
 	for name, want := range map[string]Config{"tiny-stage1": TinyStage1(), "tiny-stage2": TinyStage2(), "tiny-stage2-continuous": TinyStage2Continuous()} {
 		got, err := LoadConfig(filepath.Join(testutil.RepoRoot(), "configs", "models", name+".json"))

@@ -8,10 +8,11 @@ import (
 	"github.com/lavit-org/lavit/collective"
 )
 
+// BenchmarkAllReduce measures the ring's all-reduce; BenchmarkTransferOnly
+// the same traffic without the adds: the loopback limit for the all-reduce
+// on this machine. Metrics follow nccl-tests: algbw = bytes/time, busbw =
+// algbw·2(n−1)/n (GB = 1e9).
 // Run: go test -run '^$' -bench . -benchtime 3x ./collective/ring/
-// Metrics follow nccl-tests: algbw = bytes/time, busbw = algbw·2(n−1)/n
-// (GB = 1e9). TransferOnly is the same traffic without the adds: the
-// loopback limit for the all-reduce on this machine.
 func BenchmarkAllReduce(b *testing.B)    { benchRing(b, false) }
 func BenchmarkTransferOnly(b *testing.B) { benchRing(b, true) }
 

@@ -525,9 +525,9 @@ func TestIsCleanMatchesPathClean(t *testing.T) {
 	}
 }
 
-// An in-place reader passes its source's errors on (wrapped, so a caller
-// can tell a network failure from a corrupt shard) and reads no further
-// than its buffer.
+// TestInPlaceReaderSourceErrorsAndShortBuffer: an in-place reader passes
+// its source's errors on (wrapped, so a caller can tell a network failure
+// from a corrupt shard) and reads no further than its buffer.
 func TestInPlaceReaderSourceErrorsAndShortBuffer(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewWriter(&buf)

@@ -1,5 +1,5 @@
 // models.h: LaVIT stage 1 (dynamic visual tokenizer) and stage 2 (unified
-// next-token LM) as libtorch modules. See ../DESIGN.md and MODEL.md.
+// next-token LM) as libtorch modules. See ../DESIGN.md and ../../MODEL.md.
 #pragma once
 
 #include <torch/torch.h>
