@@ -53,8 +53,8 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 }
 
-// The Go-only sections (text, eval) never reach the shim, which refuses
-// keys it does not know.
+// TestShimConfigDropsGoOnlySections: the Go-only sections (text, eval)
+// never reach the shim, which refuses keys it does not know.
 func TestShimConfigDropsGoOnlySections(t *testing.T) {
 	c := TinyStage2()
 	if c.Text == nil || c.Eval == "" {

@@ -194,7 +194,7 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 }
 
 // backoff is the agent's retry backoff: from first, doubling to
-// --max-backoff, half of each wait random.
+// Config.MaxBackoff, half of each wait random.
 func (a *Agent) backoff(first time.Duration) retry.Backoff {
 	return retry.Backoff{Initial: first, Max: a.cfg.MaxBackoff, Jitter: 0.5}
 }

@@ -711,8 +711,9 @@ func TestOpenURL(t *testing.T) {
 	}
 }
 
-// OpenForWrite creates the directory the URL names, parsed as Open parses
-// it: percent-decoded, with or without "localhost", any case of scheme.
+// TestOpenForWriteCreatesTheNamedDirectory: OpenForWrite creates the
+// directory the URL names, parsed as Open parses it: percent-decoded, with
+// or without "localhost", any case of scheme.
 func TestOpenForWriteCreatesTheNamedDirectory(t *testing.T) {
 	ctx := context.Background()
 	base := t.TempDir()

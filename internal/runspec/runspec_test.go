@@ -483,7 +483,7 @@ func TestKeys(t *testing.T) {
 	if !slices.IsSorted(keys) {
 		t.Errorf("Keys() is not sorted: %v", keys)
 	}
-	// The keys scripts rely on (shared/DESIGN.md, "Commands").
+	// The keys scripts rely on (configs/README.md and the README).
 	for _, k := range []string{"stage", "model", "seed", "steps", "global_batch", "min_workers", "max_workers",
 		"data.url", "data.eval_url", "checkpoint.url", "checkpoint.every_steps", "checkpoint.keep", "tokenizer.from"} {
 		if !slices.Contains(keys, k) {

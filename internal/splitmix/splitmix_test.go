@@ -2,8 +2,8 @@ package splitmix
 
 import "testing"
 
-// The first outputs of SplitMix64 seeded with 1234567 (the reference
-// implementation's published values).
+// TestKnownAnswers: the first outputs of SplitMix64 seeded with 1234567
+// (the reference implementation's published values).
 func TestKnownAnswers(t *testing.T) {
 	state := uint64(1234567)
 	for i, want := range []uint64{6457827717110365317, 3203168211198807973, 9817491932198370423} {
