@@ -200,12 +200,13 @@ func (s *Server) handleRegister(req *wire.RegisterRequest) (*wire.RegisterReply,
 // of (with its rank in the run's current generation), else be idle.
 func (s *Server) desiredState(w WorkerRecord) wire.DesiredState {
 	var d wire.DesiredState
-	s.fsm.Read(func(st *State, _ uint64) { d = s.desiredIn(st, w) })
+	s.fsm.Read(func(st *State, _ uint64) { d = desiredIn(st, w) })
 	return d
 }
 
-// desiredIn is desiredState computed on st (under the FSM read lock).
-func (s *Server) desiredIn(st *State, w WorkerRecord) wire.DesiredState {
+// desiredIn is what worker w should be doing according to st (read under
+// the FSM read lock): a pure function of the replicated state.
+func desiredIn(st *State, w WorkerRecord) wire.DesiredState {
 	idle := wire.DesiredState{State: wire.WorkerIdle}
 	if w.Run == "" || w.State == wire.WorkerLost {
 		return idle
@@ -233,7 +234,7 @@ func (s *Server) handleHeartbeat(req *wire.HeartbeatRequest) (*wire.HeartbeatRep
 	s.fsm.Read(func(st *State, _ uint64) {
 		if w, found := st.Workers[req.From]; found {
 			rec, ok = *w, true
-			desired = s.desiredIn(st, rec)
+			desired = desiredIn(st, rec)
 		}
 	})
 	if !ok {
