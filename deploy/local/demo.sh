@@ -59,7 +59,9 @@ done
 "$coord" workers ls
 
 # json_field FIELD: the first "FIELD": value of stdin's JSON (no jq needed).
-json_field() { grep -m1 "\"$1\":" | sed -E 's/^[^:]*: *"?([^",]*)"?,?$/\1/'; }
+# It reads all of stdin: a reader that stops early (grep -m1) can kill the
+# writer with SIGPIPE, which pipefail turns into a failed demo.
+json_field() { awk -v key="\"$1\":" 'index($0, key) && !found { sub(/^[^:]*: *"?/, ""); sub(/"?,?$/, ""); print; found = 1 }'; }
 
 step "lavit-coord run submit  (configs/tiny-stage1.yaml, then configs/tiny-stage2.yaml using its tokenizer)"
 run1=$("$coord" run submit -f configs/tiny-stage1.yaml --set min_workers=2 --json | json_field id)
