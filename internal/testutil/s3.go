@@ -178,21 +178,25 @@ func (s *S3Server) MakeBucket(t testing.TB, name string) {
 
 // Proxy forwards TCP connections to a server and can misbehave on
 // command: cut each connection after a number of bytes from the server,
-// fail new connections, or refuse everything (a server that is down).
+// fail new connections, or refuse everything (a server that is down),
+// for good or until it has refused a number of connections.
 type Proxy struct {
 	Addr     string // 127.0.0.1:PORT
 	Endpoint string // http://Addr
 	target   string
 	ln       net.Listener
 
-	mu       sync.Mutex
-	cutAfter int64 // bytes server→client per connection before a cut; 0: never
-	failNext int   // new connections to drop at once
-	down     bool  // drop every new connection, cut the open ones
-	cuts     int
-	accepted int
-	conns    map[net.Conn]struct{}
-	wg       sync.WaitGroup
+	mu         sync.Mutex
+	cutAfter   int64 // bytes server→client per connection before a cut; 0: never
+	failNext   int   // new connections to drop at once
+	down       bool  // drop every new connection, cut the open ones
+	refuseLeft int   // while down: serve again after this many more refusals; 0: stay down
+	up         chan struct{}
+	cuts       int
+	refused    int
+	accepted   int
+	conns      map[net.Conn]struct{}
+	wg         sync.WaitGroup
 }
 
 // StartProxy forwards a loopback port to target (host:port or an
@@ -228,10 +232,39 @@ func (p *Proxy) FailNext(n int) {
 }
 
 // SetDown(true) drops every new connection and cuts the open ones, as a
-// server that went away; SetDown(false) serves again.
+// server that went away, until SetDown(false); SetDown(false) serves
+// again. Either cancels a DownUntilRefused.
 func (p *Proxy) SetDown(down bool) {
+	p.setDown(down, 0)
+}
+
+// DownUntilRefused takes the server down as SetDown(true) does, and keeps
+// it down until it has refused n new connections: then it serves again by
+// itself. An outage sized in refusals rather than in seconds always meets
+// the clients, however fast or slow they run. The channel is closed once
+// the proxy serves again (after the n-th refusal, or an earlier
+// SetDown(false)); Refused counts the refusals.
+func (p *Proxy) DownUntilRefused(n int) <-chan struct{} {
+	if n < 1 {
+		p.setDown(false, 0)
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return p.setDown(true, n)
+}
+
+// setDown sets the state and returns the channel closed when it serves again.
+func (p *Proxy) setDown(down bool, refuse int) <-chan struct{} {
 	p.mu.Lock()
-	p.down = down
+	p.down, p.refuseLeft = down, refuse
+	if p.up == nil {
+		p.up = make(chan struct{})
+	}
+	up := p.up
+	if !down {
+		p.serveAgainLocked()
+	}
 	var open []net.Conn
 	if down {
 		for c := range p.conns {
@@ -242,13 +275,32 @@ func (p *Proxy) SetDown(down bool) {
 	for _, c := range open {
 		abort(c)
 	}
+	return up
 }
 
-// Cuts is how many connections the proxy cut or dropped.
+// serveAgainLocked ends an outage: it wakes DownUntilRefused's waiters.
+func (p *Proxy) serveAgainLocked() {
+	p.down, p.refuseLeft = false, 0
+	if p.up != nil {
+		close(p.up)
+		p.up = nil
+	}
+}
+
+// Cuts is how many connections the proxy cut or dropped (refusals
+// included).
 func (p *Proxy) Cuts() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.cuts
+}
+
+// Refused is how many new connections the proxy refused because it was
+// down (SetDown or DownUntilRefused).
+func (p *Proxy) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
 }
 
 // Accepted is how many connections the proxy accepted.
@@ -283,6 +335,14 @@ func (p *Proxy) serve() {
 		p.mu.Lock()
 		p.accepted++
 		drop := p.down || p.failNext > 0
+		if p.down {
+			p.refused++
+			if p.refuseLeft > 0 {
+				if p.refuseLeft--; p.refuseLeft == 0 {
+					p.serveAgainLocked() // this one is still refused
+				}
+			}
+		}
 		if p.failNext > 0 {
 			p.failNext--
 		}
