@@ -422,17 +422,28 @@ func TestCheckpointPolicies(t *testing.T) {
 	base := []string{"data.url=" + data, "data.eval_url=", "checkpoint.url=file://" + filepath.Join(f.dir, "ck"),
 		"steps=1000000", "stage1.phase_a_steps=999999", "min_workers=1", "max_workers=1", "metrics.every_steps=5", "checkpoint.every_steps=0"}
 
-	// On request: no step or time policy, one `run checkpoint`.
+	// On request: no step or time policy. The run trains 20 steps (its
+	// progress comes every 5) without a checkpoint; then one `run
+	// checkpoint`, and that is the only checkpoint: one taken before it was
+	// asked for would be at an earlier step, and listed first (a worker
+	// uploads one checkpoint at a time).
 	id := f.submit("configs/tiny-stage1.yaml", base...)
-	f.waitState(id, time.Minute, wire.RunRunning)
-	time.Sleep(time.Second)
-	if info, _ := f.show(id); len(info.Checkpoints) != 0 {
-		t.Fatalf("checkpoints before any was asked for: %+v", info.Checkpoints)
+	var before wire.RunInfo
+	testutil.WaitFor(t, 2*time.Minute, "run "+id+" to train 20 steps", func() bool {
+		var err error
+		before, err = f.show(id)
+		return err == nil && before.State == wire.RunRunning && before.Step >= 20
+	})
+	if len(before.Checkpoints) != 0 {
+		t.Fatalf("checkpoints before any was asked for: %+v", before.Checkpoints)
 	}
 	if _, stderr, code := f.cli("run", "checkpoint", id); code != 0 {
 		t.Fatalf("run checkpoint: exit %d: %s", code, stderr)
 	}
-	asked := f.waitCkpt(id, 1, time.Minute)
+	asked := f.waitCkpt(id, before.Step, 2*time.Minute)
+	if len(asked) != 1 {
+		t.Fatalf("checkpoints once one was asked for at step %d: %+v; want only that one", before.Step, asked)
+	}
 
 	// Resume after a cancel: from that checkpoint.
 	if _, stderr, code := f.cli("run", "cancel", id); code != 0 {
@@ -441,7 +452,7 @@ func TestCheckpointPolicies(t *testing.T) {
 	if _, stderr, code := f.cli("run", "resume", id); code != 0 {
 		t.Fatalf("run resume: exit %d: %s", code, stderr)
 	}
-	testutil.WaitFor(t, time.Minute, "the resumed run to report progress", func() bool {
+	testutil.WaitFor(t, 2*time.Minute, "the resumed run to report progress", func() bool {
 		info, err := f.show(id)
 		return err == nil && info.State == wire.RunRunning && info.Generation == 2 && info.RestoredFrom > 0
 	})
@@ -455,9 +466,9 @@ func TestCheckpointPolicies(t *testing.T) {
 
 	// On a timer: every 0.01 minutes (0.6 s).
 	timed := f.submit("configs/tiny-stage1.yaml", append(base, "checkpoint.every_minutes=0.01")...)
-	f.waitState(timed, time.Minute, wire.RunRunning)
-	list := f.waitCkpt(timed, 1, time.Minute)
-	testutil.WaitFor(t, time.Minute, "a second timed checkpoint", func() bool {
+	f.waitState(timed, 2*time.Minute, wire.RunRunning)
+	list := f.waitCkpt(timed, 1, 2*time.Minute)
+	testutil.WaitFor(t, 2*time.Minute, "a second timed checkpoint", func() bool {
 		l, err := jsonOut[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", timed, "--json")
 		return err == nil && len(l) >= 2 && l[len(l)-1].Step > list[0].Step
 	})
