@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -232,16 +233,21 @@ func TestRunBadInput(t *testing.T) {
 		return err == nil && len(rows) == 1 && rows[0].State == "IDLE"
 	})
 	waiting := f.submit("configs/tiny-stage1.yaml", good...)
-	time.Sleep(1500 * time.Millisecond) // a few scheduler ticks
 	info, err := f.show(waiting)
 	if err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "cannot train (started without the libtorch shim") {
 		t.Errorf("run with only a shim-less worker: %+v %v; want PENDING saying why", info, err)
 	}
 
-	// A worker that can train arrives: the waiting run trains to the end.
+	// A worker that can train arrives: the waiting run trains to the end,
+	// on it alone and in its first generation. That is what proves the
+	// shim-less worker was never given the run, whenever the scheduler
+	// looked (the submit kicks it): a start with it would have taken it
+	// (ids sort "no-shim" first) or used up a generation.
 	f.addWorker("w1")
-	if info := f.waitState(waiting, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
+	if info := f.waitState(waiting, 3*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
 		t.Fatalf("run %s: %s: %s", waiting, info.State, info.Reason)
+	} else if info.Generation != 1 || len(info.Members) != 1 || info.Members[0].Worker != "w1" {
+		t.Errorf("run %s: generation %d, members %+v; want generation 1 on w1 alone", waiting, info.Generation, info.Members)
 	}
 
 	// Runs that fail on the worker: a data set that is not there (S3
@@ -268,13 +274,25 @@ func TestRunBadInput(t *testing.T) {
 
 	// A busy fleet queues runs in submission order; cancelling the running
 	// one frees its worker for the next.
+	// The queued run must not start before the cancel: its only start is
+	// in the coordinator's log after the point where the cancel was asked
+	// for (a line written before can only land earlier in the buffer).
 	long := f.submit("configs/tiny-stage1.yaml", append(append([]string{}, good...), "steps=100000", "stage1.phase_a_steps=99999")...)
-	f.waitState(long, time.Minute, wire.RunRunning)
+	running := f.waitState(long, 2*time.Minute, wire.RunRunning)
 	last := f.submit("configs/tiny-stage1.yaml", good...)
-	time.Sleep(1500 * time.Millisecond)
 	if info, err := f.show(last); err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "idle workers") {
 		t.Errorf("run behind a busy fleet: %+v %v; want PENDING waiting for idle workers", info, err)
 	}
+	// The fleet keeps training the running one meanwhile.
+	testutil.WaitFor(t, 2*time.Minute, "run "+long+" to train on after "+last+" was submitted", func() bool {
+		info, err := f.show(long)
+		return err == nil && info.State == wire.RunRunning && info.Step >= running.Step+10
+	})
+	if info, err := f.show(last); err != nil || info.State != wire.RunPending {
+		t.Errorf("run behind a busy fleet, 10 steps later: %+v %v; want PENDING", info, err)
+	}
+	coordLog := f.coords[0].out
+	cancelAt := len(coordLog.String())
 	if _, stderr, code := f.cli("run", "cancel", long, "--reason", "test"); code != 0 {
 		t.Fatalf("run cancel: exit %d: %s", code, stderr)
 	}
@@ -284,8 +302,10 @@ func TestRunBadInput(t *testing.T) {
 	if _, stderr, code := f.cli("run", "cancel", long); code != 1 || !strings.Contains(stderr, "already CANCELLED") {
 		t.Errorf("second cancel: exit %d: %s", code, stderr)
 	}
-	if info := f.waitState(last, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
+	if info := f.waitState(last, 3*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunCompleted {
 		t.Errorf("the fleet after the failures and the cancel: run %s is %s: %s", last, info.State, info.Reason)
+	} else if starts := logLines(coordLog.String(), "run started", last); len(starts) != 1 || starts[0] < cancelAt || info.Generation != 1 {
+		t.Errorf("run %s (generation %d) started at log offsets %v, the cancel of %s asked for at %d; want one start, after it", last, info.Generation, starts, long, cancelAt)
 	}
 
 	// A checkpoint directory that already holds another checkpoint (the
@@ -306,6 +326,20 @@ func TestRunBadInput(t *testing.T) {
 	if info := f.waitState(clash, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunFailed || !strings.Contains(info.Reason, "already holds a different checkpoint") {
 		t.Errorf("run over a taken checkpoint directory: %s %q", info.State, info.Reason)
 	}
+}
+
+// logLines returns the offsets in a process's log of the lines with
+// msg="msg" and run=id.
+func logLines(out, msg, id string) []int {
+	var at []int
+	off := 0
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, `msg="`+msg+`"`) && slices.Contains(strings.Fields(line), "run="+id) {
+			at = append(at, off)
+		}
+		off += len(line)
+	}
+	return at
 }
 
 // BenchmarkTrainScaling: the tiny stage-1 run (300 steps, global batch 8,
