@@ -43,7 +43,7 @@ func TestBadControlMessages(t *testing.T) {
 
 	// A live worker on host-w1, to collide with.
 	startWorker(t, c.natsURLs(), tok, "w1")
-	testutil.WaitFor(t, 5*time.Second, "w1 registered", func() bool { return workerStates(leader)["w1"] == wire.WorkerIdle })
+	testutil.WaitFor(t, 30*time.Second, "w1 registered", func() bool { return workerStates(leader)["w1"] == wire.WorkerIdle })
 
 	register := func(from, host, instance string, capacity int) []byte {
 		b, _ := json.Marshal(wire.RegisterRequest{
@@ -106,7 +106,7 @@ func TestBadControlMessages(t *testing.T) {
 		t.Fatalf("registry after bad input: %+v, %v; want only w1, IDLE", st.Workers, workerStates(leader))
 	}
 	startWorker(t, c.natsURLs(), tok, "w2")
-	testutil.WaitFor(t, 5*time.Second, "w2 registered after bad input", func() bool { return workerStates(leader)["w2"] == wire.WorkerIdle })
+	testutil.WaitFor(t, 30*time.Second, "w2 registered after bad input", func() bool { return workerStates(leader)["w2"] == wire.WorkerIdle })
 }
 
 // TestWrongTokenWorkerStops: a worker with a wrong token gets a clear,

@@ -60,7 +60,7 @@ func startCluster(t testing.TB, n int) *cluster {
 	c.nodes["c1"] = s1
 	c.token = s1.Token()
 	t.Cleanup(c.stopAll)
-	testutil.WaitFor(t, 10*time.Second, "c1 ready", func() bool { return s1.Ready() == "" })
+	testutil.WaitFor(t, 30*time.Second, "c1 ready", func() bool { return s1.Ready() == "" })
 	for i := 2; i <= n; i++ {
 		id := "c" + string(rune('0'+i))
 		cfg := nodeConfig(t, id)
@@ -80,7 +80,7 @@ func startCluster(t testing.TB, n int) *cluster {
 // announced coordinators, and the NATS servers are fully routed.
 func (c *cluster) waitFormed(n int) {
 	c.t.Helper()
-	testutil.WaitFor(c.t, 15*time.Second, "cluster formed", func() bool {
+	testutil.WaitFor(c.t, 60*time.Second, "cluster formed", func() bool {
 		leader := ""
 		for _, s := range c.nodes {
 			if s.Ready() != "" {
@@ -107,7 +107,7 @@ func (c *cluster) waitFormed(n int) {
 func (c *cluster) leader() *coordinator.Server {
 	c.t.Helper()
 	var l *coordinator.Server
-	testutil.WaitFor(c.t, 10*time.Second, "a leader", func() bool {
+	testutil.WaitFor(c.t, 30*time.Second, "a leader", func() bool {
 		for _, s := range c.nodes {
 			if s.IsLeader() {
 				l = s
@@ -153,13 +153,17 @@ type runningAgent struct {
 	done   chan error
 }
 
-// startWorker runs a real worker agent against the cluster.
-func startWorker(t testing.TB, coord, token, id string) *runningAgent {
+// startWorker runs a real worker agent against the cluster; opts adjust
+// its configuration.
+func startWorker(t testing.TB, coord, token, id string, opts ...func(*worker.Config)) *runningAgent {
 	t.Helper()
 	cfg := worker.DefaultConfig()
 	cfg.Coord, cfg.Token, cfg.ID = coord, token, id
 	cfg.Host, cfg.Device, cfg.Devices = "host-"+id, "cpu", worker.DetectDevices()
 	cfg.Logger = testLogger().With("test_worker", id)
+	for _, o := range opts {
+		o(&cfg)
+	}
 	a, err := worker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
