@@ -93,7 +93,7 @@ func TestResumeAfterFullStop(t *testing.T) {
 
 	// The reference: the same run, uninterrupted.
 	ref := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
-	refInfo := f.waitState(ref, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	refInfo := f.waitState(ref, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if refInfo.State != wire.RunCompleted {
 		t.Fatalf("reference run: %s: %s", refInfo.State, refInfo.Reason)
 	}
@@ -107,7 +107,7 @@ func TestResumeAfterFullStop(t *testing.T) {
 	}
 	restart := func(ids ...string) []*proc {
 		f.coords[0].restart(t)
-		testutil.WaitFor(t, 20*time.Second, "coordinator back", f.coords[0].ready)
+		testutil.WaitFor(t, time.Minute, "coordinator back", f.coords[0].ready)
 		var ws []*proc
 		for _, id := range ids {
 			ws = append(ws, f.addWorker(id))
@@ -117,10 +117,10 @@ func TestResumeAfterFullStop(t *testing.T) {
 
 	// Same world size: bitwise.
 	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
-	f.waitCkpt(run, 80, 2*time.Minute) // past the VQ switch at step 60
+	f.waitCkpt(run, 80, 3*time.Minute) // past the VQ switch at step 60
 	killAll(w1, w2)
 	ws := restart("w1", "w2")
-	info := f.waitState(run, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	info := f.waitState(run, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if info.State != wire.RunCompleted {
 		t.Fatalf("resumed run: %s: %s", info.State, info.Reason)
 	}
@@ -137,10 +137,10 @@ func TestResumeAfterFullStop(t *testing.T) {
 	// Late in the run: float sums in another order drift further with every
 	// step (VQ code choices amplify them), so the 1e-5 bar is checked over
 	// the last third.
-	f.waitCkpt(run3, 200, 2*time.Minute)
+	f.waitCkpt(run3, 200, 3*time.Minute)
 	killAll(ws...)
 	restart("w1", "w2", "w3")
-	info3 := f.waitState(run3, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	info3 := f.waitState(run3, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if info3.State != wire.RunCompleted || len(info3.Members) != 3 || info3.RestoredFrom < 200 {
 		t.Fatalf("run resumed on 3 workers: %s with %d members, restored step %d: %s", info3.State, len(info3.Members), info3.RestoredFrom, info3.Reason)
 	}
@@ -174,7 +174,7 @@ func TestCheckpointCrashPoints(t *testing.T) {
 	w1 := f.addWorker("w1")
 	f.addWorker("w2")
 	ref := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
-	refInfo := f.waitState(ref, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	refInfo := f.waitState(ref, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if refInfo.State != wire.RunCompleted {
 		t.Fatalf("reference run: %s: %s", refInfo.State, refInfo.Reason)
 	}
@@ -183,12 +183,12 @@ func TestCheckpointCrashPoints(t *testing.T) {
 	// 1. w3 writes its part of step 40 and dies before reporting it.
 	w1.signalAndWait(t, syscall.SIGTERM, 30*time.Second)
 	w3 := f.addWorker("w3", "LAVIT_TEST_CRASH_AFTER_PART=40")
-	testutil.WaitFor(t, 20*time.Second, "w1 gone, w3 in", func() bool {
+	testutil.WaitFor(t, time.Minute, "w1 gone, w3 in", func() bool {
 		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
 		return err == nil && len(rows) == 2
 	})
 	run := f.submit("configs/tiny-stage1.yaml", ckptSpec(data, ckpt)...)
-	paused := f.waitState(run, 2*time.Minute, wire.RunPaused, wire.RunFailed, wire.RunCompleted)
+	paused := f.waitState(run, 3*time.Minute, wire.RunPaused, wire.RunFailed, wire.RunCompleted)
 	w3.signalAndWait(t, syscall.SIGKILL, 10*time.Second) // it exited already; reap it
 	if paused.State != wire.RunPaused || !strings.Contains(paused.Reason, "w3") {
 		t.Fatalf("after w3 died: %s %q; want PAUSED naming w3", paused.State, paused.Reason)
@@ -209,9 +209,9 @@ func TestCheckpointCrashPoints(t *testing.T) {
 	// past step 60 a worker is killed, and the newest committed
 	// checkpoint gets a corrupt byte while the run is paused.
 	w4 := f.addWorker("w4")
-	f.waitCkpt(run, 60, 2*time.Minute)
+	f.waitCkpt(run, 60, 3*time.Minute)
 	w4.signalAndWait(t, syscall.SIGKILL, 10*time.Second)
-	f.waitState(run, time.Minute, wire.RunPaused)
+	f.waitState(run, 2*time.Minute, wire.RunPaused)
 	list, _ := jsonOut[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", run, "--json")
 	newest := list[len(list)-1].Step
 	part := filepath.Join(checkpointDir(ckptDir, run, newest), checkpoint.PartName(1, 2))
@@ -231,7 +231,7 @@ func TestCheckpointCrashPoints(t *testing.T) {
 		t.Errorf("ckpt verify of the previous checkpoint: exit %d: %s", code, stderr)
 	}
 	f.addWorker("w5")
-	info := f.waitState(run, 3*time.Minute, wire.RunCompleted, wire.RunFailed)
+	info := f.waitState(run, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if info.State != wire.RunCompleted {
 		t.Fatalf("run: %s: %s", info.State, info.Reason)
 	}

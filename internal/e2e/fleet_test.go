@@ -33,7 +33,7 @@ func TestFleetProcesses(t *testing.T) {
 	coordBin := filepath.Join(bin, "lavit-coord")
 
 	c1 := startCoord(t, bin, "c1")
-	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+	testutil.WaitFor(t, time.Minute, "c1 ready", c1.ready)
 	tokenBytes, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
 	if err != nil {
 		t.Fatalf("read generated token: %v", err)
@@ -48,9 +48,9 @@ func TestFleetProcesses(t *testing.T) {
 	coords := []*coordNode{c1, c2, c3}
 	coordURLs := "nats://" + c1.nats + ",nats://" + c2.nats + ",nats://" + c3.nats
 	for _, c := range coords {
-		testutil.WaitFor(t, 20*time.Second, c.id+" ready", c.ready)
+		testutil.WaitFor(t, time.Minute, c.id+" ready", c.ready)
 	}
-	testutil.WaitFor(t, 20*time.Second, "three coordinators in status", func() bool {
+	testutil.WaitFor(t, time.Minute, "three coordinators in status", func() bool {
 		st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", coordURLs)
 		return err == nil && len(st.Coordinators) == 3 && st.Leader != ""
 	})
@@ -71,7 +71,7 @@ func TestFleetProcesses(t *testing.T) {
 		}
 		return out
 	}
-	testutil.WaitFor(t, 20*time.Second, "both workers IDLE in workers ls", func() bool {
+	testutil.WaitFor(t, time.Minute, "both workers IDLE in workers ls", func() bool {
 		s := states()
 		return s["w1"] == "IDLE" && s["w2"] == "IDLE"
 	})
@@ -80,7 +80,7 @@ func TestFleetProcesses(t *testing.T) {
 	// and the CLI's own latency).
 	killed := time.Now()
 	w1.cmd.Process.Kill()
-	testutil.WaitFor(t, 5*time.Second, "w1 LOST", func() bool { return states()["w1"] == "LOST" })
+	testutil.WaitFor(t, 30*time.Second, "w1 LOST", func() bool { return states()["w1"] == "LOST" })
 	t.Logf("w1 marked LOST %s after SIGKILL (timeout 2s)", time.Since(killed).Round(time.Millisecond))
 	if s := states(); s["w2"] != "IDLE" {
 		t.Fatalf("w2 is %q after w1 died, want IDLE", s["w2"])
@@ -110,7 +110,7 @@ func TestFleetProcesses(t *testing.T) {
 		t.Error("leader did not transfer leadership before stopping")
 	}
 	restURLs := "nats://" + rest[0].nats + ",nats://" + rest[1].nats
-	testutil.WaitFor(t, 10*time.Second, "a new leader", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "a new leader", func() bool {
 		st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", restURLs, "--timeout", "2s")
 		return err == nil && st.Leader != "" && st.Leader != leader.id
 	})
@@ -140,7 +140,7 @@ func TestCLIBadInput(t *testing.T) {
 	bin := testutil.Binaries(t)
 	coordBin := filepath.Join(bin, "lavit-coord")
 	c1 := startCoord(t, bin, "c1")
-	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+	testutil.WaitFor(t, time.Minute, "c1 ready", c1.ready)
 
 	tests := []struct {
 		name     string

@@ -36,7 +36,7 @@ func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
 	bin := testutil.Binaries(t)
 	f := &trainFleet{t: t, bin: bin, coordBin: filepath.Join(bin, "lavit-coord"), dir: t.TempDir()}
 	c1 := startCoordEnv(t, bin, "c1", extraEnv)
-	testutil.WaitFor(t, 20*time.Second, "c1 ready", c1.ready)
+	testutil.WaitFor(t, time.Minute, "c1 ready", c1.ready)
 	token, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func startTrainFleet(t *testing.T, n int, extraEnv []string) *trainFleet {
 	}
 	var urls []string
 	for _, c := range coords {
-		testutil.WaitFor(t, 20*time.Second, c.id+" ready", c.ready)
+		testutil.WaitFor(t, time.Minute, c.id+" ready", c.ready)
 		urls = append(urls, "nats://"+c.nats)
 	}
 	f.urls = strings.Join(urls, ",")
@@ -228,7 +228,7 @@ func TestRunBadInput(t *testing.T) {
 		t.Fatal("copy lavit-worker:", err)
 	}
 	startProc(t, "worker no-shim", lone, append(append([]string{}, f.env...), "LAVIT_TORCH_LIB="), "join", "--id", "no-shim", "--device", "cpu")
-	testutil.WaitFor(t, 20*time.Second, "no-shim registered", func() bool {
+	testutil.WaitFor(t, time.Minute, "no-shim registered", func() bool {
 		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
 		return err == nil && len(rows) == 1 && rows[0].State == "IDLE"
 	})
@@ -266,7 +266,7 @@ func TestRunBadInput(t *testing.T) {
 			sets = append([]string{good[0], good[1], good[2], "steps=4", "metrics.every_steps=2"}, tc.sets[0])
 		}
 		id := f.submit(tc.spec, sets...)
-		info := f.waitState(id, time.Minute, wire.RunFailed, wire.RunCompleted)
+		info := f.waitState(id, 2*time.Minute, wire.RunFailed, wire.RunCompleted)
 		if info.State != wire.RunFailed || !strings.Contains(info.Reason, tc.want) {
 			t.Errorf("run %s: %s %q; want FAILED mentioning %q", id, info.State, info.Reason, tc.want)
 		}
@@ -323,7 +323,7 @@ func TestRunBadInput(t *testing.T) {
 	if clash != next {
 		t.Fatalf("run id %s, expected %s", clash, next)
 	}
-	if info := f.waitState(clash, 2*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunFailed || !strings.Contains(info.Reason, "already holds a different checkpoint") {
+	if info := f.waitState(clash, 3*time.Minute, wire.RunCompleted, wire.RunFailed); info.State != wire.RunFailed || !strings.Contains(info.Reason, "already holds a different checkpoint") {
 		t.Errorf("run over a taken checkpoint directory: %s %q", info.State, info.Reason)
 	}
 }
