@@ -149,8 +149,10 @@ func TestFakeDeadlineAborts(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	err := c.AllReduce(ctx, buf, 100, Float32, collective.Sum)
-	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
-		t.Fatalf("got %v after %s, want DeadlineExceeded near 200ms", err, time.Since(start))
+	// Generous: this tells an abort at the deadline from none, not a fast
+	// machine from a loaded one.
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 30*time.Second {
+		t.Fatalf("got %v after %s, want DeadlineExceeded soon after 200ms", err, time.Since(start))
 	}
 	if l := log(); l != "init op abort" {
 		t.Fatalf("lifecycle %q, want the comm aborted", l)
@@ -168,7 +170,7 @@ func TestFakeAbortUnblocksCall(t *testing.T) {
 	t.Setenv("FAKE_NCCL_OP_HANG", "1")
 	done := make(chan error, 1)
 	go func() { done <- c.AllReduce(context.Background(), buf, 100, Float32, collective.Sum) }()
-	testutil.WaitFor(t, 5*time.Second, "the call to reach the fake", func() bool { return strings.Contains(log(), "op") })
+	testutil.WaitFor(t, 30*time.Second, "the call to reach the fake", func() bool { return strings.Contains(log(), "op") })
 	cause := errors.New("peer rank 3 lost (coordinator)")
 	c.Abort(cause)
 	select {
@@ -176,10 +178,10 @@ func TestFakeAbortUnblocksCall(t *testing.T) {
 		if !errors.Is(err, collective.ErrAborted) || !errors.Is(err, cause) {
 			t.Fatalf("got %v, want ErrAborted wrapping the cause", err)
 		}
-	case <-time.After(3 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("Abort did not unblock the call")
 	}
-	testutil.WaitFor(t, 3*time.Second, "ncclCommAbort", func() bool { return strings.Contains(log(), "abort") })
+	testutil.WaitFor(t, 30*time.Second, "ncclCommAbort", func() bool { return strings.Contains(log(), "abort") })
 	if l := log(); l != "init op abort" {
 		t.Fatalf("lifecycle %q, want ncclCommAbort once", l)
 	}
