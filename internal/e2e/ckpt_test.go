@@ -72,8 +72,8 @@ func paramsOf(t *testing.T, state []byte) []float32 {
 // workers, SIGKILL) in the middle of a run, starts them again and lets the
 // run resume by itself from its newest committed checkpoint on the S3
 // server: the final state is bitwise the uninterrupted run's. A second run
-// is killed the same way and resumed on three workers instead of two: its
-// parameters match within 1e-5.
+// is killed the same way and resumed (`run resume`, once three workers are
+// idle) on three workers instead of two: its parameters match within 1e-5.
 func TestResumeAfterFullStop(t *testing.T) {
 	srv := testutil.StartS3(t)
 	srv.MakeBucket(t, "lavit")
@@ -105,9 +105,14 @@ func TestResumeAfterFullStop(t *testing.T) {
 		}
 		f.coords[0].signalAndWait(t, syscall.SIGKILL, 10*time.Second)
 	}
+	// restart starts the coordinator again if it is down, and the workers.
 	restart := func(ids ...string) []*proc {
-		f.coords[0].restart(t)
-		testutil.WaitFor(t, time.Minute, "coordinator back", f.coords[0].ready)
+		select {
+		case <-f.coords[0].done:
+			f.coords[0].restart(t)
+			testutil.WaitFor(t, time.Minute, "coordinator back", f.coords[0].ready)
+		default:
+		}
 		var ws []*proc
 		for _, id := range ids {
 			ws = append(ws, f.addWorker(id))
@@ -139,7 +144,28 @@ func TestResumeAfterFullStop(t *testing.T) {
 	// the last third.
 	f.waitCkpt(run3, 200, 3*time.Minute)
 	killAll(ws...)
+	// Left to itself the run resumes as soon as two workers are idle, and
+	// the third may register later (a loaded machine starts processes
+	// slowly): so it is cancelled while no worker is up, and resumed once
+	// all three are idle.
+	restart()
+	if _, stderr, code := f.cli("run", "cancel", run3, "--reason", "to resume it on three workers"); code != 0 {
+		t.Fatalf("run cancel: exit %d: %s", code, stderr)
+	}
 	restart("w1", "w2", "w3")
+	testutil.WaitFor(t, time.Minute, "w1, w2 and w3 IDLE", func() bool {
+		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
+		idle := 0
+		for _, r := range rows {
+			if r.State == wire.WorkerIdle {
+				idle++
+			}
+		}
+		return err == nil && idle == 3
+	})
+	if _, stderr, code := f.cli("run", "resume", run3); code != 0 {
+		t.Fatalf("run resume: exit %d: %s", code, stderr)
+	}
 	info3 := f.waitState(run3, 5*time.Minute, wire.RunCompleted, wire.RunFailed)
 	if info3.State != wire.RunCompleted || len(info3.Members) != 3 || info3.RestoredFrom < 200 {
 		t.Fatalf("run resumed on 3 workers: %s with %d members, restored step %d: %s", info3.State, len(info3.Members), info3.RestoredFrom, info3.Reason)
