@@ -240,7 +240,10 @@ func TestCheckpointCrashPoints(t *testing.T) {
 	f.waitCkpt(run, 60, 3*time.Minute)
 	w4.signalAndWait(t, syscall.SIGKILL, 10*time.Second)
 	f.waitState(run, 2*time.Minute, wire.RunPaused)
-	list, _ := jsonOut[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", run, "--json")
+	list := mustJSON[[]wire.CheckpointInfo](t, f.coordBin, f.env, "ckpt", "ls", run, "--json")
+	if len(list) == 0 {
+		t.Fatal("the paused run lists no checkpoint")
+	}
 	newest := list[len(list)-1].Step
 	part := filepath.Join(checkpointDir(ckptDir, run, newest), checkpoint.PartName(1, 2))
 	b, err := os.ReadFile(part)

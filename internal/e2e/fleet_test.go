@@ -87,10 +87,7 @@ func TestFleetProcesses(t *testing.T) {
 	}
 
 	// SIGTERM the leader: it hands leadership over and exits 0.
-	st, err := jsonOut[statusDoc](t, coordBin, env, "status", "--json", "--coord", coordURLs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustJSON[statusDoc](t, coordBin, env, "status", "--json", "--coord", coordURLs)
 	var leader *coordNode
 	var rest []*coordNode
 	for _, c := range coords {
@@ -119,10 +116,7 @@ func TestFleetProcesses(t *testing.T) {
 	if code := w2.signalAndWait(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Fatalf("worker exited %d on SIGTERM", code)
 	}
-	rows, err := jsonOut[[]workerRow](t, coordBin, env, "workers", "ls", "--json", "--coord", restURLs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := mustJSON[[]workerRow](t, coordBin, env, "workers", "ls", "--json", "--coord", restURLs)
 	for _, r := range rows {
 		if r.ID == "w2" {
 			t.Fatal("w2 still listed after a clean stop")

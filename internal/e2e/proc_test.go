@@ -129,6 +129,20 @@ func (n *coordNode) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// mustJSON is jsonOut for a call that must succeed: a loaded machine can
+// time a single call out, so it tries again until it succeeds or a minute
+// has passed.
+func mustJSON[T any](t testing.TB, bin string, env []string, args ...string) T {
+	t.Helper()
+	var v T
+	var last error
+	testutil.WaitFor(t, time.Minute, fmt.Sprintf("%v to succeed", args), func() bool {
+		v, last = jsonOut[T](t, bin, env, args...)
+		return last == nil
+	})
+	return v
+}
+
 func jsonOut[T any](t testing.TB, bin string, env []string, args ...string) (T, error) {
 	t.Helper()
 	var v T

@@ -311,10 +311,7 @@ func TestRunBadInput(t *testing.T) {
 	// A checkpoint directory that already holds another checkpoint (the
 	// next run's id under the same checkpoint.url, as another cluster
 	// would leave it) is never overwritten: the run fails and says why.
-	runs, err := jsonOut[[]wire.RunInfo](t, f.coordBin, f.env, "run", "ls", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	runs := mustJSON[[]wire.RunInfo](t, f.coordBin, f.env, "run", "ls", "--json")
 	next := fmt.Sprintf("r-%04d", len(runs)+1)
 	taken := filepath.Join(f.dir, "ckpt", next, "step-00000006")
 	os.MkdirAll(taken, 0o755)
