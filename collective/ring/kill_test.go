@@ -18,8 +18,8 @@ import (
 )
 
 const (
-	helperEnv      = "LAVIT_RING_HELPER_PEERS"
-	killBufFloats  = 2 << 20 // 8 MiB per rank: calls last long enough to be cut
+	helperEnv     = "LAVIT_RING_HELPER_PEERS"
+	killBufFloats = 2 << 20 // 8 MiB per rank: calls last long enough to be cut
 	// killDetectTime bounds how long a rank takes to see a killed peer: a
 	// reset arrives in milliseconds; the bound only tells that from the
 	// calls' 60 s deadline, so it is generous for a loaded machine.
