@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/lavit-org/lavit/internal/testutil"
@@ -23,27 +22,9 @@ func TestBuildsWithoutCgo(t *testing.T) {
 // TestNoForbiddenDeps: the coordinator's import graph stays free of the
 // packages that need cgo or a GPU (tailscale's deptest idea).
 func TestNoForbiddenDeps(t *testing.T) {
-	cmd := exec.Command("go", "list", "-deps", ".")
-	cmd.Dir = testutil.RepoRoot() + "/cmd/lavit-coord"
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	b, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list -deps: %v", err)
-	}
-	deps := strings.Fields(string(b))
-	if len(deps) < 10 {
-		t.Fatalf("go list returned only %d packages; the check would prove nothing", len(deps))
-	}
-	forbidden := []string{
+	testutil.CheckDeps(t, "cmd/lavit-coord", []string{"CGO_ENABLED=0"}, []string{
 		"github.com/lavit-org/lavit/trainer",
 		"github.com/lavit-org/lavit/collective/nccl",
 		"runtime/cgo",
-	}
-	for _, d := range deps {
-		for _, f := range forbidden {
-			if d == f || strings.HasPrefix(d, f+"/") {
-				t.Errorf("lavit-coord depends on %s", d)
-			}
-		}
-	}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,4 +108,32 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// CheckDeps lists the packages the package in dir (relative to the repo
+// root) links, with the extra environment (e.g. CGO_ENABLED=0), and fails
+// t for each one that is forbidden or under a forbidden path (tailscale's
+// deptest idea). It also fails when the list is too short to prove
+// anything.
+func CheckDeps(t testing.TB, dir string, env []string, forbidden []string) []string {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps", ".")
+	cmd.Dir = filepath.Join(RepoRoot(), dir)
+	cmd.Env = append(os.Environ(), env...)
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", dir, err)
+	}
+	deps := strings.Fields(string(b))
+	if len(deps) < 10 {
+		t.Fatalf("go list returned only %d packages; the check would prove nothing", len(deps))
+	}
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("%s depends on %s", dir, d)
+			}
+		}
+	}
+	return deps
 }
