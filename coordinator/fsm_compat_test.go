@@ -39,8 +39,8 @@ func v1Log() []*raft.Log {
 func wantV1Policies(t *testing.T, st *State) {
 	t.Helper()
 	want := map[string]RunPolicy{
-		"r-0001": {Name: "tiny-stage1", Stage: 1, Steps: 600, MinWorkers: 1, MaxWorkers: 2, Backend: wire.BackendRing, CheckpointURL: "s3://lavit/ck", CheckpointKeep: 5},
-		"r-0002": {Stage: 2, MinWorkers: 2, MaxWorkers: 4, Backend: wire.BackendNCCL, CheckpointURL: "file:///ck", CheckpointKeep: 3, TokenizerRun: "r-0001"},
+		"r-0001": {Name: "tiny-stage1", Stage: 1, Steps: 600, MinWorkers: 1, MaxWorkers: 2, Device: DeviceCPU, Backend: wire.BackendRing, CheckpointURL: "s3://lavit/ck", CheckpointKeep: 5},
+		"r-0002": {Stage: 2, MinWorkers: 2, MaxWorkers: 4, Device: DeviceCUDA, Backend: wire.BackendNCCL, CheckpointURL: "file:///ck", CheckpointKeep: 3, TokenizerRun: "r-0001"},
 	}
 	for id, w := range want {
 		r := st.Runs[id]
@@ -75,7 +75,7 @@ func TestFSMReplaysVersion1RunCommands(t *testing.T) {
 	f.Read(func(st *State, _ uint64) {
 		wantV1Policies(t, st)
 		plan = planSchedule(schedInput{Now: t0, WorkerTimeout: 2e9, Runs: sortedRuns(st), Workers: []fleetWorker{
-			{ID: "w1", State: wire.WorkerTraining, Run: "r-0001", Capacity: 1, LastSeen: t0},
+			{ID: "w1", Kind: DeviceCPU, State: wire.WorkerTraining, Run: "r-0001", Capacity: 1, LastSeen: t0},
 		}})
 	})
 	got := describePlan(plan)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
@@ -18,10 +19,13 @@ type RunPolicy struct {
 	Stage int    `json:"stage"`
 	// Steps is the run's length as submitted; 0 when it counts epochs
 	// (the workers then report the total steps once they know the data).
-	Steps      int64  `json:"steps,omitempty"`
-	MinWorkers int    `json:"min_workers"`
-	MaxWorkers int    `json:"max_workers"`
-	Backend    string `json:"backend"` // wire.BackendRing or wire.BackendNCCL
+	Steps      int64 `json:"steps,omitempty"`
+	MinWorkers int   `json:"min_workers"`
+	MaxWorkers int   `json:"max_workers"`
+	// Device is the kind of worker the run needs: DeviceCPU, DeviceCUDA,
+	// or DeviceAuto (either, never both in one generation).
+	Device  string `json:"device"`
+	Backend string `json:"backend"` // wire.BackendRing or wire.BackendNCCL
 	// CheckpointURL is where checkpoints and the final model state go;
 	// CheckpointKeep is how many committed checkpoints retention keeps.
 	CheckpointURL  string `json:"checkpoint_url,omitempty"`
@@ -40,6 +44,7 @@ func PolicyFromSpec(spec *runspec.Spec) RunPolicy {
 	p := RunPolicy{
 		Name: spec.Name, Stage: spec.Stage, Steps: spec.Steps,
 		MinWorkers: spec.MinWorkers, MaxWorkers: spec.MaxWorkers,
+		Device:        deviceKind(spec.Device),
 		Backend:       wire.BackendRing,
 		CheckpointURL: spec.Checkpoint.URL, CheckpointKeep: spec.Checkpoint.Keep,
 	}
@@ -62,6 +67,31 @@ func policyFromSpecJSON(raw json.RawMessage) RunPolicy {
 		return RunPolicy{Invalid: fmt.Sprintf("stored spec is invalid: %v", err)}
 	}
 	return PolicyFromSpec(&spec)
+}
+
+// The device kinds a run asks for (the spec's device) and a worker offers.
+const (
+	DeviceCPU  = "cpu"
+	DeviceCUDA = "cuda"
+	DeviceAuto = "auto"
+)
+
+// deviceKind is the policy's device for a spec's device ("" means auto).
+func deviceKind(d string) string {
+	switch d {
+	case DeviceCPU, DeviceCUDA:
+		return d
+	}
+	return DeviceAuto
+}
+
+// workerKind is the kind of device a worker trains on: cuda for cuda:N,
+// else cpu.
+func workerKind(device string) string {
+	if strings.HasPrefix(device, "cuda") {
+		return DeviceCUDA
+	}
+	return DeviceCPU
 }
 
 // keep is the number of checkpoints retention keeps (at least one: the run

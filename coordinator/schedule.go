@@ -22,11 +22,14 @@ import (
 //     the checkpoint it will resume from.
 //   - Waiting runs (PENDING or PAUSED) are taken in submission order
 //     (FIFO, no backfilling: simple and predictable). A run starts when at
-//     least its min_workers workers are idle, alive and able to train
-//     (capacity > 0); it takes up to max_workers of them, by worker id,
-//     as ranks 0, 1, …, in a new generation that resumes from its newest
-//     committed checkpoint. While the oldest waiting run cannot start,
-//     younger ones wait behind it.
+//     least its min_workers workers of its device kind are idle, alive and
+//     able to train (capacity > 0); it takes up to max_workers of them, by
+//     worker id, as ranks 0, 1, …, in a new generation that resumes from
+//     its newest committed checkpoint. While the oldest waiting run cannot
+//     start, younger ones wait behind it.
+//   - Device kinds: a `device: cuda` run takes only CUDA workers, a `cpu`
+//     run only CPU workers, an `auto` run either kind but never both in
+//     one generation (CUDA when enough are idle, else CPU).
 //   - A stage-2 run waits for its tokenizer run to complete, and fails if
 //     that run failed, was cancelled or does not exist.
 //   - A run whose stored spec never decoded (Policy.Invalid) fails.
@@ -38,6 +41,7 @@ import (
 // and the leader's liveness clock.
 type fleetWorker struct {
 	ID       string
+	Kind     string // DeviceCPU or DeviceCUDA: what it trains on
 	State    string // IDLE, TRAINING or LOST
 	Run      string // the run it is a member of ("" if none)
 	Capacity int
@@ -78,13 +82,13 @@ func planSchedule(in schedInput) schedPlan {
 	plan := schedPlan{Waiting: map[string]string{}}
 	at := in.Now.UTC()
 	workers := make(map[string]fleetWorker, len(in.Workers))
-	var idle []string // able to train, in id order
-	cannot := 0       // idle and alive but without a trainer
+	idle := map[string][]string{} // kind → idle workers able to train, in id order
+	cannot := 0                   // idle and alive but without a trainer
 	for _, w := range in.Workers {
 		workers[w.ID] = w
 		if w.idleAndAlive(in.Now, in.WorkerTimeout) {
 			if w.Capacity > 0 {
-				idle = append(idle, w.ID)
+				idle[w.Kind] = append(idle[w.Kind], w.ID)
 			} else {
 				cannot++
 			}
@@ -131,21 +135,19 @@ func planSchedule(in schedInput) schedPlan {
 				continue
 			}
 		}
-		if len(idle) < p.MinWorkers {
-			why := fmt.Sprintf("%d idle workers that can train (%d now)", p.MinWorkers, len(idle))
-			if cannot > 0 {
-				why += fmt.Sprintf("; %d more idle cannot train (started without the libtorch shim: see lavit-worker's log)", cannot)
-			}
-			plan.Waiting[r.ID] = why
+		kind := placement(p, idle)
+		pool := idle[kind]
+		if kind == "" || len(pool) < p.MinWorkers {
+			plan.Waiting[r.ID] = waitingForWorkers(p, idle, cannot)
 			blockedBy = r.ID
 			continue
 		}
-		take := min(len(idle), max(p.MaxWorkers, p.MinWorkers))
+		take := min(len(pool), max(p.MaxWorkers, p.MinWorkers))
 		members := make(map[string]int, take)
-		for rank, id := range idle[:take] {
+		for rank, id := range pool[:take] {
 			members[id] = rank
 		}
-		idle = idle[take:]
+		idle[kind] = pool[take:]
 		cmd := StartGenerationCmd{Run: r.ID, Generation: r.Generation + 1, Members: members, At: at}
 		if n := len(r.Checkpoints); n > 0 {
 			cmd.StartStep = r.Checkpoints[n-1].Step
@@ -153,6 +155,51 @@ func planSchedule(in schedInput) schedPlan {
 		plan.add(CmdStartGeneration, cmd)
 	}
 	return plan
+}
+
+// placement is the device kind a run's generation would run on: the
+// run's own kind, or for an auto run CUDA when enough CUDA workers are
+// idle, else CPU when enough CPU workers are, else "" (it waits).
+func placement(p RunPolicy, idle map[string][]string) string {
+	switch p.Device {
+	case DeviceCPU, DeviceCUDA:
+		return p.Device
+	}
+	for _, kind := range []string{DeviceCUDA, DeviceCPU} {
+		if len(idle[kind]) >= p.MinWorkers {
+			return kind
+		}
+	}
+	return ""
+}
+
+// waitingForWorkers says what a run that cannot start waits for: how many
+// workers of which kind, how many there are, and the idle ones that do not
+// count (the other kind, or without a trainer).
+func waitingForWorkers(p RunPolicy, idle map[string][]string, cannot int) string {
+	var why string
+	switch p.Device {
+	case DeviceCPU, DeviceCUDA:
+		other := DeviceCPU
+		if p.Device == DeviceCPU {
+			other = DeviceCUDA
+		}
+		why = fmt.Sprintf("%d idle %s workers that can train (%d now)", p.MinWorkers, strings.ToUpper(p.Device), len(idle[p.Device]))
+		if n := len(idle[other]); n > 0 {
+			why += fmt.Sprintf("; %d idle %s workers do not match its device: %s", n, strings.ToUpper(other), p.Device)
+		}
+	default:
+		cpu, cuda := len(idle[DeviceCPU]), len(idle[DeviceCUDA])
+		if cpu > 0 && cuda > 0 {
+			why = fmt.Sprintf("%d idle workers of one kind that can train (%d CPU and %d CUDA now; a generation never mixes them)", p.MinWorkers, cpu, cuda)
+		} else {
+			why = fmt.Sprintf("%d idle workers that can train (%d now)", p.MinWorkers, cpu+cuda)
+		}
+	}
+	if cannot > 0 {
+		why += fmt.Sprintf("; %d more idle cannot train (started without the libtorch shim: see lavit-worker's log)", cannot)
+	}
+	return why
 }
 
 func (p *schedPlan) add(t CommandType, body any) {
@@ -210,7 +257,7 @@ func (c plannedCommand) describe() string {
 func (s *Server) schedInput(st *State, now time.Time) schedInput {
 	in := schedInput{Now: now, WorkerTimeout: s.cfg.WorkerTimeout, Runs: sortedRuns(st)}
 	for _, w := range st.sortedWorkers() {
-		fw := fleetWorker{ID: w.ID, State: w.State, Run: w.Run, Capacity: w.Capacity}
+		fw := fleetWorker{ID: w.ID, Kind: workerKind(w.Device), State: w.State, Run: w.Run, Capacity: w.Capacity}
 		if last, ok := s.live.last(w.ID); ok {
 			fw.LastSeen = last
 		}

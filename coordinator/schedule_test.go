@@ -15,19 +15,32 @@ import (
 
 const testTimeout = 2 * time.Second
 
-// idle is an idle, live worker that can train.
+// idle is an idle, live CPU worker that can train.
 func idle(id string) fleetWorker {
-	return fleetWorker{ID: id, State: wire.WorkerIdle, Capacity: 1, LastSeen: t0}
+	return fleetWorker{ID: id, Kind: DeviceCPU, State: wire.WorkerIdle, Capacity: 1, LastSeen: t0}
 }
 
-// training is a live worker training run.
+// idleGPU is an idle, live CUDA worker that can train.
+func idleGPU(id string) fleetWorker {
+	w := idle(id)
+	w.Kind = DeviceCUDA
+	return w
+}
+
+// training is a live CPU worker training run.
 func training(id, run string) fleetWorker {
-	return fleetWorker{ID: id, State: wire.WorkerTraining, Run: run, Capacity: 1, LastSeen: t0}
+	return fleetWorker{ID: id, Kind: DeviceCPU, State: wire.WorkerTraining, Run: run, Capacity: 1, LastSeen: t0}
 }
 
-// pol is a policy needing min..max workers.
+// pol is a policy needing min..max workers of any kind.
 func pol(min, max int) RunPolicy {
-	return RunPolicy{Stage: 1, MinWorkers: min, MaxWorkers: max, Backend: wire.BackendRing, CheckpointURL: "file:///ck", CheckpointKeep: 3}
+	return RunPolicy{Stage: 1, MinWorkers: min, MaxWorkers: max, Device: DeviceAuto, Backend: wire.BackendRing, CheckpointURL: "file:///ck", CheckpointKeep: 3}
+}
+
+// on is p on one device kind.
+func on(device string, p RunPolicy) RunPolicy {
+	p.Device = device
+	return p
 }
 
 // stage2 is a stage-2 policy taking its tokenizer from run tok.
@@ -188,13 +201,13 @@ func TestScheduleMinMaxWorkers(t *testing.T) {
 		},
 		{
 			name:    "only idle, live workers count",
-			workers: []fleetWorker{idle("w1"), training("w2", "r-0009"), stale, unseen, {ID: "w5", State: wire.WorkerLost, Capacity: 1, LastSeen: t0}},
+			workers: []fleetWorker{idle("w1"), training("w2", "r-0009"), stale, unseen, {ID: "w5", Kind: DeviceCPU, State: wire.WorkerLost, Capacity: 1, LastSeen: t0}},
 			runs:    []*RunRecord{rec(1, RunPending, pol(2, 2))},
 			want:    []string{"waiting r-0001: 2 idle workers that can train (1 now)"},
 		},
 		{
 			name:    "an idle worker still assigned to a run is not free",
-			workers: []fleetWorker{idle("w1"), {ID: "w2", State: wire.WorkerIdle, Run: "r-0009", Capacity: 1, LastSeen: t0}},
+			workers: []fleetWorker{idle("w1"), {ID: "w2", Kind: DeviceCPU, State: wire.WorkerIdle, Run: "r-0009", Capacity: 1, LastSeen: t0}},
 			runs:    []*RunRecord{rec(1, RunPending, pol(2, 2))},
 			want:    []string{"waiting r-0001: 2 idle workers that can train (1 now)"},
 		},
@@ -267,7 +280,7 @@ func TestScheduleCapacityZero(t *testing.T) {
 }
 
 func TestScheduleLostMembers(t *testing.T) {
-	lost := fleetWorker{ID: "w2", State: wire.WorkerLost, Run: "r-0001", Capacity: 1, LastSeen: t0.Add(-time.Minute)}
+	lost := fleetWorker{ID: "w2", Kind: DeviceCPU, State: wire.WorkerLost, Run: "r-0001", Capacity: 1, LastSeen: t0.Add(-time.Minute)}
 	restarted := idle("w2") // registration leaves it IDLE in no run
 	runSchedCases(t, []schedCase{
 		{
@@ -302,6 +315,59 @@ func TestScheduleLostMembers(t *testing.T) {
 			workers: []fleetWorker{training("w1", "r-0001"), training("w2", "r-0001")},
 			runs:    []*RunRecord{runningOn(rec(1, RunPending, pol(1, 2)), 1, "w1", "w2")},
 			want:    nil,
+		},
+	})
+}
+
+func TestScheduleDeviceKinds(t *testing.T) {
+	runSchedCases(t, []schedCase{
+		{
+			name:    "a cuda run takes only CUDA workers",
+			workers: []fleetWorker{idle("c1"), idleGPU("g1"), idle("c2"), idleGPU("g2")},
+			runs:    []*RunRecord{rec(1, RunPending, on(DeviceCUDA, pol(1, 4)))},
+			want:    []string{"start r-0001 generation 1 on g1,g2 from step 0"},
+		},
+		{
+			name:    "a cpu run takes only CPU workers",
+			workers: []fleetWorker{idle("c1"), idleGPU("g1"), idle("c2")},
+			runs:    []*RunRecord{rec(1, RunPending, on(DeviceCPU, pol(1, 4)))},
+			want:    []string{"start r-0001 generation 1 on c1,c2 from step 0"},
+		},
+		{
+			name:    "a cuda run on a CPU-only fleet waits, and says why",
+			workers: []fleetWorker{idle("c1"), idle("c2"), idle("c3")},
+			runs:    []*RunRecord{rec(1, RunPending, on(DeviceCUDA, pol(1, 2)))},
+			want:    []string{"waiting r-0001: 1 idle CUDA workers that can train (0 now); 3 idle CPU workers do not match its device: cuda"},
+		},
+		{
+			name:    "a cpu run on a GPU fleet waits, and says why",
+			workers: []fleetWorker{idleGPU("g1")},
+			runs:    []*RunRecord{rec(1, RunPending, on(DeviceCPU, pol(1, 2)))},
+			want:    []string{"waiting r-0001: 1 idle CPU workers that can train (0 now); 1 idle CUDA workers do not match its device: cpu"},
+		},
+		{
+			name:    "auto prefers CUDA workers when enough are idle",
+			workers: []fleetWorker{idle("c1"), idle("c2"), idleGPU("g1"), idleGPU("g2")},
+			runs:    []*RunRecord{rec(1, RunPending, pol(2, 4))},
+			want:    []string{"start r-0001 generation 1 on g1,g2 from step 0"},
+		},
+		{
+			name:    "auto falls back to CPU workers, never mixing",
+			workers: []fleetWorker{idle("c1"), idle("c2"), idleGPU("g1")},
+			runs:    []*RunRecord{rec(1, RunPending, pol(2, 4))},
+			want:    []string{"start r-0001 generation 1 on c1,c2 from step 0"},
+		},
+		{
+			name:    "auto with too few of each kind waits, and says the kinds do not mix",
+			workers: []fleetWorker{idle("c1"), idleGPU("g1")},
+			runs:    []*RunRecord{rec(1, RunPending, pol(2, 4))},
+			want:    []string{"waiting r-0001: 2 idle workers of one kind that can train (1 CPU and 1 CUDA now; a generation never mixes them)"},
+		},
+		{
+			name:    "runs of both kinds share a mixed fleet",
+			workers: []fleetWorker{idle("c1"), idleGPU("g1")},
+			runs:    []*RunRecord{rec(1, RunPending, on(DeviceCUDA, pol(1, 1))), rec(2, RunPending, on(DeviceCPU, pol(1, 1)))},
+			want:    []string{"start r-0001 generation 1 on g1 from step 0", "start r-0002 generation 1 on c1 from step 0"},
 		},
 	})
 }
