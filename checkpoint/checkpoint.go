@@ -273,8 +273,8 @@ func Delete(ctx context.Context, dir string) error {
 // ExportSafetensors writes the model weights of a state (its "params"
 // tensor cut by the manifest's parameter table) as safetensors: the names
 // and shapes the model defines.
-func ExportSafetensors(w io.Writer, state []byte, abi uint32, params []ParamInfo) error {
-	st, err := ParseState(state, abi)
+func ExportSafetensors(w io.Writer, state []byte, format uint32, params []ParamInfo) error {
+	st, err := ParseState(state, format)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ func fakeState(params []float32, extra map[string][]float32) []byte {
 	var b bytes.Buffer
 	b.WriteString("LAVITST1")
 	le := func(v any) { binary.Write(&b, binary.LittleEndian, v) }
-	le(uint32(StateABI))
+	le(uint32(StateFormat))
 	le(uint32(1))
 	le(uint64(7))
 	le(uint64(6))
@@ -91,7 +91,7 @@ func TestSaveFetchAtEveryWorldSize(t *testing.T) {
 		if err != nil || !bytes.Equal(got, state) {
 			t.Fatalf("world %d: fetched %d bytes, %v; want the state back", world, len(got), err)
 		}
-		if _, err := ParseState(got, StateABI); err != nil {
+		if _, err := ParseState(got, StateFormat); err != nil {
 			t.Fatalf("world %d: %v", world, err)
 		}
 	}
@@ -175,15 +175,15 @@ func TestManifestValidate(t *testing.T) {
 
 func TestParseStateRefusesDamage(t *testing.T) {
 	state := fakeState([]float32{1, 2}, nil)
-	if _, err := ParseState(state[:len(state)-3], StateABI); err == nil {
+	if _, err := ParseState(state[:len(state)-3], StateFormat); err == nil {
 		t.Error("truncated state accepted")
 	}
 	bad := append([]byte(nil), state...)
 	bad[20] ^= 1
-	if _, err := ParseState(bad, StateABI); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if _, err := ParseState(bad, StateFormat); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("flipped byte: %v", err)
 	}
-	if _, err := ParseState(state, StateABI+1); err == nil || !strings.Contains(err.Error(), "ABI") {
+	if _, err := ParseState(state, StateFormat+1); err == nil || !strings.Contains(err.Error(), "ABI") {
 		t.Errorf("other ABI: %v", err)
 	}
 }
@@ -192,7 +192,7 @@ func TestExportSafetensors(t *testing.T) {
 	state := fakeState([]float32{1, 2, 3, 4, 5, 6}, map[string][]float32{"exp_avg": {9, 9, 9, 9, 9, 9}})
 	params := []ParamInfo{{Name: "b", Shape: []int64{2}, Offset: 4, Numel: 2}, {Name: "a.w", Shape: []int64{2, 2}, Offset: 0, Numel: 4}}
 	var buf bytes.Buffer
-	if err := ExportSafetensors(&buf, state, StateABI, params); err != nil {
+	if err := ExportSafetensors(&buf, state, StateFormat, params); err != nil {
 		t.Fatal(err)
 	}
 	b := buf.Bytes()
@@ -210,7 +210,7 @@ func TestExportSafetensors(t *testing.T) {
 	if len(data) != 6*4 {
 		t.Fatalf("%d data bytes, want the 6 weights only (no optimizer state)", len(data))
 	}
-	if err := ExportSafetensors(&buf, state, StateABI, []ParamInfo{{Name: "x", Offset: 5, Numel: 4}}); err == nil {
+	if err := ExportSafetensors(&buf, state, StateFormat, []ParamInfo{{Name: "x", Offset: 5, Numel: 4}}); err == nil {
 		t.Error("a parameter outside the params was exported")
 	}
 }

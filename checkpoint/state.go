@@ -9,7 +9,7 @@ import (
 
 // The trainer's state blob (written by the libtorch shim, little-endian):
 //
-//	"LAVITST1" | u32 abi | u32 stage | u64 adam_t | u64 step | u8 vq_on | u8 selector_frozen
+//	"LAVITST1" | u32 format | u32 stage | u64 adam_t | u64 step | u8 vq_on | u8 selector_frozen
 //	| u32 tensor count | per tensor: u32 name length, name, u64 numel, float32 × numel
 //	| u32 FNV-1a checksum of everything before it
 //
@@ -17,9 +17,11 @@ import (
 // the blob as W contiguous parts (one per rank) and restores it at any
 // world size by concatenating them.
 
-// StateABI is the shim ABI whose states lavit-coord reads without linking
-// the trainer; a trainer test keeps it equal to trainer.ABIVersion.
-const StateABI = 1
+// StateFormat is the state layout version lavit-coord reads without
+// linking the trainer; a trainer test keeps it equal to the shim's
+// (trainer.StateFormat, LAVIT_STATE_FORMAT). It is not the shim's ABI
+// version: the ABI can grow without changing the states.
+const StateFormat = 1
 
 // StateInfo is a parsed state.
 type StateInfo struct {
@@ -30,8 +32,8 @@ type StateInfo struct {
 	Values       map[string][]float32
 }
 
-// ParseState decodes and verifies a state blob written by shim ABI abi.
-func ParseState(b []byte, abi uint32) (*StateInfo, error) {
+// ParseState decodes and verifies a state blob of layout version format.
+func ParseState(b []byte, format uint32) (*StateInfo, error) {
 	if len(b) < 12 || string(b[:8]) != "LAVITST1" {
 		return nil, errors.New("not a lavit state")
 	}
@@ -41,8 +43,8 @@ func ParseState(b []byte, abi uint32) (*StateInfo, error) {
 	}
 	r := reader{b: body, off: 8}
 	st := &StateInfo{Values: map[string][]float32{}}
-	if got := r.u32(); got != abi {
-		return nil, fmt.Errorf("state ABI %d, want %d", got, abi)
+	if got := r.u32(); got != format {
+		return nil, fmt.Errorf("state format %d, want %d", got, format)
 	}
 	st.Stage = int(r.u32())
 	st.AdamT, st.Step = r.u64(), r.u64()

@@ -40,10 +40,11 @@ func TestLoadRefusesOtherABIVersion(t *testing.T) {
 	}
 }
 
-// TestCheckpointReadsThisABI: lavit-coord parses states (ckpt verify and
-// export) with checkpoint.StateABI; it must match the shim's ABI.
-func TestCheckpointReadsThisABI(t *testing.T) {
-	if ABIVersion != checkpoint.StateABI {
-		t.Fatalf("trainer ABI %d, checkpoint.StateABI %d: bump checkpoint.StateABI with the shim", ABIVersion, checkpoint.StateABI)
+// TestCheckpointReadsThisStateFormat: lavit-coord parses states (ckpt
+// verify and export) with checkpoint.StateFormat; it must be the format
+// the shim writes.
+func TestCheckpointReadsThisStateFormat(t *testing.T) {
+	if StateFormat != checkpoint.StateFormat {
+		t.Fatalf("the shim writes state format %d, checkpoint.StateFormat is %d: bump checkpoint.StateFormat with the shim", StateFormat, checkpoint.StateFormat)
 	}
 }

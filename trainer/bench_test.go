@@ -63,7 +63,7 @@ func BenchmarkStepOverhead(b *testing.B) {
 				for r := 0; r < rounds; r++ {
 					start := time.Now()
 					for k := 0; k < block; k++ {
-						if _, err := m.Step(ctx, batch, LocalReducer, nil); err != nil {
+						if _, err := m.Step(ctx, batch, Local, nil); err != nil {
 							b.Fatal(err)
 						}
 					}

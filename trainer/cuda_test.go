@@ -30,7 +30,7 @@ func TestCUDAMatchesCPU(t *testing.T) {
 		}
 		var losses []float64
 		for _, b := range batches {
-			r, err := m.Step(ctx, b, LocalReducer, nil)
+			r, err := m.Step(ctx, b, Local, nil)
 			if err != nil {
 				t.Fatalf("%s: %v", device, err)
 			}

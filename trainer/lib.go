@@ -25,6 +25,11 @@ import (
 // ABIVersion is the shim ABI this package speaks (LAVIT_ABI_VERSION).
 const ABIVersion = C.LAVIT_ABI_VERSION
 
+// StateFormat is the layout version of the state blobs the shim writes and
+// reads (LAVIT_STATE_FORMAT); it changes only with the layout, not with the
+// ABI, so checkpoints outlive ABI changes.
+const StateFormat = C.LAVIT_STATE_FORMAT
+
 // LibraryName is the shim's file name; `make torch` builds it into bin/.
 const LibraryName = "liblavit_torch.so"
 

@@ -60,7 +60,7 @@ func TrainStage1(ctx context.Context, m *Model, seed uint64, s Stage1Schedule, p
 			}
 		}
 		_, b := SyntheticBatch(seed, int64(step), s.Batch, 0, s.Batch)
-		r, err := m.Step(ctx, b, LocalReducer, nil)
+		r, err := m.Step(ctx, b, Local, nil)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
@@ -99,7 +99,7 @@ func TrainStage2(ctx context.Context, lm, tok *Model, seed uint64, steps, batch 
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
-		r, err := lm.Step(ctx, b, LocalReducer, nil)
+		r, err := lm.Step(ctx, b, Local, nil)
 		if err != nil {
 			return fmt.Errorf("step %d: %w", step, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 	"unsafe"
 )
 
@@ -73,6 +74,9 @@ type Model struct {
 	// for them (the step loop is the hot path). tailBuf is the last
 	// all-reduce's buffer (post statistics, loss, ride-along values).
 	preBuf, postBuf, tailBuf []float32
+	// forceStaging makes a CPU model reduce its gradients the way a GPU
+	// model does without NCCL (tests run that path on the CPU).
+	forceStaging bool
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",
@@ -355,11 +359,30 @@ func (m *Model) Metrics() (map[string]float64, error) {
 	return out, json.Unmarshal([]byte(s), &out)
 }
 
-// Reducer sums a buffer across all ranks in place (a collective all-reduce).
+// Reducer sums a host buffer across all ranks in place (a collective
+// all-reduce).
 type Reducer func(ctx context.Context, buf []float32) error
+
+// DeviceReducer sums n float32s of device memory at ptr, on the model's
+// device, across all ranks in place (NCCL).
+type DeviceReducer func(ctx context.Context, ptr uintptr, n int) error
+
+// Reduce is how a step sums its buffers across the ranks.
+type Reduce struct {
+	// Host sums host buffers: the batch and post statistics always, the
+	// gradients of a CPU model, and the gradients of a GPU model when
+	// Device is nil (staged through pinned host memory).
+	Host Reducer
+	// Device sums a GPU model's gradients where they are; nil when the
+	// collective has no device path (the ring).
+	Device DeviceReducer
+}
 
 // LocalReducer is the reducer of a world of one: nothing to add.
 func LocalReducer(context.Context, []float32) error { return nil }
+
+// Local is the Reduce of a world of one.
+var Local = Reduce{Host: LocalReducer}
 
 // StepResult is what one full step reports. Metrics (a JSON round trip)
 // are fetched separately with Model.Metrics, when a caller logs them.
@@ -370,6 +393,9 @@ type StepResult struct {
 	// on the step's last all-reduce); divided by the global batch it is
 	// the step's loss.
 	GlobalLossSum float64
+	// StageTime is what copying a GPU model's gradients to the host and
+	// back cost, when they were reduced there (zero otherwise).
+	StageTime time.Duration
 }
 
 // Step runs one full data-parallel step: begin, reduce the batch
@@ -378,25 +404,26 @@ type StepResult struct {
 // values the caller wants summed over the ranks at this step (the worker's
 // checkpoint decision), summed in place, so they cost no collective call
 // of their own. ride may be nil.
-func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer, ride []float32) (StepResult, error) {
+func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) (StepResult, error) {
 	pre, err := m.StepBegin(b)
 	if err != nil {
 		return StepResult{}, err
 	}
-	if err := reduce(ctx, pre); err != nil {
+	if err := red.Host(ctx, pre); err != nil {
 		return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
 	}
 	post, loss, err := m.StepFinish(pre)
 	if err != nil {
 		return StepResult{}, err
 	}
-	if err := reduce(ctx, m.Grads()); err != nil {
+	staged, err := m.reduceGrads(ctx, red)
+	if err != nil {
 		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
 	}
 	// [post statistics | loss | ride], one buffer reused across steps.
 	n := len(post)
 	m.tailBuf = append(append(append(m.tailBuf[:0], post...), float32(loss)), ride...)
-	if err := reduce(ctx, m.tailBuf); err != nil {
+	if err := red.Host(ctx, m.tailBuf); err != nil {
 		return StepResult{}, fmt.Errorf("reduce codebook statistics: %w", err)
 	}
 	copy(post, m.tailBuf[:n])
@@ -404,7 +431,102 @@ func (m *Model) Step(ctx context.Context, b *Batch, reduce Reducer, ride []float
 	if err := m.ApplyGrads(b.GlobalBatch, post); err != nil {
 		return StepResult{}, err
 	}
-	return StepResult{LossSum: loss, GlobalLossSum: float64(m.tailBuf[n])}, nil
+	return StepResult{LossSum: loss, GlobalLossSum: float64(m.tailBuf[n]), StageTime: staged}, nil
+}
+
+// reduceGrads sums the flat gradient buffer across the ranks: in place on a
+// CPU model; on a GPU model, on the device (red.Device) once libtorch's
+// kernels have finished writing it, or else through the model's pinned
+// host staging buffer with red.Host, returning what the copies cost.
+//
+// Ordering against libtorch's CUDA stream is by the host: Sync waits for
+// every kernel queued on the device before the collective reads the buffer
+// (NCCL runs on a stream of its own), and the collective's completion is
+// awaited (NCCL's calls poll until done) before ApplyGrads queues the
+// kernels that read the sums.
+func (m *Model) reduceGrads(ctx context.Context, red Reduce) (time.Duration, error) {
+	want := int(m.info.GradNumel)
+	if !m.onDevice() && !m.forceStaging {
+		return 0, reduceWhole(ctx, red.Host, m.Grads(), want)
+	}
+	if err := m.Sync(); err != nil {
+		return 0, err
+	}
+	if red.Device != nil && !m.forceStaging {
+		if want > 0 && m.GradsDevicePtr() == 0 {
+			return 0, errors.New("the model's gradient buffer has no device address")
+		}
+		return 0, red.Device(ctx, m.GradsDevicePtr(), want)
+	}
+	buf, err := m.gradStaging()
+	if err != nil {
+		return 0, err
+	}
+	began := time.Now()
+	if err := m.stageGrads(true); err != nil {
+		return 0, err
+	}
+	copied := time.Since(began)
+	if err := reduceWhole(ctx, red.Host, buf, want); err != nil {
+		return copied, err
+	}
+	began = time.Now()
+	err = m.stageGrads(false)
+	return copied + time.Since(began), err
+}
+
+// reduceWhole hands buf to reduce after checking that it is the whole
+// gradient buffer: an empty or short one would let the replicas drift
+// apart with no error.
+func reduceWhole(ctx context.Context, reduce Reducer, buf []float32, want int) error {
+	if len(buf) != want {
+		return fmt.Errorf("the gradient buffer handed to the collective holds %d floats, the model has %d trainable: refusing to reduce part of it", len(buf), want)
+	}
+	return reduce(ctx, buf)
+}
+
+// onDevice reports whether the model lives on a GPU.
+func (m *Model) onDevice() bool { return m.info.Device != "cpu" }
+
+// Sync waits until every kernel queued on the model's device has finished
+// (nothing to wait for on the CPU).
+func (m *Model) Sync() error {
+	return withThread(func() error {
+		if C.c_sync(&m.lib.api, m.m) != 0 {
+			return m.lib.lastError("sync")
+		}
+		return nil
+	})
+}
+
+// gradStaging is the model's host copy of the gradient buffer (pinned
+// memory for a GPU model), owned by the model: valid until Close.
+func (m *Model) gradStaging() ([]float32, error) {
+	var p *C.float
+	err := withThread(func() error {
+		if p = C.c_grad_staging(&m.lib.api, m.m); p == nil {
+			return m.lib.lastError("gradient staging buffer")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(p)), int(m.info.GradNumel)), nil
+}
+
+// stageGrads copies the gradients to the staging buffer (toHost) or back.
+func (m *Model) stageGrads(toHost bool) error {
+	dir := C.int(0)
+	if toHost {
+		dir = 1
+	}
+	return withThread(func() error {
+		if C.c_grads_stage(&m.lib.api, m.m, dir) != 0 {
+			return m.lib.lastError("stage gradients")
+		}
+		return nil
+	})
 }
 
 // EnableVQ switches stage 1 to phase B: k-means codebook init from these

@@ -10,6 +10,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	api->handle = h;
 	LOAD(abi_version) LOAD(last_error) LOAD(build_info) LOAD(free_string) LOAD(set_threads)
 	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data) LOAD(param_grad)
+	LOAD(sync) LOAD(grad_staging) LOAD(grads_stage)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
 	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
 	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
@@ -29,6 +30,9 @@ int64_t c_grad_numel(lavit_api* a, lavit_model* m) { return a->grad_numel(m); }
 void* c_grad_data(lavit_api* a, lavit_model* m) { return a->grad_data(m); }
 void* c_param_data(lavit_api* a, lavit_model* m) { return a->param_data(m); }
 int c_param_grad(lavit_api* a, lavit_model* m, int64_t i, float* out) { return a->param_grad(m, i, out); }
+int c_sync(lavit_api* a, lavit_model* m) { return a->sync(m); }
+float* c_grad_staging(lavit_api* a, lavit_model* m) { return a->grad_staging(m); }
+int c_grads_stage(lavit_api* a, lavit_model* m, int to_host) { return a->grads_stage(m, to_host); }
 int64_t c_pre_stats_numel(lavit_api* a, lavit_model* m) { return a->pre_stats_numel(m); }
 int64_t c_post_stats_numel(lavit_api* a, lavit_model* m) { return a->post_stats_numel(m); }
 int c_step_begin(lavit_api* a, lavit_model* m, const lavit_batch* b, float* pre) { return a->step_begin(m, b, pre); }

@@ -4,7 +4,7 @@ import "github.com/lavit-org/lavit/checkpoint"
 
 // State layout (written by the shim, little-endian):
 //
-//	"LAVITST1" | u32 abi | u32 stage | u64 adam_t | u64 step | u8 vq_on | u8 selector_frozen
+//	"LAVITST1" | u32 format | u32 stage | u64 adam_t | u64 step | u8 vq_on | u8 selector_frozen
 //	| u32 tensor count | per tensor: u32 name length, name, u64 numel, float32 × numel
 //	| u32 FNV-1a checksum of everything before it
 //

@@ -30,11 +30,11 @@ func TestStepRidesOnTheLastAllReduce(t *testing.T) {
 	var lens []int
 	identity := func(_ context.Context, buf []float32) error { lens = append(lens, len(buf)); return nil }
 	ride := []float32{7, -2}
-	ra, err := a.Step(ctx, batch, identity, ride)
+	ra, err := a.Step(ctx, batch, Reduce{Host: identity}, ride)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := b.Step(ctx, batch, LocalReducer, nil)
+	rb, err := b.Step(ctx, batch, Local, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,11 +61,75 @@ func TestStepRidesOnTheLastAllReduce(t *testing.T) {
 	}
 	ride = []float32{1}
 	_, batch = SyntheticBatch(0, int64(shortSchedule.PhaseA+1), 8, 0, 8)
-	r, err := a.Step(ctx, batch, double, ride)
+	r, err := a.Step(ctx, batch, Reduce{Host: double}, ride)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ride[0] != 2 || r.GlobalLossSum != 2*float64(float32(r.LossSum)) {
 		t.Fatalf("doubled: ride %v, global loss %v, rank loss %v", ride, r.GlobalLossSum, r.LossSum)
+	}
+}
+
+// TestStagedGradientsTrainTheSame: a GPU model without a device collective
+// reduces its gradients through the host staging buffer; on a CPU model
+// forced down that path the step must train exactly as the in-place one,
+// and the reducer must see the whole gradient buffer.
+func TestStagedGradientsTrainTheSame(t *testing.T) {
+	lib := loadLib(t)
+	ctx := context.Background()
+	direct, staged := newModel(t, lib, TinyStage1(), 5), newModel(t, lib, TinyStage1(), 5)
+	staged.forceStaging = true
+	for step := range 3 {
+		_, batch := SyntheticBatch(0, int64(step), 8, 0, 8)
+		var seen []int
+		record := func(_ context.Context, buf []float32) error { seen = append(seen, len(buf)); return nil }
+		if _, err := direct.Step(ctx, batch, Local, nil); err != nil {
+			t.Fatal(err)
+		}
+		r, err := staged.Step(ctx, batch, Reduce{Host: record}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(seen) != 3 || seen[1] != int(staged.Info().GradNumel) {
+			t.Fatalf("step %d: reduce calls with %v floats; the second must be the whole gradient buffer (%d)", step, seen, staged.Info().GradNumel)
+		}
+		if r.StageTime <= 0 {
+			t.Errorf("step %d: staging took no time at all: the copy cost was not measured", step)
+		}
+	}
+	if !bitsEqual(direct.Params(), staged.Params()) {
+		t.Fatal("staging the gradients through the host changed the training")
+	}
+}
+
+// TestReduceRefusesPartialGradients: an empty or short gradient buffer is
+// an error, never a silent no-op all-reduce.
+func TestReduceRefusesPartialGradients(t *testing.T) {
+	calls := 0
+	count := func(context.Context, []float32) error { calls++; return nil }
+	tests := []struct {
+		name string
+		buf  []float32
+		want int
+		ok   bool
+	}{
+		{"the whole buffer", make([]float32, 10), 10, true},
+		{"no trainable parameters", nil, 0, true},
+		{"nil for a model with parameters (a GPU model's host view)", nil, 10, false},
+		{"empty", []float32{}, 10, false},
+		{"short", make([]float32, 9), 10, false},
+		{"long", make([]float32, 11), 10, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := calls
+			err := reduceWhole(context.Background(), count, tt.buf, tt.want)
+			if tt.ok != (err == nil) {
+				t.Fatalf("reduceWhole(%d floats, want %d) = %v", len(tt.buf), tt.want, err)
+			}
+			if !tt.ok && calls != before {
+				t.Fatal("the collective was called with a partial buffer")
+			}
+		})
 	}
 }

@@ -32,7 +32,7 @@ func runStage1(t *testing.T, m *Model, from, to int) []float64 {
 			}
 		}
 		_, b := SyntheticBatch(0, int64(step), shortSchedule.Batch, 0, shortSchedule.Batch)
-		r, err := m.Step(context.Background(), b, LocalReducer, nil)
+		r, err := m.Step(context.Background(), b, Local, nil)
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
@@ -311,7 +311,7 @@ func TestHalfBatchesEqualWholeBatch(t *testing.T) {
 				}
 			}
 			for s := int64(0); s < 3; s++ {
-				if _, err := warm.Step(context.Background(), batch(s, 0, 8), LocalReducer, nil); err != nil {
+				if _, err := warm.Step(context.Background(), batch(s, 0, 8), Local, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -378,7 +378,7 @@ func TestBadInput(t *testing.T) {
 		t.Fatal("a refused input changed the parameters")
 	}
 	// The model still trains after all of that.
-	if _, err := m.Step(context.Background(), good, LocalReducer, nil); err != nil {
+	if _, err := m.Step(context.Background(), good, Local, nil); err != nil {
 		t.Fatalf("step after bad input: %v", err)
 	}
 

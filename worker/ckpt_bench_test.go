@@ -79,7 +79,7 @@ func TestExportMatchesTrainer(t *testing.T) {
 			params = append(params, checkpoint.ParamInfo{Name: p.Name, Shape: p.Shape, Offset: p.Offset, Numel: p.Numel})
 		}
 		var got bytes.Buffer
-		if err := checkpoint.ExportSafetensors(&got, state, checkpoint.StateABI, params); err != nil {
+		if err := checkpoint.ExportSafetensors(&got, state, checkpoint.StateFormat, params); err != nil {
 			t.Fatal(err)
 		}
 		path := filepath.Join(t.TempDir(), "model.safetensors")

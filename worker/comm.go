@@ -12,6 +12,7 @@ import (
 	"github.com/lavit-org/lavit/collective"
 	"github.com/lavit-org/lavit/collective/ring"
 	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/trainer"
 )
 
 // stepComm is the generation's collective as the step loop uses it: every
@@ -50,6 +51,11 @@ func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
 	c.busy += took - wait
 	c.idle += wait
 	return err
+}
+
+// reduction is what the model's step sums its buffers with.
+func (c *stepComm) reduction() trainer.Reduce {
+	return trainer.Reduce{Host: c.reduce}
 }
 
 // take returns the collective time since the last take, split into moving

@@ -227,7 +227,7 @@ func (r *training) train(ctx context.Context) error {
 			}
 		}
 		stepStart := time.Now()
-		res, err := r.model.Step(ctx, it.batch, r.comm.reduce, ride)
+		res, err := r.model.Step(ctx, it.batch, r.comm.reduction(), ride)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

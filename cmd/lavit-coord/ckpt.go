@@ -50,7 +50,7 @@ func ckptCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if _, err := checkpoint.ParseState(state, checkpoint.StateABI); err != nil {
+					if _, err := checkpoint.ParseState(state, checkpoint.StateFormat); err != nil {
 						return fmt.Errorf("%s: %w: %v", k.URL, checkpoint.ErrCorrupt, err)
 					}
 					fmt.Printf("checkpoint %s step %d: %d parts, %d bytes, sha256 %s: OK (%s)\n", m.Run, m.Step, len(m.Parts), m.StateBytes, short(m.StateSHA256), time.Since(began).Round(time.Millisecond))
@@ -73,7 +73,7 @@ func ckptCommand() *cli.Command {
 						return err
 					}
 					defer os.Remove(tmp.Name())
-					if err := checkpoint.ExportSafetensors(tmp, state, checkpoint.StateABI, m.Params); err != nil {
+					if err := checkpoint.ExportSafetensors(tmp, state, checkpoint.StateFormat, m.Params); err != nil {
 						tmp.Close()
 						return err
 					}

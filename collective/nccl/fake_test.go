@@ -21,7 +21,7 @@ var (
 	fakeErr  error
 )
 
-// loadFake builds testdata/fake_nccl.c into a shared library playing both
+// loadFake builds fakenccl/fake_nccl.c into a shared library playing both
 // libnccl.so.2 and libcudart.so, and loads it.
 func loadFake(t *testing.T) *Lib {
 	t.Helper()
@@ -32,7 +32,7 @@ func loadFake(t *testing.T) *Lib {
 			return
 		}
 		so := filepath.Join(dir, "libnccl.so.2")
-		out, err := exec.Command("gcc", "-shared", "-fPIC", "-O1", "-o", so, "testdata/fake_nccl.c").CombinedOutput()
+		out, err := exec.Command("gcc", "-shared", "-fPIC", "-O1", "-o", so, "fakenccl/fake_nccl.c", "-lpthread", "-lrt").CombinedOutput()
 		if err != nil {
 			fakeErr = errors.New("gcc: " + err.Error() + "\n" + string(out))
 			return

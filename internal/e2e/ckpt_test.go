@@ -63,7 +63,7 @@ func finalState(t *testing.T, info wire.RunInfo) []byte {
 // paramsOf returns a state's flat parameters.
 func paramsOf(t *testing.T, state []byte) []float32 {
 	t.Helper()
-	st, err := checkpoint.ParseState(state, checkpoint.StateABI)
+	st, err := checkpoint.ParseState(state, checkpoint.StateFormat)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,13 @@
 extern "C" {
 #endif
 
-#define LAVIT_ABI_VERSION 1
+#define LAVIT_ABI_VERSION 2
+
+/* The layout version written into every state blob (lavit_state_save). It
+ * is not the ABI version: adding a function changes the ABI but not the
+ * states, and a checkpoint must stay readable across such a change. Bump it
+ * only when the state layout changes. */
+#define LAVIT_STATE_FORMAT 1
 
 typedef struct lavit_model lavit_model;
 
@@ -67,6 +73,19 @@ void* lavit_param_data(lavit_model* m);
  * (CPU floats, numel of that parameter): lets tests check that every .grad
  * is a view into the flat buffer. */
 int lavit_param_grad(lavit_model* m, int64_t index, float* out);
+
+/* The gradient hand-off to a collective (ABI 2).
+ * lavit_sync waits until every kernel queued on the model's device has
+ * finished (a no-op on the CPU): a collective that reads the gradient buffer
+ * on a stream of its own (NCCL) may start once it returns, and libtorch's
+ * next kernels are queued only after the collective has completed.
+ * lavit_grad_staging returns a host buffer of lavit_grad_numel floats owned
+ * by the model (pinned memory when the model is on a GPU), for collectives
+ * that run on the host (the ring); lavit_grads_stage copies the gradients
+ * into it (to_host = 1) or back from it (to_host = 0), synchronously. */
+int lavit_sync(lavit_model* m);
+float* lavit_grad_staging(lavit_model* m);
+int lavit_grads_stage(lavit_model* m, int to_host);
 
 /* Batch statistics exchanged between workers (sum all-reduce):
  * pre-stats after step_begin (stage 1: keep sum, patch count),

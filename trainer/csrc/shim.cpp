@@ -84,6 +84,9 @@ struct lavit_model {
   // trained, not in the flat buffers.
   std::vector<std::pair<std::string, torch::Tensor>> frozen;
   torch::Tensor params, grads, exp_avg, exp_avg_sq;
+  // The gradients' host copy for collectives that run on the host (made on
+  // first use; pinned when the model is on a GPU).
+  torch::Tensor staging;
   // Runs of contiguous segments sharing an optimizer treatment (group and
   // weight decay): the flat layout is sorted so there are only a few, and
   // AdamW loops over them with scalar settings instead of per-element masks.
@@ -533,7 +536,7 @@ void vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* po
 }
 
 // ---- state bytes -------------------------------------------------------------
-// "LAVITST1" | u32 abi | u32 stage | u64 adam_t | u64 last_step | u8 vq_on | u8 selector_frozen
+// "LAVITST1" | u32 format | u32 stage | u64 adam_t | u64 last_step | u8 vq_on | u8 selector_frozen
 // | u32 tensor count | per tensor: u32 name length, name, u64 numel, float32 data
 // | u32 FNV-1a checksum of everything before it.
 
@@ -562,7 +565,7 @@ void put(std::vector<uint8_t>& out, T v) {
 std::vector<uint8_t> state_save(lavit_model* m) {
   if (m->in_flight) throw std::logic_error("cannot save while a step is in flight");
   std::vector<uint8_t> out(kMagic, kMagic + 8);
-  put<uint32_t>(out, LAVIT_ABI_VERSION);
+  put<uint32_t>(out, LAVIT_STATE_FORMAT);
   put<uint32_t>(out, static_cast<uint32_t>(m->stage));
   put<uint64_t>(out, static_cast<uint64_t>(m->adam_t));
   put<uint64_t>(out, static_cast<uint64_t>(m->last_step));
@@ -604,7 +607,7 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   std::memcpy(&sum, data + n - 4, 4);
   if (fnv1a(data, n - 4) != sum) throw std::invalid_argument("state checksum mismatch (truncated or corrupt)");
   Reader r{data, n - 4, 8};
-  if (r.get<uint32_t>("abi") != LAVIT_ABI_VERSION) throw std::invalid_argument("state written by another ABI version");
+  if (r.get<uint32_t>("format") != LAVIT_STATE_FORMAT) throw std::invalid_argument("state written in another format version");
   if (static_cast<int>(r.get<uint32_t>("stage")) != m->stage) throw std::invalid_argument("state is for another stage");
   auto adam_t = static_cast<int64_t>(r.get<uint64_t>("adam_t"));
   auto last_step = static_cast<int64_t>(r.get<uint64_t>("step"));
@@ -868,6 +871,33 @@ char* lavit_model_info(lavit_model* m) {
 }
 
 int64_t lavit_grad_numel(lavit_model* m) { return m->grads.numel(); }
+int lavit_sync(lavit_model* m) {
+  return guard([&] {
+    if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());
+  });
+}
+float* lavit_grad_staging(lavit_model* m) {
+  float* out = nullptr;
+  guard([&] {
+    if (!m->staging.defined() || m->staging.numel() != m->grads.numel()) {
+      auto opts = torch::TensorOptions().dtype(torch::kFloat).device(torch::kCPU);
+      if (m->device.is_cuda()) opts = opts.pinned_memory(true);
+      m->staging = torch::empty({m->grads.numel()}, opts);
+    }
+    out = m->staging.data_ptr<float>();
+  });
+  return out;
+}
+int lavit_grads_stage(lavit_model* m, int to_host) {
+  return guard([&] {
+    if (!m->staging.defined() || m->staging.numel() != m->grads.numel()) throw std::logic_error("grads stage: no staging buffer (call lavit_grad_staging first)");
+    if (to_host) {
+      m->staging.copy_(m->grads);
+    } else {
+      m->grads.copy_(m->staging);
+    }
+  });
+}
 void* lavit_grad_data(lavit_model* m) { return m->grads.data_ptr(); }
 void* lavit_param_data(lavit_model* m) { return m->params.data_ptr(); }
 int lavit_param_grad(lavit_model* m, int64_t index, float* out) {

@@ -1,0 +1,108 @@
+package nccl
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/lavit-org/lavit/collective"
+)
+
+// Collective is an NCCL communicator behind the collective.Communicator
+// contract, so the worker drives it like the ring: host buffers (the step's
+// statistics, and every buffer of a CPU model) travel through a scratch
+// buffer on the communicator's device, and AllReduceDevice sums device
+// memory where it is (a GPU model's gradients). The same rules hold:
+// deadlines, serialised calls, sticky errors, Abort from any goroutine.
+type Collective struct {
+	comm *Comm
+
+	mu      sync.Mutex // guards the scratch buffer across calls
+	scratch uintptr
+	cap     int // bytes
+}
+
+// NewCollective wraps a joined communicator; Close closes it.
+func NewCollective(c *Comm) *Collective { return &Collective{comm: c} }
+
+var _ collective.Communicator = (*Collective)(nil)
+
+// Rank is this rank's index.
+func (c *Collective) Rank() int { return c.comm.Rank() }
+
+// Size is the number of ranks.
+func (c *Collective) Size() int { return c.comm.Size() }
+
+// Err returns the sticky error, or nil.
+func (c *Collective) Err() error { return c.comm.Err() }
+
+// AllReduceDevice reduces n float32s at ptr, device memory on the
+// communicator's device, in place across all ranks.
+func (c *Collective) AllReduceDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
+	return c.comm.AllReduce(ctx, ptr, n, Float32, op)
+}
+
+// AllReduce reduces a host buffer across all ranks, through the device.
+func (c *Collective) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
+	return c.staged(buf, func(dev uintptr) error { return c.comm.AllReduce(ctx, dev, len(buf), Float32, op) })
+}
+
+// Broadcast copies root's host buffer to every rank's, through the device.
+func (c *Collective) Broadcast(ctx context.Context, buf []float32, root int) error {
+	return c.staged(buf, func(dev uintptr) error { return c.comm.Broadcast(ctx, dev, len(buf), Float32, root) })
+}
+
+// Barrier returns once every rank has entered it (a one-float all-reduce).
+func (c *Collective) Barrier(ctx context.Context) error {
+	return c.AllReduce(ctx, make([]float32, 1), collective.Sum)
+}
+
+// staged copies buf to the device scratch buffer, runs op on it and copies
+// the result back.
+func (c *Collective) staged(buf []float32, op func(dev uintptr) error) error {
+	if err := c.comm.Err(); err != nil {
+		return err
+	}
+	if len(buf) == 0 {
+		return op(0)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	lib, dev := c.comm.lib, c.comm.device
+	bytes := 4 * len(buf)
+	if c.cap < bytes {
+		if c.scratch != 0 {
+			lib.DeviceFree(dev, c.scratch)
+			c.scratch, c.cap = 0, 0
+		}
+		p, err := lib.DeviceAlloc(dev, bytes)
+		if err != nil {
+			return fmt.Errorf("nccl: device scratch of %d bytes: %w", bytes, err)
+		}
+		c.scratch, c.cap = p, bytes
+	}
+	host := unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), bytes)
+	if err := lib.CopyToDevice(dev, c.scratch, host); err != nil {
+		return err
+	}
+	if err := op(c.scratch); err != nil {
+		return err
+	}
+	return lib.CopyFromDevice(dev, host, c.scratch)
+}
+
+// Abort breaks the communicator (see Comm.Abort).
+func (c *Collective) Abort(err error) { c.comm.Abort(err) }
+
+// Close closes the communicator and frees the scratch buffer.
+func (c *Collective) Close() error {
+	err := c.comm.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.scratch != 0 {
+		c.comm.lib.DeviceFree(c.comm.device, c.scratch)
+		c.scratch, c.cap = 0, 0
+	}
+	return err
+}

@@ -1,0 +1,278 @@
+// fake_nccl.c: a stand-in for libnccl.so.2 and libcudart.so on machines
+// without a GPU, so the NCCL backend's loading, rendezvous, polling,
+// deadline and abort paths, and the worker's whole step loop over NCCL,
+// run in tests (`make fake-nccl` builds it as bin/fake-nccl/libnccl.so.2).
+//
+// "Device" memory is host memory. A communicator of 1 to 8 ranks spans
+// processes (or threads): the ranks meet in a POSIX shared-memory segment
+// named after the unique id, each rank has a slot there, and an operation
+// moves through it in chunks: every rank copies its chunk to its slot and
+// publishes a sequence number, waits for every rank's, sums the slots in
+// rank order (so every rank gets the same bits, whatever the world size
+// of the run), and waits for every rank to be done before the slots are
+// reused. Operations run on a thread per communicator, asynchronously
+// like NCCL's: the stream is "not ready" until the operation is done, and
+// ncclCommGetAsyncError reports a failure. A rank that aborts, or whose
+// process dies, fails its peers' operations with ncclRemoteError.
+//
+// Behaviour is steered by environment variables read at call time:
+//   FAKE_NCCL_INIT_HANG=1     init stays in progress forever
+//   FAKE_NCCL_OP_HANG=1       operations never complete
+//   FAKE_NCCL_REMOTE_ERROR=1  operations fail with ncclRemoteError
+//   FAKE_NCCL_LOG=path        lifecycle calls are appended to path
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { ok = 0, invalidArgument = 4, internalError = 3, remoteError = 6, inProgress = 7 };
+enum { maxRanks = 8, slotBytes = 1 << 20, magic = 0x464b4e43 /* "FKNC" */ };
+
+typedef struct { char internal[128]; } ncclUniqueId;
+typedef struct {
+	size_t size; unsigned int magic; unsigned int version;
+	int blocking; int cgaClusterSize; int minCTAs; int maxCTAs; const char* netName;
+} ncclConfig_t;
+
+// The shared segment: a header, then one slot per rank.
+typedef struct {
+	atomic_int joined;            // ranks attached
+	atomic_int aborted;           // a rank aborted: every pending operation fails
+	atomic_int pid[maxRanks];     // each rank's process, to notice one that died
+	atomic_llong arrived[maxRanks]; // the last chunk each rank has published
+	atomic_llong finished[maxRanks]; // the last chunk each rank has read
+} shared;
+
+typedef struct fake_stream fake_stream;
+
+typedef struct {
+	int kind; // 0 all-reduce, 1 broadcast
+	void* buf; size_t count; int avg, root;
+	fake_stream* stream;
+} op_t;
+
+typedef struct {
+	int rank, world;
+	char name[64];
+	shared* sh; size_t mapped;
+	atomic_int async;     // ncclSuccess, ncclInProgress or the failure
+	atomic_int init_hang;
+	long long chunk;      // chunks done by this rank
+	pthread_t thread; int started;
+	pthread_mutex_t mu; pthread_cond_t cv;
+	op_t queue[16]; int head, tail;
+	atomic_int quit, abort;
+} fake_comm;
+
+struct fake_stream { atomic_int pending; atomic_int forever; };
+
+static int flag(const char* name) { const char* v = getenv(name); return v && strcmp(v, "1") == 0; }
+static void logf_(const char* what) {
+	const char* p = getenv("FAKE_NCCL_LOG");
+	if (!p || !*p) return;
+	FILE* f = fopen(p, "a");
+	if (f) { fprintf(f, "%s\n", what); fclose(f); }
+}
+static char* slot(fake_comm* c, int r) { return (char*)c->sh + sizeof(shared) + (size_t)r * slotBytes; }
+
+int ncclGetVersion(int* v) { *v = 22105; return ok; }
+
+int ncclGetUniqueId(ncclUniqueId* id) {
+	memset(id, 0, sizeof *id);
+	uint32_t m = magic;
+	memcpy(id->internal, &m, 4);
+	unsigned char rnd[16];
+	FILE* f = fopen("/dev/urandom", "r");
+	if (!f || fread(rnd, 1, sizeof rnd, f) != sizeof rnd) { if (f) fclose(f); return internalError; }
+	fclose(f);
+	memcpy(id->internal + 4, rnd, sizeof rnd);
+	return ok;
+}
+
+// failed reports why waiting for the peers must stop, or 0.
+static int failed(fake_comm* c) {
+	if (atomic_load(&c->abort) || atomic_load(&c->sh->aborted)) return remoteError;
+	for (int r = 0; r < c->world; r++) {
+		int pid = atomic_load(&c->sh->pid[r]);
+		if (r != c->rank && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) return remoteError;
+	}
+	return 0;
+}
+
+// await waits until every rank's counter reached n, or fails.
+static int await(fake_comm* c, atomic_llong* counters, long long n) {
+	for (unsigned spins = 0;; spins++) {
+		int all = 1;
+		for (int r = 0; r < c->world && all; r++) all = atomic_load(&counters[r]) >= n;
+		if (all) return 0;
+		if ((spins & 255) == 0) { int f = failed(c); if (f) return f; }
+		if (spins > 1000) { struct timespec ts = {0, 20000}; nanosleep(&ts, NULL); } else sched_yield();
+	}
+}
+
+// run performs one operation through the shared slots, chunk by chunk.
+static int run(fake_comm* c, op_t* o) {
+	float* buf = o->buf;
+	const size_t per = slotBytes / sizeof(float);
+	for (size_t off = 0; off < o->count || (o->count == 0 && off == 0); off += per) {
+		size_t n = o->count - off < per ? o->count - off : per;
+		long long k = ++c->chunk;
+		if (o->kind == 0 || c->rank == o->root) memcpy(slot(c, c->rank), buf + off, n * sizeof(float));
+		atomic_store(&c->sh->arrived[c->rank], k);
+		int f = await(c, c->sh->arrived, k);
+		if (f) return f;
+		if (o->kind == 0) {
+			// Sum in rank order: the same bits on every rank.
+			float* acc = buf + off;
+			memcpy(acc, slot(c, 0), n * sizeof(float));
+			for (int r = 1; r < c->world; r++) {
+				const float* s = (const float*)slot(c, r);
+				for (size_t i = 0; i < n; i++) acc[i] += s[i];
+			}
+			if (o->avg) for (size_t i = 0; i < n; i++) acc[i] /= (float)c->world;
+		} else if (c->rank != o->root) {
+			memcpy(buf + off, slot(c, o->root), n * sizeof(float));
+		}
+		atomic_store(&c->sh->finished[c->rank], k);
+		if ((f = await(c, c->sh->finished, k))) return f;
+		if (o->count == 0) break;
+	}
+	return 0;
+}
+
+static void* worker(void* arg) {
+	fake_comm* c = arg;
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		while (c->head == c->tail && !atomic_load(&c->quit)) pthread_cond_wait(&c->cv, &c->mu);
+		if (atomic_load(&c->quit)) break;
+		op_t o = c->queue[c->head % 16];
+		pthread_mutex_unlock(&c->mu);
+		int r = atomic_load(&c->async) == ok ? run(c, &o) : atomic_load(&c->async);
+		if (r) atomic_store(&c->async, r);
+		else atomic_fetch_sub(&o.stream->pending, 1);
+		pthread_mutex_lock(&c->mu);
+		c->head++;
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+int ncclCommInitRankConfig(void** comm, int n, ncclUniqueId id, int rank, ncclConfig_t* cfg) {
+	uint32_t m;
+	memcpy(&m, id.internal, 4);
+	if (cfg->magic != 0xcafebeef || cfg->size != sizeof(ncclConfig_t) || cfg->version < 21400 ||
+	    cfg->blocking != 0 || cfg->minCTAs != INT_MIN || cfg->netName != NULL) return invalidArgument;
+	if (n < 1 || n > maxRanks || rank < 0 || rank >= n || m != magic) return invalidArgument;
+	fake_comm* c = calloc(1, sizeof *c);
+	c->rank = rank; c->world = n;
+	snprintf(c->name, sizeof c->name, "/lavit-fake-nccl-");
+	for (int i = 4; i < 20; i++) snprintf(c->name + strlen(c->name), 3, "%02x", (unsigned char)id.internal[i]);
+	c->mapped = sizeof(shared) + (size_t)n * slotBytes;
+	int fd = shm_open(c->name, O_RDWR | O_CREAT, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)c->mapped) != 0) { if (fd >= 0) close(fd); free(c); return internalError; }
+	c->sh = mmap(NULL, c->mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (c->sh == MAP_FAILED) { free(c); return internalError; }
+	atomic_store(&c->sh->pid[rank], (int)getpid());
+	atomic_fetch_add(&c->sh->joined, 1);
+	atomic_store(&c->async, inProgress);
+	atomic_store(&c->init_hang, flag("FAKE_NCCL_INIT_HANG"));
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	*comm = c;
+	logf_("init");
+	return inProgress;
+}
+
+int ncclCommGetAsyncError(void* comm, int* res) {
+	fake_comm* c = comm;
+	if (atomic_load(&c->async) == inProgress) {
+		if (atomic_load(&c->init_hang) || atomic_load(&c->sh->joined) < c->world) { *res = inProgress; return ok; }
+		// Every rank joined: the name can go (the mappings stay), and the
+		// operations' thread starts.
+		if (c->rank == 0) shm_unlink(c->name);
+		c->started = pthread_create(&c->thread, NULL, worker, c) == 0;
+		atomic_store(&c->async, c->started ? ok : internalError);
+	}
+	*res = atomic_load(&c->async);
+	return ok;
+}
+
+static void release(fake_comm* c) {
+	if (c->started) {
+		pthread_mutex_lock(&c->mu);
+		atomic_store(&c->quit, 1);
+		pthread_cond_broadcast(&c->cv);
+		pthread_mutex_unlock(&c->mu);
+		pthread_join(c->thread, NULL);
+	}
+	shm_unlink(c->name); // gone already once every rank joined; else nobody else will
+	munmap(c->sh, c->mapped);
+	free(c);
+}
+
+int ncclCommAbort(void* comm) {
+	fake_comm* c = comm;
+	logf_("abort");
+	atomic_store(&c->abort, 1);
+	atomic_store(&c->sh->aborted, 1);
+	release(c);
+	return ok;
+}
+int ncclCommFinalize(void* comm) { logf_("finalize"); return ok; }
+int ncclCommDestroy(void* comm) { logf_("destroy"); release(comm); return ok; }
+
+static int enqueue(int kind, const void* send, void* recv, size_t count, int dtype, int avg, int root, void* comm, void* stream) {
+	fake_comm* c = comm;
+	fake_stream* s = stream;
+	if (dtype != 7) return invalidArgument; // float32 only
+	if (send != recv) memcpy(recv, send, count * 4);
+	logf_("op");
+	atomic_fetch_add(&s->pending, 1);
+	if (flag("FAKE_NCCL_OP_HANG") || flag("FAKE_NCCL_REMOTE_ERROR")) atomic_store(&s->forever, 1);
+	if (flag("FAKE_NCCL_REMOTE_ERROR")) { atomic_store(&c->async, remoteError); return ok; }
+	if (atomic_load(&s->forever)) return ok;
+	pthread_mutex_lock(&c->mu);
+	if (c->tail - c->head >= 16) { pthread_mutex_unlock(&c->mu); return internalError; }
+	c->queue[c->tail % 16] = (op_t){kind, recv, count, avg, root, s};
+	c->tail++;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	return ok;
+}
+int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int redop, void* comm, void* stream) {
+	if (redop != 0 && redop != 4) return invalidArgument; // ncclSum, ncclAvg
+	return enqueue(0, send, recv, count, dtype, redop == 4, 0, comm, stream);
+}
+int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
+	fake_comm* c = comm;
+	if (root < 0 || root >= c->world) return invalidArgument;
+	return enqueue(1, send, recv, count, dtype, 0, root, comm, stream);
+}
+const char* ncclGetErrorString(int r) { return r == remoteError ? "remote process exited or there was a network error" : "fake nccl error"; }
+const char* ncclGetLastError(void* comm) { return "fake last error"; }
+
+int cudaSetDevice(int d) { return d == 0 ? 0 : 101; } // cudaErrorInvalidDevice
+int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
+int cudaStreamCreateWithFlags(void** s, unsigned int flags) { *s = calloc(1, sizeof(fake_stream)); return 0; }
+int cudaStreamQuery(void* stream) {
+	fake_stream* s = stream;
+	return atomic_load(&s->forever) || atomic_load(&s->pending) > 0 ? 600 : 0; // cudaErrorNotReady
+}
+int cudaStreamDestroy(void* s) { free(s); return 0; }
+int cudaMalloc(void** p, size_t n) { *p = malloc(n ? n : 1); return *p ? 0 : 2; }
+int cudaFree(void* p) { free(p); return 0; }
+int cudaMemcpy(void* dst, const void* src, size_t n, int kind) { memcpy(dst, src, n); return 0; }
+const char* cudaGetErrorString(int r) { return "fake cuda error"; }
