@@ -23,7 +23,11 @@ TORCH_CFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/inc
 TORCH_LIBS   := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 $(if $(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so),-ltorch_cuda -lc10_cuda) -Wl,--as-needed
 endif
 
-.PHONY: all deps build torch gpu-bundle test demo bench lint fmt clean
+# The fake NCCL: plays libnccl.so.2 and libcudart.so on CPU machines, so
+# the NCCL backend and the worker's loop over it run in tests and benchmarks.
+FAKE_NCCL := $(BIN)/fake-nccl/libnccl.so.2
+
+.PHONY: all deps build torch fake-nccl gpu-bundle test demo bench lint fmt clean
 
 all: build
 
@@ -44,6 +48,14 @@ $(SHIM): $(SHIM_SRC) $(SHIM_HDR)
 	@mkdir -p $(BIN)
 	$(CXX) -O2 -std=c++17 -fPIC -shared -Wall $(TORCH_CFLAGS) $(SHIM_SRC) $(TORCH_LIBS) -o $@
 
+## fake-nccl: bin/fake-nccl/libnccl.so.2 (and the libcudart.so it also plays)
+fake-nccl: $(FAKE_NCCL)
+
+$(FAKE_NCCL): collective/nccl/fakenccl/fake_nccl.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -o $@ $< -lpthread -lrt
+	ln -sf libnccl.so.2 $(dir $@)libcudart.so
+
 ## gpu-bundle: what deploy/gpu/gpu-check.sh needs on a GPU machine without Go
 gpu-bundle: deps
 	@mkdir -p build/gpu/include
@@ -53,9 +65,9 @@ gpu-bundle: deps
 	$(GO) build -o build/gpu/lavit-worker ./cmd/lavit-worker
 
 ## test: every test (unit, in-process cluster, process-level), with -race
-test: build torch
+test: build torch fake-nccl
 	@rm -f test-out/it-learned.txt
-	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) LAVIT_REPORT_DIR=$(CURDIR)/test-out $(GO) test $(TESTFLAGS) ./...
+	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) LAVIT_FAKE_NCCL=$(CURDIR)/$(FAKE_NCCL) LAVIT_REPORT_DIR=$(CURDIR)/test-out $(GO) test $(TESTFLAGS) ./...
 	@echo; echo "MODEL.md's \"it learned\" checks (trainer.TestTinyLaVITLearns):"; cat test-out/it-learned.txt
 
 ## demo: a coordinator and two workers join, are listed, and leave cleanly
@@ -63,8 +75,8 @@ demo: build torch
 	@deploy/local/demo.sh
 
 ## bench: the benchmark table (control-plane throughput, failover, leader CPU)
-bench: build torch
-	@LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) deploy/local/bench.sh
+bench: build torch fake-nccl
+	@LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) LAVIT_FAKE_NCCL=$(CURDIR)/$(FAKE_NCCL) deploy/local/bench.sh
 
 ## lint: gofmt, go vet
 lint: deps

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/collective/nccl"
 	"github.com/lavit-org/lavit/collective/ring"
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/trainer"
@@ -24,13 +26,20 @@ type stepComm struct {
 	comm    collective.Communicator // nil in a world of one
 	timeout time.Duration
 	waiter  interface{ LastWait() time.Duration } // nil if the backend does not measure it
+	device  deviceReducer                         // NCCL's in-place device path; nil for the ring
 
 	busy, idle time.Duration // since the last take
+}
+
+// deviceReducer is a collective that can sum device memory in place.
+type deviceReducer interface {
+	AllReduceDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error
 }
 
 func newStepComm(comm collective.Communicator, timeout time.Duration) *stepComm {
 	c := &stepComm{comm: comm, timeout: timeout}
 	c.waiter, _ = comm.(interface{ LastWait() time.Duration })
+	c.device, _ = comm.(deviceReducer)
 	return c
 }
 
@@ -53,9 +62,26 @@ func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
 	return err
 }
 
-// reduction is what the model's step sums its buffers with.
+// reduction is what the model's step sums its buffers with: host buffers
+// through reduce, and a GPU model's gradients in place on the device when
+// the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
-	return trainer.Reduce{Host: c.reduce}
+	r := trainer.Reduce{Host: c.reduce}
+	if c.device != nil {
+		r.Device = c.reduceDevice
+	}
+	return r
+}
+
+// reduceDevice sums n float32s of device memory at ptr over the ranks in
+// place (a trainer.DeviceReducer), timed like reduce.
+func (c *stepComm) reduceDevice(ctx context.Context, ptr uintptr, n int) error {
+	began := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	err := c.device.AllReduceDevice(cctx, ptr, n, collective.Sum)
+	c.busy += time.Since(began)
+	return err
 }
 
 // take returns the collective time since the last take, split into moving
@@ -102,16 +128,78 @@ func (c *stepComm) close() {
 	}
 }
 
-// joinRing rendezvouses through the coordinator and connects the ring (a
-// world of one needs neither and gets a nil communicator).
-func (t *Trainer) joinRing(ctx context.Context, j *Job, timeout time.Duration) (collective.Communicator, error) {
+// joinCollective rendezvouses through the coordinator and joins the
+// generation's collective: the ring or NCCL, as the run's backend says. A
+// world of one needs none and gets a nil communicator.
+func (t *Trainer) joinCollective(ctx context.Context, j *Job, timeout time.Duration) (collective.Communicator, error) {
 	d := j.Desired
-	if d.Backend == wire.BackendNCCL {
-		return nil, errors.New("collective.backend nccl: the worker's step loop runs on host buffers and has no NCCL path yet; use ring")
-	}
 	if d.World == 1 {
 		return nil, nil
 	}
+	switch d.Backend {
+	case wire.BackendNCCL:
+		return t.joinNCCL(ctx, j, timeout)
+	case wire.BackendRing, "":
+		return t.joinRing(ctx, j, timeout)
+	}
+	return nil, fmt.Errorf("collective.backend %q: this worker knows ring and nccl", d.Backend)
+}
+
+// joinNCCL makes rank 0's unique id (posted at the rendezvous, where every
+// member picks it up) and joins the NCCL communicator on this worker's
+// device.
+func (t *Trainer) joinNCCL(ctx context.Context, j *Job, timeout time.Duration) (collective.Communicator, error) {
+	d := j.Desired
+	if t.NCCL == nil {
+		return nil, errors.New("collective.backend nccl: this worker has no NCCL library (start lavit-worker join with --nccl-lib, or run the run with backend ring)")
+	}
+	device, err := deviceIndex(j.Device)
+	if err != nil {
+		return nil, err
+	}
+	req := wire.RendezvousRequest{Instance: j.Instance, Run: d.Run, Generation: d.Generation, Rank: d.Rank}
+	if d.Rank == 0 {
+		id, err := t.NCCL.UniqueID()
+		if err != nil {
+			return nil, fmt.Errorf("nccl unique id: %w", err)
+		}
+		req.NCCLID = id[:]
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	reply, err := Rendezvous(rctx, j.Client, req)
+	if err != nil {
+		return nil, err
+	}
+	var id [128]byte
+	if copy(id[:], reply.NCCLID) != len(id) {
+		return nil, fmt.Errorf("rendezvous for run %s generation %d: the NCCL id has %d bytes, want %d", d.Run, d.Generation, len(reply.NCCLID), len(id))
+	}
+	comm, err := nccl.NewComm(rctx, t.NCCL, device, d.Rank, d.World, id)
+	if err != nil {
+		return nil, fmt.Errorf("join the NCCL communicator: %w", err)
+	}
+	j.Log.Info("nccl communicator joined", "device", device, "nccl", nccl.VersionString(t.NCCL.Version()))
+	return nccl.NewCollective(comm), nil
+}
+
+// deviceIndex is the CUDA device index of a worker's device: N for cuda:N,
+// 0 for the CPU (a CPU worker reaches NCCL only through a fake library).
+func deviceIndex(device string) (int, error) {
+	rest, ok := strings.CutPrefix(device, "cuda:")
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("device %q: want cuda:N", device)
+	}
+	return n, nil
+}
+
+// joinRing rendezvouses through the coordinator and connects the ring.
+func (t *Trainer) joinRing(ctx context.Context, j *Job, timeout time.Duration) (collective.Communicator, error) {
+	d := j.Desired
 	listen := t.ListenAddr
 	if listen == "" {
 		listen = "0.0.0.0:0"

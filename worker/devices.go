@@ -15,8 +15,17 @@ import (
 // DetectDevices lists what this host can train on: always the CPU, plus one
 // cuda:N per NVIDIA GPU device node (/dev/nvidiaN). Detection reads device
 // files only, so it works without a driver library or cgo.
+//
+// LAVIT_FAKE_GPUS=N makes it report N more, cuda:0 … cuda:N−1 (tests of
+// one worker per GPU on machines without GPUs; they cannot train on them).
 func DetectDevices() []wire.Device {
 	devs := []wire.Device{{Name: "cpu", Kind: "cpu", Detail: fmt.Sprintf("%d cores", runtime.NumCPU())}}
+	if n, err := strconv.Atoi(os.Getenv("LAVIT_FAKE_GPUS")); err == nil && n > 0 {
+		for i := range n {
+			devs = append(devs, wire.Device{Name: fmt.Sprintf("cuda:%d", i), Kind: "cuda", Detail: "fake GPU (LAVIT_FAKE_GPUS)"})
+		}
+		return devs
+	}
 	paths, _ := filepath.Glob("/dev/nvidia[0-9]*")
 	var idx []int
 	for _, p := range paths {
@@ -72,4 +81,13 @@ func PickDevice(flag string, devs []wire.Device) (string, error) {
 		names = append(names, d.Name)
 	}
 	return "", fmt.Errorf("--device %q: not found on this host (found: %s)", flag, strings.Join(names, ", "))
+}
+
+// DefaultID is a worker's id when --id is not given: the host name, plus
+// -cudaN on GPU N (so the workers of one host's GPUs are told apart).
+func DefaultID(host, device string) string {
+	if n, ok := strings.CutPrefix(device, "cuda:"); ok {
+		return host + "-cuda" + n
+	}
+	return host
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/lavit-org/lavit/collective/nccl"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/trainer"
@@ -24,6 +25,9 @@ type Trainer struct {
 	// coordinators.
 	ListenAddr string
 	Advertise  string
+	// NCCL is the NCCL library runs with collective.backend nccl use (nil:
+	// this worker cannot join them).
+	NCCL *nccl.Lib
 }
 
 // training is one generation of a run on this rank, assembled from parts
@@ -88,7 +92,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		return r, err
 	}
 	r.data.image = r.stage.imageSize()
-	comm, err := t.joinRing(ctx, j, spec.CollectiveTimeout())
+	comm, err := t.joinCollective(ctx, j, spec.CollectiveTimeout())
 	if err != nil {
 		return r, err
 	}

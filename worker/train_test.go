@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/collective/nccl"
 	"github.com/lavit-org/lavit/configs"
 	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/logging"
@@ -65,6 +66,12 @@ func startFleet(t *testing.T) *fleet {
 // startTrainers starts n in-process worker agents that can train.
 func (f *fleet) startTrainers(lib *trainer.Lib, prefix string, n int) (stop func()) {
 	f.t.Helper()
+	return f.startTrainersWith(lib, prefix, n, nil)
+}
+
+// startTrainersWith is startTrainers with each Trainer adjusted by edit.
+func (f *fleet) startTrainersWith(lib *trainer.Lib, prefix string, n int, edit func(*worker.Trainer)) (stop func()) {
+	f.t.Helper()
 	var cancels []context.CancelFunc
 	var dones []chan error
 	for i := 0; i < n; i++ {
@@ -75,7 +82,11 @@ func (f *fleet) startTrainers(lib *trainer.Lib, prefix string, n int) (stop func
 		if os.Getenv("LAVIT_TEST_LOG") != "" {
 			cfg.Logger, _ = logging.New(os.Stderr, logging.Options{Level: os.Getenv("LAVIT_TEST_LOG")})
 		}
-		cfg.Executor = &worker.Trainer{Lib: lib, ListenAddr: "127.0.0.1:0"}
+		tr := &worker.Trainer{Lib: lib, ListenAddr: "127.0.0.1:0"}
+		if edit != nil {
+			edit(tr)
+		}
+		cfg.Executor = tr
 		a, err := worker.New(cfg)
 		if err != nil {
 			f.t.Fatal(err)
@@ -236,6 +247,56 @@ func TestDataParallelEquivalence(t *testing.T) {
 		t.Logf("world %d vs 1: relative difference %.3g, largest element difference %.3g", world, rel, maxAbs)
 		if rel > 1e-5 {
 			t.Errorf("world %d: parameters differ from world 1 by %.3g relative (> 1e-5)", world, rel)
+		}
+	}
+}
+
+// fakeNCCL loads the fake NCCL (testutil.FakeNCCL).
+func fakeNCCL(t *testing.T) *nccl.Lib {
+	t.Helper()
+	lib, err := nccl.Load(testutil.FakeNCCL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lib
+}
+
+// TestNCCLMatchesRing: the same tiny stage-1 run (20 steps, VQ on from step
+// 10) trained over NCCL (the fake, on CPU models: every buffer through the
+// communicator's device scratch) and over the ring, at worlds 2 and 3,
+// ends with the same parameters up to float summation order.
+func TestNCCLMatchesRing(t *testing.T) {
+	lib := loadLib(t)
+	ncclLib := fakeNCCL(t)
+	f := startFleet(t)
+	dir := t.TempDir()
+	data := synthData(t, filepath.Join(dir, "train"), synth.Train, 300, 50)
+	for _, world := range []int{2, 3} {
+		params := map[string][]float32{}
+		for _, backend := range []string{"ring", "nccl"} {
+			stop := f.startTrainersWith(lib, fmt.Sprintf("%s%d", backend, world), world, func(tr *worker.Trainer) { tr.NCCL = ncclLib })
+			id := f.submit("tiny-stage1",
+				"steps=20", "stage1.phase_a_steps=10", "stage1.kmeans_batches=2", "global_batch=6", "device=auto",
+				"collective.backend="+backend, fmt.Sprintf("min_workers=%d", world), fmt.Sprintf("max_workers=%d", world),
+				"data.url="+data, "data.eval_url=", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"), "checkpoint.every_steps=0", "metrics.every_steps=5")
+			info := f.waitDone(id, 3*time.Minute)
+			stop()
+			if info.State != wire.RunCompleted || len(info.Members) != world {
+				t.Fatalf("world %d %s: run %s is %s with %d members: %s", world, backend, id, info.State, len(info.Members), info.Reason)
+			}
+			params[backend] = finalParams(t, lib, info)
+		}
+		want, got := params["ring"], params["nccl"]
+		var diff, norm float64
+		for i := range want {
+			d := float64(got[i]) - float64(want[i])
+			diff += d * d
+			norm += float64(want[i]) * float64(want[i])
+		}
+		rel := math.Sqrt(diff / norm)
+		t.Logf("world %d: nccl vs ring relative difference %.3g", world, rel)
+		if rel > 1e-6 {
+			t.Errorf("world %d: the NCCL run's parameters differ from the ring run's by %.3g relative (> 1e-6)", world, rel)
 		}
 	}
 }

@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -11,8 +12,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/lavit-org/lavit/collective/nccl"
 	"github.com/lavit-org/lavit/internal/cliutil"
 	"github.com/lavit-org/lavit/internal/datadir"
+	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/trainer"
 	"github.com/lavit-org/lavit/worker"
 )
@@ -40,7 +43,8 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
 				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
-				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, or auto (first GPU, else CPU)", EnvVars: env("DEVICE")},
+				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, auto (first GPU, else CPU), or all (one worker process per GPU, supervised by this one)", EnvVars: env("DEVICE")},
+				&cli.StringFlag{Name: "nccl-lib", Usage: "path to libnccl.so.2 for runs with collective.backend nccl (default on a GPU: the loader's search, then PyTorch's pip wheels)", EnvVars: env("NCCL_LIB")},
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
 				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
 				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
@@ -72,8 +76,15 @@ func runJoin(c *cli.Context) error {
 	}
 	cfg.Host, _ = os.Hostname()
 	cfg.Devices = worker.DetectDevices()
+	if c.String("device") == "all" {
+		return superviseAll(c, cfg.Host, cfg.Devices, log)
+	}
 	if cfg.Device, err = worker.PickDevice(c.String("device"), cfg.Devices); err != nil {
 		return cliutil.UsageError{Err: err}
+	}
+	ncclLib, err := loadNCCL(c.String("nccl-lib"), cfg.Device, log)
+	if err != nil {
+		return cliutil.Usagef("--nccl-lib: %v", err)
 	}
 	// The libtorch shim is loaded now, so a broken install shows at join
 	// time rather than when the first run arrives. Without one the worker
@@ -91,14 +102,11 @@ func runJoin(c *cli.Context) error {
 				return cliutil.Usagef("--threads %d: %v", n, err)
 			}
 		}
-		cfg.Executor = &worker.Trainer{Lib: lib, ListenAddr: c.String("collective-listen"), Advertise: c.String("collective-advertise")}
+		cfg.Executor = &worker.Trainer{Lib: lib, ListenAddr: c.String("collective-listen"), Advertise: c.String("collective-advertise"), NCCL: ncclLib}
 	}
 	cfg.ID = c.String("id")
 	if cfg.ID == "" {
-		cfg.ID = cfg.Host
-		if strings.HasPrefix(cfg.Device, "cuda:") {
-			cfg.ID += "-cuda" + strings.TrimPrefix(cfg.Device, "cuda:")
-		}
+		cfg.ID = worker.DefaultID(cfg.Host, cfg.Device)
 	}
 	cfg.HeartbeatInterval = c.Duration("heartbeat-interval")
 	cfg.RequestTimeout = c.Duration("request-timeout")
@@ -113,4 +121,62 @@ func runJoin(c *cli.Context) error {
 	defer stop()
 	fmt.Fprintf(os.Stderr, "lavit-worker %s: id %s, device %s, coordinator %s\n", version, cfg.ID, cfg.Device, cfg.Coord)
 	return agent.Run(ctx)
+}
+
+// loadNCCL loads the NCCL library runs with collective.backend nccl use: the
+// one --nccl-lib names (it must load: a wrong path is an error at join, not
+// a failed run later), else on a GPU the loader's search and then PyTorch's
+// pip wheels. A CPU worker without --nccl-lib has none.
+func loadNCCL(path, device string, log *slog.Logger) (*nccl.Lib, error) {
+	if path != "" {
+		lib, err := nccl.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("NCCL loaded", "path", lib.Path(), "version", nccl.VersionString(lib.Version()))
+		return lib, nil
+	}
+	if !strings.HasPrefix(device, "cuda") {
+		return nil, nil
+	}
+	var tried []string
+	for _, cand := range append([]string{nccl.DefaultLibrary}, nccl.WheelCandidates()...) {
+		lib, err := nccl.Load(cand)
+		if err == nil {
+			log.Info("NCCL loaded", "path", lib.Path(), "version", nccl.VersionString(lib.Version()))
+			return lib, nil
+		}
+		tried = append(tried, err.Error())
+	}
+	log.Warn("no NCCL library: this worker cannot join runs with collective.backend nccl (give --nccl-lib)", "tried", strings.Join(tried, "; "))
+	return nil, nil
+}
+
+// superviseAll runs one worker process per GPU on this host (--device
+// all): the same command line, each child pinned to its device with its
+// own id, restarted when it exits, all stopped with this process.
+func superviseAll(c *cli.Context, host string, devs []wire.Device, log *slog.Logger) error {
+	var children []worker.Child
+	var found []string
+	for _, d := range devs {
+		found = append(found, d.Name)
+		if d.Kind != "cuda" {
+			continue
+		}
+		id := worker.DefaultID(host, d.Name)
+		if base := c.String("id"); base != "" {
+			id = worker.DefaultID(base, d.Name)
+		}
+		args := append(append([]string{}, os.Args...), "--device", d.Name, "--id", id)
+		children = append(children, worker.Child{Name: id, Args: args})
+	}
+	if len(children) == 0 {
+		return cliutil.Usagef("--device all: no GPU on this host (found: %s)", strings.Join(found, ", "))
+	}
+	cfg := worker.DefaultSuperviseConfig(children)
+	cfg.Logger = log.With("component", "supervisor")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintf(os.Stderr, "lavit-worker %s: one worker per GPU: %d workers\n", version, len(children))
+	return worker.Supervise(ctx, cfg)
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,36 +13,15 @@ import (
 	"github.com/lavit-org/lavit/internal/testutil"
 )
 
-var (
-	fakeOnce sync.Once
-	fakeLib  *Lib
-	fakeErr  error
-)
-
-// loadFake builds fakenccl/fake_nccl.c into a shared library playing both
-// libnccl.so.2 and libcudart.so, and loads it.
+// loadFake loads the fake NCCL (fakenccl/fake_nccl.c, built by
+// testutil.FakeNCCL), which plays both libnccl.so.2 and libcudart.so.
 func loadFake(t *testing.T) *Lib {
 	t.Helper()
-	fakeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fake-nccl-")
-		if err != nil {
-			fakeErr = err
-			return
-		}
-		so := filepath.Join(dir, "libnccl.so.2")
-		out, err := exec.Command("gcc", "-shared", "-fPIC", "-O1", "-o", so, "fakenccl/fake_nccl.c", "-lpthread", "-lrt").CombinedOutput()
-		if err != nil {
-			fakeErr = errors.New("gcc: " + err.Error() + "\n" + string(out))
-			return
-		}
-		os.Setenv("LAVIT_CUDART_LIB", so)
-		fakeLib, fakeErr = Load(so)
-		os.Unsetenv("LAVIT_CUDART_LIB")
-	})
-	if fakeErr != nil {
-		t.Fatal(fakeErr)
+	lib, err := Load(testutil.FakeNCCL(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return fakeLib
+	return lib
 }
 
 // fakeLog makes the fake append its lifecycle calls to a file; the

@@ -67,7 +67,8 @@ func onEach(comms []*Collective, f func(r int, c *Collective) error) []error {
 
 // TestFakeWorlds: host-buffer all-reduce (sum and average) and broadcast at
 // worlds 2 to 4, for sizes from empty to several of the fake's chunks;
-// every rank ends with the same bits, the rank-order float32 sum.
+// every rank ends with the same bits: the float32 sum in the ring's order
+// (segment k from rank k around the ring), times 1/n for an average.
 func TestFakeWorlds(t *testing.T) {
 	lib := loadFake(t)
 	for _, n := range []int{2, 3, 4} {
@@ -82,15 +83,22 @@ func TestFakeWorlds(t *testing.T) {
 					}
 				}
 				want := make([]float32, size)
-				for i := range want {
-					var s float32
-					for r := range n {
-						s += bufs[r][i]
+				base, extra := size/n, size%n
+				for k := range n {
+					off, cnt := k*base+min(k, extra), base
+					if k < extra {
+						cnt++
 					}
-					if op == collective.Avg {
-						s /= float32(n)
+					for i := off; i < off+cnt; i++ {
+						s := bufs[k][i]
+						for j := 1; j < n; j++ {
+							s += bufs[(k+j)%n][i]
+						}
+						if op == collective.Avg {
+							s *= 1 / float32(n)
+						}
+						want[i] = s
 					}
-					want[i] = s
 				}
 				for r, err := range onEach(comms, func(r int, c *Collective) error { return c.AllReduce(context.Background(), bufs[r], op) }) {
 					if err != nil {
@@ -163,7 +171,6 @@ func TestHelperFakeRank(t *testing.T) {
 	raw, _ := hex.DecodeString(parts[2])
 	var id [128]byte
 	copy(id[:], raw)
-	os.Setenv("LAVIT_CUDART_LIB", parts[3])
 	lib, err := Load(parts[3])
 	if err != nil {
 		t.Fatal(err)
@@ -198,10 +205,10 @@ func TestFakeSpansProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var outs [3]*syncBuffer
+	var outs [3]*testutil.SyncBuffer
 	var cmds [3]*exec.Cmd
 	for r := 1; r <= 2; r++ {
-		outs[r] = &syncBuffer{}
+		outs[r] = &testutil.SyncBuffer{}
 		cmds[r] = exec.Command(os.Args[0], "-test.run", "^TestHelperFakeRank$", "-test.v")
 		cmds[r].Env = append(os.Environ(), fmt.Sprintf("%s=%d,3,%s,%s", fakeRankEnv, r, hex.EncodeToString(id[:]), lib.Path()))
 		cmds[r].Stdout, cmds[r].Stderr = outs[r], outs[r]
@@ -237,22 +244,4 @@ func TestFakeSpansProcesses(t *testing.T) {
 	testutil.WaitFor(t, time.Minute, "rank 1 to see the loss too", func() bool {
 		return strings.Contains(outs[1].String(), "rank 1 second call: ") && strings.Contains(outs[1].String(), "peer lost")
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a child's output and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -153,20 +153,54 @@ func Load(path string) (*Lib, error) {
 
 // cudartCandidates lists where the CUDA runtime may be: $LAVIT_CUDART_LIB,
 // next to a pip wheel's NCCL (…/nvidia/nccl/lib → …/nvidia/cuda_runtime/lib),
-// then the loader's search for the usual sonames.
+// in NCCL's own directory, then the loader's search for the usual sonames.
 func cudartCandidates(ncclPath string) []string {
 	var out []string
 	if p := os.Getenv("LAVIT_CUDART_LIB"); p != "" {
 		return []string{p}
 	}
 	names := []string{"libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"}
-	if dir := filepath.Dir(ncclPath); strings.HasSuffix(dir, filepath.Join("nvidia", "nccl", "lib")) {
+	dir := filepath.Dir(ncclPath)
+	if strings.HasSuffix(dir, filepath.Join("nvidia", "nccl", "lib")) {
 		rt := filepath.Join(filepath.Dir(filepath.Dir(dir)), "cuda_runtime", "lib")
 		for _, n := range names {
 			out = append(out, filepath.Join(rt, n))
 		}
 	}
+	if strings.Contains(ncclPath, "/") {
+		for _, n := range names {
+			out = append(out, filepath.Join(dir, n))
+		}
+	}
 	return append(out, names...)
+}
+
+// WheelCandidates lists NCCL libraries that pip's PyTorch wheels install
+// (nvidia/nccl/lib and torch/lib under the usual site-packages
+// directories, and under $VIRTUAL_ENV and $CONDA_PREFIX), for a worker
+// that was given no --nccl-lib and whose loader finds none.
+func WheelCandidates() []string {
+	var roots []string
+	for _, env := range []string{"VIRTUAL_ENV", "CONDA_PREFIX"} {
+		if p := os.Getenv(env); p != "" {
+			roots = append(roots, p)
+		}
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		roots = append(roots, filepath.Join(home, ".local"))
+	}
+	roots = append(roots, "/usr/local", "/usr", "/opt/conda")
+	var out []string
+	for _, root := range roots {
+		for _, pattern := range []string{
+			"lib/python3*/*-packages/nvidia/nccl/lib/libnccl.so.2",
+			"lib/python3*/*-packages/torch/lib/libnccl.so*",
+		} {
+			m, _ := filepath.Glob(filepath.Join(root, pattern))
+			out = append(out, m...)
+		}
+	}
+	return out
 }
 
 // VersionString renders an NCCL version code (2.21.5 ↔ 22105).

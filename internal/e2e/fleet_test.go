@@ -12,8 +12,10 @@ import (
 )
 
 type workerRow struct {
-	ID    string `json:"id"`
-	State string `json:"state"`
+	ID       string `json:"id"`
+	State    string `json:"state"`
+	Device   string `json:"device"`
+	Instance string `json:"instance"`
 }
 
 type statusDoc struct {
@@ -154,6 +156,9 @@ func TestCLIBadInput(t *testing.T) {
 		{"raft remove without id", coordBin, []string{"raft", "remove", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 2, "needs one ID"},
 		{"worker with bad device", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "tpu:0", "--token", "x"}, 2, "--device"},
 		{"worker with missing torch lib", filepath.Join(bin, "lavit-worker"), []string{"join", "--torch-lib", "/nonexistent/libx.so", "--token", "x"}, 2, "--torch-lib"},
+		{"worker with a missing NCCL library", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "cpu", "--nccl-lib", "/nonexistent/libnccl.so.2", "--token", "x"}, 2, "--nccl-lib: nccl not available: dlopen /nonexistent/libnccl.so.2"},
+		{"worker with a library that is not NCCL", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "cpu", "--nccl-lib", "libm.so.6", "--token", "x"}, 2, "lacks symbol ncclGetVersion (not an NCCL library?)"},
+		{"one worker per GPU without GPUs", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "all", "--token", "x"}, 2, "--device all: no GPU on this host"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

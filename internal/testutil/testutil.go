@@ -137,3 +137,42 @@ func CheckDeps(t testing.TB, dir string, env []string, forbidden []string) []str
 	}
 	return deps
 }
+
+var (
+	fakeNCCLOnce sync.Once
+	fakeNCCLPath string
+	fakeNCCLErr  error
+)
+
+// FakeNCCL returns the path of the fake NCCL (collective/nccl/fakenccl):
+// $LAVIT_FAKE_NCCL when set (make test builds bin/fake-nccl), else a copy
+// built once per test process. Its directory also holds the libcudart.so it
+// plays, where the NCCL loader looks for the CUDA runtime.
+func FakeNCCL(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("LAVIT_FAKE_NCCL"); p != "" {
+		return p
+	}
+	fakeNCCLOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fake-nccl-")
+		if err != nil {
+			fakeNCCLErr = err
+			return
+		}
+		so := filepath.Join(dir, "libnccl.so.2")
+		src := filepath.Join(RepoRoot(), "collective", "nccl", "fakenccl", "fake_nccl.c")
+		if out, err := exec.Command("gcc", "-shared", "-fPIC", "-O2", "-o", so, src, "-lpthread", "-lrt").CombinedOutput(); err != nil {
+			fakeNCCLErr = fmt.Errorf("build the fake NCCL: %v\n%s", err, out)
+			return
+		}
+		if err := os.Symlink("libnccl.so.2", filepath.Join(dir, "libcudart.so")); err != nil {
+			fakeNCCLErr = err
+			return
+		}
+		fakeNCCLPath = so
+	})
+	if fakeNCCLErr != nil {
+		t.Fatal(fakeNCCLErr)
+	}
+	return fakeNCCLPath
+}

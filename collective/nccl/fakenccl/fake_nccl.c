@@ -8,8 +8,8 @@
 // named after the unique id, each rank has a slot there, and an operation
 // moves through it in chunks: every rank copies its chunk to its slot and
 // publishes a sequence number, waits for every rank's, sums the slots in
-// rank order (so every rank gets the same bits, whatever the world size
-// of the run), and waits for every rank to be done before the slots are
+// the order lavit's ring does (see sum: every rank gets the same bits, the
+// ring's), and waits for every rank to be done before the slots are
 // reused. Operations run on a thread per communicator, asynchronously
 // like NCCL's: the stream is "not ready" until the operation is done, and
 // ncclCommGetAsyncError reports a failure. A rank that aborts, or whose
@@ -121,6 +121,30 @@ static int await(fake_comm* c, atomic_llong* counters, long long n) {
 	}
 }
 
+// sum adds the slots into buf[off, off+n) of a count-element all-reduce,
+// in the ring's order: the buffer is cut into world near-equal segments
+// (the first count mod world one longer), and segment k's sum runs from
+// rank k around the ring, x_k + x_{k+1} + … + x_{k−1}; an average then
+// multiplies by 1/world. So every rank gets the same bits, and exactly the
+// bits lavit's ring all-reduce gives: a run over this fake must end where
+// the same run over the ring does, and any difference is the NCCL path's.
+static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg) {
+	size_t w = (size_t)c->world, base = count / w, extra = count % w;
+	const float scale = 1.0f / (float)c->world;
+	for (size_t k = 0; k < w; k++) {
+		size_t so = k * base + (k < extra ? k : extra), sn = base + (k < extra ? 1 : 0);
+		size_t lo = so > off ? so : off, hi = so + sn < off + n ? so + sn : off + n;
+		if (lo >= hi) continue;
+		float* acc = buf + lo;
+		memcpy(acc, (const float*)slot(c, (int)k) + (lo - off), (hi - lo) * sizeof(float));
+		for (size_t j = 1; j < w; j++) {
+			const float* s = (const float*)slot(c, (int)((k + j) % w)) + (lo - off);
+			for (size_t i = 0; i < hi - lo; i++) acc[i] += s[i];
+		}
+		if (avg) for (size_t i = 0; i < hi - lo; i++) acc[i] *= scale;
+	}
+}
+
 // run performs one operation through the shared slots, chunk by chunk.
 static int run(fake_comm* c, op_t* o) {
 	float* buf = o->buf;
@@ -133,14 +157,7 @@ static int run(fake_comm* c, op_t* o) {
 		int f = await(c, c->sh->arrived, k);
 		if (f) return f;
 		if (o->kind == 0) {
-			// Sum in rank order: the same bits on every rank.
-			float* acc = buf + off;
-			memcpy(acc, slot(c, 0), n * sizeof(float));
-			for (int r = 1; r < c->world; r++) {
-				const float* s = (const float*)slot(c, r);
-				for (size_t i = 0; i < n; i++) acc[i] += s[i];
-			}
-			if (o->avg) for (size_t i = 0; i < n; i++) acc[i] /= (float)c->world;
+			sum(c, buf, off, n, o->count, o->avg);
 		} else if (c->rank != o->root) {
 			memcpy(buf + off, slot(c, o->root), n * sizeof(float));
 		}
