@@ -45,7 +45,7 @@ func TestWorkerPerGPU(t *testing.T) {
 	}
 
 	pidOf := func(child string) int {
-		m := regexp.MustCompile(`msg="worker started".*child=` + child + ` pid=(\d+)`).FindAllStringSubmatch(sup.out.String(), -1)
+		m := regexp.MustCompile(`msg="worker started".*child=`+child+` pid=(\d+)`).FindAllStringSubmatch(sup.out.String(), -1)
 		if len(m) == 0 {
 			return 0
 		}
