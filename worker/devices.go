@@ -91,3 +91,32 @@ func DefaultID(host, device string) string {
 	}
 	return host
 }
+
+// AddDeviceMemory appends the total memory of the device this worker
+// trains on to its detail (e.g. "NVIDIA H200, 140.4 GiB"), as memory (a
+// CUDA runtime's cudaMemGetInfo) reports it; a CPU device, or an error,
+// leaves the list as it is.
+func AddDeviceMemory(devs []wire.Device, device string, memory func(index int) (free, total uint64, err error)) {
+	rest, ok := strings.CutPrefix(device, "cuda:")
+	if !ok {
+		return
+	}
+	idx, err := strconv.Atoi(rest)
+	if err != nil {
+		return
+	}
+	_, total, err := memory(idx)
+	if err != nil || total == 0 {
+		return
+	}
+	for i := range devs {
+		if devs[i].Name == device {
+			mem := fmt.Sprintf("%.1f GiB", float64(total)/(1<<30))
+			if devs[i].Detail == "" {
+				devs[i].Detail = mem
+			} else {
+				devs[i].Detail += ", " + mem
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/lavit-org/lavit/internal/wire"
@@ -55,5 +56,34 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+func TestAddDeviceMemory(t *testing.T) {
+	devs := func() []wire.Device {
+		return []wire.Device{{Name: "cpu", Kind: "cpu", Detail: "2 cores"}, {Name: "cuda:0", Kind: "cuda", Detail: "NVIDIA H200"}, {Name: "cuda:1", Kind: "cuda"}}
+	}
+	mem := func(index int) (uint64, uint64, error) { return 1 << 30, uint64(index+1) * 16 << 30, nil }
+	tests := []struct {
+		device string
+		want   []string // the three details after
+	}{
+		{"cuda:0", []string{"2 cores", "NVIDIA H200, 16.0 GiB", ""}},
+		{"cuda:1", []string{"2 cores", "NVIDIA H200", "32.0 GiB"}},
+		{"cpu", []string{"2 cores", "NVIDIA H200", ""}},
+	}
+	for _, tt := range tests {
+		d := devs()
+		AddDeviceMemory(d, tt.device, mem)
+		for i, want := range tt.want {
+			if d[i].Detail != want {
+				t.Errorf("%s: device %s detail %q, want %q", tt.device, d[i].Name, d[i].Detail, want)
+			}
+		}
+	}
+	d := devs()
+	AddDeviceMemory(d, "cuda:0", func(int) (uint64, uint64, error) { return 0, 0, errors.New("no context") })
+	if d[1].Detail != "NVIDIA H200" {
+		t.Errorf("an error changed the detail: %q", d[1].Detail)
 	}
 }

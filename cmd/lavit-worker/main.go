@@ -86,6 +86,9 @@ func runJoin(c *cli.Context) error {
 	if err != nil {
 		return cliutil.Usagef("--nccl-lib: %v", err)
 	}
+	if ncclLib != nil {
+		worker.AddDeviceMemory(cfg.Devices, cfg.Device, ncclLib.DeviceMemory)
+	}
 	// The libtorch shim is loaded now, so a broken install shows at join
 	// time rather than when the first run arrives. Without one the worker
 	// still joins the fleet (it cannot train).

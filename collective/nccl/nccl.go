@@ -263,6 +263,19 @@ func (l *Lib) onDevice(device int, f func() error) error {
 	return f()
 }
 
+// DeviceMemory reports device's free and total memory in bytes
+// (cudaMemGetInfo; it makes the device's context on first use).
+func (l *Lib) DeviceMemory(device int) (free, total uint64, err error) {
+	var f, t C.size_t
+	err = l.onDevice(device, func() error {
+		if r := C.lcuda_mem_get_info(&l.api, &f, &t); r != 0 {
+			return l.cudaError("cudaMemGetInfo", int(r))
+		}
+		return nil
+	})
+	return uint64(f), uint64(t), err
+}
+
 // DeviceAlloc allocates n bytes on device (cudaMalloc).
 func (l *Lib) DeviceAlloc(device int, n int) (uintptr, error) {
 	var p C.uintptr_t

@@ -36,6 +36,7 @@ int lnccl_load_cudart(const char* path, lnccl_api* a, const char** missing) {
 	SYM(h, cuda_malloc, "cudaMalloc")
 	SYM(h, cuda_free, "cudaFree")
 	SYM(h, cuda_memcpy, "cudaMemcpy")
+	SYM(h, cuda_mem_get_info, "cudaMemGetInfo")
 	SYM(h, cuda_get_error_string, "cudaGetErrorString")
 	a->cudart = h;
 	return 0;
@@ -94,6 +95,9 @@ int lcuda_malloc(lnccl_api* a, uintptr_t* p, size_t n) {
 int lcuda_free(lnccl_api* a, uintptr_t p) { return a->cuda_free((void*)p); }
 int lcuda_memcpy_htod(lnccl_api* a, uintptr_t dst, const void* src, size_t n) {
 	return a->cuda_memcpy((void*)dst, src, n, 1 /* cudaMemcpyHostToDevice */);
+}
+int lcuda_mem_get_info(lnccl_api* a, size_t* free_bytes, size_t* total_bytes) {
+	return a->cuda_mem_get_info(free_bytes, total_bytes);
 }
 int lcuda_memcpy_dtoh(lnccl_api* a, void* dst, uintptr_t src, size_t n) {
 	return a->cuda_memcpy(dst, (const void*)src, n, 2 /* cudaMemcpyDeviceToHost */);

@@ -57,6 +57,7 @@ typedef struct {
 	int (*cuda_malloc)(void**, size_t);
 	int (*cuda_free)(void*);
 	int (*cuda_memcpy)(void*, const void*, size_t, int);
+	int (*cuda_mem_get_info)(size_t*, size_t*);
 	const char* (*cuda_get_error_string)(int);
 } lnccl_api;
 
@@ -88,5 +89,6 @@ int lcuda_malloc(lnccl_api* a, uintptr_t* p, size_t n);
 int lcuda_free(lnccl_api* a, uintptr_t p);
 int lcuda_memcpy_htod(lnccl_api* a, uintptr_t dst, const void* src, size_t n);
 int lcuda_memcpy_dtoh(lnccl_api* a, void* dst, uintptr_t src, size_t n);
+int lcuda_mem_get_info(lnccl_api* a, size_t* free_bytes, size_t* total_bytes);
 const char* lcuda_error_string(lnccl_api* a, int r);
 #endif

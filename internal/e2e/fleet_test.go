@@ -16,6 +16,10 @@ type workerRow struct {
 	State    string `json:"state"`
 	Device   string `json:"device"`
 	Instance string `json:"instance"`
+	Devices  []struct {
+		Name   string `json:"name"`
+		Detail string `json:"detail"`
+	} `json:"devices"`
 }
 
 type statusDoc struct {

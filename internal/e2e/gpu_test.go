@@ -20,7 +20,7 @@ import (
 func TestWorkerPerGPU(t *testing.T) {
 	f := startTrainFleet(t, 1, nil)
 	sup := startProc(t, "supervisor", filepath.Join(f.bin, "lavit-worker"), append(append([]string{}, f.env...), "LAVIT_FAKE_GPUS=2"),
-		"join", "--device", "all", "--id", "gpuhost", "--collective-listen", "127.0.0.1:0")
+		"join", "--device", "all", "--id", "gpuhost", "--nccl-lib", testutil.FakeNCCL(t), "--collective-listen", "127.0.0.1:0")
 	instances := func() map[string]workerRow {
 		rows, err := jsonOut[[]workerRow](t, f.coordBin, f.env, "workers", "ls", "--json")
 		if err != nil {
@@ -42,6 +42,17 @@ func TestWorkerPerGPU(t *testing.T) {
 	}
 	if len(before) != 2 {
 		t.Fatalf("workers %v: want exactly the two children (the supervisor is no worker)", before)
+	}
+	// Each reports its GPU's memory (the fake CUDA runtime says 16 GiB).
+	for _, id := range []string{"gpuhost-cuda0", "gpuhost-cuda1"} {
+		w := before[id]
+		found := false
+		for _, d := range w.Devices {
+			found = found || (d.Name == w.Device && strings.Contains(d.Detail, "16.0 GiB"))
+		}
+		if !found {
+			t.Errorf("%s reports devices %+v: want its own with its memory", id, w.Devices)
+		}
 	}
 
 	pidOf := func(child string) int {

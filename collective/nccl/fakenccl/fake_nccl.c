@@ -20,6 +20,7 @@
 //   FAKE_NCCL_OP_HANG=1       operations never complete
 //   FAKE_NCCL_REMOTE_ERROR=1  operations fail with ncclRemoteError
 //   FAKE_NCCL_LOG=path        lifecycle calls are appended to path
+//   LAVIT_FAKE_GPUS=N         N devices (default 1), as the worker's fake GPUs
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -281,8 +282,10 @@ int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int roo
 const char* ncclGetErrorString(int r) { return r == remoteError ? "remote process exited or there was a network error" : "fake nccl error"; }
 const char* ncclGetLastError(void* comm) { return "fake last error"; }
 
-int cudaSetDevice(int d) { return d == 0 ? 0 : 101; } // cudaErrorInvalidDevice
-int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
+// One device, or LAVIT_FAKE_GPUS of them (the worker's fake GPUs).
+static int devices(void) { const char* v = getenv("LAVIT_FAKE_GPUS"); int n = v ? atoi(v) : 0; return n > 0 ? n : 1; }
+int cudaSetDevice(int d) { return d >= 0 && d < devices() ? 0 : 101; } // cudaErrorInvalidDevice
+int cudaGetDeviceCount(int* n) { *n = devices(); return 0; }
 int cudaStreamCreateWithFlags(void** s, unsigned int flags) { *s = calloc(1, sizeof(fake_stream)); return 0; }
 int cudaStreamQuery(void* stream) {
 	fake_stream* s = stream;
@@ -292,4 +295,5 @@ int cudaStreamDestroy(void* s) { free(s); return 0; }
 int cudaMalloc(void** p, size_t n) { *p = malloc(n ? n : 1); return *p ? 0 : 2; }
 int cudaFree(void* p) { free(p); return 0; }
 int cudaMemcpy(void* dst, const void* src, size_t n, int kind) { memcpy(dst, src, n); return 0; }
+int cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) { *free_bytes = (size_t)15 << 30; *total_bytes = (size_t)16 << 30; return 0; }
 const char* cudaGetErrorString(int r) { return "fake cuda error"; }
