@@ -63,6 +63,7 @@ gpu-bundle: deps
 	$(GO) test -c -o build/gpu/trainer.test ./trainer
 	$(GO) test -c -o build/gpu/nccl.test ./collective/nccl
 	$(GO) build -o build/gpu/lavit-worker ./cmd/lavit-worker
+	CGO_ENABLED=0 $(GO) build -o build/gpu/lavit-coord ./cmd/lavit-coord
 
 ## test: every test (unit, in-process cluster, process-level), with -race
 test: build torch fake-nccl

@@ -2,8 +2,11 @@ package trainer
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -92,4 +95,109 @@ func TestCUDAMatchesCPU(t *testing.T) {
 		}
 	}
 	t.Logf("stage 2: %.2f ms/step on %s, %.2f on CPU", timeIt(mg2, b2[0]), dev, timeIt(mc2, b2[0]))
+}
+
+// mediumLM is the GPU check's medium stage-2 model: Llama-shaped (RoPE,
+// RMSNorm, SwiGLU), d 1024, 12 layers, 16 heads, MLP 2816, LaVIT's
+// vocabulary (32000 text + [IMG] + [/IMG] + 16384 codes): about 254 M
+// parameters. deploy/gpu/reference_step.py builds the same model in
+// PyTorch eager for the side-by-side step time.
+func mediumLM() Config {
+	c := TinyStage2()
+	c.Text, c.Eval = nil, ""
+	c.LM = &LMConfig{Arch: "llama", Vocab: 48386, DModel: 1024, Layers: 12, Heads: 16, MLP: 2816, MaxLen: 512, RopeTheta: 10000, NormEps: 1e-5}
+	return c
+}
+
+// TestGPUStepTimes prints the GPU check's table: ms per training step (the
+// shim's own loop, forward + backward + optimizer, world of one) for the
+// tiny stage 1, the tiny stage 2 and the medium LM, on the CPU and on
+// LAVIT_TEST_DEVICE; also written to $LAVIT_REPORT_DIR/gpu-steps.md.
+func TestGPUStepTimes(t *testing.T) {
+	dev := os.Getenv("LAVIT_TEST_DEVICE")
+	if dev == "" {
+		t.Skip("set LAVIT_TEST_DEVICE=cuda:0 (deploy/gpu/gpu-check.sh) to run on a GPU")
+	}
+	lib := loadLib(t)
+	ctx := context.Background()
+	time1 := func(device string, cfg Config, b *Batch, steps int) (float64, int64) {
+		m, err := lib.NewModel(cfg, device, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if _, err := m.Step(ctx, b, Local, nil); err != nil { // warm up: allocator, kernels
+			t.Fatal(err)
+		}
+		ms, err := m.BenchSteps(b, steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ms, m.Info().ParamCount
+	}
+	_, s1 := SyntheticBatch(0, 0, 8, 0, 8)
+	tok, err := lib.NewModel(TinyStage1(), "cpu", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	sched := Stage1Schedule{Batch: 8, PhaseA: 1, KMeansBatches: 2}
+	if err := sched.EnableVQAt(tok, 0); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Stage2Batch(tok, TinyVocab(256), 55, 0, 0, 8, 0, 8, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The medium LM: 8 rows of 511 random tokens, every target trained.
+	const rows, seq = 8, 511
+	med := &Batch{GlobalBatch: rows, SeqLen: seq}
+	for i := range rows {
+		med.Positions = append(med.Positions, int64(i))
+		for k := range seq {
+			med.Tokens = append(med.Tokens, int64((i*7919+k*104729)%48386))
+			med.Targets = append(med.Targets, int64((i*7919+(k+1)*104729)%48386))
+		}
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "| model | parameters | batch | CPU ms/step | %s ms/step |\n| --- | --- | --- | --- | --- |\n", dev)
+	for _, row := range []struct {
+		name  string
+		cfg   Config
+		b     *Batch
+		batch string
+		cpu   bool
+	}{
+		{"tiny stage 1", TinyStage1(), s1, "8 images 32×32", true},
+		{"tiny stage 2", TinyStage2(), s2, "8 × 55 tokens", true},
+		{"medium LM (Llama-shaped)", mediumLM(), med, "8 × 511 tokens", false},
+	} {
+		gpu, params := time1(dev, row.cfg, row.b, 20)
+		cpu := "–"
+		if row.cpu {
+			ms, _ := time1("cpu", row.cfg, row.b, 20)
+			cpu = fmt.Sprintf("%.2f", ms)
+		}
+		fmt.Fprintf(&out, "| %s | %.1f M | %s | %s | %.2f |\n", row.name, float64(params)/1e6, row.batch, cpu, gpu)
+	}
+	t.Logf("step times (the shim's loop, fp32):\n%s", out.String())
+	if dir := os.Getenv("LAVIT_REPORT_DIR"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "gpu-steps.md"), []byte(out.String()), 0o644)
+	}
+}
+
+// TestMediumLMConfig: the GPU check's medium model is a valid config of
+// the size it claims (its parameters counted as TestLMParameterCounts
+// does, without building it: 4 GB of weights and Adam state).
+func TestMediumLMConfig(t *testing.T) {
+	c := mediumLM()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	l := c.LM
+	params := 2*l.Vocab*l.DModel + l.Layers*(4*l.DModel*l.DModel+3*l.DModel*l.MLP+2*l.DModel) + l.DModel
+	if params < 100e6 || params > 300e6 {
+		t.Fatalf("%d parameters: the check wants a 100–300 M model", params)
+	}
 }

@@ -13,7 +13,8 @@ import (
 // metrics) to the coordinator and the log.
 type progress struct {
 	r            *training
-	sum          stepTiming // since the last report
+	sum          stepTiming    // since the last report
+	staged       time.Duration // copying a GPU model's gradients to the host and back, since the last report
 	steps        int
 	since        time.Time // the last report
 	bad          int       // masked samples so far in this generation
@@ -37,6 +38,10 @@ func newProgress(r *training, restoredFrom int64, note string) *progress {
 
 func (p *progress) addBad(n int) { p.bad += n }
 
+// addStaged records what copying the gradients through host memory cost
+// (a GPU model on the ring).
+func (p *progress) addStaged(d time.Duration) { p.staged += d }
+
 func (p *progress) addStep(t stepTiming) {
 	p.steps++
 	p.sum.data += t.data
@@ -51,7 +56,7 @@ func (p *progress) addStep(t stepTiming) {
 // new interval). lossSum is the step's loss summed over every rank.
 func (p *progress) report(ctx context.Context, step int64, lossSum float64) error {
 	r := p.r
-	defer func() { p.sum, p.steps, p.since = stepTiming{}, 0, time.Now() }()
+	defer func() { p.sum, p.staged, p.steps, p.since = stepTiming{}, 0, 0, time.Now() }()
 	if r.rank != 0 {
 		return nil
 	}
@@ -66,6 +71,9 @@ func (p *progress) report(ctx context.Context, step int64, lossSum float64) erro
 		rate = float64(p.steps*batch) / el
 	}
 	metrics := map[string]float64{"bad_samples": float64(p.bad)}
+	if p.staged > 0 {
+		metrics["grad_stage_ms"] = ms(p.staged) // per step, part of the compute time
+	}
 	if c := r.ckpt; c.taken > 0 {
 		metrics["checkpoints"], metrics["ckpt_stall_ms"] = float64(c.taken), c.stallMs
 	}

@@ -245,6 +245,7 @@ func (r *training) train(ctx context.Context) error {
 		otherStart := time.Now()
 		act := r.policy.after(step, ride[0] > 0)
 		r.prog.addBad(it.bad)
+		r.prog.addStaged(res.StageTime)
 		if act.report {
 			if err := r.prog.report(ctx, step, res.GlobalLossSum); err != nil {
 				return err

@@ -17,6 +17,7 @@ go test -run '^$' -bench 'BenchmarkRead' -benchtime 3x -timeout 10m ./shards/ | 
 go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkTrainScaling' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkNCCLVsRing' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 for w in 2 3 4; do
   bin/lavit-worker bench allreduce --world "$w" --sizes 1KiB..256MiB --iters 16 | tee -a bench-out/allreduce.txt >&2
 done

@@ -347,63 +347,100 @@ func logLines(out, msg, id string) []int {
 // -benchtime 1x.
 func BenchmarkTrainScaling(b *testing.B) {
 	bin := testutil.Binaries(b)
-	dir := b.TempDir()
-	coordBin := filepath.Join(bin, "lavit-coord")
-	data := filepath.Join(dir, "data")
-	if out, err := exec.Command(coordBin, "shards", "synth", "--out", "file://"+data, "--samples", "3000", "--per-shard", "500").CombinedOutput(); err != nil {
-		b.Fatalf("synth: %v: %s", err, out)
-	}
+	data := benchData(b, bin)
 	cores := runtime.NumCPU()
 	rates := map[int]float64{}
 	for _, world := range []int{1, 2} {
 		for i := 0; i < b.N; i++ {
-			c := startCoord(b, bin, "c1", "--log-level", "warn")
-			testutil.WaitFor(b, 20*time.Second, "ready", c.ready)
-			tok, _ := os.ReadFile(filepath.Join(c.dataDir, "token"))
-			env := []string{"LAVIT_TOKEN=" + strings.TrimSpace(string(tok)), "LAVIT_COORD=nats://" + c.nats}
-			var workers []*proc
-			for w := 0; w < world; w++ {
-				workers = append(workers, startProc(b, fmt.Sprintf("w%d", w), filepath.Join(bin, "lavit-worker"), env,
-					"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn",
-					"--threads", fmt.Sprint(max(1, cores/threadDiv(world))), "--collective-listen", "127.0.0.1:0"))
-			}
-			cmd := exec.Command(coordBin, "run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),
-				"--set", "data.url=file://"+data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://"+filepath.Join(dir, fmt.Sprintf("ckpt-w%d-%d", world, i)),
-				"--set", "steps=300", "--set", "stage1.phase_a_steps=200", "--set", "metrics.every_steps=100",
-				"--set", fmt.Sprintf("min_workers=%d", world), "--set", fmt.Sprintf("max_workers=%d", world))
-			cmd.Env = append(os.Environ(), env...)
-			out, err := cmd.Output()
-			if err != nil {
-				b.Fatalf("submit: %v", err)
-			}
-			var reply wire.RunSubmitReply
-			json.Unmarshal(out, &reply)
-			var info wire.RunInfo
-			testutil.WaitFor(b, 5*time.Minute, "run to end", func() bool {
-				info, err = jsonOut[wire.RunInfo](b, coordBin, env, "run", "show", reply.ID, "--json")
-				return err == nil && (info.State == wire.RunCompleted || info.State == wire.RunFailed)
-			})
-			if info.State != wire.RunCompleted || info.Timing == nil {
-				b.Fatalf("world %d: run %s: %s", world, info.State, info.Reason)
-			}
-			t := info.Timing
+			info := benchRun(b, bin, data, world, nil, "--threads", fmt.Sprint(max(1, cores/threadDiv(world))))
 			rates[world] = info.SamplesPerS
-			prefix := fmt.Sprintf("w%d_", world)
-			b.ReportMetric(info.SamplesPerS, prefix+"samples/s")
-			b.ReportMetric(t.StepMs, prefix+"step_ms")
-			b.ReportMetric(t.ComputeMs, prefix+"compute_ms")
-			b.ReportMetric(t.DataMs, prefix+"data_ms")
-			b.ReportMetric(t.AllReduceMs, prefix+"allreduce_ms")
-			b.ReportMetric(t.IdleMs, prefix+"idle_ms")
-			b.ReportMetric(100*(t.StepMs-t.ComputeMs-t.IdleMs)/t.StepMs, prefix+"overhead_%")
-			b.ReportMetric(100*(t.StepMs-t.ComputeMs)/t.StepMs, prefix+"overhead_with_idle_%")
-			for _, w := range workers {
-				w.signalAndWait(b, syscall.SIGTERM, 30*time.Second)
-			}
-			c.signalAndWait(b, syscall.SIGTERM, 15*time.Second)
+			reportTiming(b, fmt.Sprintf("w%d_", world), info)
 		}
 	}
 	b.ReportMetric(100*rates[2]/(2*rates[1]), "scaling_efficiency_%")
+}
+
+// BenchmarkNCCLVsRing: the same tiny stage-1 run on 2 worker processes
+// (one libtorch thread each) over the ring and over NCCL, here the fake
+// NCCL on the CPU (make fake-nccl): a sanity check of the NCCL path's
+// staging and polling overhead in the step, not of NCCL itself. Run with
+// -benchtime 1x.
+func BenchmarkNCCLVsRing(b *testing.B) {
+	bin := testutil.Binaries(b)
+	data := benchData(b, bin)
+	lib := testutil.FakeNCCL(b)
+	for _, backend := range []string{"ring", "nccl"} {
+		for i := 0; i < b.N; i++ {
+			info := benchRun(b, bin, data, 2, []string{"collective.backend=" + backend, "device=auto"}, "--threads", "1", "--nccl-lib", lib)
+			reportTiming(b, backend+"_", info)
+		}
+	}
+}
+
+// benchData makes the synthetic data set the training benchmarks read.
+func benchData(b *testing.B, bin string) string {
+	data := filepath.Join(b.TempDir(), "data")
+	if out, err := exec.Command(filepath.Join(bin, "lavit-coord"), "shards", "synth", "--out", "file://"+data, "--samples", "3000", "--per-shard", "500").CombinedOutput(); err != nil {
+		b.Fatalf("synth: %v: %s", err, out)
+	}
+	return data
+}
+
+// benchRun trains the tiny stage-1 benchmark run (300 steps, VQ on for the
+// last 100) on world worker processes under a fresh coordinator and returns
+// the completed run, whose timing is rank 0's over the last 100 steps.
+func benchRun(b *testing.B, bin, data string, world int, sets []string, workerArgs ...string) wire.RunInfo {
+	coordBin := filepath.Join(bin, "lavit-coord")
+	c := startCoord(b, bin, "c1", "--log-level", "warn")
+	testutil.WaitFor(b, time.Minute, "ready", c.ready)
+	tok, _ := os.ReadFile(filepath.Join(c.dataDir, "token"))
+	env := []string{"LAVIT_TOKEN=" + strings.TrimSpace(string(tok)), "LAVIT_COORD=nats://" + c.nats}
+	var workers []*proc
+	for w := 0; w < world; w++ {
+		args := append([]string{"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn", "--collective-listen", "127.0.0.1:0"}, workerArgs...)
+		workers = append(workers, startProc(b, fmt.Sprintf("w%d", w), filepath.Join(bin, "lavit-worker"), env, args...))
+	}
+	args := []string{"run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),
+		"--set", "data.url=file://" + data, "--set", "data.eval_url=", "--set", "checkpoint.url=file://" + filepath.Join(b.TempDir(), "ckpt"),
+		"--set", "steps=300", "--set", "stage1.phase_a_steps=200", "--set", "metrics.every_steps=100",
+		"--set", fmt.Sprintf("min_workers=%d", world), "--set", fmt.Sprintf("max_workers=%d", world)}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	cmd := exec.Command(coordBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("submit: %v", err)
+	}
+	var reply wire.RunSubmitReply
+	json.Unmarshal(out, &reply)
+	var info wire.RunInfo
+	testutil.WaitFor(b, 10*time.Minute, "run to end", func() bool {
+		info, err = jsonOut[wire.RunInfo](b, coordBin, env, "run", "show", reply.ID, "--json")
+		return err == nil && (info.State == wire.RunCompleted || info.State == wire.RunFailed)
+	})
+	if info.State != wire.RunCompleted || info.Timing == nil {
+		b.Fatalf("world %d: run %s: %s", world, info.State, info.Reason)
+	}
+	for _, w := range workers {
+		w.signalAndWait(b, syscall.SIGTERM, time.Minute)
+	}
+	c.signalAndWait(b, syscall.SIGTERM, time.Minute)
+	return info
+}
+
+// reportTiming reports a benchmark run's rate and step time split.
+func reportTiming(b *testing.B, prefix string, info wire.RunInfo) {
+	t := info.Timing
+	b.ReportMetric(info.SamplesPerS, prefix+"samples/s")
+	b.ReportMetric(t.StepMs, prefix+"step_ms")
+	b.ReportMetric(t.ComputeMs, prefix+"compute_ms")
+	b.ReportMetric(t.DataMs, prefix+"data_ms")
+	b.ReportMetric(t.AllReduceMs, prefix+"allreduce_ms")
+	b.ReportMetric(t.IdleMs, prefix+"idle_ms")
+	b.ReportMetric(100*(t.StepMs-t.ComputeMs-t.IdleMs)/t.StepMs, prefix+"overhead_%")
+	b.ReportMetric(100*(t.StepMs-t.ComputeMs)/t.StepMs, prefix+"overhead_with_idle_%")
 }
 
 // threadDiv: LAVIT_BENCH_SHARE_CORES=1 splits the cores between the

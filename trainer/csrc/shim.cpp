@@ -3,6 +3,13 @@
 // EMA, state bytes, evaluation. Every entry point catches every exception.
 #include <nlohmann/json.hpp>
 
+// One source for both libtorch lines: Debian's 1.13 (CPU, CI) and PyTorch
+// 2.x with CUDA (the GPU check builds against it). Every call here exists in
+// both; the version is read, not assumed.
+#ifndef TORCH_VERSION
+#define TORCH_VERSION "unknown"
+#endif
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -1044,6 +1051,7 @@ int lavit_bench_steps(lavit_model* m, const lavit_batch* b, int64_t n, double* m
       step_finish(m, pre.data(), post.data());
       step_apply(m, b->global_batch, post.data());
     }
+    if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());  // time the kernels, not their queueing
     auto dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     *ms_per_step = dt / static_cast<double>(std::max<int64_t>(n, 1));
   });
