@@ -183,8 +183,8 @@ func TestParseStateRefusesDamage(t *testing.T) {
 	if _, err := ParseState(bad, StateFormat); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("flipped byte: %v", err)
 	}
-	if _, err := ParseState(state, StateFormat+1); err == nil || !strings.Contains(err.Error(), "ABI") {
-		t.Errorf("other ABI: %v", err)
+	if _, err := ParseState(state, StateFormat+1); err == nil || !strings.Contains(err.Error(), "state format") {
+		t.Errorf("another state format: %v", err)
 	}
 }
 

@@ -236,14 +236,7 @@ func TestDataParallelEquivalence(t *testing.T) {
 		if len(got) != len(want) {
 			t.Fatalf("world %d: %d parameters, want %d", world, len(got), len(want))
 		}
-		var diff, norm, maxAbs float64
-		for i := range want {
-			d := float64(got[i]) - float64(want[i])
-			diff += d * d
-			norm += float64(want[i]) * float64(want[i])
-			maxAbs = max(maxAbs, math.Abs(d))
-		}
-		rel := math.Sqrt(diff / norm)
+		rel, maxAbs := relDiff(got, want)
 		t.Logf("world %d vs 1: relative difference %.3g, largest element difference %.3g", world, rel, maxAbs)
 		if rel > 1e-5 {
 			t.Errorf("world %d: parameters differ from world 1 by %.3g relative (> 1e-5)", world, rel)
@@ -286,17 +279,25 @@ func TestNCCLMatchesRing(t *testing.T) {
 			}
 			params[backend] = finalParams(t, lib, info)
 		}
-		want, got := params["ring"], params["nccl"]
-		var diff, norm float64
-		for i := range want {
-			d := float64(got[i]) - float64(want[i])
-			diff += d * d
-			norm += float64(want[i]) * float64(want[i])
+		if len(params["nccl"]) != len(params["ring"]) {
+			t.Fatalf("world %d: %d parameters over NCCL, %d over the ring", world, len(params["nccl"]), len(params["ring"]))
 		}
-		rel := math.Sqrt(diff / norm)
+		rel, _ := relDiff(params["nccl"], params["ring"])
 		t.Logf("world %d: nccl vs ring relative difference %.3g", world, rel)
 		if rel > 1e-6 {
 			t.Errorf("world %d: the NCCL run's parameters differ from the ring run's by %.3g relative (> 1e-6)", world, rel)
 		}
 	}
+}
+
+// relDiff is ‖got − want‖ / ‖want‖ and the largest element difference.
+func relDiff(got, want []float32) (rel, maxAbs float64) {
+	var diff, norm float64
+	for i := range want {
+		d := float64(got[i]) - float64(want[i])
+		diff += d * d
+		norm += float64(want[i]) * float64(want[i])
+		maxAbs = max(maxAbs, math.Abs(d))
+	}
+	return math.Sqrt(diff / norm), maxAbs
 }
