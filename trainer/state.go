@@ -14,5 +14,5 @@ import "github.com/lavit-org/lavit/checkpoint"
 // StateInfo is a parsed state.
 type StateInfo = checkpoint.StateInfo
 
-// ParseState decodes and verifies a state blob of this ABI version.
-func ParseState(b []byte) (*StateInfo, error) { return checkpoint.ParseState(b, ABIVersion) }
+// ParseState decodes and verifies a state blob in the shim's state format.
+func ParseState(b []byte) (*StateInfo, error) { return checkpoint.ParseState(b, StateFormat) }

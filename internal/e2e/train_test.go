@@ -280,8 +280,8 @@ func TestRunBadInput(t *testing.T) {
 	long := f.submit("configs/tiny-stage1.yaml", append(append([]string{}, good...), "steps=100000", "stage1.phase_a_steps=99999")...)
 	running := f.waitState(long, 2*time.Minute, wire.RunRunning)
 	last := f.submit("configs/tiny-stage1.yaml", good...)
-	if info, err := f.show(last); err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "idle workers") {
-		t.Errorf("run behind a busy fleet: %+v %v; want PENDING waiting for idle workers", info, err)
+	if info, err := f.show(last); err != nil || info.State != wire.RunPending || !strings.Contains(info.WaitingFor, "idle CPU workers that can train") {
+		t.Errorf("run behind a busy fleet: %+v %v; want PENDING waiting for idle CPU workers", info, err)
 	}
 	// The fleet keeps training the running one meanwhile.
 	testutil.WaitFor(t, 2*time.Minute, "run "+long+" to train on after "+last+" was submitted", func() bool {
