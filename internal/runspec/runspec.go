@@ -58,19 +58,24 @@ type Spec struct {
 	Seed uint64 `yaml:"seed" json:"seed"`
 	// Steps is the total number of optimizer steps; exactly one of Steps
 	// and Epochs is set.
-	Steps       int64      `yaml:"steps" json:"steps,omitempty"`
-	Epochs      int        `yaml:"epochs" json:"epochs,omitempty"`
-	GlobalBatch int        `yaml:"global_batch" json:"global_batch"`
-	MinWorkers  int        `yaml:"min_workers" json:"min_workers"`
-	MaxWorkers  int        `yaml:"max_workers" json:"max_workers"`
-	Device      string     `yaml:"device" json:"device"` // cpu, cuda or auto
-	Data        Data       `yaml:"data" json:"data"`
-	Optim       Optim      `yaml:"optim" json:"optim,omitzero"`
-	Stage1      Stage1     `yaml:"stage1" json:"stage1,omitzero"`
-	Collective  Collective `yaml:"collective" json:"collective"`
-	Checkpoint  Checkpoint `yaml:"checkpoint" json:"checkpoint"`
-	Tokenizer   Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
-	Metrics     Metrics    `yaml:"metrics" json:"metrics"`
+	Steps       int64 `yaml:"steps" json:"steps,omitempty"`
+	Epochs      int   `yaml:"epochs" json:"epochs,omitempty"`
+	GlobalBatch int   `yaml:"global_batch" json:"global_batch"`
+	// MicroBatch is the samples a rank runs in one forward/backward; a
+	// rank's share of the global batch runs as that many micro-batches,
+	// their gradients and batch statistics accumulated into one step.
+	// 0 means the whole share at once (no accumulation).
+	MicroBatch int        `yaml:"micro_batch" json:"micro_batch,omitempty"`
+	MinWorkers int        `yaml:"min_workers" json:"min_workers"`
+	MaxWorkers int        `yaml:"max_workers" json:"max_workers"`
+	Device     string     `yaml:"device" json:"device"` // cpu, cuda or auto
+	Data       Data       `yaml:"data" json:"data"`
+	Optim      Optim      `yaml:"optim" json:"optim,omitzero"`
+	Stage1     Stage1     `yaml:"stage1" json:"stage1,omitzero"`
+	Collective Collective `yaml:"collective" json:"collective"`
+	Checkpoint Checkpoint `yaml:"checkpoint" json:"checkpoint"`
+	Tokenizer  Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
+	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
 
 	// origin maps a dotted key to where its value came from ("f.yaml:7"
 	// or "f.yaml: --set steps=9"); file is the spec's file name. Both are
@@ -102,6 +107,11 @@ type Optim struct {
 	WeightDecay *float64 `yaml:"weight_decay" json:"weight_decay,omitempty"`
 	Clip        *float64 `yaml:"clip" json:"clip,omitempty"`
 	WarmupSteps *int64   `yaml:"warmup_steps" json:"warmup_steps,omitempty"`
+	// Zero is the ZeRO stage: 0 keeps the whole optimizer state on every
+	// rank; 1 shards the fp32 master weights and Adam moments over the
+	// ranks (each updates its shard, then the parameters are all-gathered);
+	// 2 also reduce-scatters the gradients instead of all-reducing them.
+	Zero int `yaml:"zero" json:"zero,omitempty"`
 }
 
 // Stage1 is the tokenizer's schedule (stage 1 only).
@@ -479,6 +489,12 @@ func (s *Spec) validate(strictURLs bool) error {
 	if s.GlobalBatch < s.MaxWorkers {
 		return s.errorf("global_batch", "global_batch %d cannot be split over max_workers %d: every rank needs at least one sample", s.GlobalBatch, s.MaxWorkers)
 	}
+	if s.MicroBatch < 0 {
+		return s.errorf("micro_batch", "micro_batch must not be negative (0 runs a rank's whole share at once), got %d", s.MicroBatch)
+	}
+	if s.MicroBatch > s.GlobalBatch {
+		return s.errorf("micro_batch", "micro_batch %d is larger than global_batch %d", s.MicroBatch, s.GlobalBatch)
+	}
 	if !slices.Contains([]string{"cpu", "cuda", "auto"}, s.Device) {
 		return s.errorf("device", "device must be cpu, cuda or auto, got %q", s.Device)
 	}
@@ -513,6 +529,9 @@ func (s *Spec) validate(strictURLs bool) error {
 	}
 	if w := s.Optim.WarmupSteps; w != nil && *w < 0 {
 		return s.errorf("optim.warmup_steps", "optim.warmup_steps must not be negative, got %d", *w)
+	}
+	if z := s.Optim.Zero; z < 0 || z > 2 {
+		return s.errorf("optim.zero", "optim.zero must be 0 (no sharding), 1 (sharded optimizer state) or 2 (also sharded gradients), got %d", z)
 	}
 
 	if s.Stage == 2 {

@@ -195,6 +195,10 @@ func TestParseErrors(t *testing.T) {
 		{"optim.clip", base, []string{"optim.clip=.inf"}, "optim.clip", "optim.clip must be a finite number ≥ 0, got +Inf"},
 		{"optim.min_lr_ratio", base + "optim:\n  min_lr_ratio: 1.5\n", nil, "optim.min_lr_ratio", "x.yaml:14: optim.min_lr_ratio must be in [0,1], got 1.5"},
 		{"optim.warmup_steps", base, []string{"optim.warmup_steps=-1"}, "optim.warmup_steps", "optim.warmup_steps must not be negative, got -1"},
+		{"optim.zero 3", base, []string{"optim.zero=3"}, "optim.zero", "optim.zero must be 0 (no sharding), 1 (sharded optimizer state) or 2 (also sharded gradients), got 3"},
+		{"optim.zero negative", base, []string{"optim.zero=-1"}, "optim.zero", "optim.zero must be 0"},
+		{"micro_batch negative", base, []string{"micro_batch=-2"}, "micro_batch", "micro_batch must not be negative"},
+		{"micro_batch above global_batch", base, []string{"micro_batch=100000"}, "micro_batch", "micro_batch 100000 is larger than global_batch"},
 
 		// Stage rules.
 		{"phase_a_steps >= steps", base + "stage1:\n  phase_a_steps: 600\n", nil, "stage1.phase_a_steps", "x.yaml:14: stage1.phase_a_steps 600 must be less than steps 600"},
