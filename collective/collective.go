@@ -1,6 +1,7 @@
 // Package collective owns lavit's collective-communication API: the
-// Communicator interface that the trainer calls (AllReduce, Broadcast,
-// Barrier, Abort, Close), its error and deadline rules, and the float32
+// Communicator interface that the trainer calls (AllReduce, ReduceScatter,
+// AllGather, Broadcast, Barrier, Abort, Close), its error and deadline
+// rules, and the float32
 // kernels the CPU backends share. Backends live in sub-packages: ring (pure
 // Go over TCP, any machine) and nccl (cgo over libnccl.so.2 loaded at run
 // time, GPUs only). See DESIGN.md.
@@ -23,6 +24,17 @@
 //   - Abort(err), from any goroutine, breaks the communicator and unblocks
 //     every pending call promptly on this rank; peers learn of it through
 //     the transport and fail too.
+//   - A bad argument (an unknown op, a root out of range, a ReduceScatter
+//     or AllGather buffer whose length is not a multiple of Size) breaks
+//     the communicator with an "invalid argument" error wrapping
+//     ErrAborted: the peers expect the call, so it cannot just be skipped.
+//
+// ReduceScatter and AllGather (for a sharded optimizer: ZeRO-1/2) see the
+// buffer as Size equal blocks, block r = buf[r*n/Size : (r+1)*n/Size] for
+// len(buf) = n. ReduceScatter leaves in block Rank() the reduction of that
+// block (on the ring, bit for bit what AllReduce leaves there); AllGather
+// then spreads every rank's own block to all ranks, so the two in a row
+// are an all-reduce.
 package collective
 
 import (
@@ -80,6 +92,14 @@ type Communicator interface {
 	// AllReduce replaces buf on every rank with the element-wise reduction
 	// of all ranks' bufs. Every rank must pass the same length and op.
 	AllReduce(ctx context.Context, buf []float32, op Op) error
+	// ReduceScatter reduces buf element-wise across the ranks and leaves
+	// block Rank() of the result in block Rank() of buf. len(buf) must be a
+	// multiple of Size(); buf is Size() equal blocks. The other blocks are
+	// scratch: their contents afterwards are undefined.
+	ReduceScatter(ctx context.Context, buf []float32, op Op) error
+	// AllGather fills every block r of buf with block r of rank r's buf
+	// (len(buf) a multiple of Size(); on entry only block Rank() matters).
+	AllGather(ctx context.Context, buf []float32) error
 	// Broadcast copies root's buf into every other rank's buf.
 	Broadcast(ctx context.Context, buf []float32, root int) error
 	// Barrier returns once every rank has entered it.
@@ -169,6 +189,16 @@ func CheckRoot(rank, size int, call string, root int) *Error {
 		return nil
 	}
 	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted, Err: fmt.Errorf("invalid argument: root %d out of range [0, %d)", root, size)}
+}
+
+// CheckBlocks is CheckOp for a ReduceScatter or AllGather buffer of n
+// elements that cannot be cut into size equal blocks.
+func CheckBlocks(rank, size int, call string, n int) *Error {
+	if size > 0 && n%size == 0 {
+		return nil
+	}
+	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted,
+		Err: fmt.Errorf("invalid argument: buffer of %d elements is not a multiple of the world size %d (one equal block per rank)", n, size)}
 }
 
 // AbortError is the error Abort(err) breaks a communicator with (err nil

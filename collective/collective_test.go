@@ -196,3 +196,31 @@ func TestAwaitTurn(t *testing.T) {
 		t.Fatalf("broken: held %v, failure %v", held, failure)
 	}
 }
+
+func TestCheckBlocks(t *testing.T) {
+	for _, tc := range []struct {
+		size, n int
+		ok      bool
+	}{
+		{1, 0, true},
+		{1, 7, true},
+		{3, 0, true},
+		{3, 6, true},
+		{3, 7, false},
+		{4, 2, false},
+		{0, 4, false}, // no ranks: never a valid split
+	} {
+		err := CheckBlocks(1, tc.size, "reducescatter", tc.n)
+		if tc.ok != (err == nil) {
+			t.Errorf("CheckBlocks(size %d, n %d) = %v, want ok=%v", tc.size, tc.n, err, tc.ok)
+			continue
+		}
+		if err == nil {
+			continue
+		}
+		want := fmt.Sprintf("rank 1: reducescatter: collective aborted: invalid argument: buffer of %d elements is not a multiple of the world size %d (one equal block per rank)", tc.n, tc.size)
+		if err.Error() != want || !errors.Is(err, ErrAborted) {
+			t.Errorf("CheckBlocks(size %d, n %d) = %q, want %q wrapping ErrAborted", tc.size, tc.n, err, want)
+		}
+	}
+}

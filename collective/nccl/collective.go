@@ -12,8 +12,9 @@ import (
 // Collective is an NCCL communicator behind the collective.Communicator
 // contract, so the worker drives it like the ring: host buffers (the step's
 // statistics, and every buffer of a CPU model) travel through a scratch
-// buffer on the communicator's device, and AllReduceDevice sums device
-// memory where it is (a GPU model's gradients). The same rules hold:
+// buffer on the communicator's device, and AllReduceDevice,
+// ReduceScatterDevice and AllGatherDevice work on device memory where it is
+// (a GPU model's gradients, a sharded optimizer's parameters). The same rules hold:
 // deadlines, serialised calls, sticky errors, Abort from any goroutine.
 type Collective struct {
 	comm *Comm
@@ -43,9 +44,35 @@ func (c *Collective) AllReduceDevice(ctx context.Context, ptr uintptr, n int, op
 	return c.comm.AllReduce(ctx, ptr, n, Float32, op)
 }
 
+// ReduceScatterDevice reduces n float32s at ptr (device memory, Size()
+// equal blocks) across all ranks and leaves this rank's block of the
+// result in place (see Comm.ReduceScatter).
+func (c *Collective) ReduceScatterDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
+	return c.comm.ReduceScatter(ctx, ptr, n, Float32, op)
+}
+
+// AllGatherDevice fills every block r of the n float32s at ptr (device
+// memory, Size() equal blocks) with block r of rank r's (see
+// Comm.AllGather).
+func (c *Collective) AllGatherDevice(ctx context.Context, ptr uintptr, n int) error {
+	return c.comm.AllGather(ctx, ptr, n, Float32)
+}
+
 // AllReduce reduces a host buffer across all ranks, through the device.
 func (c *Collective) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
 	return c.staged(buf, func(dev uintptr) error { return c.comm.AllReduce(ctx, dev, len(buf), Float32, op) })
+}
+
+// ReduceScatter leaves this rank's block of the reduction of a host buffer
+// in place, through the device (see collective.Communicator).
+func (c *Collective) ReduceScatter(ctx context.Context, buf []float32, op collective.Op) error {
+	return c.staged(buf, func(dev uintptr) error { return c.comm.ReduceScatter(ctx, dev, len(buf), Float32, op) })
+}
+
+// AllGather fills every block r of a host buffer with rank r's block,
+// through the device (see collective.Communicator).
+func (c *Collective) AllGather(ctx context.Context, buf []float32) error {
+	return c.staged(buf, func(dev uintptr) error { return c.comm.AllGather(ctx, dev, len(buf), Float32) })
 }
 
 // Broadcast copies root's host buffer to every rank's, through the device.

@@ -201,12 +201,58 @@ func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype D
 	if bad := collective.CheckOp(c.rank, "allreduce", op); bad != nil {
 		return c.fail(bad)
 	}
-	nop := C.int(0) // ncclSum
-	if op == collective.Avg {
-		nop = 4 // ncclAvg
-	}
+	nop := ncclOp(op)
 	return c.call(ctx, "allreduce", func() Result {
 		return Result(C.lnccl_all_reduce(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count), C.int(dtype), nop))
+	})
+}
+
+// ncclOp is op's ncclRedOp_t (op already checked).
+func ncclOp(op collective.Op) C.int {
+	if op == collective.Avg {
+		return 4 // ncclAvg
+	}
+	return 0 // ncclSum
+}
+
+// ReduceScatter reduces count elements at devPtr, Size() equal blocks,
+// across all ranks and leaves this rank's block of the result in place
+// (ncclReduceScatter with recvbuff = devPtr + Rank()·count/Size()
+// elements). count must be a multiple of Size(); the other blocks are
+// scratch, as in collective.Communicator.
+func (c *Comm) ReduceScatter(ctx context.Context, devPtr uintptr, count int, dtype DataType, op collective.Op) error {
+	const name = "reducescatter"
+	if bad := collective.CheckBlocks(c.rank, c.size, name, count); bad != nil {
+		return c.fail(bad)
+	}
+	if bad := collective.CheckOp(c.rank, name, op); bad != nil {
+		return c.fail(bad)
+	}
+	size, err := dtype.elemSize()
+	if err != nil {
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted, Err: err})
+	}
+	nop := ncclOp(op)
+	return c.call(ctx, name, func() Result {
+		return Result(C.lnccl_reduce_scatter(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count/c.size), C.size_t(size), C.int(c.rank), C.int(dtype), nop))
+	})
+}
+
+// AllGather copies block r of rank r's count elements at devPtr (Size()
+// equal blocks) into block r at every rank's devPtr, in place
+// (ncclAllGather with sendbuff = devPtr + Rank()·count/Size() elements).
+// count must be a multiple of Size().
+func (c *Comm) AllGather(ctx context.Context, devPtr uintptr, count int, dtype DataType) error {
+	const name = "allgather"
+	if bad := collective.CheckBlocks(c.rank, c.size, name, count); bad != nil {
+		return c.fail(bad)
+	}
+	size, err := dtype.elemSize()
+	if err != nil {
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted, Err: err})
+	}
+	return c.call(ctx, name, func() Result {
+		return Result(C.lnccl_all_gather(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count/c.size), C.size_t(size), C.int(c.rank), C.int(dtype)))
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,7 +69,8 @@ func onEach(comms []*Collective, f func(r int, c *Collective) error) []error {
 // TestFakeWorlds: host-buffer all-reduce (sum and average) and broadcast at
 // worlds 2 to 4, for sizes from empty to several of the fake's chunks;
 // every rank ends with the same bits: the float32 sum in the ring's order
-// (segment k from rank k around the ring), times 1/n for an average.
+// (segment k from rank k+1 around the ring to rank k), times 1/n for an
+// average.
 func TestFakeWorlds(t *testing.T) {
 	lib := loadFake(t)
 	for _, n := range []int{2, 3, 4} {
@@ -90,8 +92,8 @@ func TestFakeWorlds(t *testing.T) {
 						cnt++
 					}
 					for i := off; i < off+cnt; i++ {
-						s := bufs[k][i]
-						for j := 1; j < n; j++ {
+						s := bufs[(k+1)%n][i]
+						for j := 2; j <= n; j++ {
 							s += bufs[(k+j)%n][i]
 						}
 						if op == collective.Avg {
@@ -158,8 +160,8 @@ func TestFakeAbortReachesPeers(t *testing.T) {
 const fakeRankEnv = "LAVIT_FAKE_NCCL_RANK"
 
 // TestHelperFakeRank is a child rank of TestFakeSpansProcesses: it joins,
-// all-reduces one buffer, prints its sum, and, as rank 2, then waits to be
-// killed.
+// all-reduces one buffer, prints its sum, reduce-scatters and all-gathers
+// another, prints it, and, as rank 2, then waits to be killed.
 func TestHelperFakeRank(t *testing.T) {
 	spec := os.Getenv(fakeRankEnv)
 	if spec == "" {
@@ -187,6 +189,15 @@ func TestHelperFakeRank(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Printf("rank %d sum %v %v\n", rank, buf[0], buf[1])
+	blocks := scatterInput(rank)
+	if err := c.ReduceScatter(ctx, blocks, collective.Sum); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("rank %d block %v\n", rank, blocks[rank])
+	if err := c.AllGather(ctx, blocks); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("rank %d gathered %v %v %v\n", rank, blocks[0], blocks[1], blocks[2])
 	if rank == 2 {
 		fmt.Println("rank 2 waits to be killed")
 		select {}
@@ -196,9 +207,16 @@ func TestHelperFakeRank(t *testing.T) {
 	fmt.Printf("rank %d second call: %v\n", rank, err)
 }
 
+// scatterInput is rank's buffer of three one-element blocks for the
+// reduce-scatter of TestFakeSpansProcesses: block i holds (i+1)·(rank+1),
+// so the sum of block i over three ranks is 6·(i+1).
+func scatterInput(rank int) []float32 {
+	return []float32{float32(rank + 1), float32(2 * (rank + 1)), float32(3 * (rank + 1))}
+}
+
 // TestFakeSpansProcesses: a world of three ranks in three processes
-// all-reduces; when one process is killed, the survivors' next call fails
-// with ErrPeerLost.
+// all-reduces, reduce-scatters and all-gathers; when one process is
+// killed, the survivors' next call fails with ErrPeerLost.
 func TestFakeSpansProcesses(t *testing.T) {
 	lib := loadFake(t)
 	id, err := lib.UniqueID()
@@ -232,8 +250,24 @@ func TestFakeSpansProcesses(t *testing.T) {
 	if buf[0] != 6 || buf[1] != 60 {
 		t.Fatalf("rank 0: sum %v, want [6 60]", buf)
 	}
-	testutil.WaitFor(t, time.Minute, "the children's sums", func() bool {
-		return strings.Contains(outs[1].String(), "rank 1 sum 6 60") && strings.Contains(outs[2].String(), "rank 2 waits to be killed")
+	blocks := scatterInput(0)
+	if err := c.ReduceScatter(ctx, blocks, collective.Sum); err != nil {
+		t.Fatal(err)
+	}
+	if blocks[0] != 6 {
+		t.Fatalf("rank 0: reduce-scatter left block 0 = %v, want 6", blocks[0])
+	}
+	if err := c.AllGather(ctx, blocks); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(blocks, []float32{6, 12, 18}) {
+		t.Fatalf("rank 0: all-gather gave %v, want [6 12 18]", blocks)
+	}
+	testutil.WaitFor(t, time.Minute, "the children's results", func() bool {
+		return strings.Contains(outs[1].String(), "rank 1 sum 6 60") && strings.Contains(outs[1].String(), "rank 1 block 12") &&
+			strings.Contains(outs[1].String(), "rank 1 gathered 6 12 18") &&
+			strings.Contains(outs[2].String(), "rank 2 block 18") && strings.Contains(outs[2].String(), "rank 2 gathered 6 12 18") &&
+			strings.Contains(outs[2].String(), "rank 2 waits to be killed")
 	})
 	cmds[2].Process.Signal(syscall.SIGKILL)
 	cmds[2].Wait()

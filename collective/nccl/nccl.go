@@ -73,6 +73,21 @@ const (
 	BFloat16 DataType = 9
 )
 
+// elemSize is the size of one element of type d in bytes.
+func (d DataType) elemSize() (int, error) {
+	switch d {
+	case Int8, Uint8:
+		return 1, nil
+	case Float16, BFloat16:
+		return 2, nil
+	case Int32, Uint32, Float32:
+		return 4, nil
+	case Int64, Uint64, Float64:
+		return 8, nil
+	}
+	return 0, fmt.Errorf("invalid argument: unknown data type %d", int(d))
+}
+
 // Error is a failed NCCL or CUDA call.
 type Error struct {
 	Func string // "ncclAllReduce", "cudaMalloc", …

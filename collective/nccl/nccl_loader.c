@@ -19,6 +19,8 @@ int lnccl_load(const char* path, lnccl_api* a, const char** missing) {
 	SYM(h, comm_destroy, "ncclCommDestroy")
 	SYM(h, all_reduce, "ncclAllReduce")
 	SYM(h, broadcast, "ncclBroadcast")
+	SYM(h, reduce_scatter, "ncclReduceScatter")
+	SYM(h, all_gather, "ncclAllGather")
 	SYM(h, get_error_string, "ncclGetErrorString")
 	*(void**)(&a->get_last_error) = dlsym(h, "ncclGetLastError");
 	a->nccl = h;
@@ -73,6 +75,14 @@ lnccl_result lnccl_all_reduce(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_
 }
 lnccl_result lnccl_broadcast(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, int dtype, int root) {
 	return a->broadcast((const void*)buf, (void*)buf, count, dtype, root, s->comm, s->stream);
+}
+lnccl_result lnccl_reduce_scatter(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, size_t elem_size, int rank, int dtype, int op) {
+	void* own = (void*)(buf + (uintptr_t)rank * count * elem_size);
+	return a->reduce_scatter((const void*)buf, own, count, dtype, op, s->comm, s->stream);
+}
+lnccl_result lnccl_all_gather(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, size_t elem_size, int rank, int dtype) {
+	const void* own = (const void*)(buf + (uintptr_t)rank * count * elem_size);
+	return a->all_gather(own, (void*)buf, count, dtype, s->comm, s->stream);
 }
 const char* lnccl_error_string(lnccl_api* a, lnccl_result r) { return a->get_error_string(r); }
 const char* lnccl_last_error(lnccl_api* a, lnccl_state* s) {

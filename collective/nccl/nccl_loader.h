@@ -47,6 +47,8 @@ typedef struct {
 	lnccl_result (*comm_destroy)(lnccl_comm);
 	lnccl_result (*all_reduce)(const void*, void*, size_t, int, int, lnccl_comm, lcuda_stream);
 	lnccl_result (*broadcast)(const void*, void*, size_t, int, int, lnccl_comm, lcuda_stream);
+	lnccl_result (*reduce_scatter)(const void*, void*, size_t, int, int, lnccl_comm, lcuda_stream);
+	lnccl_result (*all_gather)(const void*, void*, size_t, int, lnccl_comm, lcuda_stream);
 	const char* (*get_error_string)(lnccl_result);
 	const char* (*get_last_error)(lnccl_comm); // optional (NCCL >= 2.13)
 	int (*cuda_set_device)(int);
@@ -77,6 +79,12 @@ lnccl_result lnccl_comm_finalize(lnccl_api* a, lnccl_state* s);
 lnccl_result lnccl_comm_destroy(lnccl_api* a, lnccl_state* s);
 lnccl_result lnccl_all_reduce(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, int dtype, int op);
 lnccl_result lnccl_broadcast(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, int dtype, int root);
+// lnccl_reduce_scatter and lnccl_all_gather run in place on buf, which holds
+// nranks blocks of count elements of elem_size bytes: the reduce-scatter
+// leaves this rank's block at buf + rank*count, the all-gather sends it from
+// there.
+lnccl_result lnccl_reduce_scatter(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, size_t elem_size, int rank, int dtype, int op);
+lnccl_result lnccl_all_gather(lnccl_api* a, lnccl_state* s, uintptr_t buf, size_t count, size_t elem_size, int rank, int dtype);
 const char* lnccl_error_string(lnccl_api* a, lnccl_result r);
 const char* lnccl_last_error(lnccl_api* a, lnccl_state* s);
 

@@ -73,7 +73,8 @@ func floatBytes(f []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
 }
 
-// TestGPUWorld1AllReduceBroadcast needs a GPU and NCCL:
+// TestGPUWorld1AllReduceBroadcast (all-reduce, broadcast, reduce-scatter,
+// all-gather at world 1) needs a GPU and NCCL:
 // LAVIT_TEST_NCCL=1 [LAVIT_NCCL_LIB=/path/libnccl.so.2] go test ./collective/nccl/
 func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 	if os.Getenv("LAVIT_TEST_NCCL") != "1" {
@@ -113,7 +114,7 @@ func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range got {
-			if got[i] != host[i] { // a world of one: sum, avg and broadcast are the identity
+			if got[i] != host[i] { // a world of one: every call is the identity
 				t.Fatalf("%s: [%d] = %v, want %v", what, i, got[i], host[i])
 			}
 		}
@@ -131,6 +132,18 @@ func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 		t.Fatalf("broadcast: %v", err)
 	}
 	check("broadcast")
+	// The block calls in place (one block at world 1): the trampolines'
+	// pointer arithmetic against the real ncclReduceScatter/ncclAllGather.
+	for _, op := range []collective.Op{collective.Sum, collective.Avg} {
+		if err := comm.ReduceScatter(ctx, dev, n, Float32, op); err != nil {
+			t.Fatalf("reducescatter %v: %v", op, err)
+		}
+		check("reducescatter " + op.String())
+	}
+	if err := comm.AllGather(ctx, dev, n, Float32); err != nil {
+		t.Fatalf("allgather: %v", err)
+	}
+	check("allgather")
 
 	cause := errors.New("test abort")
 	comm.Abort(cause)

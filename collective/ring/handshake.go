@@ -15,10 +15,13 @@ import (
 //
 // The acceptor answers one status byte (0 = accepted), followed on refusal
 // by its generation u64 | len u16 | reason, and closes the connection. All
-// integers are little endian.
+// integers are little endian. protocolVersion 2: the all-reduce's
+// reduce-scatter ends with rank r owning segment r (version 1: r+1), and
+// the call kinds reducescatter and allgather exist; the two versions must
+// not share a ring.
 const (
 	helloMagic      = "LVRG"
-	protocolVersion = 1
+	protocolVersion = 2
 	helloFixed      = 4 + 2 + 4 + 4 + 8 + 2
 	maxRunLen       = 256
 	maxReasonLen    = 1024

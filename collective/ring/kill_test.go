@@ -19,7 +19,7 @@ import (
 
 const (
 	helperEnv     = "LAVIT_RING_HELPER_PEERS"
-	killBufFloats = 2 << 20 // 8 MiB per rank: calls last long enough to be cut
+	killBufFloats = 3 << 19 // 6 MiB per rank: calls last long enough to be cut; 3 and 4 blocks
 	// killDetectTime bounds how long a rank takes to see a killed peer: a
 	// reset arrives in milliseconds; the bound only tells that from the
 	// calls' 60 s deadline, so it is generous for a loaded machine.
@@ -51,15 +51,28 @@ func TestHelperRank(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf := make([]float32, killBufFloats)
-	for ctx.Err() == nil { // until the parent kills us
-		if err := c.AllReduce(ctx, buf, collective.Avg); err != nil {
+	for i := 0; ctx.Err() == nil; i++ { // until the parent kills us
+		if err := killCall(ctx, c, buf, i); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
+// killCall is call i of the kill test's loop: every rank cycles through
+// AllReduce, ReduceScatter and AllGather, so the kill may cut any of them.
+func killCall(ctx context.Context, c *Comm, buf []float32, i int) error {
+	switch i % 3 {
+	case 0:
+		return c.AllReduce(ctx, buf, collective.Avg)
+	case 1:
+		return c.ReduceScatter(ctx, buf, collective.Avg)
+	}
+	return c.AllGather(ctx, buf)
+}
+
 // TestPeerKilledMidAllReduce runs rank 2 in a child process, kills it with
-// SIGKILL while every rank loops over all-reduces, and checks that every
+// SIGKILL while every rank loops over all-reduces, reduce-scatters and
+// all-gathers, and checks that every
 // surviving rank's call fails promptly naming rank 2: directly for its
 // neighbours (ranks 1 and 3, or 1 and 0 in a world of 3), through the
 // notices for the others.
@@ -136,7 +149,7 @@ func killOne(t *testing.T, n int) {
 		defer comms[r].Close()
 	}
 
-	// Every local rank all-reduces in a loop with a far deadline, so only
+	// Every local rank cycles through the calls with a far deadline, so only
 	// the kill can end them.
 	completed := make([]atomic.Int32, n)
 	results := make([]chan error, n)
@@ -144,8 +157,8 @@ func killOne(t *testing.T, n int) {
 		results[r] = make(chan error, 1)
 		go func() {
 			buf := make([]float32, killBufFloats)
-			for {
-				if err := comms[r].AllReduce(ctx, buf, collective.Avg); err != nil {
+			for i := 0; ; i++ {
+				if err := killCall(ctx, comms[r], buf, i); err != nil {
 					results[r] <- err
 					return
 				}
@@ -153,9 +166,9 @@ func killOne(t *testing.T, n int) {
 			}
 		}()
 	}
-	testutil.WaitFor(t, 30*time.Second, "a completed all-reduce on every local rank", func() bool {
+	testutil.WaitFor(t, 30*time.Second, "an all-reduce, a reduce-scatter and an all-gather completed on every local rank", func() bool {
 		for _, r := range local {
-			if completed[r].Load() == 0 {
+			if completed[r].Load() < 3 {
 				return false
 			}
 		}

@@ -16,10 +16,12 @@ import (
 
 // Call kinds, as sent in the call header.
 const (
-	kindAllReduce byte = 1
-	kindBroadcast byte = 2
-	kindBarrier   byte = 3
-	kindTransfer  byte = 4
+	kindAllReduce     byte = 1
+	kindBroadcast     byte = 2
+	kindBarrier       byte = 3
+	kindTransfer      byte = 4
+	kindReduceScatter byte = 5
+	kindAllGather     byte = 6
 )
 
 func kindName(k byte) string {
@@ -32,6 +34,10 @@ func kindName(k byte) string {
 		return "barrier"
 	case kindTransfer:
 		return "transfer"
+	case kindReduceScatter:
+		return "reducescatter"
+	case kindAllGather:
+		return "allgather"
 	}
 	return fmt.Sprintf("kind(%d)", k)
 }
@@ -40,6 +46,22 @@ func kindName(k byte) string {
 // average) over all ranks. See the package collective for the rules.
 func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
 	return c.call(ctx, kindAllReduce, buf, op, 0)
+}
+
+// ReduceScatter leaves in block Rank() of buf (Size() equal blocks) the
+// element-wise sum (or average) over all ranks of that block; the other
+// blocks are left holding partial sums. It is the reduce-scatter phase of
+// AllReduce alone: block r is summed from rank r+1 around the ring,
+// ((x_{r+1} + x_{r+2}) + …) + x_r, and for Avg multiplied by 1/Size(), so
+// the result is bitwise what AllReduce leaves in block r.
+func (c *Comm) ReduceScatter(ctx context.Context, buf []float32, op collective.Op) error {
+	return c.call(ctx, kindReduceScatter, buf, op, 0)
+}
+
+// AllGather copies block r of rank r's buf into block r of every rank's
+// buf (Size() equal blocks): the all-gather phase of AllReduce alone.
+func (c *Comm) AllGather(ctx context.Context, buf []float32) error {
+	return c.call(ctx, kindAllGather, buf, collective.Sum, 0)
 }
 
 // Broadcast copies root's buf into every rank's buf.
@@ -86,7 +108,7 @@ func (h header) marshal() []byte {
 func (h header) String() string {
 	s := fmt.Sprintf("call #%d %s of %d elements", h.seq, kindName(h.kind), h.count)
 	switch h.kind {
-	case kindAllReduce:
+	case kindAllReduce, kindReduceScatter:
 		s += ", op " + collective.Op(h.op).String()
 	case kindBroadcast:
 		s += fmt.Sprintf(", root %d", h.root)
@@ -150,6 +172,12 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	switch kind {
 	case kindAllReduce:
 		bad = collective.CheckOp(c.rank, name, op)
+	case kindReduceScatter:
+		if bad = collective.CheckBlocks(c.rank, c.size, name, len(buf)); bad == nil {
+			bad = collective.CheckOp(c.rank, name, op)
+		}
+	case kindAllGather:
+		bad = collective.CheckBlocks(c.rank, c.size, name, len(buf))
 	case kindBroadcast:
 		bad = collective.CheckRoot(c.rank, c.size, name, root)
 	}
@@ -158,7 +186,7 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	}
 	c.seq++
 	if c.size == 1 {
-		return nil // sum, average and broadcast of one rank change nothing
+		return nil // every call on one rank leaves buf as it is
 	}
 	h := header{kind: kind, op: byte(op), root: uint32(root), seq: c.seq, count: uint64(len(buf))}
 	end, err := c.begin(ctx)
@@ -168,13 +196,19 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	defer end()
 
 	chunk := c.chunkElems(len(buf), kind)
+	avg := op == collective.Avg
 	var p plan
-	if kind == kindBroadcast {
+	switch kind {
+	case kindBroadcast:
 		p = broadcastPlan(len(buf), c.size, c.rank, root, chunk)
-	} else {
-		p = allReducePlan(len(buf), c.size, c.rank, chunk, kind == kindAllReduce && op == collective.Avg)
+	case kindReduceScatter:
+		p = ringPlan(len(buf), c.size, c.rank, chunk, reduceScatter, avg)
+	case kindAllGather:
+		p = ringPlan(len(buf), c.size, c.rank, chunk, allGather, false)
+	default: // all-reduce, barrier, transfer-only
+		p = ringPlan(len(buf), c.size, c.rank, chunk, bothPhases, kind == kindAllReduce && avg)
 	}
-	if c.scratch == nil && kind != kindBroadcast {
+	if c.scratch == nil && kind != kindBroadcast && kind != kindAllGather {
 		c.scratch = make([]float32, addSlots*addBlock)
 	}
 	c.callStart = time.Now()

@@ -9,12 +9,16 @@ package ring
 // All-reduce of L elements over n ranks (rank r, segments s_0…s_{n−1} of
 // L/n elements, the first L mod n one longer), 2(n−1) steps:
 //
-//	reduce-scatter, step g = 0…n−2: send s_{r−g}, receive s_{r−g−1} and add
-//	all-gather,     step g = 0…n−2: send s_{r+1−g}, receive s_{r−g} in place
+//	reduce-scatter, step g = 0…n−2: send s_{r−1−g}, receive s_{r−2−g} and add
+//	all-gather,     step g = 0…n−2: send s_{r−g}, receive s_{r−1−g} in place
 //
-// (indices mod n). After reduce-scatter rank r holds the full sum of
-// s_{r+1}. What is sent at step t+1 is what was received at step t, so the
-// chunks stream around the ring without a pause between steps.
+// (indices mod n). After reduce-scatter rank r holds the full sum of s_r,
+// summed from rank r+1 around the ring: ((x_{r+1} + x_{r+2}) + …) + x_r.
+// What is sent at step t+1 is what was received at step t, so the chunks
+// stream around the ring without a pause between steps. ReduceScatter and
+// AllGather are the two phases alone (L a multiple of n: the segments are
+// the blocks), so a ReduceScatter leaves in block r exactly the bits an
+// AllReduce leaves there.
 type plan struct {
 	first []span
 	recv  []recvItem
@@ -53,31 +57,52 @@ func chunks(s span, chunk int) []span {
 	return out
 }
 
-func allReducePlan(total, n, r, chunk int, scale bool) plan {
+// phases says which phases of the ring a call runs.
+type phases int
+
+const (
+	reduceScatter phases = 1 << iota // reduce-scatter steps
+	allGather                        // all-gather steps
+	bothPhases    = reduceScatter | allGather
+)
+
+// ringPlan is rank r's plan for the given phases of a ring all-reduce of
+// total elements (see plan). scale: multiply by 1/n at the last
+// reduce-scatter step (Avg).
+func ringPlan(total, n, r, chunk int, ph phases, scale bool) plan {
 	mod := func(i int) int { return ((i % n) + n) % n }
-	last := 2*n - 3 // the last step (global numbering: n−1 reduce-scatter steps, then all-gather)
-	// sends[g]: the chunks sent at step g. What is received at step g is
-	// what is sent at step g+1, so sends[last+1] is the final receive.
-	sends := make([][]span, last+2)
-	for g := range sends {
-		seg := segment(total, n, mod(r-g)) // reduce-scatter
-		if g >= n-1 {
-			seg = segment(total, n, mod(r+1-(g-n+1))) // all-gather
-		}
-		sends[g] = chunks(seg, chunk)
+	// Global steps: 0…n−2 reduce-scatter, n−1…2n−3 all-gather. At every
+	// step g rank r sends s_{r−1−g} (in the all-gather, s_{r−(g−n+1)}, the
+	// same segment mod n).
+	first, last := 0, 2*n-3
+	if ph&reduceScatter == 0 {
+		first = n - 1
 	}
-	// sentBefore[g]: how many chunks the sender writes before step g.
-	sentBefore := make([]int, last+2)
-	for g := 0; g <= last; g++ {
-		sentBefore[g+1] = sentBefore[g] + len(sends[g])
+	if ph&allGather == 0 {
+		last = n - 2
+	}
+	// sends[g-first]: the chunks sent at step g. What is received at step
+	// g is what is sent at step g+1, so the entry after last is the final
+	// receive.
+	steps := last - first + 1
+	sends := make([][]span, steps+1)
+	for i := range sends {
+		sends[i] = chunks(segment(total, n, mod(r-1-(first+i))), chunk)
+	}
+	// sentBefore[i]: how many chunks the sender writes before step first+i.
+	sentBefore := make([]int, steps+1)
+	for i := range steps {
+		sentBefore[i+1] = sentBefore[i] + len(sends[i])
 	}
 	p := plan{first: sends[0]}
-	for g := 0; g <= last; g++ {
+	for i := range steps {
+		g := first + i
 		rs := g < n-1
-		for k, s := range sends[g+1] {
+		for k, s := range sends[i+1] {
 			it := recvItem{span: s, reduce: rs, scale: scale && g == n-2, forward: g < last}
-			if !rs {
-				// s_{r−t} was sent at reduce-scatter step t = g−n+1.
+			if !rs && first == 0 {
+				// The all-gather overwrites s_{r−2−g}, which this rank
+				// sent at reduce-scatter step g−n+1.
 				it.waitSent = sentBefore[g-n+1] + k + 1
 			}
 			if it.forward {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,16 +59,13 @@ func inCall(c *Comm) bool {
 	return c.inCall
 }
 
-// checkAllReduce runs one all-reduce of size random floats on every rank
-// and compares each rank's result with a float64 reference. The tolerance
-// is relative to the sum of magnitudes, since float32 sums in a different
-// order differ by a few ulps of the largest partial sum.
-func checkAllReduce(t *testing.T, comms []*Comm, size int, op collective.Op, seed uint64) {
-	t.Helper()
-	n := len(comms)
-	bufs := make([][]float32, n)
-	want := make([]float64, size)
-	mag := make([]float64, size)
+// randomInputs makes n ranks' buffers of size random floats in [-1, 1),
+// the float64 reference of their reduction by op, and the matching sum of
+// magnitudes (the scale of the float32 rounding error).
+func randomInputs(n, size int, op collective.Op, seed uint64) (bufs [][]float32, want, mag []float64) {
+	bufs = make([][]float32, n)
+	want = make([]float64, size)
+	mag = make([]float64, size)
 	for r := range n {
 		rng := rand.New(rand.NewPCG(seed, uint64(r)))
 		bufs[r] = make([]float32, size)
@@ -84,6 +82,22 @@ func checkAllReduce(t *testing.T, comms []*Comm, size int, op collective.Op, see
 			mag[i] /= float64(n)
 		}
 	}
+	return bufs, want, mag
+}
+
+// closeTo reports whether got is want up to float32 rounding: relative to
+// the sum of magnitudes, since float32 sums in a different order differ by
+// a few ulps of the largest partial sum.
+func closeTo(got float32, want, mag float64) bool {
+	return math.Abs(float64(got)-want) <= 1e-5*mag+1e-30
+}
+
+// checkAllReduce runs one all-reduce of size random floats on every rank
+// and compares each rank's result with a float64 reference.
+func checkAllReduce(t *testing.T, comms []*Comm, size int, op collective.Op, seed uint64) {
+	t.Helper()
+	n := len(comms)
+	bufs, want, mag := randomInputs(n, size, op, seed)
 	ctx, cancel := callCtx()
 	defer cancel()
 	for r, err := range onAll(comms, func(r int, c *Comm) error { return c.AllReduce(ctx, bufs[r], op) }) {
@@ -93,8 +107,8 @@ func checkAllReduce(t *testing.T, comms []*Comm, size int, op collective.Op, see
 	}
 	for r := range n {
 		for i, got := range bufs[r] {
-			if d := math.Abs(float64(got) - want[i]); d > 1e-5*mag[i]+1e-30 {
-				t.Fatalf("world %d, %d floats, %v: rank %d [%d] = %v, want %v (off by %.3g)", n, size, op, r, i, got, want[i], d)
+			if !closeTo(got, want[i], mag[i]) {
+				t.Fatalf("world %d, %d floats, %v: rank %d [%d] = %v, want %v (off by %.3g)", n, size, op, r, i, got, want[i], math.Abs(float64(got)-want[i]))
 			}
 		}
 	}
@@ -289,14 +303,33 @@ func waitErr(t *testing.T, ch <-chan error, limit time.Duration, what string) er
 	}
 }
 
+// bufferCalls are the calls on a buffer, for tests that put each through
+// the same scenario.
+var bufferCalls = []struct {
+	name string
+	call func(ctx context.Context, c *Comm, buf []float32) error
+}{
+	{"allreduce", func(ctx context.Context, c *Comm, buf []float32) error { return c.AllReduce(ctx, buf, collective.Sum) }},
+	{"reducescatter", func(ctx context.Context, c *Comm, buf []float32) error {
+		return c.ReduceScatter(ctx, buf, collective.Avg)
+	}},
+	{"allgather", func(ctx context.Context, c *Comm, buf []float32) error { return c.AllGather(ctx, buf) }},
+}
+
 func TestAbortUnblocksEveryRank(t *testing.T) {
+	for _, bc := range bufferCalls {
+		t.Run(bc.name, func(t *testing.T) { abortUnblocks(t, bc.call) })
+	}
+}
+
+func abortUnblocks(t *testing.T, call func(context.Context, *Comm, []float32) error) {
 	comms := world(t, 3, nil)
 	ctx, cancel := callCtx() // far away: only Abort can end these calls
 	defer cancel()
 	results := make([]chan error, 3)
 	for r := range 2 { // rank 2 never calls, so ranks 0 and 1 block
 		results[r] = make(chan error, 1)
-		go func() { results[r] <- comms[r].AllReduce(ctx, make([]float32, 1<<20), collective.Sum) }()
+		go func() { results[r] <- call(ctx, comms[r], make([]float32, 3<<18)) }()
 	}
 	testutil.WaitFor(t, 10*time.Second, "ranks 0 and 1 inside AllReduce", func() bool {
 		return inCall(comms[0]) && inCall(comms[1])
@@ -325,13 +358,19 @@ func TestAbortUnblocksEveryRank(t *testing.T) {
 }
 
 func TestDeadlineWhenPeerNeverCalls(t *testing.T) {
+	for _, bc := range bufferCalls {
+		t.Run(bc.name, func(t *testing.T) { deadlineWhenPeerNeverCalls(t, bc.call) })
+	}
+}
+
+func deadlineWhenPeerNeverCalls(t *testing.T, call func(context.Context, *Comm, []float32) error) {
 	comms := world(t, 2, nil)
 	const limit = 300 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- comms[0].AllReduce(ctx, make([]float32, 1000), collective.Sum) }()
+	go func() { done <- call(ctx, comms[0], make([]float32, 1000)) }()
 	err := waitErr(t, done, limit+30*time.Second, "rank 0")
 	took := time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -409,6 +448,12 @@ func TestSizeOneIsLocal(t *testing.T) {
 	ctx := context.Background()
 	if err := c.AllReduce(ctx, buf, collective.Avg); err != nil || buf[0] != 1 || buf[2] != 3 {
 		t.Fatalf("avg of one rank: %v %v", buf, err)
+	}
+	if err := c.ReduceScatter(ctx, buf, collective.Avg); err != nil || buf[0] != 1 || buf[2] != 3 {
+		t.Fatalf("reduce-scatter of one rank: %v %v", buf, err)
+	}
+	if err := c.AllGather(ctx, buf); err != nil || buf[0] != 1 || buf[2] != 3 {
+		t.Fatalf("all-gather of one rank: %v %v", buf, err)
 	}
 	if err := c.Broadcast(ctx, buf, 0); err != nil {
 		t.Fatal(err)
@@ -596,27 +641,95 @@ func TestStaleRankRefusedWhileRingForms(t *testing.T) {
 
 func TestPlanBalances(t *testing.T) {
 	// What rank r sends must be exactly what rank r+1 receives, span by
-	// span, for every shape; and every forward must have a sender slot.
+	// span, for every shape and phase; and every forward must have a
+	// sender slot.
+	for _, ph := range []phases{bothPhases, reduceScatter, allGather} {
+		for n := 2; n <= 6; n++ {
+			for _, total := range []int{0, 1, 2, n - 1, n, n + 1, 97, 1000} {
+				for _, chunk := range []int{1, 3, 16} {
+					for r := range n {
+						p := ringPlan(total, n, r, chunk, ph, false)
+						q := ringPlan(total, n, (r+1)%n, chunk, ph, false)
+						sent := append([]span(nil), p.first...)
+						for _, it := range p.recv {
+							if it.forward {
+								sent = append(sent, it.span)
+							}
+						}
+						if len(sent) != len(q.recv) {
+							t.Fatalf("phases %d n=%d total=%d chunk=%d: rank %d sends %d chunks, rank %d receives %d", ph, n, total, chunk, r, len(sent), (r+1)%n, len(q.recv))
+						}
+						for i := range sent {
+							if sent[i] != q.recv[i].span {
+								t.Fatalf("phases %d n=%d total=%d chunk=%d: chunk %d sent as %v, received as %v", ph, n, total, chunk, i, sent[i], q.recv[i].span)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestPlanPhases: an all-reduce plan is the reduce-scatter plan followed by
+// the all-gather plan (so ReduceScatter sums exactly as AllReduce does);
+// the reduce-scatter ends on rank r with block r reduced (the only chunks
+// it keeps), and the all-gather starts by sending block r and receives
+// every other block.
+func TestPlanPhases(t *testing.T) {
 	for n := 2; n <= 6; n++ {
-		for _, total := range []int{0, 1, 2, n - 1, n, n + 1, 97, 1000} {
-			for _, chunk := range []int{1, 3, 16} {
-				for r := range n {
-					p := allReducePlan(total, n, r, chunk, false)
-					q := allReducePlan(total, n, (r+1)%n, chunk, false)
-					sent := append([]span(nil), p.first...)
-					for _, it := range p.recv {
-						if it.forward {
-							sent = append(sent, it.span)
+		for _, per := range []int{1, 5, 40} {
+			total := n * per
+			for r := range n {
+				const chunk = 3
+				all := ringPlan(total, n, r, chunk, bothPhases, true)
+				rs := ringPlan(total, n, r, chunk, reduceScatter, true)
+				ag := ringPlan(total, n, r, chunk, allGather, false)
+				where := fmt.Sprintf("n=%d total=%d rank %d", n, total, r)
+				if !slices.Equal(all.first, rs.first) {
+					t.Fatalf("%s: all-reduce sends first %v, reduce-scatter %v", where, all.first, rs.first)
+				}
+				if len(all.recv) != len(rs.recv)+len(ag.recv) {
+					t.Fatalf("%s: all-reduce receives %d chunks, the phases %d + %d", where, len(all.recv), len(rs.recv), len(ag.recv))
+				}
+				for i, it := range all.recv {
+					var want recvItem
+					if i < len(rs.recv) {
+						want = rs.recv[i]
+						want.forward = true // on into the all-gather
+					} else {
+						want = ag.recv[i-len(rs.recv)]
+						want.waitSent = it.waitSent // only the joined plan overwrites what it sent
+					}
+					if it != want {
+						t.Fatalf("%s: receive %d is %+v in the all-reduce, %+v in its phase", where, i, it, want)
+					}
+				}
+				block := span{r * per, per}
+				var kept []span
+				for _, it := range rs.recv {
+					if !it.forward {
+						if !it.reduce || !it.scale {
+							t.Fatalf("%s: the last reduce-scatter step %+v does not reduce and scale", where, it)
 						}
+						kept = append(kept, it.span)
 					}
-					if len(sent) != len(q.recv) {
-						t.Fatalf("n=%d total=%d chunk=%d: rank %d sends %d chunks, rank %d receives %d", n, total, chunk, r, len(sent), (r+1)%n, len(q.recv))
+				}
+				if !slices.Equal(kept, chunks(block, chunk)) {
+					t.Fatalf("%s: reduce-scatter ends with %v, want block %v", where, kept, block)
+				}
+				if !slices.Equal(ag.first, chunks(block, chunk)) {
+					t.Fatalf("%s: all-gather sends first %v, want block %v", where, ag.first, block)
+				}
+				got := 0
+				for _, it := range ag.recv {
+					if it.reduce || it.waitSent != 0 || (it.off < block.off+block.n && block.off < it.off+it.n) {
+						t.Fatalf("%s: all-gather receive %+v (own block %v)", where, it, block)
 					}
-					for i := range sent {
-						if sent[i] != q.recv[i].span {
-							t.Fatalf("n=%d total=%d chunk=%d: chunk %d sent as %v, received as %v", n, total, chunk, i, sent[i], q.recv[i].span)
-						}
-					}
+					got += it.n
+				}
+				if got != total-per {
+					t.Fatalf("%s: all-gather receives %d elements, want %d", where, got, total-per)
 				}
 			}
 		}

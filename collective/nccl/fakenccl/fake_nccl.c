@@ -9,8 +9,11 @@
 // moves through it in chunks: every rank copies its chunk to its slot and
 // publishes a sequence number, waits for every rank's, sums the slots in
 // the order lavit's ring does (see sum: every rank gets the same bits, the
-// ring's), and waits for every rank to be done before the slots are
-// reused. Operations run on a thread per communicator, asynchronously
+// ring's) or copies the slots it needs (broadcast, all-gather), and waits
+// for every rank to be done before the slots are reused. Reduce-scatter
+// and all-gather run in place only on a buffer of world blocks (as lavit
+// calls them): the reduce-scatter sums block rank alone, in the order of
+// the all-reduce. Operations run on a thread per communicator, asynchronously
 // like NCCL's: the stream is "not ready" until the operation is done, and
 // ncclCommGetAsyncError reports a failure. A rank that aborts, or whose
 // process dies, fails its peers' operations with ncclRemoteError.
@@ -57,9 +60,13 @@ typedef struct {
 
 typedef struct fake_stream fake_stream;
 
+enum { opAllReduce, opBroadcast, opReduceScatter, opAllGather };
+
 typedef struct {
-	int kind; // 0 all-reduce, 1 broadcast
-	void* buf; size_t count; int avg, root;
+	int kind;             // opAllReduce, …
+	void* buf;            // the whole buffer: for reduce-scatter and all-gather, world blocks
+	size_t count;         // elements in buf
+	int avg, root;
 	fake_stream* stream;
 } op_t;
 
@@ -122,23 +129,42 @@ static int await(fake_comm* c, atomic_llong* counters, long long n) {
 	}
 }
 
-// sum adds the slots into buf[off, off+n) of a count-element all-reduce,
-// in the ring's order: the buffer is cut into world near-equal segments
-// (the first count mod world one longer), and segment k's sum runs from
-// rank k around the ring, x_k + x_{k+1} + … + x_{k−1}; an average then
-// multiplies by 1/world. So every rank gets the same bits, and exactly the
-// bits lavit's ring all-reduce gives: a run over this fake must end where
-// the same run over the ring does, and any difference is the NCCL path's.
-static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg) {
-	size_t w = (size_t)c->world, base = count / w, extra = count % w;
+// segment is the k-th of world near-equal parts of count elements (the
+// first count mod world one longer), as lavit's ring cuts its buffer; for
+// a count that world divides, block k.
+static void segment(size_t count, size_t w, size_t k, size_t* off, size_t* n) {
+	size_t base = count / w, extra = count % w;
+	*off = k * base + (k < extra ? k : extra);
+	*n = base + (k < extra ? 1 : 0);
+}
+
+// overlap intersects segment [so, so+sn) with the chunk [off, off+n).
+static int overlap(size_t so, size_t sn, size_t off, size_t n, size_t* lo, size_t* hi) {
+	*lo = so > off ? so : off;
+	*hi = so + sn < off + n ? so + sn : off + n;
+	return *lo < *hi;
+}
+
+// sum adds the slots into buf[off, off+n) of a count-element all-reduce
+// (within segment only alone when only ≥ 0: a reduce-scatter), in the
+// ring's order: segment k's
+// sum runs from rank k+1 around the ring to rank k,
+// ((x_{k+1} + x_{k+2}) + …) + x_k, the order in which the ring's
+// reduce-scatter leaves it on rank k; an average then multiplies by
+// 1/world. So every rank gets the same bits, and exactly the bits lavit's
+// ring all-reduce (or reduce-scatter) gives: a run over this fake must end
+// where the same run over the ring does, and any difference is the NCCL
+// path's.
+static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg, int only) {
+	size_t w = (size_t)c->world;
 	const float scale = 1.0f / (float)c->world;
 	for (size_t k = 0; k < w; k++) {
-		size_t so = k * base + (k < extra ? k : extra), sn = base + (k < extra ? 1 : 0);
-		size_t lo = so > off ? so : off, hi = so + sn < off + n ? so + sn : off + n;
-		if (lo >= hi) continue;
+		size_t so, sn, lo, hi;
+		segment(count, w, k, &so, &sn);
+		if ((only >= 0 && k != (size_t)only) || !overlap(so, sn, off, n, &lo, &hi)) continue;
 		float* acc = buf + lo;
-		memcpy(acc, (const float*)slot(c, (int)k) + (lo - off), (hi - lo) * sizeof(float));
-		for (size_t j = 1; j < w; j++) {
+		memcpy(acc, (const float*)slot(c, (int)((k + 1) % w)) + (lo - off), (hi - lo) * sizeof(float));
+		for (size_t j = 2; j <= w; j++) {
 			const float* s = (const float*)slot(c, (int)((k + j) % w)) + (lo - off);
 			for (size_t i = 0; i < hi - lo; i++) acc[i] += s[i];
 		}
@@ -153,14 +179,24 @@ static int run(fake_comm* c, op_t* o) {
 	for (size_t off = 0; off < o->count || (o->count == 0 && off == 0); off += per) {
 		size_t n = o->count - off < per ? o->count - off : per;
 		long long k = ++c->chunk;
-		if (o->kind == 0 || c->rank == o->root) memcpy(slot(c, c->rank), buf + off, n * sizeof(float));
+		if (o->kind != opBroadcast || c->rank == o->root) memcpy(slot(c, c->rank), buf + off, n * sizeof(float));
 		atomic_store(&c->sh->arrived[c->rank], k);
 		int f = await(c, c->sh->arrived, k);
 		if (f) return f;
-		if (o->kind == 0) {
-			sum(c, buf, off, n, o->count, o->avg);
-		} else if (c->rank != o->root) {
-			memcpy(buf + off, slot(c, o->root), n * sizeof(float));
+		switch (o->kind) {
+		case opAllReduce: sum(c, buf, off, n, o->count, o->avg, -1); break;
+		case opReduceScatter: sum(c, buf, off, n, o->count, o->avg, c->rank); break;
+		case opBroadcast:
+			if (c->rank != o->root) memcpy(buf + off, slot(c, o->root), n * sizeof(float));
+			break;
+		case opAllGather:
+			for (int q = 0; q < c->world; q++) {
+				size_t so, sn, lo, hi;
+				segment(o->count, (size_t)c->world, (size_t)q, &so, &sn);
+				if (q == c->rank || !overlap(so, sn, off, n, &lo, &hi)) continue;
+				memcpy(buf + lo, (const float*)slot(c, q) + (lo - off), (hi - lo) * sizeof(float));
+			}
+			break;
 		}
 		atomic_store(&c->sh->finished[c->rank], k);
 		if ((f = await(c, c->sh->finished, k))) return f;
@@ -252,11 +288,10 @@ int ncclCommAbort(void* comm) {
 int ncclCommFinalize(void* comm) { logf_("finalize"); return ok; }
 int ncclCommDestroy(void* comm) { logf_("destroy"); release(comm); return ok; }
 
-static int enqueue(int kind, const void* send, void* recv, size_t count, int dtype, int avg, int root, void* comm, void* stream) {
+// enqueue queues an operation on buf, count float32s, in place.
+static int enqueue(int kind, void* buf, size_t count, int avg, int root, void* comm, void* stream) {
 	fake_comm* c = comm;
 	fake_stream* s = stream;
-	if (dtype != 7) return invalidArgument; // float32 only
-	if (send != recv) memcpy(recv, send, count * 4);
 	logf_("op");
 	atomic_fetch_add(&s->pending, 1);
 	if (flag("FAKE_NCCL_OP_HANG") || flag("FAKE_NCCL_REMOTE_ERROR")) atomic_store(&s->forever, 1);
@@ -264,20 +299,39 @@ static int enqueue(int kind, const void* send, void* recv, size_t count, int dty
 	if (atomic_load(&s->forever)) return ok;
 	pthread_mutex_lock(&c->mu);
 	if (c->tail - c->head >= 16) { pthread_mutex_unlock(&c->mu); return internalError; }
-	c->queue[c->tail % 16] = (op_t){kind, recv, count, avg, root, s};
+	c->queue[c->tail % 16] = (op_t){kind, buf, count, avg, root, s};
 	c->tail++;
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	return ok;
 }
+enum { float32 = 7, ncclSum = 0, ncclAvg = 4 }; // the only type and ops lavit uses
+
 int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int redop, void* comm, void* stream) {
-	if (redop != 0 && redop != 4) return invalidArgument; // ncclSum, ncclAvg
-	return enqueue(0, send, recv, count, dtype, redop == 4, 0, comm, stream);
+	if (dtype != float32 || (redop != ncclSum && redop != ncclAvg)) return invalidArgument;
+	if (send != recv) memcpy(recv, send, count * 4);
+	return enqueue(opAllReduce, recv, count, redop == ncclAvg, 0, comm, stream);
 }
 int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
 	fake_comm* c = comm;
-	if (root < 0 || root >= c->world) return invalidArgument;
-	return enqueue(1, send, recv, count, dtype, 0, root, comm, stream);
+	if (dtype != float32 || root < 0 || root >= c->world) return invalidArgument;
+	if (send != recv) memcpy(recv, send, count * 4);
+	return enqueue(opBroadcast, recv, count, 0, root, comm, stream);
+}
+// ncclReduceScatter: in place only (recv = send + rank·recvcount), as lavit calls it.
+int ncclReduceScatter(const void* send, void* recv, size_t recvcount, int dtype, int redop, void* comm, void* stream) {
+	fake_comm* c = comm;
+	if (dtype != float32 || (redop != ncclSum && redop != ncclAvg)) return invalidArgument;
+	if ((const float*)send + (size_t)c->rank * recvcount != (float*)recv) return invalidArgument;
+	return enqueue(opReduceScatter, (void*)send, recvcount * (size_t)c->world, redop == ncclAvg, 0, comm, stream);
+}
+// ncclAllGather: send may be anywhere; in place it is recv + rank·sendcount.
+int ncclAllGather(const void* send, void* recv, size_t sendcount, int dtype, void* comm, void* stream) {
+	fake_comm* c = comm;
+	if (dtype != float32) return invalidArgument;
+	float* own = (float*)recv + (size_t)c->rank * sendcount;
+	if ((const float*)send != own) memmove(own, send, sendcount * 4);
+	return enqueue(opAllGather, recv, sendcount * (size_t)c->world, 0, 0, comm, stream);
 }
 const char* ncclGetErrorString(int r) { return r == remoteError ? "remote process exited or there was a network error" : "fake nccl error"; }
 const char* ncclGetLastError(void* comm) { return "fake last error"; }
