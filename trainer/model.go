@@ -41,26 +41,43 @@ type Info struct {
 	ParamCount int64       `json:"param_count"`
 	// Frozen lists the pretrained, never-trained parameters (the ViT
 	// encoder); they are not in the flat buffers.
-	Frozen         []ParamInfo `json:"frozen"`
-	FrozenCount    int64       `json:"frozen_count"`
-	GradNumel      int64       `json:"grad_numel"`
-	PreStats       int64       `json:"pre_stats"`
-	PostStats      int64       `json:"post_stats"`
-	VQOn           bool        `json:"vq_on"`
-	SelectorFrozen bool        `json:"selector_frozen"`
-	AdamT          int64       `json:"adam_t"`
-	Patches        int64       `json:"patches"`
-	Width          int64       `json:"width"`
-	CodeDim        int64       `json:"code_dim"`
-	Codebook       int64       `json:"codebook"`
-	Image          int64       `json:"image"`
-	Channels       int64       `json:"channels"`
-	Vocab          int64       `json:"vocab"`
-	MaxLen         int64       `json:"max_len"`
-	DModel         int64       `json:"d_model"`
-	ImageInput     string      `json:"image_input"`
-	VisPatches     int64       `json:"vis_patches"`
-	VisWidth       int64       `json:"vis_width"`
+	Frozen      []ParamInfo `json:"frozen"`
+	FrozenCount int64       `json:"frozen_count"`
+	// GradNumel is the flat buffers' length: ParamCount, padded to a
+	// multiple of the world size under ZeRO.
+	GradNumel int64 `json:"grad_numel"`
+	// Sharding (SetShard): ZeRO stage, rank, world, and this rank's shard
+	// of the flat buffers.
+	Zero        int   `json:"zero"`
+	Rank        int   `json:"rank"`
+	World       int   `json:"world"`
+	ShardOffset int64 `json:"shard_offset"`
+	ShardNumel  int64 `json:"shard_numel"`
+	// Device bytes the buffers hold: the flat parameters and gradients,
+	// the optimizer state (moments, and master weights under ZeRO; zero
+	// until the first step or state load allocates it), the frozen
+	// parameters.
+	ParamBytes     int64  `json:"param_bytes"`
+	GradBytes      int64  `json:"grad_bytes"`
+	OptimBytes     int64  `json:"optim_bytes"`
+	FrozenBytes    int64  `json:"frozen_bytes"`
+	PreStats       int64  `json:"pre_stats"`
+	PostStats      int64  `json:"post_stats"`
+	VQOn           bool   `json:"vq_on"`
+	SelectorFrozen bool   `json:"selector_frozen"`
+	AdamT          int64  `json:"adam_t"`
+	Patches        int64  `json:"patches"`
+	Width          int64  `json:"width"`
+	CodeDim        int64  `json:"code_dim"`
+	Codebook       int64  `json:"codebook"`
+	Image          int64  `json:"image"`
+	Channels       int64  `json:"channels"`
+	Vocab          int64  `json:"vocab"`
+	MaxLen         int64  `json:"max_len"`
+	DModel         int64  `json:"d_model"`
+	ImageInput     string `json:"image_input"`
+	VisPatches     int64  `json:"vis_patches"`
+	VisWidth       int64  `json:"vis_width"`
 }
 
 // Model is one LaVIT model (stage 1 or stage 2) in the shim. A Model is not
@@ -74,6 +91,11 @@ type Model struct {
 	// for them (the step loop is the hot path). tailBuf is the last
 	// all-reduce's buffer (post statistics, loss, ride-along values).
 	preBuf, postBuf, tailBuf []float32
+	// microBatch is the samples per forward/backward (SetMicroBatch);
+	// 0 runs the whole local batch at once.
+	microBatch int
+	// accPre and accPost sum the micro-batches' statistics of a step.
+	accPre, accPost []float32
 	// forceStaging makes a CPU model reduce its gradients the way a GPU
 	// model does without NCCL (tests run that path on the CPU).
 	forceStaging bool
@@ -341,11 +363,18 @@ func (m *Model) StepFinish(globalPre []float32) (post []float32, lossSum float64
 // post-stats have been all-reduced: gradients are divided by the global
 // batch, clipped, and AdamW updates the trainable groups.
 func (m *Model) ApplyGrads(globalBatch int64, globalPost []float32) error {
+	return m.applyGrads(globalBatch, globalPost, -1)
+}
+
+// applyGrads is ApplyGrads with the global gradient sum of squares (under
+// ZeRO-2, where no rank holds all the summed gradients), or negative to
+// let the shim compute it from the whole buffer.
+func (m *Model) applyGrads(globalBatch int64, globalPost []float32, gradSq float64) error {
 	if int64(len(globalPost)) != m.info.PostStats {
 		return fmt.Errorf("apply: %d post-stats, want %d", len(globalPost), m.info.PostStats)
 	}
 	return withThread(func() error {
-		if C.c_step_apply(&m.lib.api, m.m, C.int64_t(globalBatch), floatPtr(globalPost)) != 0 {
+		if C.c_step_apply(&m.lib.api, m.m, C.int64_t(globalBatch), floatPtr(globalPost), C.double(gradSq)) != 0 {
 			return m.lib.lastError("apply gradients")
 		}
 		return nil
@@ -376,13 +405,24 @@ type Reduce struct {
 	// Device sums a GPU model's gradients where they are; nil when the
 	// collective has no device path (the ring).
 	Device DeviceReducer
+
+	// Under ZeRO (SetShard): Scatter reduce-scatters a host buffer of
+	// world equal blocks (rank r keeps the sum of block r; ZeRO-2's
+	// gradients), Gather all-gathers one (rank r contributes block r: the
+	// parameters after each rank updated its shard). DeviceScatter and
+	// DeviceGather do the same in device memory (NCCL); nil without a
+	// device path.
+	Scatter       Reducer
+	Gather        Reducer
+	DeviceScatter DeviceReducer
+	DeviceGather  DeviceReducer
 }
 
 // LocalReducer is the reducer of a world of one: nothing to add.
 func LocalReducer(context.Context, []float32) error { return nil }
 
 // Local is the Reduce of a world of one.
-var Local = Reduce{Host: LocalReducer}
+var Local = Reduce{Host: LocalReducer, Scatter: LocalReducer, Gather: LocalReducer}
 
 // StepResult is what one full step reports. Metrics (a JSON round trip)
 // are fetched separately with Model.Metrics, when a caller logs them.
@@ -393,8 +433,9 @@ type StepResult struct {
 	// on the step's last all-reduce); divided by the global batch it is
 	// the step's loss.
 	GlobalLossSum float64
-	// StageTime is what copying a GPU model's gradients to the host and
-	// back cost, when they were reduced there (zero otherwise).
+	// StageTime is what copying a GPU model's gradients (and, under ZeRO,
+	// its parameters) to the host and back cost, when the collective ran
+	// there (zero otherwise).
 	StageTime time.Duration
 }
 
@@ -404,32 +445,66 @@ type StepResult struct {
 // values the caller wants summed over the ranks at this step (the worker's
 // checkpoint decision), summed in place, so they cost no collective call
 // of their own. ride may be nil.
+//
+// With a micro-batch size (SetMicroBatch) the local batch runs as several
+// forward/backward passes whose gradients, statistics and losses add up
+// (forwardBackward); under ZeRO (SetShard) the gradients are
+// reduce-scattered at stage 2 and each rank's updated shard of the
+// parameters is all-gathered at stages 1 and 2 (zero.go).
 func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) (StepResult, error) {
-	pre, err := m.StepBegin(b)
+	post, loss, err := m.forwardBackward(ctx, b, red)
 	if err != nil {
 		return StepResult{}, err
 	}
-	if err := red.Host(ctx, pre); err != nil {
-		return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
+	var staged time.Duration
+	zero2 := m.info.Zero == 2 && m.info.World > 1
+	if zero2 {
+		staged, err = m.scatterGrads(ctx, red)
+	} else {
+		staged, err = m.reduceGrads(ctx, red)
 	}
-	post, loss, err := m.StepFinish(pre)
-	if err != nil {
-		return StepResult{}, err
-	}
-	staged, err := m.reduceGrads(ctx, red)
 	if err != nil {
 		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
 	}
-	// [post statistics | loss | ride], one buffer reused across steps.
-	n := len(post)
-	m.tailBuf = append(append(append(m.tailBuf[:0], post...), float32(loss)), ride...)
+	// [post statistics | loss | ZeRO-2: each rank's gradient sum of
+	// squares as a float pair in its own slots | ride], one buffer reused
+	// across steps. A slot has one non-zero addend, so its sum is exact.
+	n, world := len(post), m.info.World
+	m.tailBuf = append(append(m.tailBuf[:0], post...), float32(loss))
+	if zero2 {
+		hi, lo, err := m.shardGradSq()
+		if err != nil {
+			return StepResult{}, err
+		}
+		pairs := len(m.tailBuf)
+		m.tailBuf = append(m.tailBuf, make([]float32, 2*world)...)
+		m.tailBuf[pairs+2*m.info.Rank], m.tailBuf[pairs+2*m.info.Rank+1] = hi, lo
+	}
+	rideAt := len(m.tailBuf)
+	m.tailBuf = append(m.tailBuf, ride...)
 	if err := red.Host(ctx, m.tailBuf); err != nil {
 		return StepResult{}, fmt.Errorf("reduce codebook statistics: %w", err)
 	}
 	copy(post, m.tailBuf[:n])
-	copy(ride, m.tailBuf[n+1:])
-	if err := m.ApplyGrads(b.GlobalBatch, post); err != nil {
+	copy(ride, m.tailBuf[rideAt:])
+	gradSq := -1.0
+	if zero2 {
+		// The sum in rank order: what the shim computes from the whole
+		// buffer at zero 0 and 1 (lavit.h).
+		gradSq = 0
+		for r := range world {
+			gradSq += float64(m.tailBuf[n+1+2*r]) + float64(m.tailBuf[n+2+2*r])
+		}
+	}
+	if err := m.applyGrads(b.GlobalBatch, post, gradSq); err != nil {
 		return StepResult{}, err
+	}
+	if m.info.Zero >= 1 && m.info.World > 1 {
+		copied, err := m.gatherParams(ctx, red)
+		staged += copied
+		if err != nil {
+			return StepResult{}, fmt.Errorf("all-gather parameters: %w", err)
+		}
 	}
 	return StepResult{LossSum: loss, GlobalLossSum: float64(m.tailBuf[n]), StageTime: staged}, nil
 }

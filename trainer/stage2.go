@@ -93,3 +93,42 @@ func InitVisionFrom(lm, tok *Model, dir string) error {
 	defer os.Remove(path)
 	return lm.LoadPretrained(path, "vis.")
 }
+
+// trimPadding returns b with its rows cut to the longest row's last target
+// (at least one position): the LM is causal, so the padding after every
+// row's last target changes no loss and no gradient, and a batch of short
+// captions need not pay for max_len. b itself is returned when nothing can
+// be cut; otherwise the rows are copied (b is not changed).
+func trimPadding(b *Batch) *Batch {
+	n, T := len(b.Positions), b.SeqLen
+	if len(b.Targets) != n*T || T <= 1 {
+		return b
+	}
+	used := 1
+	for i := range n {
+		row := b.Targets[i*T : (i+1)*T]
+		for k := T - 1; k >= used; k-- {
+			if row[k] >= 0 {
+				used = k + 1
+				break
+			}
+		}
+	}
+	if used == T {
+		return b
+	}
+	cut := *b
+	cut.SeqLen = used
+	cut.Tokens, cut.Targets = make([]int64, 0, n*used), make([]int64, 0, n*used)
+	if b.ImageSlots != nil {
+		cut.ImageSlots = make([]bool, 0, n*used)
+	}
+	for i := range n {
+		cut.Tokens = append(cut.Tokens, b.Tokens[i*T:i*T+used]...)
+		cut.Targets = append(cut.Targets, b.Targets[i*T:i*T+used]...)
+		if b.ImageSlots != nil {
+			cut.ImageSlots = append(cut.ImageSlots, b.ImageSlots[i*T:i*T+used]...)
+		}
+	}
+	return &cut
+}

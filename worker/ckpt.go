@@ -32,7 +32,13 @@ type checkpointer struct {
 	url         string // checkpoint.url
 	rank, world int
 	model       *trainer.Model
-	meta        wire.CheckpointMeta // what every checkpoint of the run records (see runMeta)
+	// gather all-gathers a host buffer over the ranks: a sharded (ZeRO)
+	// optimizer state is gathered before each checkpoint.
+	gather trainer.Reducer
+	// total is the run's last step; finalState is the state taken there.
+	total      int64
+	finalState []byte
+	meta       wire.CheckpointMeta // what every checkpoint of the run records (see runMeta)
 
 	inFlight chan struct{} // closed when the running upload ends; nil if none
 	lastErr  error         // the last upload's error (read after inFlight closes)
@@ -43,10 +49,10 @@ type checkpointer struct {
 	taken     int
 }
 
-func newCheckpointer(j *Job, spec *runspec.Spec, model *trainer.Model) *checkpointer {
+func newCheckpointer(j *Job, spec *runspec.Spec, model *trainer.Model, gather trainer.Reducer, total int64) *checkpointer {
 	c := &checkpointer{
 		j: j, log: j.Log, url: spec.Checkpoint.URL, rank: j.Desired.Rank, world: j.Desired.World,
-		model: model, lastTaken: time.Now(),
+		model: model, gather: gather, total: total, lastTaken: time.Now(),
 	}
 	c.meta = runMeta(model, spec, j.Build)
 	return c
@@ -75,9 +81,15 @@ func (c *checkpointer) save(ctx context.Context, step int64) error {
 	if err := c.wait(ctx); err != nil {
 		c.log.Warn("the previous checkpoint upload failed; it is not committed", "err", err)
 	}
+	if err := c.model.GatherState(ctx, c.gather); err != nil {
+		return fmt.Errorf("checkpoint at step %d: %w", step, err)
+	}
 	state, err := c.model.State()
 	if err != nil {
 		return fmt.Errorf("checkpoint at step %d: copy the state: %w", step, err)
+	}
+	if step == c.total {
+		c.finalState = state // the run's final state (saveFinal), gathered by every rank here
 	}
 	stall := float64(time.Since(began).Microseconds()) / 1000
 	c.stallMs, c.lastTaken = stall, time.Now()

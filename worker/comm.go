@@ -27,6 +27,7 @@ type stepComm struct {
 	timeout time.Duration
 	waiter  interface{ LastWait() time.Duration } // nil if the backend does not measure it
 	device  deviceReducer                         // NCCL's in-place device path; nil for the ring
+	sharder deviceSharder                         // NCCL's device reduce-scatter and all-gather (ZeRO); nil for the ring
 
 	busy, idle time.Duration // since the last take
 }
@@ -36,22 +37,46 @@ type deviceReducer interface {
 	AllReduceDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error
 }
 
+// deviceSharder is a collective that can reduce-scatter and all-gather
+// device memory in place (ZeRO on NCCL).
+type deviceSharder interface {
+	ReduceScatterDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error
+	AllGatherDevice(ctx context.Context, ptr uintptr, n int) error
+}
+
 func newStepComm(comm collective.Communicator, timeout time.Duration) *stepComm {
 	c := &stepComm{comm: comm, timeout: timeout}
 	c.waiter, _ = comm.(interface{ LastWait() time.Duration })
 	c.device, _ = comm.(deviceReducer)
+	c.sharder, _ = comm.(deviceSharder)
 	return c
 }
 
 // reduce sums buf over the ranks in place (a trainer.Reducer).
 func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, collective.Sum) })
+}
+
+// scatter reduce-scatters buf (rank r keeps the sum of block r).
+func (c *stepComm) scatter(ctx context.Context, buf []float32) error {
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, collective.Sum) })
+}
+
+// gather all-gathers buf (block r from rank r).
+func (c *stepComm) gather(ctx context.Context, buf []float32) error {
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllGather(ctx, buf) })
+}
+
+// timed runs one collective call under the run's timeout, adding its time
+// to busy and idle (a world of one has nothing to do).
+func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) error {
 	if c.comm == nil {
 		return nil
 	}
 	began := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	err := c.comm.AllReduce(cctx, buf, collective.Sum)
+	err := call(cctx)
 	took := time.Since(began)
 	wait := time.Duration(0)
 	if c.waiter != nil {
@@ -66,9 +91,17 @@ func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
 // through reduce, and a GPU model's gradients in place on the device when
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
-	r := trainer.Reduce{Host: c.reduce}
+	r := trainer.Reduce{Host: c.reduce, Scatter: c.scatter, Gather: c.gather}
 	if c.device != nil {
 		r.Device = c.reduceDevice
+	}
+	if c.sharder != nil {
+		r.DeviceScatter = func(ctx context.Context, ptr uintptr, n int) error {
+			return c.timedDevice(ctx, func(ctx context.Context) error { return c.sharder.ReduceScatterDevice(ctx, ptr, n, collective.Sum) })
+		}
+		r.DeviceGather = func(ctx context.Context, ptr uintptr, n int) error {
+			return c.timedDevice(ctx, func(ctx context.Context) error { return c.sharder.AllGatherDevice(ctx, ptr, n) })
+		}
 	}
 	return r
 }
@@ -76,10 +109,16 @@ func (c *stepComm) reduction() trainer.Reduce {
 // reduceDevice sums n float32s of device memory at ptr over the ranks in
 // place (a trainer.DeviceReducer), timed like reduce.
 func (c *stepComm) reduceDevice(ctx context.Context, ptr uintptr, n int) error {
+	return c.timedDevice(ctx, func(ctx context.Context) error { return c.device.AllReduceDevice(ctx, ptr, n, collective.Sum) })
+}
+
+// timedDevice runs one device collective call under the run's timeout,
+// counted as busy (NCCL cannot tell waiting from moving bytes).
+func (c *stepComm) timedDevice(ctx context.Context, call func(context.Context) error) error {
 	began := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	err := c.device.AllReduceDevice(cctx, ptr, n, collective.Sum)
+	err := call(cctx)
 	c.busy += time.Since(began)
 	return err
 }

@@ -88,9 +88,12 @@ func (r *training) finish(ctx context.Context, step int64) error {
 // saveFinal writes the model config and state under
 // <checkpoint.url>/<run>/final/.
 func (r *training) saveFinal(ctx context.Context, step int64) (*wire.Artifact, error) {
-	state, err := r.model.State()
-	if err != nil {
-		return nil, err
+	state := r.ckpt.finalState
+	if state == nil {
+		var err error
+		if state, err = r.model.State(); err != nil {
+			return nil, err
+		}
 	}
 	cfg, err := json.Marshal(r.model.Config())
 	if err != nil {

@@ -88,6 +88,15 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if r.model, err = t.Lib.NewModel(cfg, device, spec.Seed); err != nil {
 		return r, fmt.Errorf("build the %s model on %s: %w", spec.Model, device, err)
 	}
+	if err := r.model.SetShard(d.Rank, d.World, spec.Optim.Zero); err != nil {
+		return r, fmt.Errorf("optim.zero %d: %w", spec.Optim.Zero, err)
+	}
+	if err := r.model.SetMicroBatch(spec.MicroBatch); err != nil {
+		return r, fmt.Errorf("micro_batch: %w", err)
+	}
+	if err := r.model.SetActivationCheckpointing(spec.ActivationCheckpointing); err != nil {
+		return r, fmt.Errorf("activation_checkpointing: %w", err)
+	}
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err
 	}
@@ -97,12 +106,13 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		return r, err
 	}
 	r.comm = newStepComm(comm, spec.CollectiveTimeout())
-	r.ckpt = newCheckpointer(j, spec, r.model)
+	r.ckpt = newCheckpointer(j, spec, r.model, r.comm.gather, total)
 	r.policy = stepPolicy{
 		total: total, reportEvery: int64(spec.Metrics.EverySteps), checkpointEvery: spec.Checkpoint.EverySteps,
 		checkpointTimer: time.Duration(spec.Checkpoint.EveryMinutes * float64(time.Minute)),
 	}
 	r.log.Info("prepared", "params", r.model.Info().ParamCount, "steps", total, "global_batch", spec.GlobalBatch,
+		"zero", spec.Optim.Zero, "micro_batch", spec.MicroBatch, "activation_checkpointing", spec.ActivationCheckpointing,
 		"slice", fmt.Sprintf("[%d,%d)", r.data.from, r.data.to), "samples", r.data.stream.Total())
 	return r, nil
 }

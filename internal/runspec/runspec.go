@@ -65,17 +65,22 @@ type Spec struct {
 	// rank's share of the global batch runs as that many micro-batches,
 	// their gradients and batch statistics accumulated into one step.
 	// 0 means the whole share at once (no accumulation).
-	MicroBatch int        `yaml:"micro_batch" json:"micro_batch,omitempty"`
-	MinWorkers int        `yaml:"min_workers" json:"min_workers"`
-	MaxWorkers int        `yaml:"max_workers" json:"max_workers"`
-	Device     string     `yaml:"device" json:"device"` // cpu, cuda or auto
-	Data       Data       `yaml:"data" json:"data"`
-	Optim      Optim      `yaml:"optim" json:"optim,omitzero"`
-	Stage1     Stage1     `yaml:"stage1" json:"stage1,omitzero"`
-	Collective Collective `yaml:"collective" json:"collective"`
-	Checkpoint Checkpoint `yaml:"checkpoint" json:"checkpoint"`
-	Tokenizer  Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
-	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
+	MicroBatch int `yaml:"micro_batch" json:"micro_batch,omitempty"`
+	// ActivationCheckpointing keeps only each transformer block's inputs
+	// in a training step's forward pass and recomputes the block in
+	// backward: the same gradients for less memory and about one more
+	// forward pass of compute.
+	ActivationCheckpointing bool       `yaml:"activation_checkpointing" json:"activation_checkpointing,omitempty"`
+	MinWorkers              int        `yaml:"min_workers" json:"min_workers"`
+	MaxWorkers              int        `yaml:"max_workers" json:"max_workers"`
+	Device                  string     `yaml:"device" json:"device"` // cpu, cuda or auto
+	Data                    Data       `yaml:"data" json:"data"`
+	Optim                   Optim      `yaml:"optim" json:"optim,omitzero"`
+	Stage1                  Stage1     `yaml:"stage1" json:"stage1,omitzero"`
+	Collective              Collective `yaml:"collective" json:"collective"`
+	Checkpoint              Checkpoint `yaml:"checkpoint" json:"checkpoint"`
+	Tokenizer               Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
+	Metrics                 Metrics    `yaml:"metrics" json:"metrics"`
 
 	// origin maps a dotted key to where its value came from ("f.yaml:7"
 	// or "f.yaml: --set steps=9"); file is the spec's file name. Both are

@@ -147,7 +147,7 @@ func TestParseErrors(t *testing.T) {
 		{"non-scalar key", base + "[a]: 1\n", nil, "", "x.yaml:13: keys must be plain names"},
 
 		// Unknown fields and wrong types, with lines.
-		{"unknown field", edit(t, base, "steps: 600", "stepz: 600"), nil, "", `x.yaml:3: unknown field "stepz"; valid keys here: checkpoint, collective, data,`},
+		{"unknown field", edit(t, base, "steps: 600", "stepz: 600"), nil, "", `x.yaml:3: unknown field "stepz"; valid keys here: activation_checkpointing, checkpoint, collective, data,`},
 		{"unknown nested field", edit(t, base, "  url: ./data/train", "  urll: ./data/train"), nil, "", `x.yaml:9: unknown field "data.urll"; valid keys here: data.block_shards, data.eval_url, data.manifest, data.url`},
 		{"model_config in YAML", base + "model_config: {}\n", nil, "", `x.yaml:13: unknown field "model_config"`},
 		{"string for int", edit(t, base, "steps: 600", "steps: lots"), nil, "", `x.yaml:3: steps: want an integer, got "lots"`},
@@ -225,7 +225,7 @@ func TestParseErrors(t *testing.T) {
 		{"metrics.every_steps", base + "metrics:\n  every_steps: 0\n", nil, "metrics.every_steps", "x.yaml:14: metrics.every_steps must be at least 1, got 0"},
 
 		// --set.
-		{"set unknown key", base, []string{"stepz=1"}, "", `x.yaml: --set stepz=1: unknown key "stepz"; valid keys here: checkpoint, collective, data, device, epochs,`},
+		{"set unknown key", base, []string{"stepz=1"}, "", `x.yaml: --set stepz=1: unknown key "stepz"; valid keys here: activation_checkpointing, checkpoint, collective, data, device, epochs,`},
 		{"set unknown nested key", base, []string{"data.urll=x"}, "", `--set data.urll=x: unknown key "data.urll"; valid keys here: data.block_shards, data.eval_url, data.manifest, data.url`},
 		{"set unknown section", base, []string{"optimizer.lr=1"}, "", `--set optimizer.lr=1: unknown key "optimizer"`},
 		{"set wrong type", base, []string{"steps=abc"}, "", `x.yaml: --set steps=abc: steps: want an integer, got "abc"`},

@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define LAVIT_ABI_VERSION 2
+#define LAVIT_ABI_VERSION 3
 
 /* The layout version written into every state blob (lavit_state_save). It
  * is not the ABI version: adding a function changes the ABI but not the
@@ -87,6 +87,40 @@ int lavit_sync(lavit_model* m);
 float* lavit_grad_staging(lavit_model* m);
 int lavit_grads_stage(lavit_model* m, int to_host);
 
+/* Sharding (ABI 3): ZeRO over a data-parallel world.
+ * lavit_set_shard makes the model rank `rank` of `world` at ZeRO stage
+ * `zero` (0: every rank keeps the whole optimizer state; 1: each rank keeps
+ * the fp32 master weights and Adam moments of one shard, updates it and the
+ * caller all-gathers the parameters; 2: also the gradients are
+ * reduce-scattered, not all-reduced). The flat buffers are padded to
+ * world * ceil(P / world) floats (lavit_grad_numel), shard r being block r;
+ * the padding is never trained. Call it on a fresh model, before
+ * its first step or before loading a state (states are the same at every
+ * world size and stage).
+ * At every stage the flat buffers are world blocks of ceil(P / world)
+ * floats, so the collectives and the clipping norm cut them the same way
+ * and ZeRO-1 and 2 train the same bits as zero 0 at that world size.
+ * lavit_grad_sq: the sum of squares of the trainable gradients in this
+ * rank's block (zero 2: after the reduce-scatter), as a float pair (hi +
+ * lo, in double, is the sum); lavit_step_apply's grad_sq is the sum over
+ * ranks, in rank order, of double(hi) + double(lo).
+ * lavit_params_stage: like lavit_grads_stage for the parameters (the
+ * all-gather of a GPU model on a host collective), same staging buffer.
+ * lavit_optim_gather: before lavit_state_save at zero >= 1 with world > 1:
+ * a host buffer of 2 * lavit_grad_numel floats (exp_avg, then exp_avg_sq)
+ * holding this rank's shard in block `rank` of each half; the caller
+ * all-gathers each half, then lavit_state_save reads (and frees) it. */
+int lavit_set_shard(lavit_model* m, int64_t rank, int64_t world, int zero);
+/* Activation checkpointing (ABI 3): on = 1 keeps only each transformer
+ * block's inputs during the forward pass of a training step and recomputes
+ * the block in backward (stage 1: merger and decoder blocks; stage 2:
+ * every LM block and the continuous input's merger blocks). Same
+ * gradients, less memory, about one more forward pass of compute. */
+int lavit_set_checkpointing(lavit_model* m, int on);
+int lavit_grad_sq(lavit_model* m, float* hi, float* lo);
+int lavit_params_stage(lavit_model* m, int to_host);
+float* lavit_optim_gather(lavit_model* m);
+
 /* Batch statistics exchanged between workers (sum all-reduce):
  * pre-stats after step_begin (stage 1: keep sum, patch count),
  * post-stats after step_finish (stage 1 with VQ on: per-code sums and counts). */
@@ -97,15 +131,22 @@ int64_t lavit_post_stats_numel(lavit_model* m);
  *   step_begin  forward up to the batch statistics; writes pre_stats (local partial sums)
  *   [worker all-reduces pre_stats]
  *   step_finish finishes forward with the global pre_stats, backward into the flat
- *               gradient buffer (zeroed first); writes post_stats; returns the local
+ *               gradient buffer; writes post_stats; returns the local
  *               loss sum; metrics as JSON via lavit_last_metrics
  *   [worker all-reduces the gradient buffer and post_stats]
  *   step_apply  divides the gradients by global_batch, clips, AdamW with the schedule
  *               and per-group learning rates (frozen groups untouched), and the VQ EMA
- *               update from the global post_stats. */
+ *               update from the global post_stats.
+ * Gradient accumulation: step_begin may be called for several micro-batches
+ * of one step before their step_finish calls (in the same order); the first
+ * step_finish after an apply zeroes the gradient buffer, the others add to
+ * it, and each returns its own post_stats and loss sum (the caller sums
+ * them). step_apply's grad_sq is the global sum of squares of the summed
+ * gradients (from lavit_grad_sq, see above), or negative to compute it
+ * here from the whole buffer (zero 0 and 1), the same way. */
 int lavit_step_begin(lavit_model* m, const lavit_batch* b, float* pre_stats);
 int lavit_step_finish(lavit_model* m, const float* global_pre_stats, float* post_stats, double* local_loss_sum);
-int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats);
+int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats, double grad_sq);
 /* Metrics of the last step_finish as JSON (name -> number). Free with lavit_free_string. */
 char* lavit_last_metrics(lavit_model* m);
 

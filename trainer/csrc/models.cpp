@@ -44,6 +44,69 @@ torch::Tensor policy_attention(const torch::Tensor& q, const torch::Tensor& k, c
   return torch::matmul(attn, v);
 }
 
+namespace {
+// FnHolder carries a block's function from the forward pass to backward
+// (autograd's context keeps IValues; a capsule holds any C++ object).
+struct FnHolder : torch::CustomClassHolder {
+  explicit FnHolder(BlockFn f) : fn(std::move(f)) {}
+  BlockFn fn;
+};
+
+// Checkpoint is the autograd function behind checkpointed: forward keeps
+// only the inputs; backward recomputes the block with a graph and
+// back-propagates through it.
+struct Checkpoint : torch::autograd::Function<Checkpoint> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, c10::intrusive_ptr<FnHolder> holder,
+                               at::TensorList inputs) {
+    // Function::apply runs this with autograd off: no graph is kept.
+    ctx->save_for_backward(inputs.vec());
+    auto out = holder->fn(inputs.vec());
+    ctx->saved_data["fn"] = c10::IValue::make_capsule(std::move(holder));
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    auto holder = c10::static_intrusive_pointer_cast<FnHolder>(ctx->saved_data["fn"].toCapsule());
+    std::vector<torch::Tensor> inputs;
+    for (const auto& x : saved) {
+      inputs.push_back(x.defined() ? x.detach().requires_grad_(x.requires_grad()) : x);
+    }
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable(true);
+      out = holder->fn(inputs);
+    }
+    // Gradients flow into the block's parameters (accumulated into their
+    // .grad, the flat buffer) and into the detached inputs.
+    torch::autograd::backward({out}, {grad_out[0]});
+    torch::autograd::variable_list grads{torch::Tensor()};  // none for the function
+    for (const auto& x : inputs) grads.push_back(x.defined() && x.requires_grad() ? x.grad() : torch::Tensor());
+    return grads;
+  }
+};
+}  // namespace
+
+torch::Tensor checkpointed(const BlockFn& fn, const std::vector<torch::Tensor>& inputs) {
+  if (!torch::GradMode::is_enabled()) return fn(inputs);
+  return Checkpoint::apply(c10::make_intrusive<FnHolder>(fn), at::TensorList(inputs));
+}
+
+// causal_attention is the LM's attention over a causal mask ([T,T], 1 =
+// may attend): PyTorch's fused scaled-dot-product attention where the
+// libtorch has it (2.x: flash or memory-efficient kernels, no T×T
+// probabilities saved for backward), the explicit masked softmax on 1.13.
+torch::Tensor causal_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& mask) {
+#if TORCH_VERSION_MAJOR >= 2
+  (void)mask;  // exactly the causal triangle: the kernels make it themselves
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+#else
+  return policy_attention(q, k, v, mask, /*hard=*/true);
+#endif
+}
+
 MHAImpl::MHAImpl(int64_t dim_, int64_t heads_) : heads(heads_), dim(dim_) {
   TORCH_CHECK(dim % heads == 0, "width ", dim, " is not divisible by heads ", heads);
   q = register_module("q", torch::nn::Linear(dim, dim));
@@ -225,14 +288,22 @@ SelectOut TokenizerImpl::select(const torch::Tensor& images, const std::vector<i
 
 torch::Tensor run_merger(torch::nn::LayerNorm& memory_ln, torch::nn::ModuleList& merger, torch::nn::LayerNorm& merger_ln,
                          const torch::Tensor& causal_strict, const torch::Tensor& eye, const torch::Tensor& feats,
-                         const torch::Tensor& keep) {
+                         const torch::Tensor& keep, bool checkpoint_blocks) {
   auto memory = memory_ln(feats);
   // Self: key j visible to query i if j < i and kept, or j == i.
   auto self_w = (causal_strict.unsqueeze(0) * keep.unsqueeze(1) + eye.unsqueeze(0)).unsqueeze(1);
   // Cross: only dropped patches, anywhere in the image.
   auto cross_w = (1.0 - keep).unsqueeze(1).unsqueeze(1);
   auto x = feats;
-  for (const auto& blk : *merger) x = blk->as<CrossBlock>()->forward(x, memory, self_w, cross_w);
+  for (const auto& blk : *merger) {
+    auto* b = blk->as<CrossBlock>();
+    if (checkpoint_blocks) {
+      x = checkpointed([b](const std::vector<torch::Tensor>& in) { return b->forward(in[0], in[1], in[2], in[3]); },
+                       {x, memory, self_w, cross_w});
+    } else {
+      x = b->forward(x, memory, self_w, cross_w);
+    }
+  }
   return merger_ln(x);
 }
 
@@ -246,11 +317,11 @@ MergerCopyImpl::MergerCopyImpl(int64_t dim, int64_t heads, int64_t hidden, int64
 }
 
 torch::Tensor MergerCopyImpl::forward(const torch::Tensor& feats, const torch::Tensor& keep) {
-  return run_merger(memory_ln, merger, merger_ln, causal_strict, eye, feats, keep);
+  return run_merger(memory_ln, merger, merger_ln, causal_strict, eye, feats, keep, checkpoint_blocks);
 }
 
 torch::Tensor TokenizerImpl::merge(const SelectOut& s) {
-  auto x = run_merger(memory_ln, merger, merger_ln, causal_strict, eye, s.feats, s.keep);
+  auto x = run_merger(memory_ln, merger, merger_ln, causal_strict, eye, s.feats, s.keep, checkpoint_blocks);
   auto z = task2(torch::tanh(task1(x)));
   return F::normalize(z, F::NormalizeFuncOptions().dim(-1));
 }
@@ -263,8 +334,23 @@ torch::Tensor TokenizerImpl::decode(const torch::Tensor& zq, const torch::Tensor
   auto cross_w = keep.unsqueeze(1).unsqueeze(1);
   if (cfg.decoder_locality_alpha > 0) cross_w = cross_w * locality.unsqueeze(0).unsqueeze(0);
   auto q = queries.unsqueeze(0).expand({B, -1, -1});
-  for (const auto& blk : *decoder) q = blk->as<CrossBlock>()->forward(q, codes, torch::Tensor(), cross_w);
+  for (const auto& blk : *decoder) {
+    auto* b = blk->as<CrossBlock>();
+    if (checkpoint_blocks) {
+      q = checkpointed([b](const std::vector<torch::Tensor>& in) { return b->forward(in[0], in[1], torch::Tensor(), in[2]); },
+                       {q, codes, cross_w});
+    } else {
+      q = b->forward(q, codes, torch::Tensor(), cross_w);
+    }
+  }
   return out2(torch::tanh(out1(decoder_ln(q))));
+}
+
+torch::Tensor MHAImpl::causal(const torch::Tensor& x, const torch::Tensor& mask) {
+  const auto B = x.size(0), T = x.size(1), dh = dim / heads;
+  auto split = [&](const torch::Tensor& t) { return t.view({B, T, heads, dh}).transpose(1, 2); };
+  auto out = causal_attention(split(q(x)), split(k(x)), split(v(x)), mask);
+  return o(out.transpose(1, 2).reshape({B, T, dim}));
 }
 
 torch::Tensor TokenizerImpl::nearest(const torch::Tensor& z) {
@@ -280,7 +366,7 @@ LMBlockImpl::LMBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
 
 torch::Tensor LMBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& causal) {
   auto h = ln1(x_in);
-  auto x = x_in + attn(h, h, causal, /*hard=*/true);
+  auto x = x_in + attn->causal(h, causal);
   return x + mlp(ln2(x));
 }
 
@@ -321,7 +407,7 @@ torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x_in, const torch::Te
   const auto B = x_in.size(0), T = x_in.size(1), dh = dim / heads;
   auto h = norm1(x_in);
   auto split = [&](const torch::Tensor& t) { return t.view({B, T, heads, dh}).transpose(1, 2); };
-  auto att = policy_attention(rope(split(q(h)), cos, sin), rope(split(k(h)), cos, sin), split(v(h)), causal, true);
+  auto att = causal_attention(rope(split(q(h)), cos, sin), rope(split(k(h)), cos, sin), split(v(h)), causal);
   auto x = x_in + o(att.transpose(1, 2).reshape({B, T, dim}));
   auto m = norm2(x);
   return x + down(torch::silu(gate(m)) * up(m));
@@ -380,11 +466,26 @@ torch::Tensor LMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& 
   if (llama()) {
     auto x = embed;
     auto cos = rope_cos.narrow(0, 0, T), sin = rope_sin.narrow(0, 0, T);
-    for (const auto& blk : *blocks) x = blk->as<LlamaBlock>()->forward(x, mask, cos, sin);
+    for (const auto& blk : *blocks) {
+      auto* b = blk->as<LlamaBlock>();
+      if (checkpoint_blocks) {
+        x = checkpointed([b, mask, cos, sin](const std::vector<torch::Tensor>& in) { return b->forward(in[0], mask, cos, sin); },
+                         {x});
+      } else {
+        x = b->forward(x, mask, cos, sin);
+      }
+    }
     return head(rms(x));
   }
   auto x = embed + pos.narrow(0, 0, T).unsqueeze(0);
-  for (const auto& blk : *blocks) x = blk->as<LMBlock>()->forward(x, mask);
+  for (const auto& blk : *blocks) {
+    auto* b = blk->as<LMBlock>();
+    if (checkpoint_blocks) {
+      x = checkpointed([b, mask](const std::vector<torch::Tensor>& in) { return b->forward(in[0], mask); }, {x});
+    } else {
+      x = b->forward(x, mask);
+    }
+  }
   return head(ln(x));
 }
 

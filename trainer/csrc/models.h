@@ -3,7 +3,9 @@
 #pragma once
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,11 +59,25 @@ uint64_t sample_key(uint64_t seed, uint64_t salt, int64_t step, int64_t position
 torch::Tensor policy_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& weight, bool hard = false);
 
+// BlockFn computes one transformer block's output from its tensor inputs.
+using BlockFn = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
+
+// checkpointed runs fn(inputs) for training without keeping its
+// activations (activation checkpointing): when autograd is recording, the
+// forward pass runs without a graph and backward runs fn again with one,
+// then back-propagates through it into the inputs and the block's
+// parameters (PyTorch's reentrant torch.utils.checkpoint). fn must be
+// deterministic. When autograd is not recording, it is just fn(inputs).
+torch::Tensor checkpointed(const BlockFn& fn, const std::vector<torch::Tensor>& inputs);
+
 struct MHAImpl : torch::nn::Module {
   MHAImpl(int64_t dim, int64_t heads);
   // weight: multiplicative mask broadcastable to [B, heads, Nq, Nk], or undefined for none.
   torch::Tensor forward(const torch::Tensor& xq, const torch::Tensor& xkv, const torch::Tensor& weight,
                         bool hard = false);
+  // causal: self-attention of x over a causal mask ([T,T], 1 = may attend),
+  // through causal_attention (the fused kernel on libtorch 2.x).
+  torch::Tensor causal(const torch::Tensor& x, const torch::Tensor& mask);
   int64_t heads, dim;
   torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
 };
@@ -103,13 +119,14 @@ TORCH_MODULE(CrossBlock);
 // post-LN outputs [B,N,D].
 torch::Tensor run_merger(torch::nn::LayerNorm& memory_ln, torch::nn::ModuleList& merger, torch::nn::LayerNorm& merger_ln,
                          const torch::Tensor& causal_strict, const torch::Tensor& eye, const torch::Tensor& feats,
-                         const torch::Tensor& keep);
+                         const torch::Tensor& keep, bool checkpoint_blocks = false);
 
 // The trainable merger copy of stage 2's continuous path, named like the
 // tokenizer's (memory_ln, merger.N, merger_ln) so stage-1 weights load into it.
 struct MergerCopyImpl : torch::nn::Module {
   MergerCopyImpl(int64_t dim, int64_t heads, int64_t hidden, int64_t blocks, int64_t patches);
   torch::Tensor forward(const torch::Tensor& feats, const torch::Tensor& keep);
+  bool checkpoint_blocks = false;
   torch::nn::LayerNorm memory_ln{nullptr}, merger_ln{nullptr};
   torch::nn::ModuleList merger{nullptr};
   torch::Tensor causal_strict, eye;
@@ -169,6 +186,9 @@ struct TokenizerImpl : torch::nn::Module {
   torch::Tensor nearest(const torch::Tensor& z);
 
   TokenizerConfig cfg;
+  // checkpoint_blocks: activation checkpointing of the merger and decoder
+  // blocks (lavit_set_checkpointing).
+  bool checkpoint_blocks = false;
   // Frozen, never trained (buffers, not parameters).
   torch::Tensor enc_proj, enc_pos, codebook, locality, causal_strict, eye;
   ViT vit{nullptr};  // set when cfg.encoder == "vit"; frozen
@@ -221,6 +241,9 @@ struct LMImpl : torch::nn::Module {
   MergerCopy vis{nullptr};
   torch::nn::Linear vis_proj{nullptr};
   LMConfig cfg;
+  // checkpoint_blocks: activation checkpointing of every transformer block
+  // (and the continuous input's merger blocks).
+  bool checkpoint_blocks = false;
   torch::nn::Embedding tok{nullptr};
   torch::Tensor pos, causal, rope_cos, rope_sin;
   torch::nn::ModuleList blocks{nullptr};

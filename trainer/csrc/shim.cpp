@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <algorithm>
 #include <mutex>
 #include <set>
@@ -91,6 +92,19 @@ struct lavit_model {
   // trained, not in the flat buffers.
   std::vector<std::pair<std::string, torch::Tensor>> frozen;
   torch::Tensor params, grads, exp_avg, exp_avg_sq;
+  // Sharding (lavit_set_shard): this rank's shard of the flat buffers is
+  // [shard_lo, shard_lo + shard_n); the Adam moments (and, at zero >= 1, the
+  // fp32 master weights) cover only it. With zero 0 the shard is the whole
+  // buffer. `trainable` is P, the flat buffers' length before padding.
+  // block_n is ⌈P/world⌉: the flat buffers hold world blocks of it (the
+  // tail is padding) at every stage, so that every stage cuts the
+  // collective's buffer and the clipping norm's sums the same way.
+  int zero = 0;
+  int64_t rank = 0, world = 1, trainable = 0, shard_lo = 0, shard_n = 0, block_n = 0;
+  torch::Tensor master;
+  // A checkpoint's gathered moments (lavit_optim_gather), read and freed by
+  // the next state_save, dropped by the next apply.
+  torch::Tensor gathered;
   // The gradients' host copy for collectives that run on the host (made on
   // first use; pinned when the model is on a GPU).
   torch::Tensor staging;
@@ -108,12 +122,18 @@ struct lavit_model {
   int64_t last_step = 0;
   bool vq_on = false, selector_frozen = false;
 
-  // The step in flight between begin and finish.
-  bool in_flight = false, finished = false;
-  lavit::SelectOut sel;
-  torch::Tensor valid, tokens, targets, img_feats, img_keep, img_slots;
-  int64_t batch = 0, global_batch = 0;
+  // Micro-batches begun and not yet finished, oldest first; `finished`:
+  // at least one finished since the last apply (its gradients are in the
+  // buffer, waiting for more micro-batches or the apply).
+  struct Pending {
+    lavit::SelectOut sel;
+    torch::Tensor valid, tokens, targets, img_feats, img_keep, img_slots;
+    int64_t global_batch = 0;
+  };
+  std::deque<Pending> pending;
+  bool finished = false;
   json metrics = json::object();
+  bool in_flight() const { return !pending.empty(); }
 
   torch::nn::Module& root() { return stage == 1 ? static_cast<torch::nn::Module&>(*tok) : *lm; }
   int64_t patches() const { return tok ? tok->cfg.patches() : 0; }
@@ -122,6 +142,24 @@ struct lavit_model {
 namespace {
 
 torch::TensorOptions f32(const lavit_model* m) { return torch::TensorOptions().dtype(torch::kFloat).device(m->device); }
+
+// relayout (re)allocates the flat buffers with numel >= P floats (the tail
+// is zero padding) and points every trainable parameter's data and .grad at
+// views into them, keeping the parameters' values.
+void relayout(lavit_model* m, int64_t numel) {
+  auto params = torch::zeros({numel}, f32(m));
+  auto grads = torch::zeros({numel}, f32(m));
+  torch::NoGradGuard no_grad;
+  for (auto& s : m->segs) {
+    auto pv = params.narrow(0, s.offset, s.numel);
+    pv.copy_(s.param.reshape({-1}));
+    s.param.set_data(pv.view(s.shape));
+    s.param.mutable_grad() = grads.narrow(0, s.offset, s.numel).view(s.shape);
+  }
+  m->params = params;
+  m->grads = grads;
+  m->staging = torch::Tensor();
+}
 
 // Builds the flat buffers: every trainable parameter's data and .grad become
 // views into one contiguous float32 tensor each.
@@ -154,15 +192,9 @@ void flatten(lavit_model* m) {
     }
     m->runs.back().numel += s.numel;
   }
-  m->params = torch::empty({total}, f32(m));
-  m->grads = torch::zeros({total}, f32(m));
-  torch::NoGradGuard no_grad;
-  for (auto& s : m->segs) {
-    auto pv = m->params.narrow(0, s.offset, s.numel);
-    pv.copy_(s.param.reshape({-1}));
-    s.param.set_data(pv.view(s.shape));
-    s.param.mutable_grad() = m->grads.narrow(0, s.offset, s.numel).view(s.shape);
-  }
+  m->trainable = total;
+  m->shard_n = m->block_n = total;
+  relayout(m, total);
 }
 
 // ensure_optim allocates the optimizer's flat buffers on first use (as
@@ -170,9 +202,76 @@ void flatten(lavit_model* m) {
 // parameters and gradients.
 void ensure_optim(lavit_model* m) {
   if (m->exp_avg.defined()) return;
-  const int64_t total = m->params.numel();
-  m->exp_avg = torch::zeros({total}, f32(m));
-  m->exp_avg_sq = torch::zeros({total}, f32(m));
+  m->exp_avg = torch::zeros({m->shard_n}, f32(m));
+  m->exp_avg_sq = torch::zeros({m->shard_n}, f32(m));
+  if (m->zero >= 1) m->master = m->params.narrow(0, m->shard_lo, m->shard_n).clone();
+}
+
+// sync_master copies the parameters' shard into the master weights after
+// the parameters changed outside the optimizer (a state or weights loaded).
+void sync_master(lavit_model* m) {
+  torch::NoGradGuard no_grad;
+  if (m->master.defined()) m->master.copy_(m->params.narrow(0, m->shard_lo, m->shard_n));
+}
+
+// set_shard makes the model rank `rank` of `world` at ZeRO stage `zero`
+// (lavit.h): pads the flat buffers to world·ceil(P/world) and narrows the
+// optimizer state to the rank's shard.
+void set_shard(lavit_model* m, int64_t rank, int64_t world, int zero) {
+  if (zero < 0 || zero > 2) throw std::invalid_argument("zero must be 0, 1 or 2, got " + std::to_string(zero));
+  if (world < 1 || rank < 0 || rank >= world) {
+    throw std::invalid_argument("rank " + std::to_string(rank) + " of world " + std::to_string(world) + " is impossible");
+  }
+  if (m->in_flight() || m->finished || m->adam_t > 0) {
+    throw std::logic_error("set the shard on a fresh model (before its first step); load a state after it");
+  }
+  const int64_t P = m->trainable;
+  const int64_t S = (P + world - 1) / world;
+  if (S * world != m->params.numel()) relayout(m, S * world);
+  m->zero = zero;
+  m->rank = rank;
+  m->world = world;
+  m->block_n = S;
+  m->shard_lo = zero >= 1 ? rank * S : 0;
+  m->shard_n = zero >= 1 ? S : P;
+  m->exp_avg = m->exp_avg_sq = m->master = m->gathered = torch::Tensor();
+}
+
+// optim_sharded reports whether the moments on this rank are a part of the
+// whole (a checkpoint must gather them first).
+bool optim_sharded(const lavit_model* m) { return m->zero >= 1 && m->world > 1; }
+
+// block_grad_sq is the trainable gradients' sum of squares over block b
+// of the flat buffer (frozen groups and padding excluded).
+double block_grad_sq(lavit_model* m, int64_t b) {
+  torch::NoGradGuard no_grad;
+  const int64_t from = b * m->block_n, to = from + m->block_n;
+  double sq = 0;
+  for (const auto& r : m->runs) {
+    if (m->frozen_groups.count(r.group)) continue;
+    const int64_t lo = std::max(r.offset, from), hi = std::min(r.offset + r.numel, to);
+    if (lo < hi) sq += m->grads.narrow(0, lo, hi - lo).pow(2).sum().item<double>();
+  }
+  return sq;
+}
+
+// as_float_pair is x as the two floats that carry it through a float32
+// collective (their sum in double is x to about 48 bits).
+std::pair<float, float> as_float_pair(double x) {
+  const float hi = static_cast<float>(x);
+  return {hi, static_cast<float>(x - static_cast<double>(hi))};
+}
+
+// global_grad_sq is the clipping norm's square from the whole buffer: the
+// blocks' sums, each rounded to a float pair and added in block order,
+// exactly what ZeRO-2's ranks compute from each other's pairs.
+double global_grad_sq(lavit_model* m) {
+  double sq = 0;
+  for (int64_t b = 0; b < m->world; ++b) {
+    auto [hi, lo] = as_float_pair(block_grad_sq(m, b));
+    sq += static_cast<double>(hi) + static_cast<double>(lo);
+  }
+  return sq;
 }
 
 // A frozen group leaves the optimizer: neither its weights nor its moments
@@ -292,7 +391,6 @@ void check_batch(const lavit_model* m, const lavit_batch* b) {
   if (b->batch <= 0) throw std::invalid_argument("batch size must be positive");
   if (b->global_batch < b->batch) throw std::invalid_argument("global_batch is smaller than the local batch");
   if (b->step < 0) throw std::invalid_argument("step is negative");
-  if (m->in_flight) throw std::logic_error("a step is already in flight: call step_finish first");
 }
 
 // Stage-2 inputs of a batch: tokens, targets (optional), and the continuous
@@ -344,27 +442,30 @@ void step_begin(lavit_model* m, const lavit_batch* b, float* pre) {
   torch::Tensor valid = b->valid ? torch::from_blob(const_cast<uint8_t*>(b->valid), {b->batch}, torch::kUInt8)
                                        .to(torch::kFloat)
                                  : torch::ones({b->batch});
+  if (!m->pending.empty() && m->pending.front().global_batch != b->global_batch) {
+    throw std::invalid_argument("micro-batches of one step disagree on the global batch");
+  }
+  lavit_model::Pending p;
   if (m->stage == 1) {
-    auto images = images_tensor(m, b->images, b->batch);
-    m->sel = m->tok->select(images, pos, b->step, m->seed, kSaltTrain);
-    m->valid = valid.to(m->device);
-    auto kept = (m->sel.keep_hard * m->valid.unsqueeze(1)).sum().item<double>();
     if (!pre) throw std::invalid_argument("pre_stats is NULL");
+    auto images = images_tensor(m, b->images, b->batch);
+    p.sel = m->tok->select(images, pos, b->step, m->seed, kSaltTrain);
+    p.valid = valid.to(m->device);
+    auto kept = (p.sel.keep_hard * p.valid.unsqueeze(1)).sum().item<double>();
     pre[0] = static_cast<float>(kept);
     pre[1] = static_cast<float>(valid.sum().item<double>() * m->patches());
   } else {
     auto in = lm_inputs(m, b, true);
-    m->tokens = in.tokens;
-    m->targets = in.targets;
-    m->img_feats = in.feats;
-    m->img_keep = in.keep;
-    m->img_slots = in.slots;
-    m->valid = valid.to(m->device);
+    p.tokens = in.tokens;
+    p.targets = in.targets;
+    p.img_feats = in.feats;
+    p.img_keep = in.keep;
+    p.img_slots = in.slots;
+    p.valid = valid.to(m->device);
   }
-  m->batch = b->batch;
-  m->global_batch = b->global_batch;
+  p.global_batch = b->global_batch;
   m->last_step = b->step;
-  m->in_flight = true;
+  m->pending.push_back(std::move(p));
 }
 
 int64_t pre_stats_numel(const lavit_model* m) { return m->stage == 1 ? 2 : 0; }
@@ -373,9 +474,11 @@ int64_t post_stats_numel(const lavit_model* m) {
 }
 
 double step_finish(lavit_model* m, const float* gpre, float* post) {
-  if (!m->in_flight) throw std::logic_error("no step in flight: call step_begin first");
-  m->in_flight = false;  // whatever happens, the in-flight graph is dropped below
-  m->grads.zero_();
+  if (!m->in_flight()) throw std::logic_error("no step in flight: call step_begin first");
+  // Whatever happens, this micro-batch's graph is dropped below.
+  auto p = std::move(m->pending.front());
+  m->pending.pop_front();
+  if (!m->finished) m->grads.zero_();  // the step's first micro-batch
   json met = json::object();
   double local_sum = 0;
   if (m->stage == 1) {
@@ -386,9 +489,8 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     const double count = std::max<double>(gpre[1], 1.0);
     const double keep_mean = gpre[0] / count;
     const double real_samples = count / N;
-    auto sel = std::move(m->sel);
-    m->sel = lavit::SelectOut();
-    auto valid = m->valid;
+    auto sel = std::move(p.sel);
+    auto valid = p.valid;
     auto z = tok->merge(sel);
     torch::Tensor zst = z, commit = torch::zeros({z.size(0)}, f32(m)), idx;
     if (m->vq_on) {
@@ -405,7 +507,7 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     auto loss_sum = per_sample.sum();
     // The ratio penalty λ(ρ − m̄)² over the global batch, as a surrogate whose
     // gradient, summed over ranks and divided by the global batch, is exact.
-    const double coef = -2.0 * c.ratio_weight * (c.rho - keep_mean) * m->global_batch / (real_samples * N);
+    const double coef = -2.0 * c.ratio_weight * (c.rho - keep_mean) * p.global_batch / (real_samples * N);
     auto surrogate = coef * (sel.keep * valid.unsqueeze(1)).sum();
     (loss_sum + surrogate).backward();
     local_sum = loss_sum.item<double>();
@@ -429,35 +531,42 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
       std::memset(post, 0, sizeof(float) * post_stats_numel(m));
     }
   } else {
-    auto logits = m->lm->forward(m->tokens, m->img_feats, m->img_keep, m->img_slots);
+    auto logits = m->lm->forward(p.tokens, p.img_feats, p.img_keep, p.img_slots);
     auto logp = torch::log_softmax(logits, -1);
-    auto mask = (m->targets >= 0).to(torch::kFloat);
-    auto nll = -logp.gather(-1, m->targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask;
-    auto per_sample = nll.sum(1) / mask.sum(1).clamp_min(1.0) * m->valid;
+    auto mask = (p.targets >= 0).to(torch::kFloat);
+    auto nll = -logp.gather(-1, p.targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask;
+    auto per_sample = nll.sum(1) / mask.sum(1).clamp_min(1.0) * p.valid;
     auto loss_sum = per_sample.sum();
     loss_sum.backward();
     local_sum = loss_sum.item<double>();
     met["tokens"] = mask.sum().item<double>();
-    m->tokens = m->targets = m->img_feats = m->img_keep = m->img_slots = torch::Tensor();
   }
   met["loss_sum"] = local_sum;
-  met["samples"] = m->valid.sum().item<double>();
+  met["samples"] = p.valid.sum().item<double>();
+  if (m->finished) {
+    // A later micro-batch of the step: sums add up, the rest is the same.
+    for (const char* k : {"loss_sum", "samples", "tokens", "rec_sum", "commit_sum"}) {
+      if (met.contains(k) && m->metrics.contains(k)) met[k] = met[k].get<double>() + m->metrics[k].get<double>();
+    }
+  }
   m->metrics = met;
   m->finished = true;
   return local_sum;
 }
 
-void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
+void step_apply(lavit_model* m, int64_t global_batch, const float* gpost, double grad_sq) {
+  if (m->in_flight()) throw std::logic_error("micro-batches begun but not finished: finish them before the apply");
   if (!m->finished) throw std::logic_error("no finished step to apply: call step_finish first");
   if (global_batch <= 0) throw std::invalid_argument("global_batch must be positive");
+  if (grad_sq < 0 && m->zero == 2 && m->world > 1) {
+    throw std::invalid_argument("zero 2: the gradients are reduce-scattered; pass the global sum of squares (lavit_grad_sq summed over ranks)");
+  }
   m->finished = false;
+  m->gathered = torch::Tensor();
   ensure_optim(m);
   torch::NoGradGuard no_grad;
   // Global gradient norm over the trainable runs, of the averaged gradient.
-  double sq = 0;
-  for (const auto& r : m->runs) {
-    if (!m->frozen_groups.count(r.group)) sq += m->grads.narrow(0, r.offset, r.numel).pow(2).sum().item<double>();
-  }
+  const double sq = grad_sq >= 0 ? grad_sq : global_grad_sq(m);
   if (!std::isfinite(sq)) throw std::runtime_error("gradients contain NaN or Inf; step not applied");
   const double norm = std::sqrt(sq) / static_cast<double>(global_batch);
   double scale = 1.0 / static_cast<double>(global_batch);
@@ -469,12 +578,17 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
   const double b1 = m->opt.beta1, b2 = m->opt.beta2;
   const double bc1 = 1 - std::pow(b1, static_cast<double>(m->adam_t));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(m->adam_t));
+  // AdamW over this rank's shard of each trainable run (the whole run at
+  // zero 0); at zero >= 1 on the master weights, copied into the
+  // parameters' shard afterwards (the caller all-gathers the rest).
   for (const auto& r : m->runs) {
     if (m->frozen_groups.count(r.group)) continue;
-    auto g = m->grads.narrow(0, r.offset, r.numel) * scale;
-    auto ea = m->exp_avg.narrow(0, r.offset, r.numel);
-    auto eas = m->exp_avg_sq.narrow(0, r.offset, r.numel);
-    auto p = m->params.narrow(0, r.offset, r.numel);
+    const int64_t lo = std::max(r.offset, m->shard_lo), hi = std::min(r.offset + r.numel, m->shard_lo + m->shard_n);
+    if (lo >= hi) continue;
+    auto g = m->grads.narrow(0, lo, hi - lo) * scale;
+    auto ea = m->exp_avg.narrow(0, lo - m->shard_lo, hi - lo);
+    auto eas = m->exp_avg_sq.narrow(0, lo - m->shard_lo, hi - lo);
+    auto p = m->zero >= 1 ? m->master.narrow(0, lo - m->shard_lo, hi - lo) : m->params.narrow(0, lo, hi - lo);
     ea.mul_(b1).add_(g, 1 - b1);
     eas.mul_(b2).addcmul_(g, g, 1 - b2);
     auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps);
@@ -482,6 +596,7 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost) {
     const double run_lr = r.group == "selector" ? lr * m->opt.selector_lr / m->opt.lr : lr;
     p.sub_(update, run_lr);
   }
+  if (m->zero >= 1) m->params.narrow(0, m->shard_lo, m->shard_n).copy_(m->master);
   if (m->stage == 1 && m->vq_on) {
     if (!gpost) throw std::invalid_argument("global post_stats is NULL");
     const auto& c = m->tok->cfg;
@@ -523,7 +638,7 @@ torch::Tensor kmeans(const torch::Tensor& x, int64_t K, int64_t iters, uint64_t 
 
 void vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* positions, int64_t step) {
   if (m->stage != 1) throw std::logic_error("vq_enable is for stage-1 models");
-  if (m->in_flight) throw std::logic_error("a step is in flight");
+  if (m->in_flight()) throw std::logic_error("a step is in flight");
   if (n <= 0) throw std::invalid_argument("vq_enable needs at least one image");
   torch::NoGradGuard no_grad;
   auto imgs = images_tensor(m, images, n);
@@ -555,11 +670,30 @@ uint32_t fnv1a(const uint8_t* p, size_t n) {
   return h;
 }
 
+// state_tensors are the state's tensors in order, whole (P values each for
+// the flat ones, padding left out): the same at every world size and ZeRO
+// stage. Sharded moments come from the gathered buffer (lavit_optim_gather).
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(lavit_model* m) {
   ensure_optim(m);
+  const int64_t P = m->trainable;
+  torch::Tensor ea = m->exp_avg, eas = m->exp_avg_sq;
+  if (optim_sharded(m)) {
+    if (!m->gathered.defined()) throw std::logic_error("the optimizer state is sharded: gather it first (lavit_optim_gather and an all-gather)");
+    const int64_t n = m->params.numel();
+    ea = m->gathered.narrow(0, 0, n);
+    eas = m->gathered.narrow(0, n, n);
+  }
   std::vector<std::pair<std::string, torch::Tensor>> t = {
-      {"params", m->params}, {"exp_avg", m->exp_avg}, {"exp_avg_sq", m->exp_avg_sq}};
+      {"params", m->params.narrow(0, 0, P)}, {"exp_avg", ea.narrow(0, 0, P)}, {"exp_avg_sq", eas.narrow(0, 0, P)}};
   if (m->stage == 1) t.push_back({"codebook", m->tok->codebook});
+  return t;
+}
+
+// state_numels are the state's tensor names and sizes in order.
+std::vector<std::pair<std::string, int64_t>> state_numels(const lavit_model* m) {
+  const int64_t P = m->trainable;
+  std::vector<std::pair<std::string, int64_t>> t = {{"params", P}, {"exp_avg", P}, {"exp_avg_sq", P}};
+  if (m->stage == 1) t.push_back({"codebook", m->tok->codebook.numel()});
   return t;
 }
 
@@ -570,7 +704,7 @@ void put(std::vector<uint8_t>& out, T v) {
 }
 
 std::vector<uint8_t> state_save(lavit_model* m) {
-  if (m->in_flight) throw std::logic_error("cannot save while a step is in flight");
+  if (m->in_flight()) throw std::logic_error("cannot save while a step is in flight");
   std::vector<uint8_t> out(kMagic, kMagic + 8);
   put<uint32_t>(out, LAVIT_STATE_FORMAT);
   put<uint32_t>(out, static_cast<uint32_t>(m->stage));
@@ -589,6 +723,7 @@ std::vector<uint8_t> state_save(lavit_model* m) {
     out.insert(out.end(), p, p + cpu.numel() * sizeof(float));
   }
   put<uint32_t>(out, fnv1a(out.data(), out.size()));
+  m->gathered = torch::Tensor();  // one checkpoint's worth
   return out;
 }
 
@@ -606,7 +741,7 @@ struct Reader {
 };
 
 void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
-  if (m->in_flight) throw std::logic_error("cannot load while a step is in flight");
+  if (m->in_flight()) throw std::logic_error("cannot load while a step is in flight");
   if (!data || len < 12) throw std::invalid_argument("state is empty or truncated");
   const size_t n = static_cast<size_t>(len);
   if (std::memcmp(data, kMagic, 8) != 0) throw std::invalid_argument("not a lavit state (bad magic)");
@@ -619,21 +754,21 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   auto adam_t = static_cast<int64_t>(r.get<uint64_t>("adam_t"));
   auto last_step = static_cast<int64_t>(r.get<uint64_t>("step"));
   bool vq_on = r.get<uint8_t>("vq") != 0, frozen = r.get<uint8_t>("frozen") != 0;
-  auto targets = state_tensors(m);
+  auto targets = state_numels(m);
   auto count = r.get<uint32_t>("tensor count");
   if (count != targets.size()) throw std::invalid_argument("state has " + std::to_string(count) + " tensors, model " + std::to_string(targets.size()));
   // Parse everything into temporaries first: nothing changes unless all is well.
   std::vector<torch::Tensor> loaded;
-  for (auto& [name, t] : targets) {
+  for (auto& [name, want] : targets) {
     auto nl = r.get<uint32_t>("name length");
     if (nl > 256 || r.off + nl > r.n) throw std::invalid_argument("state is truncated (tensor name)");
     std::string got(reinterpret_cast<const char*>(data + r.off), nl);
     r.off += nl;
     if (got != name) throw std::invalid_argument("state tensor \"" + got + "\" where \"" + name + "\" was expected");
     auto numel = r.get<uint64_t>("numel");
-    if (static_cast<int64_t>(numel) != t.numel()) {
+    if (static_cast<int64_t>(numel) != want) {
       throw std::invalid_argument("state tensor " + name + " has " + std::to_string(numel) + " values, model needs " +
-                                  std::to_string(t.numel()));
+                                  std::to_string(want));
     }
     if (r.off + numel * sizeof(float) > r.n) throw std::invalid_argument("state is truncated (" + name + " data)");
     auto cpu = torch::empty({static_cast<int64_t>(numel)}, torch::kFloat);
@@ -643,7 +778,19 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   }
   if (r.off != r.n) throw std::invalid_argument("state has trailing bytes");
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < targets.size(); ++i) targets[i].second.copy_(loaded[i].view(targets[i].second.sizes()));
+  // Whole tensors go where they live; moments keep this rank's shard.
+  const int64_t P = m->trainable;
+  ensure_optim(m);
+  m->params.narrow(0, 0, P).copy_(loaded[0]);
+  for (int i : {1, 2}) {
+    auto& dst = i == 1 ? m->exp_avg : m->exp_avg_sq;
+    dst.zero_();
+    const int64_t n = std::min(m->shard_lo + m->shard_n, P) - m->shard_lo;
+    if (n > 0) dst.narrow(0, 0, n).copy_(loaded[i].narrow(0, m->shard_lo, n));
+  }
+  if (m->stage == 1) m->tok->codebook.copy_(loaded[3].view(m->tok->codebook.sizes()));
+  sync_master(m);
+  m->gathered = torch::Tensor();
   m->adam_t = adam_t;
   m->last_step = last_step;
   m->vq_on = vq_on;
@@ -706,7 +853,7 @@ float half_to_float(uint16_t h) {
 }
 
 void load_safetensors(lavit_model* m, const std::string& path, const std::string& prefix, const json& mapping) {
-  if (m->in_flight) throw std::logic_error("cannot load weights while a step is in flight");
+  if (m->in_flight()) throw std::logic_error("cannot load weights while a step is in flight");
   MappedFile file(path);
   if (file.size < 8) throw std::invalid_argument(path + ": not a safetensors file (too short)");
   uint64_t hlen;
@@ -767,6 +914,7 @@ void load_safetensors(lavit_model* m, const std::string& path, const std::string
   if (loads.empty()) throw std::invalid_argument("no model parameter matches prefix \"" + prefix + "\"");
   torch::NoGradGuard no_grad;
   for (auto& [seg, t] : loads) seg->dst.copy_(t.to(m->device).view(seg->dst.sizes()));
+  sync_master(m);
 }
 
 json model_info(lavit_model* m) {
@@ -795,6 +943,20 @@ json model_info(lavit_model* m) {
   info["vq_on"] = m->vq_on;
   info["selector_frozen"] = m->selector_frozen;
   info["adam_t"] = m->adam_t;
+  // Sharding and what the buffers hold on the device, in bytes (the
+  // optimizer's only once allocated, at the first step or state load).
+  info["zero"] = m->zero;
+  info["rank"] = m->rank;
+  info["world"] = m->world;
+  info["shard_offset"] = m->shard_lo;
+  info["shard_numel"] = m->shard_n;
+  auto bytes = [](const torch::Tensor& t) -> int64_t { return t.defined() ? t.numel() * t.element_size() : 0; };
+  info["param_bytes"] = bytes(m->params);
+  info["grad_bytes"] = bytes(m->grads);
+  info["optim_bytes"] = bytes(m->exp_avg) + bytes(m->exp_avg_sq) + bytes(m->master);
+  int64_t frozen_bytes = 0;
+  for (auto& [name, p] : m->frozen) frozen_bytes += bytes(p);
+  info["frozen_bytes"] = frozen_bytes;
   if (m->stage == 1) {
     const auto& c = m->tok->cfg;
     info["patches"] = c.patches();
@@ -925,8 +1087,9 @@ int lavit_step_begin(lavit_model* m, const lavit_batch* b, float* pre_stats) {
     try {
       step_begin(m, b, pre_stats);
     } catch (...) {
-      m->in_flight = false;
-      m->sel = lavit::SelectOut();
+      // A failed micro-batch drops the whole step in flight.
+      m->pending.clear();
+      m->finished = false;
       throw;
     }
   });
@@ -939,8 +1102,57 @@ int lavit_step_finish(lavit_model* m, const float* global_pre_stats, float* post
   });
 }
 
-int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats) {
-  return guard([&] { step_apply(m, global_batch, global_post_stats); });
+int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats, double grad_sq) {
+  return guard([&] { step_apply(m, global_batch, global_post_stats, grad_sq); });
+}
+
+int lavit_set_shard(lavit_model* m, int64_t rank, int64_t world, int zero) {
+  return guard([&] { set_shard(m, rank, world, zero); });
+}
+
+int lavit_set_checkpointing(lavit_model* m, int on) {
+  return guard([&] {
+    if (m->stage == 1) {
+      m->tok->checkpoint_blocks = on != 0;
+    } else {
+      m->lm->checkpoint_blocks = on != 0;
+      if (m->lm->vis) m->lm->vis->checkpoint_blocks = on != 0;
+    }
+  });
+}
+
+int lavit_grad_sq(lavit_model* m, float* hi, float* lo) {
+  return guard([&] {
+    if (!hi || !lo) throw std::invalid_argument("grad_sq: an output is NULL");
+    std::tie(*hi, *lo) = as_float_pair(block_grad_sq(m, m->rank));
+  });
+}
+
+int lavit_params_stage(lavit_model* m, int to_host) {
+  return guard([&] {
+    if (!m->staging.defined() || m->staging.numel() != m->params.numel()) throw std::logic_error("params stage: no staging buffer (call lavit_grad_staging first)");
+    torch::NoGradGuard no_grad;
+    if (to_host) {
+      m->staging.copy_(m->params);
+    } else {
+      m->params.copy_(m->staging);
+    }
+  });
+}
+
+float* lavit_optim_gather(lavit_model* m) {
+  float* out = nullptr;
+  guard([&] {
+    if (m->in_flight() || m->finished) throw std::logic_error("optim gather: a step is in flight");
+    ensure_optim(m);
+    const int64_t n = m->params.numel();
+    auto g = torch::zeros({2 * n}, torch::TensorOptions().dtype(torch::kFloat));
+    g.narrow(0, m->shard_lo, m->shard_n).copy_(m->exp_avg);
+    g.narrow(0, n + m->shard_lo, m->shard_n).copy_(m->exp_avg_sq);
+    m->gathered = g;
+    out = g.data_ptr<float>();
+  });
+  return out;
 }
 
 char* lavit_last_metrics(lavit_model* m) {
@@ -1049,7 +1261,7 @@ int lavit_bench_steps(lavit_model* m, const lavit_batch* b, int64_t n, double* m
     for (int64_t i = 0; i < n; ++i) {
       step_begin(m, b, pre.data());
       step_finish(m, pre.data(), post.data());
-      step_apply(m, b->global_batch, post.data());
+      step_apply(m, b->global_batch, post.data(), -1);
     }
     if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());  // time the kernels, not their queueing
     auto dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
