@@ -842,6 +842,9 @@ func checkLeaf(key string, t reflect.Type, v *yaml.Node) error {
 	case reflect.Float64:
 		want = "a number"
 		ok = ok && (v.ShortTag() == "!!int" || v.ShortTag() == "!!float")
+	case reflect.Bool:
+		want = "true or false"
+		ok = ok && v.ShortTag() == "!!bool"
 	default:
 		panic("runspec: no check for " + t.String())
 	}

@@ -198,6 +198,7 @@ func TestParseErrors(t *testing.T) {
 		{"optim.zero 3", base, []string{"optim.zero=3"}, "optim.zero", "optim.zero must be 0 (no sharding), 1 (sharded optimizer state) or 2 (also sharded gradients), got 3"},
 		{"optim.zero negative", base, []string{"optim.zero=-1"}, "optim.zero", "optim.zero must be 0"},
 		{"micro_batch negative", base, []string{"micro_batch=-2"}, "micro_batch", "micro_batch must not be negative"},
+		{"activation_checkpointing not a bool", base, []string{"activation_checkpointing=1"}, "", `x.yaml: --set activation_checkpointing=1: activation_checkpointing: want true or false, got "1"`},
 		{"micro_batch above global_batch", base, []string{"micro_batch=100000"}, "micro_batch", "micro_batch 100000 is larger than global_batch"},
 
 		// Stage rules.
@@ -290,6 +291,9 @@ func TestParseOK(t *testing.T) {
 		{"set a quoted string", base, []string{`name="a: b"`}, func(s *Spec) bool { return s.Name == "a: b" }},
 		{"set a number as a string", base, []string{"name=42"}, func(s *Spec) bool { return s.Name == "42" }},
 		{"set into a null section", base + "optim:\n", []string{"optim.clip=2"}, func(s *Spec) bool { return reflect.DeepEqual(s.Optim.Clip, f(2)) }},
+		{"set the memory keys", base, []string{"optim.zero=2", "micro_batch=2", "activation_checkpointing=true"}, func(s *Spec) bool {
+			return s.Optim.Zero == 2 && s.MicroBatch == 2 && s.ActivationCheckpointing
+		}},
 		{"set epochs after clearing steps", base, []string{"steps=", "epochs=3"}, func(s *Spec) bool {
 			return s.Steps == 0 && s.Epochs == 3 && s.Stage1.PhaseASteps == 0
 		}},
