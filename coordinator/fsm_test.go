@@ -47,6 +47,14 @@ func worker(id, instance, host string) RegisterWorkerCmd {
 	}}
 }
 
+// gpuWorker is a worker training on cuda:0, which reports its memory.
+func gpuWorker(id, instance, host string, memory uint64) RegisterWorkerCmd {
+	c := worker(id, instance, host)
+	c.Worker.Device = "cuda:0"
+	c.Worker.Devices = append(c.Worker.Devices, wire.Device{Name: "cuda:0", Kind: "cuda", MemoryBytes: memory})
+	return c
+}
+
 // crafted is a log that exercises every command type.
 func crafted(t *testing.T) []*raft.Log {
 	return []*raft.Log{
@@ -54,7 +62,7 @@ func crafted(t *testing.T) []*raft.Log {
 		entry(t, 2, CmdUpsertCoordinator, UpsertCoordinatorCmd{Coordinator: CoordinatorRecord{ID: "c1", RaftAddr: "127.0.0.1:7000", NATSRoute: "nats-route://127.0.0.1:6222"}}),
 		entry(t, 3, CmdUpsertCoordinator, UpsertCoordinatorCmd{Coordinator: CoordinatorRecord{ID: "c2", RaftAddr: "127.0.0.1:7001"}}),
 		entry(t, 4, CmdRegisterWorker, worker("w1", "i1", "h1")),
-		entry(t, 5, CmdRegisterWorker, worker("w2", "i2", "h2")),
+		entry(t, 5, CmdRegisterWorker, gpuWorker("w2", "i2", "h2", 80<<30)),
 		entry(t, 6, CmdSetWorkerState, SetWorkerStateCmd{ID: "w2", State: wire.WorkerLost, Reason: "no heartbeat", At: t0.Add(time.Minute)}),
 		entry(t, 7, CmdCreateRun, CreateRunCmd{ID: "run-1", Spec: json.RawMessage(`{"stage":1}`), At: t0}),
 		entry(t, 8, CmdSetRunState, SetRunStateCmd{ID: "run-1", State: RunRunning, At: t0.Add(time.Second)}),

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lavit-org/lavit/internal/modelcfg"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
 )
@@ -91,6 +92,9 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (*wire.RunSubmitRep
 			return nil, wire.Errorf(wire.CodeBadRequest, "run submit: tokenizer.from: run %q is %s; it has no tokenizer to give", spec.Tokenizer.From, state)
 		}
 	}
+	if refusal := s.checkMemory(&spec, policy); refusal != "" {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: %s", refusal)
+	}
 	normalized, err := json.Marshal(&spec)
 	if err != nil {
 		return nil, wire.Errorf(wire.CodeInternal, "run submit: %v", err)
@@ -111,6 +115,35 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (*wire.RunSubmitRep
 		return &wire.RunSubmitReply{ID: id}, nil
 	}
 	return nil, wire.Errorf(wire.CodeInternal, "run submit: could not allocate a run id")
+}
+
+// checkMemory plans the run against the smallest device among the
+// registered workers it could run on; it returns the refusal when the plan
+// cannot fit, else "". Without a worker that reports its memory, or
+// without a plan, the run is accepted (and the reason logged).
+func (s *Server) checkMemory(spec *runspec.Spec, policy RunPolicy) string {
+	var dev smallestDevice
+	var found bool
+	var tok *modelcfg.Config
+	s.fsm.Read(func(st *State, _ uint64) {
+		workers := make([]WorkerRecord, 0, len(st.Workers))
+		for _, w := range st.Workers {
+			workers = append(workers, *w)
+		}
+		dev, found = smallestMemory(workers, policy.Device)
+		if policy.TokenizerRun != "" {
+			tok = tokenizerConfig(st, policy.TokenizerRun)
+		}
+	})
+	if !found {
+		s.log.Debug("run submit: no worker of the run's device kind reports its memory; accepted without a memory plan", "device", policy.Device)
+		return ""
+	}
+	refusal, err := memoryVerdict(spec, dev, tok)
+	if err != nil {
+		s.log.Info("run submit: no memory plan; accepted", "err", err)
+	}
+	return refusal
 }
 
 func (s *Server) handleRunList(*wire.RunListRequest) (*wire.RunListReply, *wire.Error) {

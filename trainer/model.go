@@ -107,7 +107,7 @@ func (l *Lib) NewModel(cfg Config, device string, seed uint64) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	js, err := json.Marshal(cfg.shimConfig())
+	js, err := json.Marshal(shimConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("encode model config: %w", err)
 	}

@@ -92,10 +92,11 @@ func DefaultID(host, device string) string {
 	return host
 }
 
-// AddDeviceMemory appends the total memory of the device this worker
-// trains on to its detail (e.g. "NVIDIA H200, 140.4 GiB"), as memory (a
-// CUDA runtime's cudaMemGetInfo) reports it; a CPU device, or an error,
-// leaves the list as it is.
+// AddDeviceMemory records the total memory of the device this worker
+// trains on, as memory (a CUDA runtime's cudaMemGetInfo) reports it: in
+// bytes (MemoryBytes, which the coordinator plans runs against) and
+// appended to its detail (e.g. "NVIDIA H200, 140.4 GiB"); a CPU device, or
+// an error, leaves the list as it is.
 func AddDeviceMemory(devs []wire.Device, device string, memory func(index int) (free, total uint64, err error)) {
 	rest, ok := strings.CutPrefix(device, "cuda:")
 	if !ok {
@@ -111,6 +112,7 @@ func AddDeviceMemory(devs []wire.Device, device string, memory func(index int) (
 	}
 	for i := range devs {
 		if devs[i].Name == device {
+			devs[i].MemoryBytes = total
 			mem := fmt.Sprintf("%.1f GiB", float64(total)/(1<<30))
 			if devs[i].Detail == "" {
 				devs[i].Detail = mem

@@ -79,11 +79,19 @@ func TestAddDeviceMemory(t *testing.T) {
 			if d[i].Detail != want {
 				t.Errorf("%s: device %s detail %q, want %q", tt.device, d[i].Name, d[i].Detail, want)
 			}
+			if wantBytes := uint64(0); d[i].Name == tt.device && d[i].Kind == "cuda" {
+				wantBytes = uint64(i) * 16 << 30 // mem gives (N+1)·16 GiB for cuda:N, listed at N+1
+				if d[i].MemoryBytes != wantBytes {
+					t.Errorf("%s: memory_bytes %d, want %d", tt.device, d[i].MemoryBytes, wantBytes)
+				}
+			} else if d[i].MemoryBytes != 0 {
+				t.Errorf("%s: device %s got memory_bytes %d, want none", tt.device, d[i].Name, d[i].MemoryBytes)
+			}
 		}
 	}
 	d := devs()
 	AddDeviceMemory(d, "cuda:0", func(int) (uint64, uint64, error) { return 0, 0, errors.New("no context") })
-	if d[1].Detail != "NVIDIA H200" {
-		t.Errorf("an error changed the detail: %q", d[1].Detail)
+	if d[1].Detail != "NVIDIA H200" || d[1].MemoryBytes != 0 {
+		t.Errorf("an error changed the device: %+v", d[1])
 	}
 }

@@ -21,7 +21,7 @@ import (
 func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
-		Usage: "training runs: submit, list, show, cancel",
+		Usage: "training runs: submit, plan, list, show, cancel",
 		Subcommands: []*cli.Command{
 			{
 				Name:      "submit",
@@ -33,6 +33,7 @@ func runCommand() *cli.Command {
 				),
 				Action: runSubmit,
 			},
+			planCommand(),
 			{
 				Name:  "ls",
 				Usage: "list runs, oldest first",
@@ -123,33 +124,45 @@ func runVerb(name, usage string, ep wire.Endpoint[wire.RunRequest, wire.Empty], 
 	}
 }
 
-// runSubmit parses and resolves the spec here (so errors name the file and
-// line, and local paths resolve against this directory), checks a local
-// data set is there, and submits the self-contained spec.
-func runSubmit(c *cli.Context) error {
+// loadSpec reads the spec of -f FILE with its --set overrides, parsed and
+// resolved here (so errors name the file and line, and local paths
+// resolve against this directory): what run submit sends and run plan
+// plans.
+func loadSpec(c *cli.Context) (*runspec.Spec, error) {
+	name := "run " + c.Command.Name
 	if args, err := cliutil.Args(c); err != nil {
-		return err
+		return nil, err
 	} else if len(args) > 0 {
-		return cliutil.Usagef("run submit takes the spec with -f FILE, not arguments (got %q)", args)
+		return nil, cliutil.Usagef("%s takes the spec with -f FILE, not arguments (got %q)", name, args)
 	}
 	path := c.String("file")
 	if path == "" {
-		return cliutil.Usagef("run submit needs -f FILE, the run spec (e.g. configs/tiny-stage1.yaml)")
+		return nil, cliutil.Usagef("%s needs -f FILE, the run spec (e.g. configs/tiny-stage1.yaml)", name)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return cliutil.Usagef("run submit: %v", err)
+		return nil, cliutil.Usagef("%s: %v", name, err)
 	}
 	spec, err := runspec.Parse(path, data, c.StringSlice("set"))
 	if err != nil {
-		return cliutil.Usagef("%v", err)
+		return nil, cliutil.Usagef("%v", err)
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := spec.Resolve(cwd, os.ReadFile); err != nil {
-		return cliutil.Usagef("%v", err)
+		return nil, cliutil.Usagef("%v", err)
+	}
+	return spec, nil
+}
+
+// runSubmit loads the spec, checks a local data set is there, and submits
+// the self-contained spec.
+func runSubmit(c *cli.Context) error {
+	spec, err := loadSpec(c)
+	if err != nil {
+		return err
 	}
 	if err := checkLocalData(c, spec); err != nil {
 		return err

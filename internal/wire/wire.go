@@ -114,6 +114,10 @@ type Device struct {
 	Name   string `json:"name"` // cpu, cuda:0, …
 	Kind   string `json:"kind"` // cpu or cuda
 	Detail string `json:"detail,omitempty"`
+	// MemoryBytes is the device's total memory, reported for the device the
+	// worker trains on when it is a GPU (0: not known). The coordinator
+	// refuses a run whose memory plan cannot fit it.
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
 }
 
 // RegisterRequest announces a worker to the coordinator.

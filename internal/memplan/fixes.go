@@ -1,0 +1,139 @@
+package memplan
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Fix is a change of settings that makes a run fit, as `--set key=value`
+// strings, with the plan's per-rank bytes after it.
+type Fix struct {
+	Sets         []string `json:"sets"`
+	PerRankBytes int64    `json:"per_rank_bytes"`
+}
+
+// String is "optim.zero=1 and micro_batch=2 (57.2 GiB per rank)".
+func (f Fix) String() string {
+	return fmt.Sprintf("%s (%s GiB per rank)", strings.Join(f.Sets, " and "), GiB(f.PerRankBytes))
+}
+
+// Fixes lists settings that would make in fit, each enough on its own,
+// in this order: a higher optim.zero alone (the lowest that fits); a
+// smaller micro_batch (the largest that fits); more workers (the fewest,
+// up to max_workers, as min_workers). When no optim.zero fits alone, the
+// other two are tried with the optim.zero of least memory too. None when
+// in fits already, or when nothing fits.
+func Fixes(in Input) ([]Fix, error) {
+	base, err := Plan(in)
+	if err != nil || base.Fits {
+		return nil, err
+	}
+	if in.Spec.Stage == 2 && in.Tokenizer == nil {
+		// Resolve the default once, not for every try.
+		model, err := specModel(in.Spec)
+		if err != nil {
+			return nil, err
+		}
+		_, tok, err := tokenizerOf(in, model)
+		if err != nil {
+			return nil, err
+		}
+		in.Tokenizer = tok
+	}
+	spec := *in.Spec
+	try := func(zero, micro, workers int) Result {
+		s := spec
+		s.Optim.Zero, s.MicroBatch = zero, micro
+		t := in
+		t.Spec, t.Workers = &s, workers
+		r, err := Plan(t)
+		if err != nil {
+			return Result{} // not reached: the same input planned above
+		}
+		return r
+	}
+	zero, micro, W := spec.Optim.Zero, spec.MicroBatch, in.Workers
+	var fixes []Fix
+
+	// The zero stage with the least memory (the lowest at a tie).
+	best, bestBytes := zero, base.PerRankBytes
+	zeroFound := false
+	for z := zero + 1; z <= 2; z++ {
+		r := try(z, micro, W)
+		if r.PerRankBytes < bestBytes {
+			best, bestBytes = z, r.PerRankBytes
+		}
+		if r.Fits && !zeroFound {
+			fixes = append(fixes, Fix{Sets: []string{fmt.Sprintf("optim.zero=%d", z)}, PerRankBytes: r.PerRankBytes})
+			zeroFound = true
+		}
+	}
+	// The other fixes raise the zero stage only when that alone is not
+	// enough.
+	zeros := uniq(zero, best)
+	if zeroFound {
+		zeros = []int{zero}
+	}
+	with := func(z int, sets ...string) []string {
+		if z != zero {
+			sets = append([]string{fmt.Sprintf("optim.zero=%d", z)}, sets...)
+		}
+		return sets
+	}
+
+	// A smaller micro-batch.
+	for _, z := range zeros {
+		found := false
+		for m := base.MicroBatch - 1; m >= 1; m-- {
+			if r := try(z, m, W); r.Fits {
+				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("micro_batch=%d", m)), PerRankBytes: r.PerRankBytes})
+				found = true
+				break
+			}
+		}
+		if found {
+			break
+		}
+	}
+
+	// More workers.
+	for w := W + 1; w <= spec.MaxWorkers; w++ {
+		found := false
+		for _, z := range zeros {
+			if r := try(z, micro, w); r.Fits {
+				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("min_workers=%d", w)), PerRankBytes: r.PerRankBytes})
+				found = true
+				break
+			}
+		}
+		if found {
+			break
+		}
+	}
+	return fixes, nil
+}
+
+// uniq is a and b, or a alone when they are equal.
+func uniq(a, b int) []int {
+	if a == b {
+		return []int{a}
+	}
+	return []int{a, b}
+}
+
+// NotFitMessage says why r does not fit and what would: "110.4 GiB per
+// rank at 16 workers (params 27.5, …) > 80.0 GiB on the smallest worker;
+// set optim.zero=1 (57.2 GiB per rank), or …". where names the device
+// ("on the smallest worker"); maxWorkers is the spec's, for the message
+// when nothing fits.
+func NotFitMessage(r Result, fixes []Fix, where string, maxWorkers int) string {
+	msg := fmt.Sprintf("%s > %s GiB %s", r.Summary(), GiB(r.DeviceBytes), where)
+	if len(fixes) == 0 {
+		return msg + fmt.Sprintf("; no setting of optim.zero, micro_batch or min_workers (up to max_workers %d) makes it fit", maxWorkers)
+	}
+	alts := make([]string, len(fixes))
+	for i, f := range fixes {
+		alts[i] = f.String()
+	}
+	return msg + "; set " + strings.Join(alts, ", or ")
+}

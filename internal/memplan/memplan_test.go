@@ -1,0 +1,231 @@
+package memplan
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/lavit-org/lavit/configs"
+	"github.com/lavit-org/lavit/internal/modelcfg"
+	"github.com/lavit-org/lavit/internal/runspec"
+)
+
+const gib = int64(1) << 30
+
+// shipped parses and resolves a shipped run spec as `run submit` does.
+func shipped(t *testing.T, name string, sets ...string) *runspec.Spec {
+	t.Helper()
+	b, err := configs.Example(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := runspec.Parse(name+".yaml", b, sets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Resolve("/", os.ReadFile); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestShippedSpecsFit: the full-size specs fit 80 GiB GPUs at their min
+// and max workers; zero 0 does not fit the 7B LM, and the first fix named
+// is optim.zero=1.
+func TestShippedSpecsFit(t *testing.T) {
+	tests := []struct {
+		spec     string
+		sets     []string
+		workers  int
+		fits     bool
+		firstFix string // the first fix's sets, when it does not fit
+	}{
+		{spec: "stage2-llama2-7b", workers: 64, fits: true},
+		{spec: "stage2-llama2-7b", workers: 16, fits: true},
+		{spec: "stage2-llama2-7b", sets: []string{"optim.zero=0"}, workers: 64, firstFix: "optim.zero=1"},
+		{spec: "stage2-llama2-7b", sets: []string{"optim.zero=0"}, workers: 16, firstFix: "optim.zero=1"},
+		{spec: "stage2-llama2-7b", sets: []string{"micro_batch=0"}, workers: 64, firstFix: "micro_batch=2"},
+		{spec: "stage1-lavit", workers: 64, fits: true},
+		{spec: "stage1-lavit", workers: 16, fits: true},
+		{spec: "stage1-lavit", sets: []string{"micro_batch=0"}, workers: 16, firstFix: "micro_batch="},
+		{spec: "tiny-stage1", workers: 1, fits: true},
+		{spec: "tiny-stage2", workers: 2, fits: true},
+	}
+	for _, tt := range tests {
+		name := tt.spec + " " + strings.Join(tt.sets, " ")
+		in := Input{Spec: shipped(t, tt.spec, tt.sets...), Workers: tt.workers, DeviceBytes: 80 * gib}
+		r, err := Plan(in)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s at %d workers: %s", name, tt.workers, r.Summary())
+		if r.Fits != tt.fits {
+			t.Errorf("%s at %d workers: fits %v, want %v", name, tt.workers, r.Fits, tt.fits)
+		}
+		fixes, err := Fixes(in)
+		if err != nil {
+			t.Fatalf("%s: fixes: %v", name, err)
+		}
+		switch {
+		case tt.fits && len(fixes) > 0:
+			t.Errorf("%s: fits, yet fixes %v", name, fixes)
+		case !tt.fits && (len(fixes) == 0 || !strings.HasPrefix(strings.Join(fixes[0].Sets, " "), tt.firstFix)):
+			t.Errorf("%s: fixes %v, want the first to be %s", name, fixes, tt.firstFix)
+		}
+		for _, f := range fixes {
+			if f.PerRankBytes > in.DeviceBytes {
+				t.Errorf("%s: fix %s does not fit", name, f)
+			}
+		}
+	}
+}
+
+// TestParts: the parts follow the formulas of the package doc.
+func TestParts(t *testing.T) {
+	P := int64(297_122) // tiny stage 1, trainable
+	tests := []struct {
+		name                    string
+		sets                    []string
+		workers                 int
+		params, grads, optim    int64
+		micro                   int
+		reserve, tokenizerBytes bool
+	}{
+		{name: "zero 0", sets: []string{"optim.zero=0"}, workers: 3, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 3},
+		// S = ceil(297122/3) = 99041: the flat buffer padded to 3·S.
+		{name: "zero 1", sets: []string{"optim.zero=1"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 12 * 99041, micro: 3},
+		{name: "zero 2 plans as zero 1", sets: []string{"optim.zero=2"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 12 * 99041, micro: 3},
+		{name: "micro_batch", sets: []string{"micro_batch=2", "max_workers=3"}, workers: 2, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 2},
+		{name: "micro_batch over the share", sets: []string{"micro_batch=8", "max_workers=3"}, workers: 3, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 3},
+		{name: "cuda reserve", sets: []string{"device=cuda"}, workers: 1, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 8, reserve: true},
+	}
+	for _, tt := range tests {
+		sets := append([]string{"max_workers=3"}, tt.sets...)
+		r, err := Plan(Input{Spec: shipped(t, "tiny-stage1", sets...), Workers: tt.workers, DeviceBytes: gib})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		p := r.Parts
+		if p[PartParams] != tt.params || p[PartGrads] != tt.grads || p[PartOptimizer] != tt.optim || r.MicroBatch != tt.micro {
+			t.Errorf("%s: params %d, grads %d, optimizer %d, micro-batch %d; want %d, %d, %d, %d", tt.name,
+				p[PartParams], p[PartGrads], p[PartOptimizer], r.MicroBatch, tt.params, tt.grads, tt.optim, tt.micro)
+		}
+		if (p[PartReserve] == CUDAReserve) != tt.reserve {
+			t.Errorf("%s: reserve %d", tt.name, p[PartReserve])
+		}
+		var sum int64
+		for _, v := range p {
+			sum += v
+		}
+		if sum != r.PerRankBytes || p[PartActivations] <= 0 || p[PartBuffers] <= 0 || p[PartFrozen] != 0 || p[PartTokenizer] != 0 {
+			t.Errorf("%s: parts %v, total %d", tt.name, p, r.PerRankBytes)
+		}
+	}
+
+	// Stage 2: the tokenizer's parts; more samples, more activations.
+	s := shipped(t, "tiny-stage2")
+	one, err := Plan(Input{Spec: s, Workers: 2, DeviceBytes: gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := mustModel(t, "tiny-stage1").Counts()
+	if want := 4 * (2*tok.Trainable + tok.Buffers); one.Parts[PartTokenizer] != want || one.Tokenizer != "tiny-stage1" {
+		t.Errorf("tiny stage 2: tokenizer %s of %d bytes, want tiny-stage1 of %d", one.Tokenizer, one.Parts[PartTokenizer], want)
+	}
+	two, err := Plan(Input{Spec: s, Workers: 1, DeviceBytes: gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if two.Parts[PartActivations] <= one.Parts[PartActivations] || two.Parts[PartTokenizerActivations] <= one.Parts[PartTokenizerActivations] {
+		t.Errorf("8 samples per rank plan %v, 4 plan %v: want more activations", two.Parts, one.Parts)
+	}
+}
+
+func mustModel(t *testing.T, name string) modelcfg.Config {
+	t.Helper()
+	c, err := LoadModel(name, os.ReadFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestDefaultTokenizer: the largest built-in stage-1 model whose codebook
+// fits the LM's vocabulary.
+func TestDefaultTokenizer(t *testing.T) {
+	for lm, want := range map[string]string{"stage2-llama2-7b": "stage1-lavit", "tiny-stage2": "tiny-stage1", "tiny-stage2-continuous": "tiny-stage1"} {
+		got, _, err := DefaultTokenizer(mustModel(t, lm))
+		if err != nil || got != want {
+			t.Errorf("%s: %q, %v; want %s", lm, got, err, want)
+		}
+	}
+}
+
+// TestBadInput: bad inputs are errors naming the problem.
+func TestBadInput(t *testing.T) {
+	good := func() Input { return Input{Spec: shipped(t, "tiny-stage2"), Workers: 1, DeviceBytes: gib} }
+	noModel := good()
+	spec := *noModel.Spec
+	spec.ModelConfig = nil
+	noModel.Spec = &spec
+	stage2 := mustModel(t, "tiny-stage2")
+	tests := []struct {
+		name string
+		in   func() Input
+		want string
+	}{
+		{"no spec", func() Input { return Input{Workers: 1, DeviceBytes: 1} }, "no run spec"},
+		{"zero workers", func() Input { in := good(); in.Workers = 0; return in }, "workers must be at least 1, got 0"},
+		{"negative memory", func() Input { in := good(); in.DeviceBytes = -1; return in }, "device memory must be positive, got -1"},
+		{"unknown kind", func() Input { in := good(); in.Kind = "tpu"; return in }, `device kind must be cuda or cpu, got "tpu"`},
+		{"no model config", func() Input { return noModel }, "no model config"},
+		{"tokenizer of stage 2", func() Input { in := good(); in.Tokenizer = &stage2; return in }, "must be a stage-1 model config, got stage 2"},
+		{"vocabulary too small", func() Input {
+			in := good()
+			s := *in.Spec
+			s.ModelConfig = []byte(`{"stage":2,"lm":{"vocab":100}}`)
+			in.Spec = &s
+			return in
+		}, "no built-in stage-1 model fits lm.vocab 100"},
+	}
+	for _, tt := range tests {
+		_, err := Plan(tt.in())
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want an error mentioning %q", tt.name, err, tt.want)
+		}
+		if _, ferr := Fixes(tt.in()); ferr == nil {
+			t.Errorf("%s: Fixes accepted it", tt.name)
+		}
+	}
+	if _, err := LoadModel("nope", os.ReadFile); err == nil || !strings.Contains(err.Error(), `"nope" is not a built-in model (known: stage1-lavit`) {
+		t.Errorf("unknown model: %v", err)
+	}
+	missing := func(string) ([]byte, error) { return nil, errors.New("no such file") }
+	if _, err := LoadModel("./none.json", missing); err == nil || !strings.Contains(err.Error(), "./none.json: no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestNotFitMessage names the size, the parts, the device and the fixes.
+func TestNotFitMessage(t *testing.T) {
+	in := Input{Spec: shipped(t, "stage2-llama2-7b", "optim.zero=0"), Workers: 16, DeviceBytes: 80 * gib}
+	r, err := Plan(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixes, err := Fixes(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := NotFitMessage(r, fixes, "on the smallest worker", 64)
+	for _, want := range []string{" GiB per rank at 16 workers (params 25.6, grads 25.6, optimizer 51.2, ", "> 80.0 GiB on the smallest worker; set optim.zero=1 ("} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
+		}
+	}
+	t.Log(msg)
+	if msg := NotFitMessage(r, nil, "on this device", 64); !strings.Contains(msg, "no setting of optim.zero, micro_batch or min_workers (up to max_workers 64) makes it fit") {
+		t.Errorf("without fixes: %q", msg)
+	}
+}
