@@ -2,7 +2,6 @@ package trainer
 
 import (
 	"encoding/json"
-	"math"
 	"path/filepath"
 	"testing"
 
@@ -50,6 +49,7 @@ func TestLMParameterCounts(t *testing.T) {
 		{"tiny gpt", TinyStage2()},
 		{"tiny llama", tinyLlama},
 		{"tiny continuous", TinyStage2Continuous()},
+		{"medium (BenchmarkMemory's LM)", benchLM()},
 		{"Llama-2-7B shapes, depth 1", reduced},
 	} {
 		m, err := lib.NewModel(tc.cfg, "cpu", 1)
@@ -110,6 +110,26 @@ func TestStage1FullShapes(t *testing.T) {
 // gradient buffers, the frozen parameters, and the Adam moments the first
 // step allocates (two buffers the size of the parameters) at optim.zero
 // 0; at zero 1 the padded shards stay within 5 % of the unsharded buffers.
+// shardedBytes makes the fresh model m rank 0 of world at ZeRO stage zero,
+// allocates its optimizer state, and returns the bytes its flat
+// parameters, gradients and optimizer state hold; m is left unsharded.
+func shardedBytes(t *testing.T, m *Model, world, zero int) map[string]int64 {
+	t.Helper()
+	if err := m.SetShard(0, world, zero); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := m.SetShard(0, 1, 0); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if err := m.allocOptimizer(); err != nil {
+		t.Fatal(err)
+	}
+	i := m.Info()
+	return map[string]int64{memplan.PartParams: i.ParamBytes, memplan.PartGrads: i.GradBytes, memplan.PartOptimizer: i.OptimBytes}
+}
+
 func checkPlan(t *testing.T, name string, m *Model, tokCfg *Config, tok *Model) {
 	t.Helper()
 	info := m.Info()
@@ -117,9 +137,10 @@ func checkPlan(t *testing.T, name string, m *Model, tokCfg *Config, tok *Model) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	P, G, F := 4*info.ParamCount, 4*info.GradNumel, 4*info.FrozenCount
+	F := 4 * info.FrozenCount
+	P := info.ParamCount
 	for _, world := range []int{1, 3} {
-		for _, zero := range []int{0, 1} {
+		for _, zero := range []int{0, 1, 2} {
 			spec := &runspec.Spec{Stage: info.Stage, Model: name, ModelConfig: raw, GlobalBatch: 8, MinWorkers: 1, MaxWorkers: 4, Device: "cpu"}
 			spec.Optim.Zero = zero
 			r, err := memplan.Plan(memplan.Input{Spec: spec, Tokenizer: tokCfg, Workers: world, DeviceBytes: 1 << 40})
@@ -130,16 +151,28 @@ func checkPlan(t *testing.T, name string, m *Model, tokCfg *Config, tok *Model) 
 			if p[memplan.PartFrozen] != F {
 				t.Errorf("%s: plan's frozen %d bytes, the shim's %d", name, p[memplan.PartFrozen], F)
 			}
-			if zero == 0 {
-				if p[memplan.PartParams] != P || p[memplan.PartGrads] != G || p[memplan.PartOptimizer] != 2*P {
-					t.Errorf("%s, world %d: plan's params %d, grads %d, optimizer %d bytes; the shim's %d, %d, %d",
-						name, world, p[memplan.PartParams], p[memplan.PartGrads], p[memplan.PartOptimizer], P, G, 2*P)
-				}
+			// What a rank of this world and stage allocates, read from
+			// the shim. Beyond a few hundred million parameters (the 7B
+			// shapes) a resharded copy of the buffers does not fit beside
+			// the model on a small machine: the shim's sizes are checked
+			// by formula there.
+			var got map[string]int64
+			// Resharding a medium model costs seconds (gigabytes of
+			// zeroed pages): those are read from the shim at world 3,
+			// ZeRO-1 only.
+			medium := P > 50_000_000 && !(world == 3 && zero == 1)
+			if P <= 200_000_000 && !medium {
+				got = shardedBytes(t, m, world, zero)
 			} else {
-				for part, want := range map[string]int64{memplan.PartParams: P, memplan.PartGrads: G, memplan.PartOptimizer: 3 * P / int64(world)} {
-					if d := math.Abs(float64(p[part]-want)) / float64(want); d > 0.05 {
-						t.Errorf("%s, world %d, zero 1: plan's %s %d bytes, %.1f %% from %d", name, world, part, p[part], 100*d, want)
-					}
+				S := (P + int64(world) - 1) / int64(world)
+				got = map[string]int64{memplan.PartParams: 4 * int64(world) * S, memplan.PartGrads: 4 * int64(world) * S, memplan.PartOptimizer: 8 * P}
+				if zero > 0 {
+					got[memplan.PartOptimizer] = 12 * S
+				}
+			}
+			for _, part := range []string{memplan.PartParams, memplan.PartGrads, memplan.PartOptimizer} {
+				if p[part] != got[part] {
+					t.Errorf("%s, world %d, zero %d: plan's %s %d bytes, the shim's %d", name, world, zero, part, p[part], got[part])
 				}
 			}
 			if tok != nil {

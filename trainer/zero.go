@@ -283,6 +283,22 @@ func (m *Model) shardGradSq() (hi, lo float32, err error) {
 	return float32(h), float32(l), err
 }
 
+// allocOptimizer allocates the optimizer's state now (as the first step
+// would), with a host buffer for gathering it, and refreshes Info: tests
+// read what a rank holds without training.
+func (m *Model) allocOptimizer() error {
+	err := withThread(func() error {
+		if C.c_optim_gather(&m.lib.api, m.m) == nil {
+			return m.lib.lastError("allocate the optimizer state")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.refreshInfo()
+}
+
 // Sharded reports whether each rank holds only a shard of the optimizer
 // state (ZeRO ≥ 1 in a world of more than one): State then needs
 // GatherState first.

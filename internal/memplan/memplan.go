@@ -9,9 +9,10 @@
 // parameters (the flat buffers), F the frozen ones (stage 1's pretrained
 // encoder), W the world size, Z = optim.zero and S = ceil(P/W):
 //
-//	params       4·P at Z = 0; 4·W·S at Z ≥ 1 (the flat buffer padded to a multiple of W)
+//	params       4·W·S (the flat buffer is W blocks of S at every Z: the tail is padding)
 //	grads        the same as params, at every Z (see below)
-//	optimizer    8·P at Z = 0 (two Adam moments); 12·S at Z ≥ 1 (fp32 master, two moments: one shard each)
+//	optimizer    8·P at Z = 0 (two Adam moments); 12·S at Z ≥ 1 (fp32 master, two moments: one shard each);
+//	             the update's temporaries are bounded (it runs in chunks of 4 M elements: < 100 MB)
 //	frozen       4·F
 //	buffers      4 × the registered buffers (codebook, stand-in encoder, masks, RoPE tables)
 //	tokenizer    stage 2: the frozen stage-1 model on the same device: its params, the
@@ -184,11 +185,10 @@ func Plan(in Input) (Result, error) {
 	counts := model.Counts()
 	P, W := counts.Trainable, int64(in.Workers)
 	S := ceilDiv(P, W)
+	r.Parts[PartParams] = 4 * W * S
 	if r.Zero == 0 {
-		r.Parts[PartParams] = 4 * P
 		r.Parts[PartOptimizer] = 8 * P
 	} else {
-		r.Parts[PartParams] = 4 * W * S
 		r.Parts[PartOptimizer] = 12 * S
 	}
 	r.Parts[PartGrads] = r.Parts[PartParams]

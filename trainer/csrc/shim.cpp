@@ -581,20 +581,26 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost, double
   // AdamW over this rank's shard of each trainable run (the whole run at
   // zero 0); at zero >= 1 on the master weights, copied into the
   // parameters' shard afterwards (the caller all-gathers the rest).
+  // The update runs in chunks of kOptimChunk elements, so its temporaries
+  // (the scaled gradient, the update) stay a few tens of megabytes however
+  // large the model: the arithmetic is element-wise, chunks change no bit.
+  constexpr int64_t kOptimChunk = int64_t(1) << 22;
   for (const auto& r : m->runs) {
     if (m->frozen_groups.count(r.group)) continue;
     const int64_t lo = std::max(r.offset, m->shard_lo), hi = std::min(r.offset + r.numel, m->shard_lo + m->shard_n);
-    if (lo >= hi) continue;
-    auto g = m->grads.narrow(0, lo, hi - lo) * scale;
-    auto ea = m->exp_avg.narrow(0, lo - m->shard_lo, hi - lo);
-    auto eas = m->exp_avg_sq.narrow(0, lo - m->shard_lo, hi - lo);
-    auto p = m->zero >= 1 ? m->master.narrow(0, lo - m->shard_lo, hi - lo) : m->params.narrow(0, lo, hi - lo);
-    ea.mul_(b1).add_(g, 1 - b1);
-    eas.mul_(b2).addcmul_(g, g, 1 - b2);
-    auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps);
-    if (r.decay) update.add_(p, m->opt.weight_decay);
     const double run_lr = r.group == "selector" ? lr * m->opt.selector_lr / m->opt.lr : lr;
-    p.sub_(update, run_lr);
+    for (int64_t c = lo; c < hi; c += kOptimChunk) {
+      const int64_t n = std::min(kOptimChunk, hi - c);
+      auto g = m->grads.narrow(0, c, n) * scale;
+      auto ea = m->exp_avg.narrow(0, c - m->shard_lo, n);
+      auto eas = m->exp_avg_sq.narrow(0, c - m->shard_lo, n);
+      auto p = m->zero >= 1 ? m->master.narrow(0, c - m->shard_lo, n) : m->params.narrow(0, c, n);
+      ea.mul_(b1).add_(g, 1 - b1);
+      eas.mul_(b2).addcmul_(g, g, 1 - b2);
+      auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps);
+      if (r.decay) update.add_(p, m->opt.weight_decay);
+      p.sub_(update, run_lr);
+    }
   }
   if (m->zero >= 1) m->params.narrow(0, m->shard_lo, m->shard_n).copy_(m->master);
   if (m->stage == 1 && m->vq_on) {
