@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -93,33 +94,56 @@ func runMemSetting(b *testing.B, s memSetting) []memResult {
 		peers = append(peers, l.Addr().String())
 		l.Close() // the rank listens there (a port taken meanwhile fails the run, loudly)
 	}
+	// Each rank reports, then waits for its stdin to close before it
+	// leaves the ring: a rank that closed its ring while a slower peer
+	// still read the last all-gather would fail that peer.
 	results := make([]memResult, s.world)
 	errs := make([]error, s.world)
+	cmds := make([]*exec.Cmd, s.world)
+	stdins := make([]io.WriteCloser, s.world)
 	var wg sync.WaitGroup
 	for r := range s.world {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestMemoryBenchRank$", "-test.v", "-test.timeout", "30m")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("LAVIT_MEMBENCH=%d,%d,%d,%v,%s", s.world, r, s.zero, s.ckpt, strings.Join(peers, ",")))
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if stdins[r], err = cmd.StdinPipe(); err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		cmds[r] = cmd
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command(os.Args[0], "-test.run", "^TestMemoryBenchRank$", "-test.v", "-test.timeout", "30m")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("LAVIT_MEMBENCH=%d,%d,%d,%v,%s", s.world, r, s.zero, s.ckpt, strings.Join(peers, ",")))
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				errs[r] = fmt.Errorf("rank %d: %v\n%s", r, err, out)
-				return
-			}
-			sc := bufio.NewScanner(strings.NewReader(string(out)))
+			var lines []string
+			sc := bufio.NewScanner(stdout)
 			for sc.Scan() {
+				lines = append(lines, sc.Text())
 				if v, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "MEMBENCH "); ok {
 					if _, err := fmt.Sscanf(v, "%d %f", &results[r].peakKB, &results[r].stepMS); err != nil {
 						errs[r] = err
 					}
+					go io.Copy(io.Discard, stdout)
 					return
 				}
 			}
-			errs[r] = fmt.Errorf("rank %d printed no result:\n%s", r, out)
+			errs[r] = fmt.Errorf("rank %d printed no result:\n%s", r, strings.Join(lines, "\n"))
 		}()
 	}
 	wg.Wait()
+	for r := range s.world {
+		stdins[r].Close()
+	}
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil && errs[r] == nil {
+			errs[r] = fmt.Errorf("rank %d: %v", r, err)
+		}
+	}
 	for _, err := range errs {
 		if err != nil {
 			b.Fatal(err)
@@ -186,4 +210,7 @@ func TestMemoryBenchRank(t *testing.T) {
 		}
 	}
 	fmt.Printf("MEMBENCH %d %.1f\n", statusKB(t, "VmHWM"), float64(total.Microseconds())/1000/2)
+	// Stay in the ring until every rank has reported (the parent closes
+	// stdin then).
+	io.Copy(io.Discard, os.Stdin)
 }

@@ -105,11 +105,6 @@ func TestStage1FullShapes(t *testing.T) {
 	t.Logf("stage 1 at full width, depth 1: %d trainable, %d frozen parameters", info.ParamCount, info.FrozenCount)
 }
 
-// checkPlan holds the memory plan of m's config (and, for stage 2, its
-// tokenizer's) to what the shim allocated: the flat parameter and
-// gradient buffers, the frozen parameters, and the Adam moments the first
-// step allocates (two buffers the size of the parameters) at optim.zero
-// 0; at zero 1 the padded shards stay within 5 % of the unsharded buffers.
 // shardedBytes makes the fresh model m rank 0 of world at ZeRO stage zero,
 // allocates its optimizer state, and returns the bytes its flat
 // parameters, gradients and optimizer state hold; m is left unsharded.
@@ -130,6 +125,11 @@ func shardedBytes(t *testing.T, m *Model, world, zero int) map[string]int64 {
 	return map[string]int64{memplan.PartParams: i.ParamBytes, memplan.PartGrads: i.GradBytes, memplan.PartOptimizer: i.OptimBytes}
 }
 
+// checkPlan holds the memory plan of m's config (and, for stage 2, its
+// tokenizer's) to what the shim allocates at worlds 1 and 3 and every ZeRO
+// stage: the flat parameter and gradient buffers (padded to W blocks),
+// the optimizer state (two moments at zero 0; the master and two moments
+// of one shard at zero 1 and 2) and the frozen parameters, exactly.
 func checkPlan(t *testing.T, name string, m *Model, tokCfg *Config, tok *Model) {
 	t.Helper()
 	info := m.Info()

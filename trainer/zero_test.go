@@ -24,6 +24,9 @@ type replicaRun struct {
 	prepare  func(t *testing.T, m *Model)
 	batch    func(t *testing.T, step int64, from, to int) *Batch
 	vqSwitch bool
+	// staged sends the flat buffers through the host staging buffer, as a
+	// GPU model on the ring does.
+	staged bool
 }
 
 // ringReduce is the Reduce a worker builds from a communicator.
@@ -90,6 +93,7 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 		if rr.prepare != nil {
 			rr.prepare(t, m)
 		}
+		m.forceStaging = rr.staged
 		models[r] = m
 	}
 	// Batches are built up front, in this goroutine (t.Fatal must not run
@@ -330,4 +334,18 @@ func TestShardedStateReslices(t *testing.T) {
 		d := compareStates(t, fmt.Sprintf("resumed at world %d zero %d", target.world, target.zero), got, want, 1e-5)
 		t.Logf("resumed at world %d zero %d: %.3g relative to the uninterrupted world-3 ZeRO-2 run", target.world, target.zero, d)
 	}
+}
+
+// TestZeroThroughStaging: a ZeRO-2 world of 3 whose gradients and
+// parameters go through the host staging buffer (a GPU model on the ring:
+// reduce-scatter and all-gather on the host copies) trains the same bits as
+// one that reduces in place.
+func TestZeroThroughStaging(t *testing.T) {
+	lib := loadLib(t)
+	inPlace := stage1Run(lib, 3, 2, 0, shortSchedule.PhaseA+3)
+	staged := inPlace
+	staged.staged = true
+	want := gatheredStates(t, inPlace.run(t))[0]
+	got := gatheredStates(t, staged.run(t))[0]
+	compareStates(t, "staged", got, want, 0)
 }

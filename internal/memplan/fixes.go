@@ -18,11 +18,11 @@ func (f Fix) String() string {
 }
 
 // Fixes lists settings that would make in fit, each enough on its own,
-// in this order: a higher optim.zero alone (the lowest that fits); a
-// smaller micro_batch (the largest that fits); more workers (the fewest,
-// up to max_workers, as min_workers). When no optim.zero fits alone, the
-// other two are tried with the optim.zero of least memory too. None when
-// in fits already, or when nothing fits.
+// in this order: a higher optim.zero alone (the lowest that fits);
+// activation_checkpointing=true; a smaller micro_batch (the largest that
+// fits); more workers (the fewest, up to max_workers, as min_workers).
+// When no optim.zero fits alone, the others are tried with the optim.zero
+// of least memory too. None when in fits already, or when nothing fits.
 func Fixes(in Input) ([]Fix, error) {
 	base, err := Plan(in)
 	if err != nil || base.Fits {
@@ -81,6 +81,20 @@ func Fixes(in Input) ([]Fix, error) {
 		return sets
 	}
 
+	// Activation checkpointing.
+	if !spec.ActivationCheckpointing {
+		for _, z := range zeros {
+			s := spec
+			s.Optim.Zero, s.ActivationCheckpointing = z, true
+			t := in
+			t.Spec = &s
+			if r, err := Plan(t); err == nil && r.Fits {
+				fixes = append(fixes, Fix{Sets: with(z, "activation_checkpointing=true"), PerRankBytes: r.PerRankBytes})
+				break
+			}
+		}
+	}
+
 	// A smaller micro-batch.
 	for _, z := range zeros {
 		found := false
@@ -129,7 +143,7 @@ func uniq(a, b int) []int {
 func NotFitMessage(r Result, fixes []Fix, where string, maxWorkers int) string {
 	msg := fmt.Sprintf("%s > %s GiB %s", r.Summary(), GiB(r.DeviceBytes), where)
 	if len(fixes) == 0 {
-		return msg + fmt.Sprintf("; no setting of optim.zero, micro_batch or min_workers (up to max_workers %d) makes it fit", maxWorkers)
+		return msg + fmt.Sprintf("; no setting of optim.zero, activation_checkpointing, micro_batch or min_workers (up to max_workers %d) makes it fit", maxWorkers)
 	}
 	alts := make([]string, len(fixes))
 	for i, f := range fixes {

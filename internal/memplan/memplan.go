@@ -68,6 +68,10 @@
 // plus, once, the larger of one block's backward working set (3·h·N² +
 // 2·N·H + 4·N·D per sample) and the frozen encoder's inference peak.
 //
+// With activation_checkpointing every block keeps only its input (T·d per
+// LM block, N·D per merger or decoder block) and one block's saved tensors
+// exist at a time, while backward recomputes it.
+//
 // The estimate leaves out the optimizer step's temporaries (they come after
 // the activations are freed) and small tensors (masks, statistics); it is
 // to be checked against the peak memory measured on a GPU.
@@ -198,7 +202,7 @@ func Plan(in Input) (Result, error) {
 		r.Parts[PartReserve] = CUDAReserve
 	}
 	if model.Stage == 1 {
-		r.Parts[PartActivations] = 4 * stage1Activations(model.TokenizerOrDefault(), micro)
+		r.Parts[PartActivations] = 4 * stage1Activations(model.TokenizerOrDefault(), micro, in.Spec.ActivationCheckpointing)
 	} else {
 		name, tok, err := tokenizerOf(in, model)
 		if err != nil {
@@ -207,7 +211,7 @@ func Plan(in Input) (Result, error) {
 		r.Tokenizer = name
 		tc := tok.Counts()
 		r.Parts[PartTokenizer] = 4 * (2*tc.Trainable + tc.Frozen + tc.Buffers)
-		r.Parts[PartActivations] = 4 * lmActivations(model.LMOrDefault(), micro)
+		r.Parts[PartActivations] = 4 * lmActivations(model.LMOrDefault(), micro, in.Spec.ActivationCheckpointing)
 		r.Parts[PartTokenizerActivations] = 4 * share * tokenizerInference(tok.TokenizerOrDefault())
 	}
 	for _, v := range r.Parts {
@@ -309,30 +313,42 @@ func LoadModel(name string, readFile func(string) ([]byte, error)) (modelcfg.Con
 
 // lmActivations is the stage-2 estimate in floats for b samples (the
 // package doc has the formula).
-func lmActivations(l modelcfg.LMConfig, b int64) int64 {
+func lmActivations(l modelcfg.LMConfig, b int64, ckpt bool) int64 {
 	T, d, f, h, V, L := l.MaxLen-1, l.DModel, l.MLP, l.Heads, l.Vocab, l.Layers
 	block := 8*T*d + 2*T*f + h*T*T
 	if l.Arch == "llama" {
 		block = 10*T*d + 4*T*f + h*T*T
 	}
-	perSample := L*block + 3*T*d + 4*T*V + 2*h*T*T + 2*T*f
+	blocks := L * block
+	if ckpt {
+		blocks = L*T*d + block
+	}
+	perSample := blocks + 3*T*d + 4*T*V + 2*h*T*T + 2*T*f
 	if l.ImageInput == "continuous" {
-		perSample += mergerActivations(l.VisPatches, l.VisWidth, l.VisMLPHidden, l.VisHeads, l.VisMergerBlocks) + l.VisPatches*d + T*d
+		perSample += mergerActivations(l.VisPatches, l.VisWidth, l.VisMLPHidden, l.VisHeads, l.VisMergerBlocks, ckpt) + l.VisPatches*d + T*d
 	}
 	return b*perSample + V*d
 }
 
 // mergerActivations is a trainable merger stack's saved tensors per sample:
 // its blocks, the memory LayerNorm, the final LayerNorm, the policy.
-func mergerActivations(N, D, H, heads, blocks int64) int64 {
-	return blocks*(14*N*D+2*N*H+6*heads*N*N) + 3*N*D + N*N
+func mergerActivations(N, D, H, heads, blocks int64, ckpt bool) int64 {
+	block := 14*N*D + 2*N*H + 6*heads*N*N
+	if ckpt {
+		return blocks*N*D + block + 3*N*D + N*N
+	}
+	return blocks*block + 3*N*D + N*N
 }
 
 // stage1Activations is the stage-1 estimate in floats for b samples.
-func stage1Activations(t modelcfg.TokenizerConfig, b int64) int64 {
+func stage1Activations(t modelcfg.TokenizerConfig, b int64, ckpt bool) int64 {
 	N, D, H, h, C := t.Patches(), t.Width, t.MLPHidden, t.Heads, t.CodeDim
-	saved := t.MergerBlocks*(14*N*D+2*N*H+6*h*N*N) + t.DecoderBlocks*(14*N*D+2*N*H+4*h*N*N) +
-		N*D*43/2 + 6*N*C + N*N
+	merger, decoder := 14*N*D+2*N*H+6*h*N*N, 14*N*D+2*N*H+4*h*N*N
+	blocks := t.MergerBlocks*merger + t.DecoderBlocks*decoder
+	if ckpt {
+		blocks = (t.MergerBlocks+t.DecoderBlocks)*N*D + max(merger, decoder)
+	}
+	saved := blocks + N*D*43/2 + 6*N*C + N*N
 	if t.DecoderLocalityAlpha > 0 {
 		saved += N * N
 	}

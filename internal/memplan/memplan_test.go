@@ -48,7 +48,8 @@ func TestShippedSpecsFit(t *testing.T) {
 		{spec: "stage2-llama2-7b", sets: []string{"micro_batch=0"}, workers: 64, firstFix: "micro_batch=2"},
 		{spec: "stage1-lavit", workers: 64, fits: true},
 		{spec: "stage1-lavit", workers: 16, fits: true},
-		{spec: "stage1-lavit", sets: []string{"micro_batch=0"}, workers: 16, firstFix: "micro_batch="},
+		{spec: "stage1-lavit", sets: []string{"micro_batch=0"}, workers: 16, firstFix: "activation_checkpointing=true"},
+		{spec: "stage1-lavit", sets: []string{"micro_batch=0", "activation_checkpointing=false"}, workers: 16, firstFix: "activation_checkpointing=true"},
 		{spec: "tiny-stage1", workers: 1, fits: true},
 		{spec: "tiny-stage2", workers: 2, fits: true},
 	}
@@ -92,12 +93,13 @@ func TestParts(t *testing.T) {
 		micro                   int
 		reserve, tokenizerBytes bool
 	}{
-		{name: "zero 0", sets: []string{"optim.zero=0"}, workers: 3, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 3},
-		// S = ceil(297122/3) = 99041: the flat buffer padded to 3·S.
+		// S = ceil(297122/3) = 99041: the flat buffer is padded to 3·S at
+		// every stage (the optimizer's moments at zero 0 are not).
+		{name: "zero 0", sets: []string{"optim.zero=0"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 8 * P, micro: 3},
 		{name: "zero 1", sets: []string{"optim.zero=1"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 12 * 99041, micro: 3},
 		{name: "zero 2 plans as zero 1", sets: []string{"optim.zero=2"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 12 * 99041, micro: 3},
 		{name: "micro_batch", sets: []string{"micro_batch=2", "max_workers=3"}, workers: 2, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 2},
-		{name: "micro_batch over the share", sets: []string{"micro_batch=8", "max_workers=3"}, workers: 3, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 3},
+		{name: "micro_batch over the share", sets: []string{"micro_batch=8", "max_workers=3"}, workers: 3, params: 4 * 3 * 99041, grads: 4 * 3 * 99041, optim: 8 * P, micro: 3},
 		{name: "cuda reserve", sets: []string{"device=cuda"}, workers: 1, params: 4 * P, grads: 4 * P, optim: 8 * P, micro: 8, reserve: true},
 	}
 	for _, tt := range tests {
@@ -225,7 +227,37 @@ func TestNotFitMessage(t *testing.T) {
 		}
 	}
 	t.Log(msg)
-	if msg := NotFitMessage(r, nil, "on this device", 64); !strings.Contains(msg, "no setting of optim.zero, micro_batch or min_workers (up to max_workers 64) makes it fit") {
+	if msg := NotFitMessage(r, nil, "on this device", 64); !strings.Contains(msg, "no setting of optim.zero, activation_checkpointing, micro_batch or min_workers (up to max_workers 64) makes it fit") {
 		t.Errorf("without fixes: %q", msg)
+	}
+}
+
+// TestActivationCheckpointingPlansLess: with activation_checkpointing each
+// block keeps only its input, so the activation part shrinks (by more
+// than half for the full-size LM, whose blocks dominate) and nothing else
+// changes.
+func TestActivationCheckpointingPlansLess(t *testing.T) {
+	for _, name := range []string{"stage2-llama2-7b", "stage1-lavit", "tiny-stage1", "tiny-stage2"} {
+		plan := func(ckpt string) Result {
+			r, err := Plan(Input{Spec: shipped(t, name, "activation_checkpointing="+ckpt), Workers: 1, DeviceBytes: 80 * gib})
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return r
+		}
+		off, on := plan("false"), plan("true")
+		a, b := off.Parts[PartActivations], on.Parts[PartActivations]
+		t.Logf("%s: activations %s GiB without, %s GiB with checkpointing", name, GiB(a), GiB(b))
+		if b >= a {
+			t.Errorf("%s: activations %d bytes with checkpointing, %d without", name, b, a)
+		}
+		if name == "stage2-llama2-7b" && b > a/2 {
+			t.Errorf("%s: checkpointing saves only %d of %d bytes", name, a-b, a)
+		}
+		for part, v := range off.Parts {
+			if part != PartActivations && on.Parts[part] != v {
+				t.Errorf("%s: %s changed with checkpointing: %d → %d", name, part, v, on.Parts[part])
+			}
+		}
 	}
 }
