@@ -592,12 +592,8 @@ func (m *Model) gradStaging() ([]float32, error) {
 
 // stageGrads copies the gradients to the staging buffer (toHost) or back.
 func (m *Model) stageGrads(toHost bool) error {
-	dir := C.int(0)
-	if toHost {
-		dir = 1
-	}
 	return withThread(func() error {
-		if C.c_grads_stage(&m.lib.api, m.m, dir) != 0 {
+		if C.c_grads_stage(&m.lib.api, m.m, cFlag(toHost)) != 0 {
 			return m.lib.lastError("stage gradients")
 		}
 		return nil

@@ -258,12 +258,8 @@ func scatterWhole(ctx context.Context, op Reducer, buf []float32, want int, name
 
 // stageParams copies the parameters to the staging buffer (toHost) or back.
 func (m *Model) stageParams(toHost bool) error {
-	dir := C.int(0)
-	if toHost {
-		dir = 1
-	}
 	return withThread(func() error {
-		if C.c_params_stage(&m.lib.api, m.m, dir) != 0 {
+		if C.c_params_stage(&m.lib.api, m.m, cFlag(toHost)) != 0 {
 			return m.lib.lastError("stage parameters")
 		}
 		return nil
@@ -341,14 +337,18 @@ func (m *Model) GatherState(ctx context.Context, gather Reducer) error {
 // spec's activation_checkpointing): the same gradients for less memory
 // and about one more forward pass of compute.
 func (m *Model) SetActivationCheckpointing(on bool) error {
-	flag := C.int(0)
-	if on {
-		flag = 1
-	}
 	return withThread(func() error {
-		if C.c_set_checkpointing(&m.lib.api, m.m, flag) != 0 {
+		if C.c_set_checkpointing(&m.lib.api, m.m, cFlag(on)) != 0 {
 			return m.lib.lastError("activation checkpointing")
 		}
 		return nil
 	})
+}
+
+// cFlag is b as the C ABI's 0/1 int.
+func cFlag(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
 }
