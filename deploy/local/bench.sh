@@ -18,7 +18,7 @@ go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | te
 go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkTrainScaling' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkNCCLVsRing' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
-LAVIT_REPORT_DIR=bench-out go test -run '^$' -bench 'BenchmarkMemory' -benchtime 1x -timeout 60m ./trainer/ | tee -a "$raw" >&2
+LAVIT_REPORT_DIR="$PWD/bench-out" go test -run '^$' -bench 'BenchmarkMemory' -benchtime 1x -timeout 60m ./trainer/ | tee -a "$raw" >&2
 for w in 2 3 4; do
   bin/lavit-worker bench allreduce --world "$w" --sizes 1KiB..256MiB --iters 16 | tee -a bench-out/allreduce.txt >&2
 done
