@@ -150,15 +150,7 @@ func TestPeakMemoryChild(t *testing.T) {
 	if err := m.SetActivationCheckpointing(mode == "true"); err != nil {
 		t.Fatal(err)
 	}
-	const n, T = 4, 255
-	b := &Batch{GlobalBatch: n, SeqLen: T}
-	for i := range n {
-		b.Positions = append(b.Positions, int64(i))
-		for k := range T {
-			b.Tokens = append(b.Tokens, int64((i*31+k*7)%512))
-			b.Targets = append(b.Targets, int64((i*31+k*7+7)%512))
-		}
-	}
+	b := lmRows([]int64{0, 1, 2, 3}, 255, func(i, k int) int64 { return int64((i*31 + k*7) % 512) })
 	// The peak above the resident memory before the step: the step's own
 	// working memory (the process's libraries and heap are not in it).
 	before := statusKB(t, "VmRSS")
@@ -185,4 +177,18 @@ func statusKB(t *testing.T, field string) int64 {
 	}
 	t.Fatalf("no %s in /proc/self/status", field)
 	return 0
+}
+
+// lmRows is a stage-2 batch of len(positions) rows of T tokens, token k of
+// row i being token(i, k) and its target token(i, k+1) (every position
+// trained).
+func lmRows(positions []int64, T int, token func(i, k int) int64) *Batch {
+	b := &Batch{GlobalBatch: int64(len(positions)), SeqLen: T, Positions: positions}
+	for i := range positions {
+		for k := range T {
+			b.Tokens = append(b.Tokens, token(i, k))
+			b.Targets = append(b.Targets, token(i, k+1))
+		}
+	}
+	return b
 }

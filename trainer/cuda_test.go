@@ -150,15 +150,7 @@ func TestGPUStepTimes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The medium LM: 8 rows of 511 random tokens, every target trained.
-	const rows, seq = 8, 511
-	med := &Batch{GlobalBatch: rows, SeqLen: seq}
-	for i := range rows {
-		med.Positions = append(med.Positions, int64(i))
-		for k := range seq {
-			med.Tokens = append(med.Tokens, int64((i*7919+k*104729)%48386))
-			med.Targets = append(med.Targets, int64((i*7919+(k+1)*104729)%48386))
-		}
-	}
+	med := lmRows([]int64{0, 1, 2, 3, 4, 5, 6, 7}, 511, func(i, k int) int64 { return int64((i*7919 + k*104729) % 48386) })
 	var out strings.Builder
 	fmt.Fprintf(&out, "| model | parameters | batch | CPU ms/step | %s ms/step |\n| --- | --- | --- | --- | --- |\n", dev)
 	for _, row := range []struct {

@@ -204,11 +204,8 @@ func TestMemoryBenchRank(t *testing.T) {
 	}
 	const T = 127
 	batch := func(step int) *Batch {
-		b := &Batch{Step: int64(step), GlobalBatch: int64(world), Positions: []int64{int64(step*world + rank)}, SeqLen: T}
-		for k := range T {
-			b.Tokens = append(b.Tokens, int64((rank*7919+step*104729+k*31)%48386))
-			b.Targets = append(b.Targets, int64((rank*7919+step*104729+k*31+31)%48386))
-		}
+		b := lmRows([]int64{int64(step*world + rank)}, T, func(_, k int) int64 { return int64((rank*7919 + step*104729 + k*31) % 48386) })
+		b.Step, b.GlobalBatch = int64(step), int64(world)
 		return b
 	}
 	var ms []float64

@@ -477,7 +477,9 @@ func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) 
 			return StepResult{}, err
 		}
 		pairs := len(m.tailBuf)
-		m.tailBuf = append(m.tailBuf, make([]float32, 2*world)...)
+		for range 2 * world {
+			m.tailBuf = append(m.tailBuf, 0)
+		}
 		m.tailBuf[pairs+2*m.info.Rank], m.tailBuf[pairs+2*m.info.Rank+1] = hi, lo
 	}
 	rideAt := len(m.tailBuf)
@@ -533,21 +535,9 @@ func (m *Model) reduceGrads(ctx context.Context, red Reduce) (time.Duration, err
 		}
 		return 0, red.Device(ctx, m.GradsDevicePtr(), want)
 	}
-	buf, err := m.gradStaging()
-	if err != nil {
-		return 0, err
-	}
-	began := time.Now()
-	if err := m.stageGrads(true); err != nil {
-		return 0, err
-	}
-	copied := time.Since(began)
-	if err := reduceWhole(ctx, red.Host, buf, want); err != nil {
-		return copied, err
-	}
-	began = time.Now()
-	err = m.stageGrads(false)
-	return copied + time.Since(began), err
+	return m.viaStaging(m.stageGrads, func(buf []float32) error {
+		return reduceWhole(ctx, red.Host, buf, want)
+	})
 }
 
 // reduceWhole hands buf to reduce after checking that it is the whole

@@ -41,9 +41,9 @@ func Fixes(in Input) ([]Fix, error) {
 		in.Tokenizer = tok
 	}
 	spec := *in.Spec
-	try := func(zero, micro, workers int) Result {
+	try := func(zero, micro, workers int, ckpt bool) Result {
 		s := spec
-		s.Optim.Zero, s.MicroBatch = zero, micro
+		s.Optim.Zero, s.MicroBatch, s.ActivationCheckpointing = zero, micro, ckpt
 		t := in
 		t.Spec, t.Workers = &s, workers
 		r, err := Plan(t)
@@ -52,14 +52,14 @@ func Fixes(in Input) ([]Fix, error) {
 		}
 		return r
 	}
-	zero, micro, W := spec.Optim.Zero, spec.MicroBatch, in.Workers
+	zero, micro, W, ckpt := spec.Optim.Zero, spec.MicroBatch, in.Workers, spec.ActivationCheckpointing
 	var fixes []Fix
 
 	// The zero stage with the least memory (the lowest at a tie).
 	best, bestBytes := zero, base.PerRankBytes
 	zeroFound := false
 	for z := zero + 1; z <= 2; z++ {
-		r := try(z, micro, W)
+		r := try(z, micro, W, ckpt)
 		if r.PerRankBytes < bestBytes {
 			best, bestBytes = z, r.PerRankBytes
 		}
@@ -82,13 +82,9 @@ func Fixes(in Input) ([]Fix, error) {
 	}
 
 	// Activation checkpointing.
-	if !spec.ActivationCheckpointing {
+	if !ckpt {
 		for _, z := range zeros {
-			s := spec
-			s.Optim.Zero, s.ActivationCheckpointing = z, true
-			t := in
-			t.Spec = &s
-			if r, err := Plan(t); err == nil && r.Fits {
+			if r := try(z, micro, W, true); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, "activation_checkpointing=true"), PerRankBytes: r.PerRankBytes})
 				break
 			}
@@ -99,7 +95,7 @@ func Fixes(in Input) ([]Fix, error) {
 	for _, z := range zeros {
 		found := false
 		for m := base.MicroBatch - 1; m >= 1; m-- {
-			if r := try(z, m, W); r.Fits {
+			if r := try(z, m, W, ckpt); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("micro_batch=%d", m)), PerRankBytes: r.PerRankBytes})
 				found = true
 				break
@@ -114,7 +110,7 @@ func Fixes(in Input) ([]Fix, error) {
 	for w := W + 1; w <= spec.MaxWorkers; w++ {
 		found := false
 		for _, z := range zeros {
-			if r := try(z, micro, w); r.Fits {
+			if r := try(z, micro, w, ckpt); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("min_workers=%d", w)), PerRankBytes: r.PerRankBytes})
 				found = true
 				break
