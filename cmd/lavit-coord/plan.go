@@ -10,6 +10,7 @@ import (
 
 	"github.com/lavit-org/lavit/internal/cliutil"
 	"github.com/lavit-org/lavit/internal/memplan"
+	"github.com/lavit-org/lavit/internal/runspec"
 )
 
 // defaultDeviceMemory is run plan's --device-memory: an 80 GB GPU.
@@ -25,8 +26,8 @@ func planCommand() *cli.Command {
 			"--device-memory (80GiB, 80GB, 81920MiB or bytes). When it does not fit it lists the settings that\n" +
 			"would. Exit status: 1 when it does not fit; with --json always 0 (read \"fits\"), JSON\n" +
 			"{\"per_rank_bytes\", \"device_bytes\", \"fits\", \"parts\", \"workers\", \"zero\", \"micro_batch\", \"kind\",\n" +
-			"\"tokenizer\", \"fixes\": [{\"sets\", \"per_rank_bytes\"}]}. run submit refuses a run that does not fit\n" +
-			"the smallest worker's reported memory.",
+			"\"tokenizer\", \"precision\", \"reduce_dtype\", \"fixes\": [{\"sets\", \"per_rank_bytes\"}]}. run submit refuses a run\n" +
+			"that does not fit the smallest worker's reported memory.",
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "the run spec (YAML), e.g. configs/stage2-llama2-7b.yaml (required)"},
@@ -110,7 +111,7 @@ func printPlan(w io.Writer, file string, minWorkers int, workersSet bool, tokNam
 	if workersSet {
 		world = "--workers"
 	}
-	fmt.Fprintf(w, "%s: %d workers (%s), optim.zero %d, %d samples per micro-batch, %s, float32\n", file, p.Workers, world, p.Zero, p.MicroBatch, p.Kind)
+	fmt.Fprintf(w, "%s: %d workers (%s), optim.zero %d, %d samples per micro-batch, %s, %s\n", file, p.Workers, world, p.Zero, p.MicroBatch, p.Kind, precisionText(p))
 	if p.Workers > minWorkers {
 		fmt.Fprintf(w, "note: min_workers is %d; the run can train on that few, with more memory per rank\n", minWorkers)
 	}
@@ -136,7 +137,7 @@ func printPlan(w io.Writer, file string, minWorkers int, workersSet bool, tokNam
 	}
 	fmt.Fprintf(w, "does not fit: %s GiB over\n", memplan.GiB(p.PerRankBytes-p.DeviceBytes))
 	if len(fixes) == 0 {
-		fmt.Fprintln(w, "no setting of optim.zero, micro_batch or min_workers (up to max_workers) makes it fit")
+		fmt.Fprintln(w, "no setting of optim.zero, activation_checkpointing, micro_batch, min_workers (up to max_workers) or precision makes it fit")
 		return nil
 	}
 	fmt.Fprintln(w, "settings that fit (each enough on its own):")
@@ -148,4 +149,13 @@ func printPlan(w io.Writer, file string, minWorkers int, workersSet bool, tokNam
 		fmt.Fprintf(w, "   (%s GiB per rank)\n", memplan.GiB(f.PerRankBytes))
 	}
 	return nil
+}
+
+// precisionText is the plan's precision for its header: "fp32", or "bf16
+// (gradients reduced in fp32)".
+func precisionText(p memplan.Result) string {
+	if p.Precision == runspec.PrecisionBF16 {
+		return fmt.Sprintf("%s (gradients reduced in %s)", p.Precision, p.ReduceDtype)
+	}
+	return p.Precision
 }

@@ -35,7 +35,13 @@ func TestRunPlan(t *testing.T) {
 		notWant string
 	}{
 		{"7B as shipped", []string{"-f", specPath("stage2-llama2-7b")}, true,
-			[]string{"16 workers (min_workers), optim.zero 1, 1 samples per micro-batch, cuda", "tokenizer: stage1-lavit (assumed", "params ", "activations ", "reserve ", "fits: "}, "settings that fit"},
+			[]string{"16 workers (min_workers), optim.zero 1, 1 samples per micro-batch, cuda, fp32\n", "tokenizer: stage1-lavit (assumed", "params ", "activations ", "reserve ", "fits: "}, "settings that fit"},
+		{"7B in bf16", []string{"-f", specPath("stage2-llama2-7b"), "--set", "precision=bf16"}, true,
+			[]string{"optim.zero 1, 1 samples per micro-batch, cuda, bf16 (gradients reduced in fp32)\n", "params                 12.80", "grads                  38.40"}, "float32"},
+		{"7B in bf16 reduced in bf16", []string{"-f", specPath("stage2-llama2-7b"), "--set", "precision=bf16", "--set", "collective.reduce_dtype=bf16"}, true,
+			[]string{"cuda, bf16 (gradients reduced in bf16)\n", "grads                  12.80"}, ""},
+		{"7B micro_batch 10: bf16 fits", []string{"-f", specPath("stage2-llama2-7b"), "--set", "micro_batch=10"}, false,
+			[]string{"does not fit: ", "--set micro_batch=9   (", "--set precision=bf16   ("}, ""},
 		{"7B at zero 0", []string{"-f", specPath("stage2-llama2-7b"), "--set", "optim.zero=0"}, false,
 			[]string{"does not fit: ", "--set optim.zero=1   ("}, ""},
 		{"7B at 64 workers of 80 GB", []string{"-f", specPath("stage2-llama2-7b"), "--workers", "64", "--device-memory", "80GB"}, true,
@@ -70,6 +76,8 @@ func TestRunPlan(t *testing.T) {
 		Fits         *bool            `json:"fits"`
 		Parts        map[string]int64 `json:"parts"`
 		Workers      int              `json:"workers"`
+		Precision    string           `json:"precision"`
+		ReduceDtype  string           `json:"reduce_dtype"`
 		Fixes        []struct {
 			Sets         []string `json:"sets"`
 			PerRankBytes int64    `json:"per_rank_bytes"`
@@ -78,10 +86,18 @@ func TestRunPlan(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatalf("--json printed %q: %v", out, err)
 	}
-	if doc.Fits == nil || *doc.Fits || doc.DeviceBytes != 80<<30 || doc.PerRankBytes <= doc.DeviceBytes || doc.Workers != 16 ||
+	if doc.Fits == nil || *doc.Fits || doc.DeviceBytes != 80<<30 || doc.PerRankBytes <= doc.DeviceBytes || doc.Workers != 16 || doc.Precision != "fp32" || doc.ReduceDtype != "fp32" ||
 		doc.Parts["optimizer"] != 2*doc.Parts["params"] || len(doc.Fixes) == 0 || strings.Join(doc.Fixes[0].Sets, " ") != "optim.zero=1" ||
 		doc.Fixes[0].PerRankBytes > doc.DeviceBytes {
 		t.Errorf("--json: %+v", doc)
+	}
+	out, err = runApp("run", "plan", "-f", specPath("stage2-llama2-7b"), "--set", "precision=bf16", "--json")
+	if err != nil {
+		t.Fatalf("--json in bf16: %v", err)
+	}
+	doc.Precision, doc.ReduceDtype = "", ""
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || doc.Precision != "bf16" || doc.ReduceDtype != "fp32" {
+		t.Errorf("--json in bf16: precision %q, reduce_dtype %q, %v", doc.Precision, doc.ReduceDtype, err)
 	}
 }
 
@@ -101,6 +117,8 @@ func TestRunPlanBadInput(t *testing.T) {
 		{"tokenizer of stage 2", []string{"-f", specPath("stage2-llama2-7b"), "--tokenizer-model", "tiny-stage2"}, "is a stage-2 model; the tokenizer is a stage-1 model"},
 		{"tokenizer for stage 1", []string{"-f", specPath("stage1-lavit"), "--tokenizer-model", "tiny-stage1"}, "--tokenizer-model is for stage-2 specs"},
 		{"bad --set", []string{"-f", specPath("stage1-lavit"), "--set", "optim.zero=3"}, "optim.zero must be 0"},
+		{"bad precision", []string{"-f", specPath("stage1-lavit"), "--set", "precision=fp16"}, `precision must be fp32 or bf16, got "fp16"`},
+		{"bf16 reduce in fp32", []string{"-f", specPath("stage1-lavit"), "--set", "collective.reduce_dtype=bf16"}, "collective.reduce_dtype bf16 needs precision bf16"},
 	}
 	for _, tt := range tests {
 		_, err := runApp(append([]string{"run", "plan"}, tt.args...)...)

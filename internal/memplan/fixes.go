@@ -3,6 +3,8 @@ package memplan
 import (
 	"fmt"
 	"strings"
+
+	"github.com/lavit-org/lavit/internal/runspec"
 )
 
 // Fix is a change of settings that makes a run fit, as `--set key=value`
@@ -20,7 +22,9 @@ func (f Fix) String() string {
 // Fixes lists settings that would make in fit, each enough on its own,
 // in this order: a higher optim.zero alone (the lowest that fits);
 // activation_checkpointing=true; a smaller micro_batch (the largest that
-// fits); more workers (the fewest, up to max_workers, as min_workers).
+// fits); more workers (the fewest, up to max_workers, as min_workers);
+// precision=bf16 (its gradients reduced in fp32; last, as the only one
+// that changes the arithmetic).
 // When no optim.zero fits alone, the others are tried with the optim.zero
 // of least memory too. None when in fits already, or when nothing fits.
 func Fixes(in Input) ([]Fix, error) {
@@ -41,9 +45,9 @@ func Fixes(in Input) ([]Fix, error) {
 		in.Tokenizer = tok
 	}
 	spec := *in.Spec
-	try := func(zero, micro, workers int, ckpt bool) Result {
+	try := func(zero, micro, workers int, ckpt bool, prec string) Result {
 		s := spec
-		s.Optim.Zero, s.MicroBatch, s.ActivationCheckpointing = zero, micro, ckpt
+		s.Optim.Zero, s.MicroBatch, s.ActivationCheckpointing, s.Precision = zero, micro, ckpt, prec
 		t := in
 		t.Spec, t.Workers = &s, workers
 		r, err := Plan(t)
@@ -52,14 +56,14 @@ func Fixes(in Input) ([]Fix, error) {
 		}
 		return r
 	}
-	zero, micro, W, ckpt := spec.Optim.Zero, spec.MicroBatch, in.Workers, spec.ActivationCheckpointing
+	zero, micro, W, ckpt, prec := spec.Optim.Zero, spec.MicroBatch, in.Workers, spec.ActivationCheckpointing, base.Precision
 	var fixes []Fix
 
 	// The zero stage with the least memory (the lowest at a tie).
 	best, bestBytes := zero, base.PerRankBytes
 	zeroFound := false
 	for z := zero + 1; z <= 2; z++ {
-		r := try(z, micro, W, ckpt)
+		r := try(z, micro, W, ckpt, prec)
 		if r.PerRankBytes < bestBytes {
 			best, bestBytes = z, r.PerRankBytes
 		}
@@ -84,7 +88,7 @@ func Fixes(in Input) ([]Fix, error) {
 	// Activation checkpointing.
 	if !ckpt {
 		for _, z := range zeros {
-			if r := try(z, micro, W, true); r.Fits {
+			if r := try(z, micro, W, true, prec); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, "activation_checkpointing=true"), PerRankBytes: r.PerRankBytes})
 				break
 			}
@@ -95,7 +99,7 @@ func Fixes(in Input) ([]Fix, error) {
 	for _, z := range zeros {
 		found := false
 		for m := base.MicroBatch - 1; m >= 1; m-- {
-			if r := try(z, m, W, ckpt); r.Fits {
+			if r := try(z, m, W, ckpt, prec); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("micro_batch=%d", m)), PerRankBytes: r.PerRankBytes})
 				found = true
 				break
@@ -110,7 +114,7 @@ func Fixes(in Input) ([]Fix, error) {
 	for w := W + 1; w <= spec.MaxWorkers; w++ {
 		found := false
 		for _, z := range zeros {
-			if r := try(z, micro, w, ckpt); r.Fits {
+			if r := try(z, micro, w, ckpt, prec); r.Fits {
 				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("min_workers=%d", w)), PerRankBytes: r.PerRankBytes})
 				found = true
 				break
@@ -118,6 +122,16 @@ func Fixes(in Input) ([]Fix, error) {
 		}
 		if found {
 			break
+		}
+	}
+
+	// bf16, the gradients reduced in fp32 (an fp32 spec's reduce_dtype).
+	if prec != runspec.PrecisionBF16 {
+		for _, z := range zeros {
+			if r := try(z, micro, W, ckpt, runspec.PrecisionBF16); r.Fits {
+				fixes = append(fixes, Fix{Sets: with(z, "precision=bf16"), PerRankBytes: r.PerRankBytes})
+				break
+			}
 		}
 	}
 	return fixes, nil
@@ -135,11 +149,15 @@ func uniq(a, b int) []int {
 // rank at 16 workers (params 27.5, …) > 80.0 GiB on the smallest worker;
 // set optim.zero=1 (57.2 GiB per rank), or …". where names the device
 // ("on the smallest worker"); maxWorkers is the spec's, for the message
-// when nothing fits.
+// when nothing fits (which adds "nor precision=bf16" for an fp32 run).
 func NotFitMessage(r Result, fixes []Fix, where string, maxWorkers int) string {
 	msg := fmt.Sprintf("%s > %s GiB %s", r.Summary(), GiB(r.DeviceBytes), where)
 	if len(fixes) == 0 {
-		return msg + fmt.Sprintf("; no setting of optim.zero, activation_checkpointing, micro_batch or min_workers (up to max_workers %d) makes it fit", maxWorkers)
+		msg += fmt.Sprintf("; no setting of optim.zero, activation_checkpointing, micro_batch or min_workers (up to max_workers %d) makes it fit", maxWorkers)
+		if r.Precision != runspec.PrecisionBF16 {
+			msg += ", nor precision=bf16"
+		}
+		return msg
 	}
 	alts := make([]string, len(fixes))
 	for i, f := range fixes {

@@ -5,16 +5,18 @@
 // prints it; `run submit` refuses a run whose plan cannot fit the smallest
 // worker it could run on.
 //
-// Everything is float32 (no bf16 yet). Per rank, with P the trainable
+// The spec's precision sets the bytes. Per rank, with P the trainable
 // parameters (the flat buffers), F the frozen ones (stage 1's pretrained
-// encoder), W the world size, Z = optim.zero and S = ceil(P/W):
+// encoder), B the registered buffers' elements (codebook, stand-in
+// encoder, masks, RoPE tables), W the world size, Z = optim.zero and
+// S = ceil(P/W), in fp32:
 //
 //	params       4·W·S (the flat buffer is W blocks of S at every Z: the tail is padding)
 //	grads        the same as params, at every Z (see below)
 //	optimizer    8·P at Z = 0 (two Adam moments); 12·S at Z ≥ 1 (fp32 master, two moments: one shard each);
 //	             the update's temporaries are bounded (it runs in chunks of 4 M elements: < 100 MB)
 //	frozen       4·F
-//	buffers      4 × the registered buffers (codebook, stand-in encoder, masks, RoPE tables)
+//	buffers      4·B
 //	tokenizer    stage 2: the frozen stage-1 model on the same device: its params, the
 //	             gradient buffer the shim allocates even for inference, frozen and buffers
 //	activations  one micro-batch's training activations (below)
@@ -23,6 +25,21 @@
 //	             next batch, which the data goroutine runs while the step trains
 //	reserve      2 GiB on cuda (CUDA context ≈ 0.5 GiB, NCCL's channel buffers ≈ 0.5 GiB,
 //	             cuBLAS workspaces and the caching allocator's fragmentation ≈ 1 GiB); 0 on cpu
+//
+// With precision bf16, S = ceil(P/W) rounded up to even (as the shim
+// allocates its bf16 blocks), and:
+//
+//	params       2·W·S (bf16)
+//	grads        2·W·S (the bf16 gradient buffer), plus 4·W·S when collective.reduce_dtype
+//	             is fp32 (the fp32 buffer the gradients are reduced in)
+//	optimizer    12·P at Z = 0 (fp32 master weights and two moments); 12·S at Z ≥ 1
+//	frozen       2·F (the trained model's frozen parameters are bf16 too)
+//	buffers      2·B
+//	activations  2 bytes per element of the estimate below; stage 2 adds 12·b·T·V for the
+//	             loss, which runs in fp32 (see Activations)
+//
+// The stage-2 tokenizer and its activations stay fp32 at either precision
+// (the tokenizer runs in fp32).
 //
 // The gradient buffer stays full-size at every ZeRO stage in this version:
 // autograd writes whole gradients into it, and ZeRO-2 reduce-scatters them
@@ -67,6 +84,13 @@
 //
 // plus, once, the larger of one block's backward working set (3·h·N² +
 // 2·N·H + 4·N·D per sample) and the frozen encoder's inference peak.
+//
+// In bf16 each element of the estimate takes 2 bytes, except that the
+// loss runs in fp32: the tail's 4·T·V (logits, log-softmax and both of
+// their gradients) becomes the bf16 logits and their bf16 gradient plus
+// the logits cast to fp32, their log-softmax and both of those tensors'
+// fp32 gradients: 2·2·T·V + 4·4·T·V = 20·T·V bytes per sample, which is
+// the 2·4·T·V the element count gives plus 12·T·V.
 //
 // With activation_checkpointing every block keeps only its input (T·d per
 // LM block, N·D per merger or decoder block) and one block's saved tensors
@@ -148,11 +172,17 @@ type Result struct {
 	// model a stage-2 plan assumed ("" for stage 1).
 	Kind      string `json:"kind"`
 	Tokenizer string `json:"tokenizer,omitempty"`
+	// Precision is the spec's precision and ReduceDtype its
+	// collective.reduce_dtype (runspec.PrecisionFP32 or PrecisionBF16;
+	// an empty one in the spec is fp32).
+	Precision   string `json:"precision"`
+	ReduceDtype string `json:"reduce_dtype"`
 }
 
 // Plan computes the plan of in. It fails on bad input (no model config,
-// a world size below 1, a device size not above 0, a tokenizer that is not
-// a stage-1 model) with an error naming it.
+// a world size below 1, a device size not above 0, a precision or
+// reduce_dtype other than fp32 and bf16, a tokenizer that is not a stage-1
+// model) with an error naming it.
 func Plan(in Input) (Result, error) {
 	if in.Spec == nil {
 		return Result{}, errors.New("memory plan: no run spec")
@@ -162,6 +192,13 @@ func Plan(in Input) (Result, error) {
 	}
 	if in.DeviceBytes <= 0 {
 		return Result{}, fmt.Errorf("memory plan: device memory must be positive, got %d bytes", in.DeviceBytes)
+	}
+	prec, reduce := in.Spec.PrecisionOrDefault(), in.Spec.Collective.ReduceDtypeOrDefault()
+	if prec != runspec.PrecisionFP32 && prec != runspec.PrecisionBF16 {
+		return Result{}, fmt.Errorf("memory plan: precision must be %s or %s, got %q", runspec.PrecisionFP32, runspec.PrecisionBF16, prec)
+	}
+	if reduce != runspec.PrecisionFP32 && reduce != runspec.PrecisionBF16 {
+		return Result{}, fmt.Errorf("memory plan: collective.reduce_dtype must be %s or %s, got %q", runspec.PrecisionFP32, runspec.PrecisionBF16, reduce)
 	}
 	model, err := specModel(in.Spec)
 	if err != nil {
@@ -178,7 +215,8 @@ func Plan(in Input) (Result, error) {
 	default:
 		return Result{}, fmt.Errorf("memory plan: device kind must be %s or %s, got %q", KindCUDA, KindCPU, kind)
 	}
-	r := Result{DeviceBytes: in.DeviceBytes, Workers: in.Workers, Zero: in.Spec.Optim.Zero, Kind: kind, Parts: map[string]int64{}}
+	r := Result{DeviceBytes: in.DeviceBytes, Workers: in.Workers, Zero: in.Spec.Optim.Zero, Kind: kind,
+		Precision: prec, ReduceDtype: reduce, Parts: map[string]int64{}}
 	share := ceilDiv(int64(in.Spec.GlobalBatch), int64(in.Workers))
 	micro := share
 	if mb := int64(in.Spec.MicroBatch); mb > 0 {
@@ -189,20 +227,32 @@ func Plan(in Input) (Result, error) {
 	counts := model.Counts()
 	P, W := counts.Trainable, int64(in.Workers)
 	S := ceilDiv(P, W)
-	r.Parts[PartParams] = 4 * W * S
-	if r.Zero == 0 {
-		r.Parts[PartOptimizer] = 8 * P
-	} else {
-		r.Parts[PartOptimizer] = 12 * S
+	bf16 := prec == runspec.PrecisionBF16
+	elem := int64(4) // bytes per element of the trained model's tensors
+	if bf16 {
+		elem = 2
+		S += S % 2 // the shim rounds a bf16 block up to even
 	}
-	r.Parts[PartGrads] = r.Parts[PartParams]
-	r.Parts[PartFrozen] = 4 * counts.Frozen
-	r.Parts[PartBuffers] = 4 * counts.Buffers
+	r.Parts[PartParams] = elem * W * S
+	r.Parts[PartGrads] = elem * W * S
+	if bf16 && reduce == runspec.PrecisionFP32 {
+		r.Parts[PartGrads] += 4 * W * S
+	}
+	switch {
+	case r.Zero >= 1:
+		r.Parts[PartOptimizer] = 12 * S
+	case bf16:
+		r.Parts[PartOptimizer] = 12 * P
+	default:
+		r.Parts[PartOptimizer] = 8 * P
+	}
+	r.Parts[PartFrozen] = elem * counts.Frozen
+	r.Parts[PartBuffers] = elem * counts.Buffers
 	if kind == KindCUDA {
 		r.Parts[PartReserve] = CUDAReserve
 	}
 	if model.Stage == 1 {
-		r.Parts[PartActivations] = 4 * stage1Activations(model.TokenizerOrDefault(), micro, in.Spec.ActivationCheckpointing)
+		r.Parts[PartActivations] = elem * stage1Activations(model.TokenizerOrDefault(), micro, in.Spec.ActivationCheckpointing)
 	} else {
 		name, tok, err := tokenizerOf(in, model)
 		if err != nil {
@@ -210,8 +260,13 @@ func Plan(in Input) (Result, error) {
 		}
 		r.Tokenizer = name
 		tc := tok.Counts()
+		// The tokenizer runs in fp32 at either precision.
 		r.Parts[PartTokenizer] = 4 * (2*tc.Trainable + tc.Frozen + tc.Buffers)
-		r.Parts[PartActivations] = 4 * lmActivations(model.LMOrDefault(), micro, in.Spec.ActivationCheckpointing)
+		lm := model.LMOrDefault()
+		r.Parts[PartActivations] = elem * lmActivations(lm, micro, in.Spec.ActivationCheckpointing)
+		if bf16 {
+			r.Parts[PartActivations] += micro * bf16LossExtra(lm)
+		}
 		r.Parts[PartTokenizerActivations] = 4 * share * tokenizerInference(tok.TokenizerOrDefault())
 	}
 	for _, v := range r.Parts {
@@ -328,6 +383,18 @@ func lmActivations(l modelcfg.LMConfig, b int64, ckpt bool) int64 {
 		perSample += mergerActivations(l.VisPatches, l.VisWidth, l.VisMLPHidden, l.VisHeads, l.VisMergerBlocks, ckpt) + l.VisPatches*d + T*d
 	}
 	return b*perSample + V*d
+}
+
+// bf16LossExtra is, per sample, the bytes a bf16 LM's fp32 loss adds to
+// its activation elements counted at 2 bytes. lmActivations counts 4·T·V
+// elements for the loss (logits, log-softmax and both gradients, alive
+// together in backward), 8·T·V bytes in bf16. The loss casts the bf16
+// logits to fp32: alive are the bf16 logits and their gradient (2·2·T·V)
+// and the fp32 logits, their log-softmax and both their gradients
+// (4·4·T·V), 20·T·V bytes: 12·T·V more. (The 8·T·V of the fp32 logits
+// and log-softmax alone would count their gradients at 2 bytes.)
+func bf16LossExtra(l modelcfg.LMConfig) int64 {
+	return 12 * (l.MaxLen - 1) * l.Vocab
 }
 
 // mergerActivations is a trainable merger stack's saved tensors per sample:

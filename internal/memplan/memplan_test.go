@@ -2,7 +2,10 @@ package memplan
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -183,6 +186,20 @@ func TestBadInput(t *testing.T) {
 		{"negative memory", func() Input { in := good(); in.DeviceBytes = -1; return in }, "device memory must be positive, got -1"},
 		{"unknown kind", func() Input { in := good(); in.Kind = "tpu"; return in }, `device kind must be cuda or cpu, got "tpu"`},
 		{"no model config", func() Input { return noModel }, "no model config"},
+		{"unknown precision", func() Input {
+			in := good()
+			s := *in.Spec
+			s.Precision = "fp16"
+			in.Spec = &s
+			return in
+		}, `precision must be fp32 or bf16, got "fp16"`},
+		{"unknown reduce dtype", func() Input {
+			in := good()
+			s := *in.Spec
+			s.Collective.ReduceDtype = "fp8"
+			in.Spec = &s
+			return in
+		}, `collective.reduce_dtype must be fp32 or bf16, got "fp8"`},
 		{"tokenizer of stage 2", func() Input { in := good(); in.Tokenizer = &stage2; return in }, "must be a stage-1 model config, got stage 2"},
 		{"vocabulary too small", func() Input {
 			in := good()
@@ -259,6 +276,161 @@ func TestActivationCheckpointingPlansLess(t *testing.T) {
 			if part != PartActivations && on.Parts[part] != v {
 				t.Errorf("%s: %s changed with checkpointing: %d → %d", name, part, v, on.Parts[part])
 			}
+		}
+	}
+}
+
+// TestBF16Parts: with precision bf16 the parts follow the package doc's
+// bf16 formulas at worlds 1 and 3, every ZeRO stage and both reduce
+// dtypes, against the same spec's fp32 plan where a part is a multiple of
+// it (frozen, buffers, activations) or the same (the tokenizer's parts).
+func TestBF16Parts(t *testing.T) {
+	models := []struct {
+		spec    string
+		workers int
+		P, S    int64 // S: ceil(P/W) rounded up to even
+		T, V    int64 // stage 2: the row length and the vocabulary
+	}{
+		{spec: "tiny-stage1", workers: 1, P: 297_122, S: 297_122},
+		{spec: "tiny-stage1", workers: 3, P: 297_122, S: 99_042}, // ceil(P/3) = 99041 is odd
+		{spec: "tiny-stage2", workers: 1, P: 139_542, S: 139_542, T: 55, V: 278},
+		{spec: "tiny-stage2", workers: 3, P: 139_542, S: 46_514, T: 55, V: 278},
+		{spec: "stage2-llama2-7b", workers: 1, P: 6_872_649_728, S: 6_872_649_728, T: 511, V: 48386},
+		{spec: "stage2-llama2-7b", workers: 3, P: 6_872_649_728, S: 2_290_883_244, T: 511, V: 48386}, // ceil(P/3) = 2290883243
+	}
+	for _, m := range models {
+		for zero := 0; zero <= 2; zero++ {
+			for _, reduce := range []string{runspec.PrecisionFP32, runspec.PrecisionBF16} {
+				name := fmt.Sprintf("%s at %d workers, zero %d, reduce %s", m.spec, m.workers, zero, reduce)
+				plan := func(sets ...string) Result {
+					sets = append([]string{fmt.Sprintf("optim.zero=%d", zero)}, sets...)
+					r, err := Plan(Input{Spec: shipped(t, m.spec, sets...), Workers: m.workers, DeviceBytes: 80 * gib})
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					return r
+				}
+				fp32, bf16 := plan(), plan("precision=bf16", "collective.reduce_dtype="+reduce)
+				W := int64(m.workers)
+				want := map[string]int64{
+					PartParams:    2 * W * m.S,
+					PartGrads:     2 * W * m.S,
+					PartOptimizer: 12 * m.S,
+					PartFrozen:    fp32.Parts[PartFrozen] / 2,
+					PartBuffers:   fp32.Parts[PartBuffers] / 2,
+					PartReserve:   fp32.Parts[PartReserve],
+				}
+				if reduce == runspec.PrecisionFP32 {
+					want[PartGrads] += 4 * W * m.S
+				}
+				if zero == 0 {
+					want[PartOptimizer] = 12 * m.P
+				}
+				if m.V == 0 {
+					want[PartActivations] = fp32.Parts[PartActivations] / 2
+				} else {
+					want[PartActivations] = fp32.Parts[PartActivations]/2 + 12*int64(bf16.MicroBatch)*m.T*m.V
+					want[PartTokenizer] = fp32.Parts[PartTokenizer]
+					want[PartTokenizerActivations] = fp32.Parts[PartTokenizerActivations]
+				}
+				for _, part := range PartNames {
+					if got, ok := bf16.Parts[part]; got != want[part] || ok != (want[part] != 0 || part == PartFrozen) {
+						t.Errorf("%s: %s %d bytes (set %v), want %d", name, part, got, ok, want[part])
+					}
+				}
+				var sum int64
+				for _, v := range bf16.Parts {
+					sum += v
+				}
+				if sum != bf16.PerRankBytes || bf16.Precision != "bf16" || bf16.ReduceDtype != reduce || fp32.Precision != "fp32" || fp32.ReduceDtype != "fp32" {
+					t.Errorf("%s: total %d of parts %d; precision %s/%s, fp32 plan's %s/%s", name, bf16.PerRankBytes, sum,
+						bf16.Precision, bf16.ReduceDtype, fp32.Precision, fp32.ReduceDtype)
+				}
+			}
+		}
+	}
+
+	// The trained model's frozen parameters are bf16 (stage 1's encoder).
+	F := mustModel(t, "stage1-lavit").Counts().Frozen
+	r, err := Plan(Input{Spec: shipped(t, "stage1-lavit", "precision=bf16"), Workers: 16, DeviceBytes: 80 * gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if F == 0 || r.Parts[PartFrozen] != 2*F {
+		t.Errorf("stage1-lavit in bf16: frozen %d bytes, want 2·%d", r.Parts[PartFrozen], F)
+	}
+}
+
+// TestPrecisionUnset: a spec without precision or reduce_dtype (stored
+// before the keys existed, or built in Go) plans as fp32.
+func TestPrecisionUnset(t *testing.T) {
+	set := shipped(t, "tiny-stage2")
+	unset := *set
+	unset.Precision, unset.Collective.ReduceDtype = "", ""
+	a, err := Plan(Input{Spec: set, Workers: 2, DeviceBytes: gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Plan(Input{Spec: &unset, Workers: 2, DeviceBytes: gib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a, b) || b.Precision != "fp32" || b.ReduceDtype != "fp32" {
+		t.Errorf("unset precision plans %+v, fp32 %+v", b, a)
+	}
+}
+
+// TestBF16Fix: a run that does not fit in fp32 but fits in bf16 names
+// precision=bf16 among its fixes, last; a bf16 run does not; when nothing
+// fits the message says bf16 does not either.
+func TestBF16Fix(t *testing.T) {
+	tests := []struct {
+		name  string
+		sets  []string
+		fixes []string // every fix's sets, in order
+	}{
+		// 80.4 GiB per rank in fp32 at 16 workers, 78.1 in bf16.
+		{"7B micro_batch 10", []string{"micro_batch=10"}, []string{"micro_batch=9", "min_workers=17", "precision=bf16"}},
+		{"7B micro_batch 16 in bf16 already", []string{"micro_batch=16", "precision=bf16"}, []string{"micro_batch=12", "min_workers=25"}},
+	}
+	for _, tt := range tests {
+		in := Input{Spec: shipped(t, "stage2-llama2-7b", tt.sets...), Workers: 16, DeviceBytes: 80 * gib}
+		fixes, err := Fixes(in)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		var got []string
+		for _, f := range fixes {
+			got = append(got, strings.Join(f.Sets, " and "))
+		}
+		if !slices.Equal(got, tt.fixes) {
+			t.Errorf("%s: fixes %v, want %v", tt.name, got, tt.fixes)
+		}
+		for _, f := range fixes {
+			if !slices.Equal(f.Sets, []string{"precision=bf16"}) {
+				continue
+			}
+			r, err := Plan(Input{Spec: shipped(t, "stage2-llama2-7b", append(tt.sets, "precision=bf16")...), Workers: 16, DeviceBytes: 80 * gib})
+			if err != nil || !r.Fits || r.PerRankBytes != f.PerRankBytes {
+				t.Errorf("%s: fix %s, but the bf16 plan is %+v, %v", tt.name, f, r, err)
+			}
+		}
+	}
+
+	for _, tt := range []struct {
+		precision string
+		want      string
+	}{
+		{"fp32", "(up to max_workers 64) makes it fit, nor precision=bf16"},
+		{"bf16", "(up to max_workers 64) makes it fit"},
+	} {
+		r, err := Plan(Input{Spec: shipped(t, "stage2-llama2-7b", "precision="+tt.precision), Workers: 16, DeviceBytes: 8 * gib})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := NotFitMessage(r, nil, "on this device", 64)
+		if !strings.HasSuffix(msg, tt.want) {
+			t.Errorf("%s, nothing fits: %q, want it to end %q", tt.precision, msg, tt.want)
 		}
 	}
 }

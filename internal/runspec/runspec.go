@@ -39,6 +39,14 @@ const (
 	DefaultKMeansBatches = 16
 	DefaultKeep          = 3
 	DefaultMetricsEvery  = 10
+	DefaultPrecision     = PrecisionFP32
+	DefaultReduceDtype   = PrecisionFP32
+)
+
+// The values of precision and collective.reduce_dtype.
+const (
+	PrecisionFP32 = "fp32"
+	PrecisionBF16 = "bf16"
 )
 
 // Spec is one training run. It is read from YAML by Parse, made
@@ -70,17 +78,22 @@ type Spec struct {
 	// in a training step's forward pass and recomputes the block in
 	// backward: the same gradients for less memory and about one more
 	// forward pass of compute.
-	ActivationCheckpointing bool       `yaml:"activation_checkpointing" json:"activation_checkpointing,omitempty"`
-	MinWorkers              int        `yaml:"min_workers" json:"min_workers"`
-	MaxWorkers              int        `yaml:"max_workers" json:"max_workers"`
-	Device                  string     `yaml:"device" json:"device"` // cpu, cuda or auto
-	Data                    Data       `yaml:"data" json:"data"`
-	Optim                   Optim      `yaml:"optim" json:"optim,omitzero"`
-	Stage1                  Stage1     `yaml:"stage1" json:"stage1,omitzero"`
-	Collective              Collective `yaml:"collective" json:"collective"`
-	Checkpoint              Checkpoint `yaml:"checkpoint" json:"checkpoint"`
-	Tokenizer               Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
-	Metrics                 Metrics    `yaml:"metrics" json:"metrics"`
+	ActivationCheckpointing bool `yaml:"activation_checkpointing" json:"activation_checkpointing,omitempty"`
+	// Precision is what the trained model computes in: PrecisionFP32, or
+	// PrecisionBF16 (bf16 parameters, gradients and activations, with
+	// fp32 master weights and Adam moments). Empty, in a spec stored
+	// before the key existed, means fp32 (see PrecisionOrDefault).
+	Precision  string     `yaml:"precision" json:"precision,omitempty"`
+	MinWorkers int        `yaml:"min_workers" json:"min_workers"`
+	MaxWorkers int        `yaml:"max_workers" json:"max_workers"`
+	Device     string     `yaml:"device" json:"device"` // cpu, cuda or auto
+	Data       Data       `yaml:"data" json:"data"`
+	Optim      Optim      `yaml:"optim" json:"optim,omitzero"`
+	Stage1     Stage1     `yaml:"stage1" json:"stage1,omitzero"`
+	Collective Collective `yaml:"collective" json:"collective"`
+	Checkpoint Checkpoint `yaml:"checkpoint" json:"checkpoint"`
+	Tokenizer  Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
+	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
 
 	// origin maps a dotted key to where its value came from ("f.yaml:7"
 	// or "f.yaml: --set steps=9"); file is the spec's file name. Both are
@@ -129,11 +142,17 @@ type Stage1 struct {
 	KMeansBatches int `yaml:"kmeans_batches" json:"kmeans_batches,omitempty"`
 }
 
-// Collective picks the all-reduce backend.
+// Collective picks the all-reduce backend and how gradients are reduced.
 type Collective struct {
 	Backend string `yaml:"backend" json:"backend"` // ring or nccl
 	// Timeout is the per-step collective deadline, a Go duration ("60s").
 	Timeout string `yaml:"timeout" json:"timeout"`
+	// ReduceDtype is what the gradients are summed in across the ranks:
+	// PrecisionFP32 (with precision bf16, into an fp32 buffer), or
+	// PrecisionBF16 (precision bf16 only: the bf16 gradients themselves).
+	// Empty, in a spec stored before the key existed, means fp32 (see
+	// ReduceDtypeOrDefault).
+	ReduceDtype string `yaml:"reduce_dtype" json:"reduce_dtype,omitempty"`
 }
 
 // Checkpoint says where and how often to checkpoint.
@@ -420,6 +439,9 @@ func (s *Spec) setDefaults(present map[string]bool) {
 	if s.Device == "" {
 		s.Device = DefaultDevice
 	}
+	if s.Precision == "" {
+		s.Precision = DefaultPrecision
+	}
 	if !present["data.block_shards"] {
 		s.Data.BlockShards = DefaultBlockShards
 	}
@@ -436,6 +458,9 @@ func (s *Spec) setDefaults(present map[string]bool) {
 	}
 	if s.Collective.Timeout == "" {
 		s.Collective.Timeout = DefaultTimeout
+	}
+	if s.Collective.ReduceDtype == "" {
+		s.Collective.ReduceDtype = DefaultReduceDtype
 	}
 	if !present["checkpoint.keep"] {
 		s.Checkpoint.Keep = DefaultKeep
@@ -502,6 +527,11 @@ func (s *Spec) validate(strictURLs bool) error {
 	}
 	if !slices.Contains([]string{"cpu", "cuda", "auto"}, s.Device) {
 		return s.errorf("device", "device must be cpu, cuda or auto, got %q", s.Device)
+	}
+	// An empty precision or reduce_dtype is a spec stored before the keys
+	// existed: fp32 (Parse fills them in).
+	if p := s.Precision; p != "" && p != PrecisionFP32 && p != PrecisionBF16 {
+		return s.errorf("precision", "precision must be %s or %s, got %q", PrecisionFP32, PrecisionBF16, p)
 	}
 
 	if s.Data.URL == "" {
@@ -571,6 +601,15 @@ func (s *Spec) validate(strictURLs bool) error {
 		return s.errorf("collective.timeout", "collective.timeout: want a duration like 60s or 2m, got %q", s.Collective.Timeout)
 	} else if d <= 0 {
 		return s.errorf("collective.timeout", "collective.timeout must be positive, got %s", s.Collective.Timeout)
+	}
+	switch r := s.Collective.ReduceDtype; r {
+	case "", PrecisionFP32:
+	case PrecisionBF16:
+		if s.PrecisionOrDefault() != PrecisionBF16 {
+			return s.errorf("collective.reduce_dtype", "collective.reduce_dtype %s needs precision %s (precision is %s: the gradients are fp32)", PrecisionBF16, PrecisionBF16, s.PrecisionOrDefault())
+		}
+	default:
+		return s.errorf("collective.reduce_dtype", "collective.reduce_dtype must be %s or %s, got %q", PrecisionFP32, PrecisionBF16, r)
 	}
 
 	c := s.Checkpoint
@@ -763,6 +802,24 @@ func (s *Spec) CollectiveTimeout() time.Duration {
 	}
 	d, _ := time.ParseDuration(DefaultTimeout)
 	return d
+}
+
+// PrecisionOrDefault is precision, DefaultPrecision when it is empty (a
+// spec stored before the key existed).
+func (s *Spec) PrecisionOrDefault() string {
+	if s.Precision == "" {
+		return DefaultPrecision
+	}
+	return s.Precision
+}
+
+// ReduceDtypeOrDefault is collective.reduce_dtype, DefaultReduceDtype when
+// it is empty (a spec stored before the key existed).
+func (c Collective) ReduceDtypeOrDefault() string {
+	if c.ReduceDtype == "" {
+		return DefaultReduceDtype
+	}
+	return c.ReduceDtype
 }
 
 // ManifestURL is the training data set's manifest: data.manifest, or

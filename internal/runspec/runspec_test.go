@@ -79,8 +79,8 @@ func TestExamples(t *testing.T) {
 			if want := (Checkpoint{URL: "file://" + cwd + "/demo-out/checkpoints", EverySteps: 200, Keep: 3}); s.Checkpoint != want {
 				t.Errorf("checkpoint = %+v, want %+v", s.Checkpoint, want)
 			}
-			if s.Collective != (Collective{Backend: "ring", Timeout: "120s"}) || s.Metrics.EverySteps != 20 {
-				t.Errorf("collective = %+v, metrics = %+v", s.Collective, s.Metrics)
+			if s.Collective != (Collective{Backend: "ring", Timeout: "120s", ReduceDtype: "fp32"}) || s.Metrics.EverySteps != 20 || s.Precision != "fp32" {
+				t.Errorf("collective = %+v, metrics = %+v, precision %q", s.Collective, s.Metrics, s.Precision)
 			}
 		}},
 		{"tiny-stage2", func(t *testing.T, s *Spec) {
@@ -200,6 +200,12 @@ func TestParseErrors(t *testing.T) {
 		{"micro_batch negative", base, []string{"micro_batch=-2"}, "micro_batch", "micro_batch must not be negative"},
 		{"activation_checkpointing not a bool", base, []string{"activation_checkpointing=1"}, "", `x.yaml: --set activation_checkpointing=1: activation_checkpointing: want true or false, got "1"`},
 		{"micro_batch above global_batch", base, []string{"micro_batch=100000"}, "micro_batch", "micro_batch 100000 is larger than global_batch"},
+		{"precision unknown", base, []string{"precision=fp16"}, "precision", `x.yaml: --set precision=fp16: precision must be fp32 or bf16, got "fp16"`},
+		{"precision upper case", base + "precision: BF16\n", nil, "precision", `x.yaml:13: precision must be fp32 or bf16, got "BF16"`},
+		{"precision not a string", base + "precision: [bf16]\n", nil, "", "x.yaml:13: precision: want a string, got a list"},
+		{"reduce_dtype unknown", base, []string{"collective.reduce_dtype=fp16"}, "collective.reduce_dtype", `collective.reduce_dtype must be fp32 or bf16, got "fp16"`},
+		{"reduce_dtype bf16 in fp32", base, []string{"collective.reduce_dtype=bf16"}, "collective.reduce_dtype", "x.yaml: --set collective.reduce_dtype=bf16: collective.reduce_dtype bf16 needs precision bf16 (precision is fp32"},
+		{"reduce_dtype bf16 with precision fp32 set", base + "precision: fp32\ncollective:\n  reduce_dtype: bf16\n", nil, "collective.reduce_dtype", "x.yaml:15: collective.reduce_dtype bf16 needs precision bf16"},
 
 		// Stage rules.
 		{"phase_a_steps >= steps", base + "stage1:\n  phase_a_steps: 600\n", nil, "stage1.phase_a_steps", "x.yaml:14: stage1.phase_a_steps 600 must be less than steps 600"},
@@ -266,8 +272,9 @@ func TestParseOK(t *testing.T) {
 	}{
 		{"defaults", "stage: 1\nmodel: m.json\nsteps: 90\nglobal_batch: 4\ndata: {url: /d}\n", nil, func(s *Spec) bool {
 			return s.MinWorkers == 1 && s.MaxWorkers == 1 && s.Device == "auto" && s.Data.BlockShards == 4 &&
-				s.Stage1 == (Stage1{PhaseASteps: 60, KMeansBatches: 16}) && s.Collective == (Collective{"ring", "120s"}) &&
-				s.Checkpoint == (Checkpoint{Keep: 3}) && s.Metrics.EverySteps == 10 && s.Optim == (Optim{}) && s.Seed == 0
+				s.Stage1 == (Stage1{PhaseASteps: 60, KMeansBatches: 16}) && s.Collective == (Collective{"ring", "120s", "fp32"}) &&
+				s.Checkpoint == (Checkpoint{Keep: 3}) && s.Metrics.EverySteps == 10 && s.Optim == (Optim{}) && s.Seed == 0 &&
+				s.Precision == "fp32"
 		}},
 		{"max_workers defaults to min_workers", "stage: 1\nmodel: m\nsteps: 9\nglobal_batch: 4\nmin_workers: 3\ndata: {url: /d}\n", nil, func(s *Spec) bool {
 			return s.MinWorkers == 3 && s.MaxWorkers == 3
@@ -294,6 +301,19 @@ func TestParseOK(t *testing.T) {
 		{"set the memory keys", base, []string{"optim.zero=2", "micro_batch=2", "activation_checkpointing=true"}, func(s *Spec) bool {
 			return s.Optim.Zero == 2 && s.MicroBatch == 2 && s.ActivationCheckpointing
 		}},
+		{"precision bf16 keeps the fp32 reduce", base, []string{"precision=bf16"}, func(s *Spec) bool {
+			return s.Precision == PrecisionBF16 && s.Collective.ReduceDtype == PrecisionFP32
+		}},
+		{"precision bf16 with a bf16 reduce", base + "precision: bf16\ncollective:\n  reduce_dtype: bf16\n", nil, func(s *Spec) bool {
+			return s.Precision == PrecisionBF16 && s.Collective.ReduceDtype == PrecisionBF16
+		}},
+		{"set both precisions", base, []string{"precision=bf16", "collective.reduce_dtype=bf16"}, func(s *Spec) bool {
+			return s.Precision == PrecisionBF16 && s.Collective.ReduceDtype == PrecisionBF16 && s.Collective.Backend == "ring"
+		}},
+		{"precision fp32 spelled out", base + "precision: fp32\n", []string{"collective.reduce_dtype=fp32"}, func(s *Spec) bool {
+			return s.Precision == PrecisionFP32 && s.Collective.ReduceDtype == PrecisionFP32
+		}},
+		{"null precision is the default", base + "precision:\n", nil, func(s *Spec) bool { return s.Precision == DefaultPrecision }},
 		{"set epochs after clearing steps", base, []string{"steps=", "epochs=3"}, func(s *Spec) bool {
 			return s.Steps == 0 && s.Epochs == 3 && s.Stage1.PhaseASteps == 0
 		}},
@@ -364,6 +384,11 @@ func TestValidateJSON(t *testing.T) {
 		{"local path", strings.Replace(good, `"file:///d"`, `"./d"`, 1), `data.url: want file:///absolute/path or s3://bucket[/prefix], got the local path "./d"`},
 		{"no defaults applied", strings.Replace(good, `"timeout":"60s"`, `"timeout":""`, 1), `collective.timeout: want a duration`},
 		{"model config stage", strings.Replace(good, `"steps":10`, `"steps":10,"model_config":{"stage":2}`, 1), "model tiny-stage1 is a stage-2 model, but the spec's stage is 1"},
+		{"no precision keys: fp32", good, ""},
+		{"bf16 precision and reduce", strings.Replace(strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","reduce_dtype":"bf16"`, 1), `"stage":1,`, `"stage":1,"precision":"bf16",`, 1), ""},
+		{"bf16 reduce without precision", strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","reduce_dtype":"bf16"`, 1), "collective.reduce_dtype bf16 needs precision bf16 (precision is fp32"},
+		{"bad precision", strings.Replace(good, `"stage":1,`, `"stage":1,"precision":"fp64",`, 1), `precision must be fp32 or bf16, got "fp64"`},
+		{"bad reduce_dtype", strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","reduce_dtype":"int8"`, 1), `collective.reduce_dtype must be fp32 or bf16, got "int8"`},
 		{"model config not an object", strings.Replace(good, `"steps":10`, `"steps":10,"model_config":[1]`, 1), "model tiny-stage1: want a JSON object"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -506,6 +531,23 @@ func TestKeys(t *testing.T) {
 		_, err := Parse("x.yaml", []byte(base), []string{k + "=[x"})
 		if err == nil || strings.Contains(err.Error(), "unknown key") {
 			t.Errorf("--set %s=[x: %v", k, err)
+		}
+	}
+}
+
+func TestPrecisionOrDefault(t *testing.T) {
+	for _, tc := range []struct {
+		precision, reduce         string
+		wantPrecision, wantReduce string
+	}{
+		{"", "", "fp32", "fp32"}, // a spec stored before the keys existed
+		{"fp32", "fp32", "fp32", "fp32"},
+		{"bf16", "", "bf16", "fp32"},
+		{"bf16", "bf16", "bf16", "bf16"},
+	} {
+		s := Spec{Precision: tc.precision, Collective: Collective{ReduceDtype: tc.reduce}}
+		if got, gotReduce := s.PrecisionOrDefault(), s.Collective.ReduceDtypeOrDefault(); got != tc.wantPrecision || gotReduce != tc.wantReduce {
+			t.Errorf("precision %q, reduce_dtype %q: got %q, %q; want %q, %q", tc.precision, tc.reduce, got, gotReduce, tc.wantPrecision, tc.wantReduce)
 		}
 	}
 }
