@@ -1,10 +1,10 @@
 // Package collective owns lavit's collective-communication API: the
 // Communicator interface that the trainer calls (AllReduce, ReduceScatter,
 // AllGather, Broadcast, Barrier, Abort, Close), its error and deadline
-// rules, and the float32
-// kernels the CPU backends share. Backends live in sub-packages: ring (pure
-// Go over TCP, any machine) and nccl (cgo over libnccl.so.2 loaded at run
-// time, GPUs only). See DESIGN.md.
+// rules, and the float32 and bfloat16 kernels the CPU backends share.
+// Backends live in sub-packages: ring (pure Go over TCP, any machine) and
+// nccl (cgo over libnccl.so.2 loaded at run time, GPUs only). See
+// DESIGN.md.
 //
 // Rules every Communicator follows:
 //
@@ -35,6 +35,10 @@
 // block (on the ring, bit for bit what AllReduce leaves there); AllGather
 // then spreads every rank's own block to all ranks, so the two in a row
 // are an all-reduce.
+//
+// The ops are Sum, Avg and SumBF16 (AllReduce and ReduceScatter). SumBF16
+// reduces a bfloat16 buffer packed two values per float32 word (AddBF16);
+// lengths and blocks count words, so a block never splits a pair.
 package collective
 
 import (
@@ -50,24 +54,32 @@ const DefaultTimeout = 5 * time.Minute
 // Op is a reduction operation.
 type Op int
 
-// Reductions. Avg is the sum divided by the world size.
+// Reductions. Avg is the sum divided by the world size. SumBF16 sums a
+// packed bfloat16 buffer (two bfloat16s per float32 word, element 2i in the
+// low half of word i: see AddBF16), each addition done in float32 and
+// rounded to bfloat16, as NCCL sums ncclBfloat16; lengths and blocks are
+// still counted in words. There is no bfloat16 average.
 const (
 	Sum Op = iota
 	Avg
+	SumBF16
 )
 
+// String is the op's name: "sum", "avg", "sum-bf16".
 func (o Op) String() string {
 	switch o {
 	case Sum:
 		return "sum"
 	case Avg:
 		return "avg"
+	case SumBF16:
+		return "sum-bf16"
 	}
 	return fmt.Sprintf("Op(%d)", int(o))
 }
 
 // Valid reports whether o is a known operation.
-func (o Op) Valid() bool { return o == Sum || o == Avg }
+func (o Op) Valid() bool { return o == Sum || o == Avg || o == SumBF16 }
 
 // Sentinel errors; test with errors.Is.
 var (
@@ -91,6 +103,7 @@ type Communicator interface {
 	Size() int
 	// AllReduce replaces buf on every rank with the element-wise reduction
 	// of all ranks' bufs. Every rank must pass the same length and op.
+	// With SumBF16, buf holds packed bfloat16 pairs (see Op).
 	AllReduce(ctx context.Context, buf []float32, op Op) error
 	// ReduceScatter reduces buf element-wise across the ranks and leaves
 	// block Rank() of the result in block Rank() of buf. len(buf) must be a

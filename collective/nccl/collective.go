@@ -39,16 +39,34 @@ func (c *Collective) Size() int { return c.comm.Size() }
 func (c *Collective) Err() error { return c.comm.Err() }
 
 // AllReduceDevice reduces n float32s at ptr, device memory on the
-// communicator's device, in place across all ranks.
+// communicator's device, in place across all ranks. With
+// collective.SumBF16 the n words hold 2n packed bfloat16s (ncclBfloat16,
+// ncclSum).
 func (c *Collective) AllReduceDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
-	return c.comm.AllReduce(ctx, ptr, n, Float32, op)
+	count, dtype := elems(n, op)
+	return c.comm.AllReduce(ctx, ptr, count, dtype, op)
 }
 
 // ReduceScatterDevice reduces n float32s at ptr (device memory, Size()
 // equal blocks) across all ranks and leaves this rank's block of the
-// result in place (see Comm.ReduceScatter).
+// result in place (see Comm.ReduceScatter). With collective.SumBF16 the n
+// words hold 2n packed bfloat16s; n must still be a multiple of Size(), so
+// a block is whole words (2n/Size() bfloat16s a rank).
 func (c *Collective) ReduceScatterDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
-	return c.comm.ReduceScatter(ctx, ptr, n, Float32, op)
+	if bad := collective.CheckBlocks(c.comm.rank, c.comm.size, "reducescatter", n); bad != nil {
+		return c.comm.fail(bad)
+	}
+	count, dtype := elems(n, op)
+	return c.comm.ReduceScatter(ctx, ptr, count, dtype, op)
+}
+
+// elems is how a reduction of n float32 words with op reaches NCCL: n
+// Float32s, or for collective.SumBF16 2n BFloat16s.
+func elems(n int, op collective.Op) (int, DataType) {
+	if op == collective.SumBF16 {
+		return 2 * n, BFloat16
+	}
+	return n, Float32
 }
 
 // AllGatherDevice fills every block r of the n float32s at ptr (device
@@ -60,13 +78,13 @@ func (c *Collective) AllGatherDevice(ctx context.Context, ptr uintptr, n int) er
 
 // AllReduce reduces a host buffer across all ranks, through the device.
 func (c *Collective) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
-	return c.staged(buf, func(dev uintptr) error { return c.comm.AllReduce(ctx, dev, len(buf), Float32, op) })
+	return c.staged(buf, func(dev uintptr) error { return c.AllReduceDevice(ctx, dev, len(buf), op) })
 }
 
 // ReduceScatter leaves this rank's block of the reduction of a host buffer
 // in place, through the device (see collective.Communicator).
 func (c *Collective) ReduceScatter(ctx context.Context, buf []float32, op collective.Op) error {
-	return c.staged(buf, func(dev uintptr) error { return c.comm.ReduceScatter(ctx, dev, len(buf), Float32, op) })
+	return c.staged(buf, func(dev uintptr) error { return c.ReduceScatterDevice(ctx, dev, len(buf), op) })
 }
 
 // AllGather fills every block r of a host buffer with rank r's block,

@@ -196,30 +196,43 @@ func (c *Comm) Err() error {
 	return c.err
 }
 
-// AllReduce reduces count elements at devPtr in place across all ranks.
+// AllReduce reduces count elements of dtype at devPtr in place across all
+// ranks. collective.SumBF16 needs dtype BFloat16 (count in bfloat16s) and
+// is ncclSum; a BFloat16 buffer reduces by sum only.
 func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype DataType, op collective.Op) error {
-	if bad := collective.CheckOp(c.rank, "allreduce", op); bad != nil {
+	const name = "allreduce"
+	if bad := collective.CheckOp(c.rank, name, op); bad != nil {
 		return c.fail(bad)
 	}
-	nop := ncclOp(op)
-	return c.call(ctx, "allreduce", func() Result {
+	nop, err := ncclOp(dtype, op)
+	if err != nil {
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted, Err: err})
+	}
+	return c.call(ctx, name, func() Result {
 		return Result(C.lnccl_all_reduce(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count), C.int(dtype), nop))
 	})
 }
 
-// ncclOp is op's ncclRedOp_t (op already checked).
-func ncclOp(op collective.Op) C.int {
-	if op == collective.Avg {
-		return 4 // ncclAvg
+// ncclOp is the ncclRedOp_t of a valid op on dtype: ncclAvg for Avg,
+// ncclSum for Sum and SumBF16. SumBF16 only on BFloat16, and BFloat16
+// only by sum (lavit has no bfloat16 average), else an invalid argument.
+func ncclOp(dtype DataType, op collective.Op) (C.int, error) {
+	switch {
+	case op == collective.SumBF16 && dtype != BFloat16:
+		return 0, fmt.Errorf("invalid argument: op %v needs data type BFloat16 (%d), got %d", op, int(BFloat16), int(dtype))
+	case dtype == BFloat16 && op == collective.Avg:
+		return 0, fmt.Errorf("invalid argument: op %v on bfloat16: bfloat16 buffers reduce by sum only (%v)", op, collective.SumBF16)
+	case op == collective.Avg:
+		return 4, nil // ncclAvg
 	}
-	return 0 // ncclSum
+	return 0, nil // ncclSum
 }
 
 // ReduceScatter reduces count elements at devPtr, Size() equal blocks,
 // across all ranks and leaves this rank's block of the result in place
 // (ncclReduceScatter with recvbuff = devPtr + Rank()·count/Size()
 // elements). count must be a multiple of Size(); the other blocks are
-// scratch, as in collective.Communicator.
+// scratch, as in collective.Communicator. Ops and types as in AllReduce.
 func (c *Comm) ReduceScatter(ctx context.Context, devPtr uintptr, count int, dtype DataType, op collective.Op) error {
 	const name = "reducescatter"
 	if bad := collective.CheckBlocks(c.rank, c.size, name, count); bad != nil {
@@ -232,7 +245,10 @@ func (c *Comm) ReduceScatter(ctx context.Context, devPtr uintptr, count int, dty
 	if err != nil {
 		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted, Err: err})
 	}
-	nop := ncclOp(op)
+	nop, err := ncclOp(dtype, op)
+	if err != nil {
+		return c.fail(&collective.Error{Rank: c.rank, Peer: -1, Call: name, Kind: collective.ErrAborted, Err: err})
+	}
 	return c.call(ctx, name, func() Result {
 		return Result(C.lnccl_reduce_scatter(&c.lib.api, c.state, C.uintptr_t(devPtr), C.size_t(count/c.size), C.size_t(size), C.int(c.rank), C.int(dtype), nop))
 	})

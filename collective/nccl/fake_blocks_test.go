@@ -99,7 +99,6 @@ func TestFakeMatchesRing(t *testing.T) {
 			if bc.per > 0 {
 				size = n * bc.per
 			}
-			where := fmt.Sprintf("world %d, %s of %d", n, bc.name, size)
 			inputs := make([][]float32, n)
 			for r := range n {
 				inputs[r] = make([]float32, size)
@@ -107,39 +106,49 @@ func TestFakeMatchesRing(t *testing.T) {
 					inputs[r][j] = float32(math.Sin(float64(j*(r+3)+i))) * float32(r+1)
 				}
 			}
-			results := map[string][][]float32{}
-			for _, backend := range []string{"nccl", "ring"} {
-				bufs := make([][]float32, n)
-				var wg sync.WaitGroup
-				errs := make([]error, n)
-				for r := range n {
-					bufs[r] = slices.Clone(inputs[r])
-					var c collective.Communicator = fakes[r]
-					if backend == "ring" {
-						c = rings[r]
-					}
-					wg.Go(func() { errs[r] = bc.run(context.Background(), c, bufs[r]) })
-				}
-				wg.Wait()
-				if err := errors.Join(errs...); err != nil {
-					t.Fatalf("%s over %s: %v", where, backend, err)
-				}
-				results[backend] = bufs
-			}
-			for r := range n {
-				lo, hi := 0, size
-				if bc.block {
-					lo, hi = r*bc.per, (r+1)*bc.per
-				}
-				for j := lo; j < hi; j++ {
-					got, want := results["nccl"][r][j], results["ring"][r][j]
-					if math.Float32bits(got) != math.Float32bits(want) {
-						t.Fatalf("%s: rank %d [%d] = %v over the fake NCCL, %v over the ring", where, r, j, got, want)
-					}
-				}
-			}
+			matchRing(t, fakes, rings, bc, inputs)
 		}
 		checkDeviceBlocks(t, lib, fakes, rings)
+	}
+}
+
+// matchRing runs bc on the fake NCCL world and on the ring world, each
+// rank on a copy of its inputs, and fails unless every rank's defined
+// words have the same bits over both.
+func matchRing(t *testing.T, fakes []*Collective, rings []*ring.Comm, bc blockCall, inputs [][]float32) {
+	t.Helper()
+	n, size := len(fakes), len(inputs[0])
+	where := fmt.Sprintf("world %d, %s of %d", n, bc.name, size)
+	results := map[string][][]float32{}
+	for _, backend := range []string{"nccl", "ring"} {
+		bufs := make([][]float32, n)
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for r := range n {
+			bufs[r] = slices.Clone(inputs[r])
+			var c collective.Communicator = fakes[r]
+			if backend == "ring" {
+				c = rings[r]
+			}
+			wg.Go(func() { errs[r] = bc.run(context.Background(), c, bufs[r]) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("%s over %s: %v", where, backend, err)
+		}
+		results[backend] = bufs
+	}
+	for r := range n {
+		lo, hi := 0, size
+		if bc.block {
+			lo, hi = r*bc.per, (r+1)*bc.per
+		}
+		for j := lo; j < hi; j++ {
+			got, want := results["nccl"][r][j], results["ring"][r][j]
+			if math.Float32bits(got) != math.Float32bits(want) {
+				t.Fatalf("%s: rank %d [%d] = %#08x over the fake NCCL, %#08x over the ring", where, r, j, math.Float32bits(got), math.Float32bits(want))
+			}
+		}
 	}
 }
 

@@ -74,7 +74,8 @@ func floatBytes(f []float32) []byte {
 }
 
 // TestGPUWorld1AllReduceBroadcast (all-reduce, broadcast, reduce-scatter,
-// all-gather at world 1) needs a GPU and NCCL:
+// all-gather at world 1; all-reduce and reduce-scatter of ncclBfloat16 with
+// SumBF16) needs a GPU and NCCL:
 // LAVIT_TEST_NCCL=1 [LAVIT_NCCL_LIB=/path/libnccl.so.2] go test ./collective/nccl/
 func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 	if os.Getenv("LAVIT_TEST_NCCL") != "1" {
@@ -144,6 +145,15 @@ func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 		t.Fatalf("allgather: %v", err)
 	}
 	check("allgather")
+	// SumBF16: the same bytes as 2n bfloat16s (ncclBfloat16, ncclSum).
+	if err := comm.AllReduce(ctx, dev, 2*n, BFloat16, collective.SumBF16); err != nil {
+		t.Fatalf("allreduce sum-bf16: %v", err)
+	}
+	check("allreduce sum-bf16")
+	if err := comm.ReduceScatter(ctx, dev, 2*n, BFloat16, collective.SumBF16); err != nil {
+		t.Fatalf("reducescatter sum-bf16: %v", err)
+	}
+	check("reducescatter sum-bf16")
 
 	cause := errors.New("test abort")
 	comm.Abort(cause)

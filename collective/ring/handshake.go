@@ -18,7 +18,10 @@ import (
 // integers are little endian. protocolVersion 2: the all-reduce's
 // reduce-scatter ends with rank r owning segment r (version 1: r+1), and
 // the call kinds reducescatter and allgather exist; the two versions must
-// not share a ring.
+// not share a ring. The op sum-bf16 (op byte 2 in the call header) needs
+// no new version: a rank that predates it never sends that byte, and its
+// call header differs from a rank calling SumBF16, so the pair fails with
+// ErrMismatch before any data is misread.
 const (
 	helloMagic      = "LVRG"
 	protocolVersion = 2

@@ -43,7 +43,8 @@ func kindName(k byte) string {
 }
 
 // AllReduce replaces buf on every rank with the element-wise sum (or
-// average) over all ranks. See the package collective for the rules.
+// average, or bfloat16 sum of packed pairs for SumBF16) over all ranks.
+// See the package collective for the rules.
 func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
 	return c.call(ctx, kindAllReduce, buf, op, 0)
 }
@@ -53,7 +54,8 @@ func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) e
 // blocks are left holding partial sums. It is the reduce-scatter phase of
 // AllReduce alone: block r is summed from rank r+1 around the ring,
 // ((x_{r+1} + x_{r+2}) + …) + x_r, and for Avg multiplied by 1/Size(), so
-// the result is bitwise what AllReduce leaves in block r.
+// the result is bitwise what AllReduce leaves in block r. SumBF16 sums in
+// the same order with collective.AddBF16 (blocks count words).
 func (c *Comm) ReduceScatter(ctx context.Context, buf []float32, op collective.Op) error {
 	return c.call(ctx, kindReduceScatter, buf, op, 0)
 }
@@ -197,6 +199,13 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 
 	chunk := c.chunkElems(len(buf), kind)
 	avg := op == collective.Avg
+	add := collective.AddFloat32
+	switch {
+	case kind == kindTransfer:
+		add = nil
+	case op == collective.SumBF16:
+		add = collective.AddBF16
+	}
 	var p plan
 	switch kind {
 	case kindBroadcast:
@@ -212,7 +221,7 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 		c.scratch = make([]float32, addSlots*addBlock)
 	}
 	c.callStart = time.Now()
-	return c.exchange(ctx, name, h, buf, p, kind != kindTransfer)
+	return c.exchange(ctx, name, h, buf, p, add)
 }
 
 // begin arms the connections' deadlines for one call and makes ctx's end
@@ -260,9 +269,9 @@ func (c *Comm) chunkElems(total int, kind byte) int {
 }
 
 // exchange runs plan p: a sender goroutine writes to the next rank while
-// this goroutine reads from the previous one, reduces, and hands finished
-// chunks to the sender.
-func (c *Comm) exchange(ctx context.Context, name string, h header, buf []float32, p plan, add bool) error {
+// this goroutine reads from the previous one, reduces with add (nil: no
+// adds, TransferOnly), and hands finished chunks to the sender.
+func (c *Comm) exchange(ctx context.Context, name string, h header, buf []float32, p plan, add func(dst, src []float32)) error {
 	fwd := make(chan span, p.nfwd)
 	sent := make(chan struct{}, len(p.first)+p.nfwd)
 	sendDone := make(chan error, 1)
@@ -341,7 +350,7 @@ type addJob struct {
 	forward  *span // forward this chunk once done
 }
 
-func (c *Comm) recvLoop(h header, buf []float32, p plan, fwd chan<- span, sent <-chan struct{}, add bool) error {
+func (c *Comm) recvLoop(h header, buf []float32, p plan, fwd chan<- span, sent <-chan struct{}, add func(dst, src []float32)) error {
 	var hb [headerLen]byte
 	if _, err := io.ReadFull(c.prev, hb[:]); err != nil {
 		return err
@@ -357,8 +366,8 @@ func (c *Comm) recvLoop(h header, buf []float32, p plan, fwd chan<- span, sent <
 	}
 	finish := func(j addJob) {
 		if j.src != nil {
-			if add {
-				collective.AddFloat32(j.dst, j.src)
+			if add != nil {
+				add(j.dst, j.src)
 				if j.scale {
 					collective.ScaleFloat32(j.dst, scale)
 				}

@@ -211,7 +211,7 @@ func (cs callSpec) run(ctx context.Context, c *Comm) error {
 // or ops, fail with ErrMismatch naming both calls instead of exchanging
 // garbage.
 func TestBlocksMismatch(t *testing.T) {
-	sum, avg := collective.Sum, collective.Avg
+	sum, avg, bf16 := collective.Sum, collective.Avg, collective.SumBF16
 	for _, tc := range []struct {
 		name  string
 		calls [2]callSpec
@@ -225,6 +225,10 @@ func TestBlocksMismatch(t *testing.T) {
 			[]string{"reducescatter of 12 elements"}},
 		{"reducescatter ops", [2]callSpec{{"reducescatter", 10, sum}, {"reducescatter", 10, avg}},
 			[]string{"op avg", "op sum"}},
+		{"allreduce sum against sum-bf16", [2]callSpec{{"allreduce", 10, sum}, {"allreduce", 10, bf16}},
+			[]string{"allreduce of 10 elements, op sum-bf16", "allreduce of 10 elements, op sum"}},
+		{"reducescatter sum-bf16 against sum", [2]callSpec{{"reducescatter", 10, bf16}, {"reducescatter", 10, sum}},
+			[]string{"reducescatter of 10 elements, op sum-bf16", "reducescatter of 10 elements, op sum"}},
 		{"allgather sizes", [2]callSpec{{"allgather", 2, sum}, {"allgather", 4, sum}},
 			[]string{"allgather of 2 elements", "allgather of 4 elements"}},
 	} {

@@ -13,10 +13,15 @@
 // for every rank to be done before the slots are reused. Reduce-scatter
 // and all-gather run in place only on a buffer of world blocks (as lavit
 // calls them): the reduce-scatter sums block rank alone, in the order of
-// the all-reduce. Operations run on a thread per communicator, asynchronously
-// like NCCL's: the stream is "not ready" until the operation is done, and
-// ncclCommGetAsyncError reports a failure. A rank that aborts, or whose
-// process dies, fails its peers' operations with ncclRemoteError.
+// the all-reduce. Sums are of float32 (ncclFloat32, ncclSum or ncclAvg) or
+// of bfloat16 (ncclBfloat16, ncclSum only, an even count: lavit packs two
+// per float32 word, and the fake cuts such a buffer into segments of whole
+// words, as the ring does; each add is done in float32 and rounded to
+// bfloat16, nearest even). Operations run on a thread per communicator,
+// asynchronously like NCCL's: the stream is "not ready" until the
+// operation is done, and ncclCommGetAsyncError reports a failure. A rank
+// that aborts, or whose process dies, fails its peers' operations with
+// ncclRemoteError.
 //
 // Behaviour is steered by environment variables read at call time:
 //   FAKE_NCCL_INIT_HANG=1     init stays in progress forever
@@ -65,8 +70,9 @@ enum { opAllReduce, opBroadcast, opReduceScatter, opAllGather };
 typedef struct {
 	int kind;             // opAllReduce, …
 	void* buf;            // the whole buffer: for reduce-scatter and all-gather, world blocks
-	size_t count;         // elements in buf
+	size_t count;         // 4-byte words in buf (float32s, or pairs of bfloat16s)
 	int avg, root;
+	int bf16;             // the words are bfloat16 pairs: sum with bf16 rounding
 	fake_stream* stream;
 } op_t;
 
@@ -145,6 +151,24 @@ static int overlap(size_t so, size_t sn, size_t off, size_t n, size_t* lo, size_
 	return *lo < *hi;
 }
 
+// bf16_round rounds the float32 bits b to bfloat16, to nearest even; a NaN
+// stays a NaN with the quiet bit set (collective.BF16FromFloat32).
+static uint16_t bf16_round(uint32_t b) {
+	if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
+	return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+static float f32_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+
+// add_bf16_word adds the two bfloat16s packed in word s to those in word d,
+// each in float32 then rounded to bfloat16 (collective.AddBF16: d is the
+// ring's own value, s the partial sum it received).
+static uint32_t add_bf16_word(uint32_t d, uint32_t s) {
+	uint32_t lo = bits_of(f32_of(d << 16) + f32_of(s << 16));
+	uint32_t hi = bits_of(f32_of(d & 0xffff0000u) + f32_of(s & 0xffff0000u));
+	return (uint32_t)bf16_round(lo) | (uint32_t)bf16_round(hi) << 16;
+}
+
 // sum adds the slots into buf[off, off+n) of a count-element all-reduce
 // (within segment only alone when only ≥ 0: a reduce-scatter), in the
 // ring's order: segment k's
@@ -154,8 +178,9 @@ static int overlap(size_t so, size_t sn, size_t off, size_t n, size_t* lo, size_
 // 1/world. So every rank gets the same bits, and exactly the bits lavit's
 // ring all-reduce (or reduce-scatter) gives: a run over this fake must end
 // where the same run over the ring does, and any difference is the NCCL
-// path's.
-static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg, int only) {
+// path's. With bf16 the elements are words of two bfloat16s, summed
+// with add_bf16_word in the same order (never averaged).
+static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg, int bf16, int only) {
 	size_t w = (size_t)c->world;
 	const float scale = 1.0f / (float)c->world;
 	for (size_t k = 0; k < w; k++) {
@@ -166,7 +191,13 @@ static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, in
 		memcpy(acc, (const float*)slot(c, (int)((k + 1) % w)) + (lo - off), (hi - lo) * sizeof(float));
 		for (size_t j = 2; j <= w; j++) {
 			const float* s = (const float*)slot(c, (int)((k + j) % w)) + (lo - off);
-			for (size_t i = 0; i < hi - lo; i++) acc[i] += s[i];
+			if (bf16) {
+				uint32_t* a = (uint32_t*)acc;
+				const uint32_t* o = (const uint32_t*)s;
+				for (size_t i = 0; i < hi - lo; i++) a[i] = add_bf16_word(o[i], a[i]);
+			} else {
+				for (size_t i = 0; i < hi - lo; i++) acc[i] += s[i];
+			}
 		}
 		if (avg) for (size_t i = 0; i < hi - lo; i++) acc[i] *= scale;
 	}
@@ -184,8 +215,8 @@ static int run(fake_comm* c, op_t* o) {
 		int f = await(c, c->sh->arrived, k);
 		if (f) return f;
 		switch (o->kind) {
-		case opAllReduce: sum(c, buf, off, n, o->count, o->avg, -1); break;
-		case opReduceScatter: sum(c, buf, off, n, o->count, o->avg, c->rank); break;
+		case opAllReduce: sum(c, buf, off, n, o->count, o->avg, o->bf16, -1); break;
+		case opReduceScatter: sum(c, buf, off, n, o->count, o->avg, o->bf16, c->rank); break;
 		case opBroadcast:
 			if (c->rank != o->root) memcpy(buf + off, slot(c, o->root), n * sizeof(float));
 			break;
@@ -288,8 +319,9 @@ int ncclCommAbort(void* comm) {
 int ncclCommFinalize(void* comm) { logf_("finalize"); return ok; }
 int ncclCommDestroy(void* comm) { logf_("destroy"); release(comm); return ok; }
 
-// enqueue queues an operation on buf, count float32s, in place.
-static int enqueue(int kind, void* buf, size_t count, int avg, int root, void* comm, void* stream) {
+// enqueue queues an operation on buf, count 4-byte words (float32s, or
+// bfloat16 pairs when bf16), in place.
+static int enqueue(int kind, void* buf, size_t count, int avg, int root, int bf16, void* comm, void* stream) {
 	fake_comm* c = comm;
 	fake_stream* s = stream;
 	logf_("op");
@@ -299,31 +331,41 @@ static int enqueue(int kind, void* buf, size_t count, int avg, int root, void* c
 	if (atomic_load(&s->forever)) return ok;
 	pthread_mutex_lock(&c->mu);
 	if (c->tail - c->head >= 16) { pthread_mutex_unlock(&c->mu); return internalError; }
-	c->queue[c->tail % 16] = (op_t){kind, buf, count, avg, root, s};
+	c->queue[c->tail % 16] = (op_t){kind, buf, count, avg, root, bf16, s};
 	c->tail++;
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	return ok;
 }
-enum { float32 = 7, ncclSum = 0, ncclAvg = 4 }; // the only type and ops lavit uses
+enum { float32 = 7, bfloat16 = 9, ncclSum = 0, ncclAvg = 4 }; // the only types and ops lavit uses
+
+// reduction checks a reduction's type and op, and returns the count in
+// 4-byte words (bfloat16: an even count, summed only), or -1: invalid.
+static long long reduction(size_t count, int dtype, int redop) {
+	if (dtype == float32 && (redop == ncclSum || redop == ncclAvg)) return (long long)count;
+	if (dtype == bfloat16 && redop == ncclSum && count % 2 == 0) return (long long)(count / 2);
+	return -1;
+}
 
 int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int redop, void* comm, void* stream) {
-	if (dtype != float32 || (redop != ncclSum && redop != ncclAvg)) return invalidArgument;
-	if (send != recv) memcpy(recv, send, count * 4);
-	return enqueue(opAllReduce, recv, count, redop == ncclAvg, 0, comm, stream);
+	long long words = reduction(count, dtype, redop);
+	if (words < 0) return invalidArgument;
+	if (send != recv) memcpy(recv, send, (size_t)words * 4);
+	return enqueue(opAllReduce, recv, (size_t)words, redop == ncclAvg, 0, dtype == bfloat16, comm, stream);
 }
 int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
 	fake_comm* c = comm;
 	if (dtype != float32 || root < 0 || root >= c->world) return invalidArgument;
 	if (send != recv) memcpy(recv, send, count * 4);
-	return enqueue(opBroadcast, recv, count, 0, root, comm, stream);
+	return enqueue(opBroadcast, recv, count, 0, root, 0, comm, stream);
 }
 // ncclReduceScatter: in place only (recv = send + rank·recvcount), as lavit calls it.
 int ncclReduceScatter(const void* send, void* recv, size_t recvcount, int dtype, int redop, void* comm, void* stream) {
 	fake_comm* c = comm;
-	if (dtype != float32 || (redop != ncclSum && redop != ncclAvg)) return invalidArgument;
-	if ((const float*)send + (size_t)c->rank * recvcount != (float*)recv) return invalidArgument;
-	return enqueue(opReduceScatter, (void*)send, recvcount * (size_t)c->world, redop == ncclAvg, 0, comm, stream);
+	long long words = reduction(recvcount, dtype, redop);
+	if (words < 0) return invalidArgument;
+	if ((const float*)send + (size_t)c->rank * (size_t)words != (float*)recv) return invalidArgument;
+	return enqueue(opReduceScatter, (void*)send, (size_t)words * (size_t)c->world, redop == ncclAvg, 0, dtype == bfloat16, comm, stream);
 }
 // ncclAllGather: send may be anywhere; in place it is recv + rank·sendcount.
 int ncclAllGather(const void* send, void* recv, size_t sendcount, int dtype, void* comm, void* stream) {
@@ -331,7 +373,7 @@ int ncclAllGather(const void* send, void* recv, size_t sendcount, int dtype, voi
 	if (dtype != float32) return invalidArgument;
 	float* own = (float*)recv + (size_t)c->rank * sendcount;
 	if ((const float*)send != own) memmove(own, send, sendcount * 4);
-	return enqueue(opAllGather, recv, sendcount * (size_t)c->world, 0, 0, comm, stream);
+	return enqueue(opAllGather, recv, sendcount * (size_t)c->world, 0, 0, 0, comm, stream);
 }
 const char* ncclGetErrorString(int r) { return r == remoteError ? "remote process exited or there was a network error" : "fake nccl error"; }
 const char* ncclGetLastError(void* comm) { return "fake last error"; }
