@@ -43,9 +43,23 @@ type Info struct {
 	// encoder); they are not in the flat buffers.
 	Frozen      []ParamInfo `json:"frozen"`
 	FrozenCount int64       `json:"frozen_count"`
-	// GradNumel is the flat buffers' length: ParamCount, padded to a
-	// multiple of the world size under ZeRO.
+	// GradNumel is the flat buffers' length in values: ParamCount,
+	// padded to world blocks under ZeRO (even blocks in bf16).
 	GradNumel int64 `json:"grad_numel"`
+	// GradWords and ParamWords are the lengths, in float32 words, of the
+	// gradient buffer the collective sums and of the parameter buffer the
+	// all-gather moves (a bf16 buffer packs two values per word; in bf16
+	// with float32 reduction the gradients are summed in a float32
+	// buffer of GradNumel words).
+	GradWords  int64 `json:"grad_words"`
+	ParamWords int64 `json:"param_words"`
+	// GatherParts is how many flat float32 tensors GatherState collects
+	// (the Adam moments; in bf16 the master weights too).
+	GatherParts int `json:"gather_parts"`
+	// Precision is "fp32" or "bf16" (SetPrecision); ReduceDtype the
+	// dtype the gradients are summed in, "fp32" or "bf16".
+	Precision   string `json:"precision"`
+	ReduceDtype string `json:"reduce_dtype"`
 	// Sharding (SetShard): ZeRO stage, rank, world, and this rank's shard
 	// of the flat buffers.
 	Zero        int   `json:"zero"`
@@ -167,16 +181,21 @@ func (m *Model) Grads() []float32 {
 	return unsafe.Slice((*float32)(C.c_grad_data(&m.lib.api, m.m)), n)
 }
 
+// GradsBF16 reports whether the gradient buffer holds packed bf16 values
+// (precision bf16 with collective.reduce_dtype bf16): a collective must
+// sum it with a bf16 sum (Reduce.Grads), never as float32s.
+func (m *Model) GradsBF16() bool { return m.info.ReduceDtype == "bf16" }
+
 // GradsDevicePtr is the flat gradient buffer's address on the model's device.
 func (m *Model) GradsDevicePtr() uintptr { return uintptr(C.c_grad_data(&m.lib.api, m.m)) }
 
-// Params is the flat parameter buffer (CPU models only), same layout as Grads.
+// Params is the flat parameter buffer (CPU models only), same layout as
+// the gradients; in bf16 two values per float32 word.
 func (m *Model) Params() []float32 {
 	if m.info.Device != "cpu" {
 		return nil
 	}
-	n := int(C.c_grad_numel(&m.lib.api, m.m))
-	return unsafe.Slice((*float32)(C.c_param_data(&m.lib.api, m.m)), n)
+	return unsafe.Slice((*float32)(C.c_param_data(&m.lib.api, m.m)), int(m.info.ParamWords))
 }
 
 // ParamGrad copies parameter i's own .grad tensor (as autograd holds it).
@@ -402,6 +421,11 @@ type Reduce struct {
 	// gradients of a CPU model, and the gradients of a GPU model when
 	// Device is nil (staged through pinned host memory).
 	Host Reducer
+	// Grads, when set, sums the gradient buffer on the host instead of
+	// Host: a bf16 sum for a model whose GradsBF16 is true (Host sums
+	// float32s). Device, Scatter and DeviceScatter only ever see the
+	// gradients, so they must use the gradients' sum too.
+	Grads Reducer
 	// Device sums a GPU model's gradients where they are; nil when the
 	// collective has no device path (the ring).
 	Device DeviceReducer
@@ -522,9 +546,16 @@ func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) 
 // awaited (NCCL's calls poll until done) before ApplyGrads queues the
 // kernels that read the sums.
 func (m *Model) reduceGrads(ctx context.Context, red Reduce) (time.Duration, error) {
-	want := int(m.info.GradNumel)
+	want := int(m.info.GradWords)
+	host := red.Host
+	if red.Grads != nil {
+		host = red.Grads
+	}
+	if m.GradsBF16() && red.Grads == nil {
+		return 0, errors.New("the gradients are bf16 (collective.reduce_dtype bf16) but the reduction has no bf16 sum (Reduce.Grads)")
+	}
 	if !m.onDevice() && !m.forceStaging {
-		return 0, reduceWhole(ctx, red.Host, m.Grads(), want)
+		return 0, reduceWhole(ctx, host, m.Grads(), want)
 	}
 	if err := m.Sync(); err != nil {
 		return 0, err
@@ -535,8 +566,8 @@ func (m *Model) reduceGrads(ctx context.Context, red Reduce) (time.Duration, err
 		}
 		return 0, red.Device(ctx, m.GradsDevicePtr(), want)
 	}
-	return m.viaStaging(m.stageGrads, func(buf []float32) error {
-		return reduceWhole(ctx, red.Host, buf, want)
+	return m.viaStaging(m.stageGrads, want, func(buf []float32) error {
+		return reduceWhole(ctx, host, buf, want)
 	})
 }
 
@@ -577,7 +608,7 @@ func (m *Model) gradStaging() ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(p)), int(m.info.GradNumel)), nil
+	return unsafe.Slice((*float32)(unsafe.Pointer(p)), int(max(m.info.GradWords, m.info.ParamWords))), nil
 }
 
 // stageGrads copies the gradients to the staging buffer (toHost) or back.

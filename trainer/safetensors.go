@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"unsafe"
@@ -72,11 +73,16 @@ func (m *Model) LoadPretrained(path, prefix string) error {
 }
 
 // ExportSafetensors writes the model's parameters, by the names and shapes
-// the model defines, as a float32 safetensors file.
+// the model defines, as a float32 safetensors file (a bf16 model's
+// parameters as the float32 values they are exactly; its float32 master
+// weights are in its state).
 func (m *Model) ExportSafetensors(path string) error {
 	params := m.Params()
 	if params == nil {
 		return errors.New("export: parameters are not in host memory")
+	}
+	if m.info.Precision == PrecisionBF16 {
+		params = unpackBF16(params)
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -95,6 +101,18 @@ func CheckpointParams(params []ParamInfo) []checkpoint.ParamInfo {
 	var out []checkpoint.ParamInfo
 	for _, p := range params {
 		out = append(out, checkpoint.ParamInfo{Name: p.Name, Shape: p.Shape, Offset: p.Offset, Numel: p.Numel})
+	}
+	return out
+}
+
+// unpackBF16 widens packed bf16 values (two per float32 word, the first in
+// the low half) to float32, exactly: a bf16 is a float32's high 16 bits.
+func unpackBF16(words []float32) []float32 {
+	out := make([]float32, 2*len(words))
+	for i, w := range words {
+		bits := math.Float32bits(w)
+		out[2*i] = math.Float32frombits(bits << 16)
+		out[2*i+1] = math.Float32frombits(bits &^ 0xffff)
 	}
 	return out
 }

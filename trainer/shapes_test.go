@@ -175,12 +175,46 @@ func checkPlan(t *testing.T, name string, m *Model, tokCfg *Config, tok *Model) 
 					t.Errorf("%s, world %d, zero %d: plan's %s %d bytes, the shim's %d", name, world, zero, part, p[part], got[part])
 				}
 			}
+			if P <= 50_000_000 {
+				checkPlanBF16(t, name, m, spec, tokCfg, world, zero)
+			}
 			if tok != nil {
 				ti := tok.Info()
 				tc := tokCfg.Counts()
 				if got, want := p[memplan.PartTokenizer]-4*tc.Buffers, 4*(ti.ParamCount+ti.GradNumel+ti.FrozenCount); got != want {
 					t.Errorf("%s: plan's tokenizer state %d bytes, the shim's %d", name, got, want)
 				}
+			}
+		}
+	}
+}
+
+// checkPlanBF16 holds the bf16 plan of spec (at world and zero) to what a
+// bf16 copy of m allocates, with the gradients reduced in float32 and in
+// bf16: bf16 parameters, gradients and frozen weights, a float32
+// reduction buffer, float32 master weights and moments.
+func checkPlanBF16(t *testing.T, name string, m *Model, spec *runspec.Spec, tokCfg *Config, world, zero int) {
+	t.Helper()
+	for _, reduce := range []string{PrecisionFP32, PrecisionBF16} {
+		s := *spec
+		s.Precision, s.Collective.ReduceDtype = PrecisionBF16, reduce
+		r, err := memplan.Plan(memplan.Input{Spec: &s, Tokenizer: tokCfg, Workers: world, DeviceBytes: 1 << 40})
+		if err != nil {
+			t.Fatalf("%s: bf16 plan: %v", name, err)
+		}
+		bf, err := m.lib.NewModel(m.Config(), "cpu", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bf.SetPrecision(PrecisionBF16, reduce); err != nil {
+			t.Fatal(err)
+		}
+		got := shardedBytes(t, bf, world, zero)
+		got[memplan.PartFrozen] = bf.Info().FrozenBytes
+		bf.Close()
+		for _, part := range []string{memplan.PartParams, memplan.PartGrads, memplan.PartOptimizer, memplan.PartFrozen} {
+			if r.Parts[part] != got[part] {
+				t.Errorf("%s, bf16 reduce %s, world %d, zero %d: plan's %s %d bytes, the shim's %d", name, reduce, world, zero, part, r.Parts[part], got[part])
 			}
 		}
 	}

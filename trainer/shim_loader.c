@@ -12,7 +12,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data) LOAD(param_grad)
 	LOAD(sync) LOAD(grad_staging) LOAD(grads_stage)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
-	LOAD(set_shard) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
+	LOAD(set_shard) LOAD(set_precision) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
 	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
 	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
 	return 0;
@@ -41,6 +41,7 @@ int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, 
 int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost, double grad_sq) { return a->step_apply(m, gb, gpost, grad_sq); }
 int c_set_shard(lavit_api* a, lavit_model* m, int64_t rank, int64_t world, int zero) { return a->set_shard(m, rank, world, zero); }
 int c_set_checkpointing(lavit_api* a, lavit_model* m, int on) { return a->set_checkpointing(m, on); }
+int c_set_precision(lavit_api* a, lavit_model* m, int bf16, int reduce_bf16) { return a->set_precision(m, bf16, reduce_bf16); }
 int c_grad_sq(lavit_api* a, lavit_model* m, float* hi, float* lo) { return a->grad_sq(m, hi, lo); }
 int c_params_stage(lavit_api* a, lavit_model* m, int to_host) { return a->params_stage(m, to_host); }
 float* c_optim_gather(lavit_api* a, lavit_model* m) { return a->optim_gather(m); }

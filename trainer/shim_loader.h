@@ -28,6 +28,7 @@ typedef struct {
 	int (*step_apply)(lavit_model*, int64_t, const float*, double);
 	int (*set_shard)(lavit_model*, int64_t, int64_t, int);
 	int (*set_checkpointing)(lavit_model*, int);
+	int (*set_precision)(lavit_model*, int, int);
 	int (*grad_sq)(lavit_model*, float*, float*);
 	int (*params_stage)(lavit_model*, int);
 	float* (*optim_gather)(lavit_model*);
@@ -66,6 +67,7 @@ int c_step_finish(lavit_api* a, lavit_model* m, const float* gpre, float* post, 
 int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost, double grad_sq);
 int c_set_shard(lavit_api* a, lavit_model* m, int64_t rank, int64_t world, int zero);
 int c_set_checkpointing(lavit_api* a, lavit_model* m, int on);
+int c_set_precision(lavit_api* a, lavit_model* m, int bf16, int reduce_bf16);
 int c_grad_sq(lavit_api* a, lavit_model* m, float* hi, float* lo);
 int c_params_stage(lavit_api* a, lavit_model* m, int to_host);
 float* c_optim_gather(lavit_api* a, lavit_model* m);

@@ -190,7 +190,7 @@ func addTo(dst, src []float32) {
 // reduceGrads, on the device when the collective can, else through the
 // host (a GPU model's staging buffer).
 func (m *Model) scatterGrads(ctx context.Context, red Reduce) (time.Duration, error) {
-	want := int(m.info.GradNumel)
+	want := int(m.info.GradWords)
 	if !m.onDevice() && !m.forceStaging {
 		return 0, scatterWhole(ctx, red.Scatter, m.Grads(), want, "reduce-scatter")
 	}
@@ -200,7 +200,7 @@ func (m *Model) scatterGrads(ctx context.Context, red Reduce) (time.Duration, er
 	if red.DeviceScatter != nil && !m.forceStaging {
 		return 0, red.DeviceScatter(ctx, m.GradsDevicePtr(), want)
 	}
-	return m.viaStaging(m.stageGrads, func(buf []float32) error {
+	return m.viaStaging(m.stageGrads, want, func(buf []float32) error {
 		return scatterWhole(ctx, red.Scatter, buf, want, "reduce-scatter")
 	})
 }
@@ -208,7 +208,7 @@ func (m *Model) scatterGrads(ctx context.Context, red Reduce) (time.Duration, er
 // gatherParams all-gathers the flat parameter buffer after each rank
 // updated its shard (ZeRO-1 and 2).
 func (m *Model) gatherParams(ctx context.Context, red Reduce) (time.Duration, error) {
-	want := int(m.info.GradNumel)
+	want := int(m.info.ParamWords)
 	if !m.onDevice() && !m.forceStaging {
 		return 0, scatterWhole(ctx, red.Gather, m.Params(), want, "all-gather")
 	}
@@ -218,18 +218,23 @@ func (m *Model) gatherParams(ctx context.Context, red Reduce) (time.Duration, er
 	if red.DeviceGather != nil && !m.forceStaging {
 		return 0, red.DeviceGather(ctx, uintptr(C.c_param_data(&m.lib.api, m.m)), want)
 	}
-	return m.viaStaging(m.stageParams, func(buf []float32) error {
+	return m.viaStaging(m.stageParams, want, func(buf []float32) error {
 		return scatterWhole(ctx, red.Gather, buf, want, "all-gather")
 	})
 }
 
-// viaStaging copies a flat buffer to the model's host staging buffer,
-// runs op on it and copies it back, returning what the copies cost.
-func (m *Model) viaStaging(stage func(toHost bool) error, op func([]float32) error) (time.Duration, error) {
+// viaStaging copies a flat buffer of `words` float32 words to the model's
+// host staging buffer, runs op on it and copies it back, returning what
+// the copies cost.
+func (m *Model) viaStaging(stage func(toHost bool) error, words int, op func([]float32) error) (time.Duration, error) {
 	buf, err := m.gradStaging()
 	if err != nil {
 		return 0, err
 	}
+	if len(buf) < words {
+		return 0, fmt.Errorf("the staging buffer holds %d words, the flat buffer %d", len(buf), words)
+	}
+	buf = buf[:words]
 	began := time.Now()
 	if err := stage(true); err != nil {
 		return 0, err
@@ -302,9 +307,9 @@ func (m *Model) Sharded() bool { return m.info.Zero >= 1 && m.info.World > 1 }
 
 // GatherState collects the sharded optimizer state on this rank for the
 // next State call (a checkpoint): every rank calls it at the same step
-// with the collective's all-gather. The whole moments are held on the
-// host until State (twice the flat buffer's size); a no-op when the model
-// is not sharded.
+// with the collective's all-gather. The whole moments (and in bf16 the
+// master weights) are held on the host until State (Info.GatherParts
+// times the flat buffer's length); a no-op when the model is not sharded.
 func (m *Model) GatherState(ctx context.Context, gather Reducer) error {
 	if !m.Sharded() {
 		return nil
@@ -322,14 +327,58 @@ func (m *Model) GatherState(ctx context.Context, gather Reducer) error {
 	if err != nil {
 		return err
 	}
-	n := int(m.info.GradNumel)
-	both := unsafe.Slice((*float32)(unsafe.Pointer(p)), 2*n)
-	for _, half := range [][]float32{both[:n], both[n:]} {
-		if err := gather(ctx, half); err != nil {
+	n, k := int(m.info.GradNumel), m.info.GatherParts
+	all := unsafe.Slice((*float32)(unsafe.Pointer(p)), k*n)
+	for i := range k {
+		if err := gather(ctx, all[i*n:(i+1)*n]); err != nil {
 			return fmt.Errorf("gather the optimizer state: %w", err)
 		}
 	}
 	return nil
+}
+
+// Precisions a model trains in (SetPrecision).
+const (
+	PrecisionFP32 = "fp32"
+	PrecisionBF16 = "bf16"
+)
+
+// SetPrecision makes the model train in precision (PrecisionFP32, the
+// default, or PrecisionBF16: bf16 parameters and activations, float32
+// losses, master weights and Adam moments), with the gradients summed in
+// reduceDtype (PrecisionFP32, or PrecisionBF16 to reduce them as bf16,
+// half the bytes: the collective must then sum them with a bf16 sum, see
+// GradsBF16). Call it on a fresh model, like SetShard.
+func (m *Model) SetPrecision(precision, reduceDtype string) error {
+	bf16, err := precisionFlag("precision", precision)
+	if err != nil {
+		return err
+	}
+	reduce, err := precisionFlag("reduce dtype", reduceDtype)
+	if err != nil {
+		return err
+	}
+	err = withThread(func() error {
+		if C.c_set_precision(&m.lib.api, m.m, cFlag(bf16), cFlag(reduce)) != 0 {
+			return m.lib.lastError("set precision")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.refreshInfo()
+}
+
+// precisionFlag reads a precision name ("" is fp32) as "is it bf16".
+func precisionFlag(what, v string) (bool, error) {
+	switch v {
+	case "", PrecisionFP32:
+		return false, nil
+	case PrecisionBF16:
+		return true, nil
+	}
+	return false, fmt.Errorf("%s %q: want %s or %s", what, v, PrecisionFP32, PrecisionBF16)
 }
 
 // SetActivationCheckpointing makes training steps keep only each

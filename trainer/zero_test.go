@@ -27,13 +27,25 @@ type replicaRun struct {
 	// staged sends the flat buffers through the host staging buffer, as a
 	// GPU model on the ring does.
 	staged bool
+	// precision and reduce are SetPrecision's arguments ("" is fp32).
+	precision, reduce string
 }
 
-// ringReduce is the Reduce a worker builds from a communicator.
-func ringReduce(c collective.Communicator) Reduce {
+// ringReduce is the Reduce a worker builds from a communicator for a
+// model whose gradients are float32.
+func ringReduce(c collective.Communicator) Reduce { return ringReduceFor(c, false) }
+
+// ringReduceFor is the Reduce a worker builds for a model whose gradients
+// are bf16 (gradsBF16: summed with the bf16 sum) or float32.
+func ringReduceFor(c collective.Communicator, gradsBF16 bool) Reduce {
+	op := collective.Sum
+	if gradsBF16 {
+		op = collective.SumBF16
+	}
 	return Reduce{
 		Host:    func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, collective.Sum) },
-		Scatter: func(ctx context.Context, buf []float32) error { return c.ReduceScatter(ctx, buf, collective.Sum) },
+		Grads:   func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, op) },
+		Scatter: func(ctx context.Context, buf []float32) error { return c.ReduceScatter(ctx, buf, op) },
 		Gather:  func(ctx context.Context, buf []float32) error { return c.AllGather(ctx, buf) },
 	}
 }
@@ -84,6 +96,9 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 	models := make([]*Model, rr.world)
 	for r := range rr.world {
 		m := rr.build(t)
+		if err := m.SetPrecision(rr.precision, rr.reduce); err != nil {
+			t.Fatal(err)
+		}
 		if err := m.SetShard(r, rr.world, rr.zero); err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +128,7 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 			defer wg.Done()
 			red := Local
 			if rr.world > 1 {
-				red = ringReduce(comms[r])
+				red = ringReduceFor(comms[r], models[r].GradsBF16())
 			}
 			for s := range rr.steps {
 				if rr.vqSwitch && s == shortSchedule.PhaseA {
@@ -348,4 +363,116 @@ func TestZeroThroughStaging(t *testing.T) {
 	want := gatheredStates(t, inPlace.run(t))[0]
 	got := gatheredStates(t, staged.run(t))[0]
 	compareStates(t, "staged", got, want, 0)
+}
+
+// TestBF16ZeroMatchesPlainDataParallel: in bf16, with the gradients summed
+// in float32 or in bf16, ZeRO-1 and ZeRO-2 train the same bits as zero 0
+// at world 3 (tiny stage 1 across the VQ switch, and tiny stage 2), and a
+// rank holds what the precision promises: bf16 parameters and gradients,
+// a float32 buffer for float32 reduction, float32 master weights and two
+// moments of its shard (blocks rounded up to an even length).
+func TestBF16ZeroMatchesPlainDataParallel(t *testing.T) {
+	lib := loadLib(t)
+	tok := newModel(t, lib, TinyStage1(), 11)
+	runStage1(t, tok, 0, shortSchedule.PhaseA+1)
+	const steps, world = 12, 3
+	for _, st := range []struct {
+		name string
+		run  func(world, zero int) replicaRun
+	}{
+		{"stage 1", func(w, z int) replicaRun { return stage1Run(lib, w, z, 0, steps) }},
+		{"stage 2", func(w, z int) replicaRun { return stage2Run(lib, tok, w, z, 0, steps) }},
+	} {
+		plainByReduce := map[string]*StateInfo{}
+		for _, reduce := range []string{PrecisionFP32, PrecisionBF16} {
+			t.Run(fmt.Sprintf("%s reduce %s", st.name, reduce), func(t *testing.T) {
+				bf16 := func(zero int) replicaRun {
+					rr := st.run(world, zero)
+					rr.precision, rr.reduce = PrecisionBF16, reduce
+					return rr
+				}
+				plain := bf16(0).run(t)
+				want := gatheredStates(t, plain)[0]
+				plainByReduce[reduce] = want
+				P := plain[0].Info().ParamCount
+				S := (P + world - 1) / world
+				S += S % 2
+				for zero := 0; zero <= 2; zero++ {
+					models := plain
+					if zero > 0 {
+						models = bf16(zero).run(t)
+					}
+					for r, m := range models {
+						if err := m.refreshInfo(); err != nil {
+							t.Fatal(err)
+						}
+						in := m.Info()
+						grads := 2 * world * S
+						if reduce == PrecisionFP32 {
+							grads += 4 * world * S
+						}
+						optim := 12 * S
+						if zero == 0 {
+							optim = 12 * P
+						}
+						if in.ParamBytes != 2*world*S || in.GradBytes != grads || in.OptimBytes != optim {
+							t.Errorf("zero %d rank %d holds params/grads/optimizer %d/%d/%d bytes, want %d/%d/%d",
+								zero, r, in.ParamBytes, in.GradBytes, in.OptimBytes, 2*world*S, grads, optim)
+						}
+						if r > 0 && !bitsEqual(m.Params(), models[0].Params()) {
+							t.Errorf("zero %d: rank %d's parameters differ from rank 0's", zero, r)
+						}
+					}
+					if zero == 0 {
+						continue
+					}
+					d := compareStates(t, fmt.Sprintf("zero %d", zero), gatheredStates(t, models)[0], want, 0)
+					t.Logf("bf16, reduce %s, zero %d vs zero 0: %.3g relative after %d steps", reduce, zero, d, steps)
+				}
+			})
+		}
+		// Summing in bf16 rounds after every add: not the float32 sums.
+		if a, b := plainByReduce[PrecisionFP32], plainByReduce[PrecisionBF16]; a != nil && b != nil {
+			if d := relDiff(a.Values["params"], b.Values["params"]); d == 0 {
+				t.Errorf("%s: the bf16 reduction trained the same bits as the float32 one", st.name)
+			} else {
+				t.Logf("%s: bf16 vs float32 reduction: %.3g relative after %d steps", st.name, d, steps)
+			}
+		}
+	}
+}
+
+// TestBF16StateResumes: a bf16 state holds the float32 master weights, so
+// a bf16 ZeRO-2 world of 3 stopped and resumed at the same world trains on
+// bit for bit, and the state loads into a float32 model and a bf16 ZeRO-1
+// world of 2 (which train on from it).
+func TestBF16StateResumes(t *testing.T) {
+	lib := loadLib(t)
+	const first, then = 8, 4
+	bf16 := func(world, zero, steps int) replicaRun {
+		rr := stage1Run(lib, world, zero, 0, steps)
+		rr.precision = PrecisionBF16
+		return rr
+	}
+	want := gatheredStates(t, bf16(3, 2, first+then).run(t))[0]
+	blob := gatheredBlobs(t, bf16(3, 2, first).run(t))[0]
+	for _, target := range []struct {
+		world, zero int
+		precision   string
+		tol         float64
+	}{{3, 2, PrecisionBF16, 0}, {2, 1, PrecisionBF16, 1e-2}, {1, 0, PrecisionFP32, 1e-2}} {
+		rr := bf16(target.world, target.zero, then)
+		rr.precision = target.precision
+		rr.prepare = func(t *testing.T, m *Model) {
+			if err := m.Load(blob); err != nil {
+				t.Fatal(err)
+			}
+		}
+		inner := rr.batch
+		rr.batch = func(t *testing.T, step int64, from, to int) *Batch { return inner(t, step+first, from, to) }
+		rr.vqSwitch = false
+		got := gatheredStates(t, rr.run(t))[0]
+		d := compareStates(t, fmt.Sprintf("resumed at world %d zero %d %s", target.world, target.zero, target.precision), got, want, target.tol)
+		t.Logf("resumed at world %d zero %d %s: %.3g relative to the uninterrupted bf16 world-3 ZeRO-2 run", target.world, target.zero, target.precision, d)
+	}
 }

@@ -28,6 +28,9 @@ type stepComm struct {
 	waiter  interface{ LastWait() time.Duration } // nil if the backend does not measure it
 	device  deviceReducer                         // NCCL's in-place device path; nil for the ring
 	sharder deviceSharder                         // NCCL's device reduce-scatter and all-gather (ZeRO); nil for the ring
+	// gradOp sums the gradient buffer: collective.Sum, or SumBF16 for a
+	// model whose gradients are bf16 (collective.reduce_dtype bf16).
+	gradOp collective.Op
 
 	busy, idle time.Duration // since the last take
 }
@@ -44,8 +47,11 @@ type deviceSharder interface {
 	AllGatherDevice(ctx context.Context, ptr uintptr, n int) error
 }
 
-func newStepComm(comm collective.Communicator, timeout time.Duration) *stepComm {
-	c := &stepComm{comm: comm, timeout: timeout}
+func newStepComm(comm collective.Communicator, timeout time.Duration, gradsBF16 bool) *stepComm {
+	c := &stepComm{comm: comm, timeout: timeout, gradOp: collective.Sum}
+	if gradsBF16 {
+		c.gradOp = collective.SumBF16
+	}
 	c.waiter, _ = comm.(interface{ LastWait() time.Duration })
 	c.device, _ = comm.(deviceReducer)
 	c.sharder, _ = comm.(deviceSharder)
@@ -57,9 +63,16 @@ func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
 	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, collective.Sum) })
 }
 
-// scatter reduce-scatters buf (rank r keeps the sum of block r).
+// reduceGrads sums the gradient buffer over the ranks in place, with the
+// gradients' sum (gradOp).
+func (c *stepComm) reduceGrads(ctx context.Context, buf []float32) error {
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, c.gradOp) })
+}
+
+// scatter reduce-scatters the gradient buffer (rank r keeps the sum of
+// block r), with the gradients' sum.
 func (c *stepComm) scatter(ctx context.Context, buf []float32) error {
-	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, collective.Sum) })
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, c.gradOp) })
 }
 
 // gather all-gathers buf (block r from rank r).
@@ -91,13 +104,13 @@ func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) 
 // through reduce, and a GPU model's gradients in place on the device when
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
-	r := trainer.Reduce{Host: c.reduce, Scatter: c.scatter, Gather: c.gather}
+	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather}
 	if c.device != nil {
 		r.Device = c.reduceDevice
 	}
 	if c.sharder != nil {
 		r.DeviceScatter = func(ctx context.Context, ptr uintptr, n int) error {
-			return c.timedDevice(ctx, func(ctx context.Context) error { return c.sharder.ReduceScatterDevice(ctx, ptr, n, collective.Sum) })
+			return c.timedDevice(ctx, func(ctx context.Context) error { return c.sharder.ReduceScatterDevice(ctx, ptr, n, c.gradOp) })
 		}
 		r.DeviceGather = func(ctx context.Context, ptr uintptr, n int) error {
 			return c.timedDevice(ctx, func(ctx context.Context) error { return c.sharder.AllGatherDevice(ctx, ptr, n) })
@@ -109,7 +122,7 @@ func (c *stepComm) reduction() trainer.Reduce {
 // reduceDevice sums n float32s of device memory at ptr over the ranks in
 // place (a trainer.DeviceReducer), timed like reduce.
 func (c *stepComm) reduceDevice(ctx context.Context, ptr uintptr, n int) error {
-	return c.timedDevice(ctx, func(ctx context.Context) error { return c.device.AllReduceDevice(ctx, ptr, n, collective.Sum) })
+	return c.timedDevice(ctx, func(ctx context.Context) error { return c.device.AllReduceDevice(ctx, ptr, n, c.gradOp) })
 }
 
 // timedDevice runs one device collective call under the run's timeout,

@@ -11,7 +11,7 @@ import (
 )
 
 func TestStepCommWorldOfOne(t *testing.T) {
-	c := newStepComm(nil, time.Second)
+	c := newStepComm(nil, time.Second, false)
 	buf := []float32{1, 2}
 	if err := c.reduce(context.Background(), buf); err != nil || buf[0] != 1 || buf[1] != 2 {
 		t.Fatalf("reduce in a world of one: %v %v", buf, err)
@@ -37,7 +37,7 @@ func TestStepCommOverTheRing(t *testing.T) {
 	}
 	steps := make([]*stepComm, 3)
 	for r, c := range comms {
-		steps[r] = newStepComm(c, 10*time.Second)
+		steps[r] = newStepComm(c, 10*time.Second, false)
 		defer steps[r].close()
 	}
 	onEach := func(f func(r int, c *stepComm) error) []error {

@@ -88,6 +88,10 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if r.model, err = t.Lib.NewModel(cfg, device, spec.Seed); err != nil {
 		return r, fmt.Errorf("build the %s model on %s: %w", spec.Model, device, err)
 	}
+	precision, reduce := spec.PrecisionOrDefault(), spec.Collective.ReduceDtypeOrDefault()
+	if err := r.model.SetPrecision(precision, reduce); err != nil {
+		return r, fmt.Errorf("precision %s, collective.reduce_dtype %s: %w", precision, reduce, err)
+	}
 	if err := r.model.SetShard(d.Rank, d.World, spec.Optim.Zero); err != nil {
 		return r, fmt.Errorf("optim.zero %d: %w", spec.Optim.Zero, err)
 	}
@@ -105,7 +109,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if err != nil {
 		return r, err
 	}
-	r.comm = newStepComm(comm, spec.CollectiveTimeout())
+	r.comm = newStepComm(comm, spec.CollectiveTimeout(), r.model.GradsBF16())
 	r.ckpt = newCheckpointer(j, spec, r.model, r.comm.gather, total)
 	r.policy = stepPolicy{
 		total: total, reportEvery: int64(spec.Metrics.EverySteps), checkpointEvery: spec.Checkpoint.EverySteps,
@@ -113,6 +117,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	}
 	r.log.Info("prepared", "params", r.model.Info().ParamCount, "steps", total, "global_batch", spec.GlobalBatch,
 		"zero", spec.Optim.Zero, "micro_batch", spec.MicroBatch, "activation_checkpointing", spec.ActivationCheckpointing,
+		"precision", precision, "reduce_dtype", reduce,
 		"slice", fmt.Sprintf("[%d,%d)", r.data.from, r.data.to), "samples", r.data.stream.Total())
 	return r, nil
 }

@@ -267,32 +267,45 @@ func TestNCCLMatchesRing(t *testing.T) {
 	f := startFleet(t)
 	dir := t.TempDir()
 	data := synthData(t, filepath.Join(dir, "train"), synth.Train, 300, 50)
-	for _, world := range []int{2, 3} {
+	// World 3 over NCCL runs ZeRO-2 (the ring: plain all-reduce); the bf16
+	// case sums bf16 gradients (collective.reduce_dtype bf16) on both.
+	for _, tc := range []struct {
+		world     int
+		precision []string
+	}{
+		{2, nil},
+		{3, nil},
+		{3, []string{"precision=bf16", "collective.reduce_dtype=bf16"}},
+	} {
+		world := tc.world
+		name := fmt.Sprintf("world %d %v", world, tc.precision)
 		params := map[string][]float32{}
 		for _, backend := range []string{"ring", "nccl"} {
 			zero := "optim.zero=0"
 			if world == 3 && backend == "nccl" {
 				zero = "optim.zero=2"
 			}
-			stop := f.startTrainersWith(lib, fmt.Sprintf("%s%d", backend, world), world, func(tr *worker.Trainer) { tr.NCCL = ncclLib })
-			id := f.submit("tiny-stage1", zero,
+			stop := f.startTrainersWith(lib, fmt.Sprintf("%s%d%d", backend, world, len(tc.precision)), world, func(tr *worker.Trainer) { tr.NCCL = ncclLib })
+			sets := append([]string{zero,
 				"steps=20", "stage1.phase_a_steps=10", "stage1.kmeans_batches=2", "global_batch=6", "device=auto",
-				"collective.backend="+backend, fmt.Sprintf("min_workers=%d", world), fmt.Sprintf("max_workers=%d", world),
-				"data.url="+data, "data.eval_url=", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"), "checkpoint.every_steps=0", "metrics.every_steps=5")
+				"collective.backend=" + backend, fmt.Sprintf("min_workers=%d", world), fmt.Sprintf("max_workers=%d", world),
+				"data.url=" + data, "data.eval_url=", "checkpoint.url=file://" + filepath.Join(dir, "ckpt"), "checkpoint.every_steps=0", "metrics.every_steps=5"},
+				tc.precision...)
+			id := f.submit("tiny-stage1", sets...)
 			info := f.waitDone(id, 3*time.Minute)
 			stop()
 			if info.State != wire.RunCompleted || len(info.Members) != world {
-				t.Fatalf("world %d %s: run %s is %s with %d members: %s", world, backend, id, info.State, len(info.Members), info.Reason)
+				t.Fatalf("%s %s: run %s is %s with %d members: %s", name, backend, id, info.State, len(info.Members), info.Reason)
 			}
 			params[backend] = finalParams(t, lib, info)
 		}
 		if len(params["nccl"]) != len(params["ring"]) {
-			t.Fatalf("world %d: %d parameters over NCCL, %d over the ring", world, len(params["nccl"]), len(params["ring"]))
+			t.Fatalf("%s: %d parameters over NCCL, %d over the ring", name, len(params["nccl"]), len(params["ring"]))
 		}
 		rel, _ := relDiff(params["nccl"], params["ring"])
-		t.Logf("world %d: nccl vs ring relative difference %.3g", world, rel)
+		t.Logf("%s: nccl vs ring relative difference %.3g", name, rel)
 		if rel > 1e-6 {
-			t.Errorf("world %d: the NCCL run's parameters differ from the ring run's by %.3g relative (> 1e-6)", world, rel)
+			t.Errorf("%s: the NCCL run's parameters differ from the ring run's by %.3g relative (> 1e-6)", name, rel)
 		}
 	}
 }

@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define LAVIT_ABI_VERSION 3
+#define LAVIT_ABI_VERSION 4
 
 /* The layout version written into every state blob (lavit_state_save). It
  * is not the ABI version: adding a function changes the ABI but not the
@@ -64,7 +64,10 @@ void lavit_model_free(lavit_model* m);
 char* lavit_model_info(lavit_model* m);
 
 /* The flat gradient buffer: every trainable parameter's .grad is a view into
- * it. float32, on the model's device (device pointer on CUDA). */
+ * it (in bf16 with float32 reduction, lavit_grad_data is the float32 buffer
+ * those gradients are accumulated into: see lavit_set_precision). On the
+ * model's device (device pointer on CUDA); lavit_grad_numel is its length
+ * in float32 words. */
 int64_t lavit_grad_numel(lavit_model* m);
 void* lavit_grad_data(lavit_model* m);
 /* The flat parameter buffer (same layout as the gradients). */
@@ -79,7 +82,9 @@ int lavit_param_grad(lavit_model* m, int64_t index, float* out);
  * finished (a no-op on the CPU): a collective that reads the gradient buffer
  * on a stream of its own (NCCL) may start once it returns, and libtorch's
  * next kernels are queued only after the collective has completed.
- * lavit_grad_staging returns a host buffer of lavit_grad_numel floats owned
+ * lavit_grad_staging returns a host buffer of float32 words (room for the
+ * gradient buffer and, in bf16, the parameters: max of "grad_words" and
+ * "param_words" in lavit_model_info) owned
  * by the model (pinned memory when the model is on a GPU), for collectives
  * that run on the host (the ring); lavit_grads_stage copies the gradients
  * into it (to_host = 1) or back from it (to_host = 0), synchronously. */
@@ -107,9 +112,11 @@ int lavit_grads_stage(lavit_model* m, int to_host);
  * lavit_params_stage: like lavit_grads_stage for the parameters (the
  * all-gather of a GPU model on a host collective), same staging buffer.
  * lavit_optim_gather: before lavit_state_save at zero >= 1 with world > 1:
- * a host buffer of 2 * lavit_grad_numel floats (exp_avg, then exp_avg_sq)
- * holding this rank's shard in block `rank` of each half; the caller
- * all-gathers each half, then lavit_state_save reads (and frees) it. */
+ * a host buffer of k flat float32 tensors of the flat buffers' length
+ * (k = "gather_parts" in lavit_model_info: exp_avg then exp_avg_sq; in
+ * bf16 the master weights first) holding this rank's shard in block
+ * `rank` of each; the caller all-gathers each, then lavit_state_save reads
+ * (and frees) it. */
 int lavit_set_shard(lavit_model* m, int64_t rank, int64_t world, int zero);
 /* Activation checkpointing (ABI 3): on = 1 keeps only each transformer
  * block's inputs during the forward pass of a training step and recomputes
@@ -117,6 +124,21 @@ int lavit_set_shard(lavit_model* m, int64_t rank, int64_t world, int zero);
  * every LM block and the continuous input's merger blocks). Same
  * gradients, less memory, about one more forward pass of compute. */
 int lavit_set_checkpointing(lavit_model* m, int on);
+/* Precision (ABI 4): bf16 = 1 makes the model train in bfloat16: the
+ * parameters (and the frozen weights) and the activations are bf16, the
+ * losses and the stage-1 codebook float32, and the optimizer keeps float32
+ * master weights (of its shard under ZeRO) and moments. The gradients are
+ * accumulated in float32 and reduced in float32 (lavit_grad_data is then a
+ * float32 buffer apart from the bf16 .grad buffer), or with reduce_bf16 =
+ * 1 reduced as bf16: lavit_grad_data is the bf16 .grad buffer itself, two
+ * values per float32 word, to be summed with a bf16 sum. In bf16 the flat
+ * buffers' blocks are rounded up to an even number of values, so every
+ * block is whole float32 words; lavit_grad_numel and the "grad_words" and
+ * "param_words" of lavit_model_info are lengths in float32 words. States
+ * stay float32 (the master weights): a bf16 and a float32 model load each
+ * other's states. Call it on a fresh model, like lavit_set_shard (in either
+ * order). */
+int lavit_set_precision(lavit_model* m, int bf16, int reduce_bf16);
 int lavit_grad_sq(lavit_model* m, float* hi, float* lo);
 int lavit_params_stage(lavit_model* m, int to_host);
 float* lavit_optim_gather(lavit_model* m);

@@ -278,11 +278,13 @@ SelectOut TokenizerImpl::select(const torch::Tensor& images, const std::vector<i
     noise.push_back(-torch::log(-torch::log(u)));
   }
   auto g = torch::stack(noise).to(s.logp.device());
-  auto y = torch::softmax((s.logp + g) / cfg.gumbel_tau, -1);
+  // The sampling runs in float32 whatever the model's dtype (the noise is
+  // float32); the decisions go on in the model's dtype.
+  auto y = torch::softmax((s.logp.to(torch::kFloat) + g) / cfg.gumbel_tau, -1);
   auto hard = torch::zeros_like(y).scatter_(-1, y.argmax(-1, true), 1.0);
   auto st = hard - y.detach() + y;  // straight-through
-  s.keep = st.select(-1, 0);
-  s.keep_hard = hard.select(-1, 0);
+  s.keep = st.select(-1, 0).to(s.logp.scalar_type());
+  s.keep_hard = hard.select(-1, 0).to(s.logp.scalar_type());
   return s;
 }
 
@@ -354,7 +356,7 @@ torch::Tensor MHAImpl::causal(const torch::Tensor& x, const torch::Tensor& mask)
 }
 
 torch::Tensor TokenizerImpl::nearest(const torch::Tensor& z) {
-  return torch::matmul(z, codebook.t()).argmax(-1);
+  return torch::matmul(z.to(codebook.scalar_type()), codebook.t()).argmax(-1);  // the codebook is float32
 }
 
 LMBlockImpl::LMBlockImpl(int64_t dim, int64_t heads, int64_t hidden) {
@@ -375,7 +377,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * weight;
+  // Normalised in float32 whatever the dtype (as Llama does in bf16).
+  auto xf = x.to(torch::kFloat);
+  return (xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * weight;
 }
 
 LlamaBlockImpl::LlamaBlockImpl(int64_t dim_, int64_t heads_, int64_t hidden, double eps) : heads(heads_), dim(dim_) {

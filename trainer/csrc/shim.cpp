@@ -102,6 +102,14 @@ struct lavit_model {
   int zero = 0;
   int64_t rank = 0, world = 1, trainable = 0, shard_lo = 0, shard_n = 0, block_n = 0;
   torch::Tensor master;
+  // Precision (lavit_set_precision): the parameters' and activations'
+  // dtype (float32 or bfloat16; the optimizer is always float32). In bf16
+  // with float32 reduction, `reduced` is the float32 buffer the bf16
+  // gradients are accumulated into and the collective sums; otherwise the
+  // collective sums `grads` itself.
+  torch::ScalarType dtype = torch::kFloat;
+  bool reduce_bf16 = false;
+  torch::Tensor reduced;
   // A checkpoint's gathered moments (lavit_optim_gather), read and freed by
   // the next state_save, dropped by the next apply.
   torch::Tensor gathered;
@@ -143,12 +151,28 @@ namespace {
 
 torch::TensorOptions f32(const lavit_model* m) { return torch::TensorOptions().dtype(torch::kFloat).device(m->device); }
 
-// relayout (re)allocates the flat buffers with numel >= P floats (the tail
-// is zero padding) and points every trainable parameter's data and .grad at
-// views into them, keeping the parameters' values.
+bool is_bf16(const lavit_model* m) { return m->dtype == torch::kBFloat16; }
+
+// comm_grads is the gradient buffer the collective sums: the float32
+// accumulation buffer in bf16 with float32 reduction, else the flat .grad
+// buffer itself.
+torch::Tensor& comm_grads(lavit_model* m) { return m->reduced.defined() ? m->reduced : m->grads; }
+
+// words is t's size in float32 words (a bf16 buffer packs two per word).
+int64_t words(const torch::Tensor& t) { return t.defined() ? t.numel() * t.element_size() / 4 : 0; }
+
+// has_master reports whether the optimizer keeps float32 master weights
+// apart from the parameters: under ZeRO (its shard) and in bf16.
+bool has_master(const lavit_model* m) { return m->zero >= 1 || is_bf16(m); }
+
+// relayout (re)allocates the flat buffers with numel >= P values of the
+// model's dtype (the tail is zero padding) and points every trainable
+// parameter's data and .grad at views into them, keeping the parameters'
+// values.
 void relayout(lavit_model* m, int64_t numel) {
-  auto params = torch::zeros({numel}, f32(m));
-  auto grads = torch::zeros({numel}, f32(m));
+  auto opts = torch::TensorOptions().dtype(m->dtype).device(m->device);
+  auto params = torch::zeros({numel}, opts);
+  auto grads = torch::zeros({numel}, opts);
   torch::NoGradGuard no_grad;
   for (auto& s : m->segs) {
     auto pv = params.narrow(0, s.offset, s.numel);
@@ -158,6 +182,7 @@ void relayout(lavit_model* m, int64_t numel) {
   }
   m->params = params;
   m->grads = grads;
+  m->reduced = is_bf16(m) && !m->reduce_bf16 ? torch::zeros({numel}, f32(m)) : torch::Tensor();
   m->staging = torch::Tensor();
 }
 
@@ -204,7 +229,9 @@ void ensure_optim(lavit_model* m) {
   if (m->exp_avg.defined()) return;
   m->exp_avg = torch::zeros({m->shard_n}, f32(m));
   m->exp_avg_sq = torch::zeros({m->shard_n}, f32(m));
-  if (m->zero >= 1) m->master = m->params.narrow(0, m->shard_lo, m->shard_n).clone();
+  if (has_master(m)) {
+    m->master = m->params.narrow(0, m->shard_lo, m->shard_n).to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  }
 }
 
 // sync_master copies the parameters' shard into the master weights after
@@ -217,24 +244,60 @@ void sync_master(lavit_model* m) {
 // set_shard makes the model rank `rank` of `world` at ZeRO stage `zero`
 // (lavit.h): pads the flat buffers to world·ceil(P/world) and narrows the
 // optimizer state to the rank's shard.
+void set_shard(lavit_model* m, int64_t rank, int64_t world, int zero);
+
+// layout sizes the flat buffers for the model's world, ZeRO stage and
+// dtype: world blocks of ceil(P / world) values (rounded up to even in
+// bf16, so a block is whole float32 words for the collectives), and
+// narrows the optimizer state to the rank's shard.
+void layout(lavit_model* m) {
+  const int64_t P = m->trainable, W = m->world;
+  int64_t S = (P + W - 1) / W;
+  if (is_bf16(m)) S += S % 2;
+  const bool want_reduced = is_bf16(m) && !m->reduce_bf16;
+  if (S * W != m->params.numel() || m->params.scalar_type() != m->dtype || m->reduced.defined() != want_reduced) {
+    relayout(m, S * W);
+  }
+  m->block_n = S;
+  m->shard_lo = m->zero >= 1 ? m->rank * S : 0;
+  m->shard_n = m->zero >= 1 ? S : P;
+  m->exp_avg = m->exp_avg_sq = m->master = m->gathered = torch::Tensor();
+}
+
+void check_fresh(const lavit_model* m, const char* what) {
+  if (m->in_flight() || m->finished || m->adam_t > 0) {
+    throw std::logic_error(std::string("set the ") + what + " on a fresh model (before its first step); load a state after it");
+  }
+}
+
 void set_shard(lavit_model* m, int64_t rank, int64_t world, int zero) {
   if (zero < 0 || zero > 2) throw std::invalid_argument("zero must be 0, 1 or 2, got " + std::to_string(zero));
   if (world < 1 || rank < 0 || rank >= world) {
     throw std::invalid_argument("rank " + std::to_string(rank) + " of world " + std::to_string(world) + " is impossible");
   }
-  if (m->in_flight() || m->finished || m->adam_t > 0) {
-    throw std::logic_error("set the shard on a fresh model (before its first step); load a state after it");
-  }
-  const int64_t P = m->trainable;
-  const int64_t S = (P + world - 1) / world;
-  if (S * world != m->params.numel()) relayout(m, S * world);
+  check_fresh(m, "shard");
   m->zero = zero;
   m->rank = rank;
   m->world = world;
-  m->block_n = S;
-  m->shard_lo = zero >= 1 ? rank * S : 0;
-  m->shard_n = zero >= 1 ? S : P;
-  m->exp_avg = m->exp_avg_sq = m->master = m->gathered = torch::Tensor();
+  layout(m);
+}
+
+// set_precision makes the model train in bf16 (lavit.h): parameters,
+// frozen weights and activations in bfloat16 (the stage-1 codebook stays
+// float32), float32 master weights in the optimizer, gradients reduced in
+// float32 unless reduce_bf16.
+void set_precision(lavit_model* m, bool bf16, bool reduce_bf16) {
+  check_fresh(m, "precision");
+  if (reduce_bf16 && !bf16) throw std::invalid_argument("bf16 gradient reduction needs bf16 precision");
+  if (!bf16 && is_bf16(m)) throw std::logic_error("the model is already bf16: create a new model for float32");
+  if (bf16 && !is_bf16(m)) {
+    torch::NoGradGuard no_grad;
+    m->root().to(torch::kBFloat16);
+    if (m->tok) m->tok->codebook.set_data(m->tok->codebook.to(torch::kFloat));
+    m->dtype = torch::kBFloat16;
+  }
+  m->reduce_bf16 = reduce_bf16;
+  layout(m);
 }
 
 // optim_sharded reports whether the moments on this rank are a part of the
@@ -250,7 +313,7 @@ double block_grad_sq(lavit_model* m, int64_t b) {
   for (const auto& r : m->runs) {
     if (m->frozen_groups.count(r.group)) continue;
     const int64_t lo = std::max(r.offset, from), hi = std::min(r.offset + r.numel, to);
-    if (lo < hi) sq += m->grads.narrow(0, lo, hi - lo).pow(2).sum().item<double>();
+    if (lo < hi) sq += comm_grads(m).narrow(0, lo, hi - lo).to(torch::kFloat).pow(2).sum().item<double>();
   }
   return sq;
 }
@@ -378,7 +441,7 @@ torch::Tensor images_tensor(const lavit_model* m, const float* images, int64_t n
   const auto& c = m->tok->cfg;
   auto t = torch::from_blob(const_cast<float*>(images), {n, c.channels, c.image, c.image}, torch::kFloat).clone();
   if (!torch::isfinite(t).all().item<bool>()) throw std::invalid_argument("images contain NaN or Inf");
-  return t.to(m->device);
+  return t.to(m->device, m->dtype);
 }
 
 std::vector<int64_t> positions_vec(const int64_t* positions, int64_t n) {
@@ -428,8 +491,8 @@ LMInputs lm_inputs(lavit_model* m, const lavit_batch* b, bool need_targets) {
     in.slots = torch::from_blob(const_cast<uint8_t*>(b->image_slots), {b->batch, b->seq_len}, torch::kUInt8).clone();
     auto kept = in.keep.sum(1).to(torch::kLong), want = in.slots.sum(1).to(torch::kLong);
     if ((want > kept).any().item<bool>()) throw std::invalid_argument("a sample has more image slots than kept tokens");
-    in.feats = in.feats.to(m->device);
-    in.keep = in.keep.to(m->device);
+    in.feats = in.feats.to(m->device, m->dtype);
+    in.keep = in.keep.to(m->device, m->dtype);
     in.slots = in.slots.to(m->device);
   }
   in.tokens = in.tokens.to(m->device);
@@ -478,7 +541,9 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
   // Whatever happens, this micro-batch's graph is dropped below.
   auto p = std::move(m->pending.front());
   m->pending.pop_front();
-  if (!m->finished) m->grads.zero_();  // the step's first micro-batch
+  // The step's first micro-batch starts the sums; in bf16 with float32
+  // reduction the bf16 buffer holds one micro-batch, added into `reduced`.
+  if (!m->finished || m->reduced.defined()) m->grads.zero_();
   json met = json::object();
   double local_sum = 0;
   if (m->stage == 1) {
@@ -498,10 +563,11 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
       auto zq = tok->codebook.index_select(0, idx.view(-1)).view(z.sizes());
       auto mse = (zq - z).pow(2).mean(-1);  // [B,N]
       commit = c.commit_beta * (mse * sel.keep_hard).sum(1) / sel.keep_hard.sum(1).clamp_min(1.0);
-      zst = z + (zq - z).detach();
+      zst = z + (zq.to(z.scalar_type()) - z).detach();
     }
     auto xhat = tok->decode(zst, sel.keep, sel.keep_hard);
-    auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
+    auto cos = F::cosine_similarity(xhat.to(torch::kFloat), sel.feats.to(torch::kFloat),
+                                    F::CosineSimilarityFuncOptions().dim(-1));
     auto rec = (1.0 - cos).mean(1);  // [B]
     auto per_sample = (rec + commit) * valid;
     auto loss_sum = per_sample.sum();
@@ -523,7 +589,7 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
       const int64_t K = c.codebook, C = c.code_dim;
       auto w = (sel.keep_hard * valid.unsqueeze(1)).reshape({-1});  // [B*N]
       auto onehot = F::one_hot(idx.reshape({-1}), K).to(torch::kFloat) * w.unsqueeze(1);  // [B*N,K]
-      auto sums = torch::matmul(onehot.t(), z.detach().reshape({-1, C}));                  // [K,C]
+      auto sums = torch::matmul(onehot.t(), z.detach().reshape({-1, C}).to(torch::kFloat));  // [K,C]
       auto counts = onehot.sum(0);                                                       // [K]
       auto out = torch::cat({sums.reshape({-1}), counts}).to(torch::kCPU).contiguous();
       std::memcpy(post, out.data_ptr<float>(), sizeof(float) * out.numel());
@@ -532,7 +598,7 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     }
   } else {
     auto logits = m->lm->forward(p.tokens, p.img_feats, p.img_keep, p.img_slots);
-    auto logp = torch::log_softmax(logits, -1);
+    auto logp = torch::log_softmax(logits.to(torch::kFloat), -1);  // the loss in float32
     auto mask = (p.targets >= 0).to(torch::kFloat);
     auto nll = -logp.gather(-1, p.targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask;
     auto per_sample = nll.sum(1) / mask.sum(1).clamp_min(1.0) * p.valid;
@@ -540,6 +606,14 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     loss_sum.backward();
     local_sum = loss_sum.item<double>();
     met["tokens"] = mask.sum().item<double>();
+  }
+  if (m->reduced.defined()) {
+    torch::NoGradGuard no_grad;
+    if (m->finished) {
+      m->reduced.add_(m->grads);
+    } else {
+      m->reduced.copy_(m->grads);
+    }
   }
   met["loss_sum"] = local_sum;
   met["samples"] = p.valid.sum().item<double>();
@@ -591,10 +665,10 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost, double
     const double run_lr = r.group == "selector" ? lr * m->opt.selector_lr / m->opt.lr : lr;
     for (int64_t c = lo; c < hi; c += kOptimChunk) {
       const int64_t n = std::min(kOptimChunk, hi - c);
-      auto g = m->grads.narrow(0, c, n) * scale;
+      auto g = comm_grads(m).narrow(0, c, n).to(torch::kFloat) * scale;
       auto ea = m->exp_avg.narrow(0, c - m->shard_lo, n);
       auto eas = m->exp_avg_sq.narrow(0, c - m->shard_lo, n);
-      auto p = m->zero >= 1 ? m->master.narrow(0, c - m->shard_lo, n) : m->params.narrow(0, c, n);
+      auto p = has_master(m) ? m->master.narrow(0, c - m->shard_lo, n) : m->params.narrow(0, c, n);
       ea.mul_(b1).add_(g, 1 - b1);
       eas.mul_(b2).addcmul_(g, g, 1 - b2);
       auto update = (ea / bc1) / ((eas / bc2).sqrt() + m->opt.eps);
@@ -602,7 +676,7 @@ void step_apply(lavit_model* m, int64_t global_batch, const float* gpost, double
       p.sub_(update, run_lr);
     }
   }
-  if (m->zero >= 1) m->params.narrow(0, m->shard_lo, m->shard_n).copy_(m->master);
+  if (has_master(m)) m->params.narrow(0, m->shard_lo, m->shard_n).copy_(m->master);
   if (m->stage == 1 && m->vq_on) {
     if (!gpost) throw std::invalid_argument("global post_stats is NULL");
     const auto& c = m->tok->cfg;
@@ -652,7 +726,7 @@ void vq_enable(lavit_model* m, const float* images, int64_t n, const int64_t* po
   auto sel = m->tok->select(imgs, pos, step, m->seed, kSaltKMeans);
   auto z = m->tok->merge(sel);
   auto kept = sel.keep_hard.reshape({-1}) > 0;
-  auto rows = z.reshape({-1, z.size(-1)}).index({kept});
+  auto rows = z.reshape({-1, z.size(-1)}).index({kept}).to(torch::kFloat);
   if (rows.size(0) == 0) throw std::runtime_error("vq_enable: the selector kept no tokens in these images");
   const auto& c = m->tok->cfg;
   m->tok->codebook.copy_(kmeans(rows, c.codebook, c.kmeans_iters, lavit::sample_key(m->seed, kSaltKMeans, step, 0)));
@@ -676,21 +750,32 @@ uint32_t fnv1a(const uint8_t* p, size_t n) {
   return h;
 }
 
+// gather_parts is how many flat float32 tensors lavit_optim_gather
+// collects: the two moments, and in bf16 the master weights first (the
+// state's float32 parameters).
+int64_t gather_parts(const lavit_model* m) { return is_bf16(m) ? 3 : 2; }
+
 // state_tensors are the state's tensors in order, whole (P values each for
-// the flat ones, padding left out): the same at every world size and ZeRO
-// stage. Sharded moments come from the gathered buffer (lavit_optim_gather).
+// the flat ones, padding left out, float32): the same at every world size,
+// ZeRO stage and precision (a bf16 model saves its float32 master weights).
+// Sharded ones come from the gathered buffer (lavit_optim_gather).
 std::vector<std::pair<std::string, torch::Tensor>> state_tensors(lavit_model* m) {
   ensure_optim(m);
   const int64_t P = m->trainable;
-  torch::Tensor ea = m->exp_avg, eas = m->exp_avg_sq;
+  torch::Tensor pv = is_bf16(m) ? m->master : m->params, ea = m->exp_avg, eas = m->exp_avg_sq;
   if (optim_sharded(m)) {
     if (!m->gathered.defined()) throw std::logic_error("the optimizer state is sharded: gather it first (lavit_optim_gather and an all-gather)");
     const int64_t n = m->params.numel();
-    ea = m->gathered.narrow(0, 0, n);
-    eas = m->gathered.narrow(0, n, n);
+    int64_t at = 0;
+    if (is_bf16(m)) {
+      pv = m->gathered.narrow(0, 0, n);
+      at = n;
+    }
+    ea = m->gathered.narrow(0, at, n);
+    eas = m->gathered.narrow(0, at + n, n);
   }
   std::vector<std::pair<std::string, torch::Tensor>> t = {
-      {"params", m->params.narrow(0, 0, P)}, {"exp_avg", ea.narrow(0, 0, P)}, {"exp_avg_sq", eas.narrow(0, 0, P)}};
+      {"params", pv.narrow(0, 0, P)}, {"exp_avg", ea.narrow(0, 0, P)}, {"exp_avg_sq", eas.narrow(0, 0, P)}};
   if (m->stage == 1) t.push_back({"codebook", m->tok->codebook});
   return t;
 }
@@ -788,14 +873,17 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   const int64_t P = m->trainable;
   ensure_optim(m);
   m->params.narrow(0, 0, P).copy_(loaded[0]);
-  for (int i : {1, 2}) {
-    auto& dst = i == 1 ? m->exp_avg : m->exp_avg_sq;
+  // This rank's shard of the flat float32 tensors (the master weights
+  // from the saved values, not from the parameters: in bf16 those are
+  // rounded).
+  const int64_t mine = std::min(m->shard_lo + m->shard_n, P) - m->shard_lo;
+  for (int i : {0, 1, 2}) {
+    auto& dst = i == 0 ? m->master : i == 1 ? m->exp_avg : m->exp_avg_sq;
+    if (!dst.defined()) continue;
     dst.zero_();
-    const int64_t n = std::min(m->shard_lo + m->shard_n, P) - m->shard_lo;
-    if (n > 0) dst.narrow(0, 0, n).copy_(loaded[i].narrow(0, m->shard_lo, n));
+    if (mine > 0) dst.narrow(0, 0, mine).copy_(loaded[i].narrow(0, m->shard_lo, mine));
   }
   if (m->stage == 1) m->tok->codebook.copy_(loaded[3].view(m->tok->codebook.sizes()));
-  sync_master(m);
   m->gathered = torch::Tensor();
   m->adam_t = adam_t;
   m->last_step = last_step;
@@ -944,6 +1032,11 @@ json model_info(lavit_model* m) {
   info["frozen_count"] = frozen_count;
   info["param_count"] = trainable;
   info["grad_numel"] = m->grads.numel();
+  info["grad_words"] = words(comm_grads(m));
+  info["param_words"] = words(m->params);
+  info["gather_parts"] = gather_parts(m);
+  info["precision"] = is_bf16(m) ? "bf16" : "fp32";
+  info["reduce_dtype"] = is_bf16(m) && m->reduce_bf16 ? "bf16" : "fp32";
   info["pre_stats"] = pre_stats_numel(m);
   info["post_stats"] = post_stats_numel(m);
   info["vq_on"] = m->vq_on;
@@ -958,7 +1051,7 @@ json model_info(lavit_model* m) {
   info["shard_numel"] = m->shard_n;
   auto bytes = [](const torch::Tensor& t) -> int64_t { return t.defined() ? t.numel() * t.element_size() : 0; };
   info["param_bytes"] = bytes(m->params);
-  info["grad_bytes"] = bytes(m->grads);
+  info["grad_bytes"] = bytes(m->grads) + bytes(m->reduced);
   info["optim_bytes"] = bytes(m->exp_avg) + bytes(m->exp_avg_sq) + bytes(m->master);
   int64_t frozen_bytes = 0;
   for (auto& [name, p] : m->frozen) frozen_bytes += bytes(p);
@@ -1045,42 +1138,54 @@ char* lavit_model_info(lavit_model* m) {
   return out;
 }
 
-int64_t lavit_grad_numel(lavit_model* m) { return m->grads.numel(); }
+int64_t lavit_grad_numel(lavit_model* m) { return words(comm_grads(m)); }
 int lavit_sync(lavit_model* m) {
   return guard([&] {
     if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());
   });
 }
+// staging_words is the host staging buffer's size in float32 words: room
+// for the collective's gradient buffer and for the parameters.
+int64_t staging_words(lavit_model* m) { return std::max(words(comm_grads(m)), words(m->params)); }
+
+// stage copies `dev` (a flat buffer) into the staging buffer (to_host) or
+// back, the staging bytes read as dev's dtype.
+void stage(lavit_model* m, torch::Tensor& dev, bool to_host, const char* what) {
+  if (!m->staging.defined() || m->staging.numel() != staging_words(m)) {
+    throw std::logic_error(std::string(what) + " stage: no staging buffer (call lavit_grad_staging first)");
+  }
+  torch::NoGradGuard no_grad;
+  auto host = torch::from_blob(m->staging.data_ptr(), {dev.numel()}, torch::TensorOptions().dtype(dev.scalar_type()));
+  if (to_host) {
+    host.copy_(dev);
+  } else {
+    dev.copy_(host);
+  }
+}
+
 float* lavit_grad_staging(lavit_model* m) {
   float* out = nullptr;
   guard([&] {
-    if (!m->staging.defined() || m->staging.numel() != m->grads.numel()) {
+    if (!m->staging.defined() || m->staging.numel() != staging_words(m)) {
       auto opts = torch::TensorOptions().dtype(torch::kFloat).device(torch::kCPU);
       if (m->device.is_cuda()) opts = opts.pinned_memory(true);
-      m->staging = torch::empty({m->grads.numel()}, opts);
+      m->staging = torch::empty({staging_words(m)}, opts);
     }
     out = m->staging.data_ptr<float>();
   });
   return out;
 }
 int lavit_grads_stage(lavit_model* m, int to_host) {
-  return guard([&] {
-    if (!m->staging.defined() || m->staging.numel() != m->grads.numel()) throw std::logic_error("grads stage: no staging buffer (call lavit_grad_staging first)");
-    if (to_host) {
-      m->staging.copy_(m->grads);
-    } else {
-      m->grads.copy_(m->staging);
-    }
-  });
+  return guard([&] { stage(m, comm_grads(m), to_host != 0, "grads"); });
 }
-void* lavit_grad_data(lavit_model* m) { return m->grads.data_ptr(); }
+void* lavit_grad_data(lavit_model* m) { return comm_grads(m).data_ptr(); }
 void* lavit_param_data(lavit_model* m) { return m->params.data_ptr(); }
 int lavit_param_grad(lavit_model* m, int64_t index, float* out) {
   return guard([&] {
     if (index < 0 || index >= static_cast<int64_t>(m->segs.size())) throw std::out_of_range("parameter index out of range");
     auto g = m->segs[index].param.grad();
     if (!g.defined()) throw std::runtime_error("parameter " + m->segs[index].name + " has no .grad");
-    auto c = g.detach().to(torch::kCPU).contiguous().reshape({-1});
+    auto c = g.detach().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1});
     std::memcpy(out, c.data_ptr<float>(), c.numel() * sizeof(float));
   });
 }
@@ -1135,15 +1240,11 @@ int lavit_grad_sq(lavit_model* m, float* hi, float* lo) {
 }
 
 int lavit_params_stage(lavit_model* m, int to_host) {
-  return guard([&] {
-    if (!m->staging.defined() || m->staging.numel() != m->params.numel()) throw std::logic_error("params stage: no staging buffer (call lavit_grad_staging first)");
-    torch::NoGradGuard no_grad;
-    if (to_host) {
-      m->staging.copy_(m->params);
-    } else {
-      m->params.copy_(m->staging);
-    }
-  });
+  return guard([&] { stage(m, m->params, to_host != 0, "params"); });
+}
+
+int lavit_set_precision(lavit_model* m, int bf16, int reduce_bf16) {
+  return guard([&] { set_precision(m, bf16 != 0, reduce_bf16 != 0); });
 }
 
 float* lavit_optim_gather(lavit_model* m) {
@@ -1151,10 +1252,11 @@ float* lavit_optim_gather(lavit_model* m) {
   guard([&] {
     if (m->in_flight() || m->finished) throw std::logic_error("optim gather: a step is in flight");
     ensure_optim(m);
-    const int64_t n = m->params.numel();
-    auto g = torch::zeros({2 * n}, torch::TensorOptions().dtype(torch::kFloat));
-    g.narrow(0, m->shard_lo, m->shard_n).copy_(m->exp_avg);
-    g.narrow(0, n + m->shard_lo, m->shard_n).copy_(m->exp_avg_sq);
+    const int64_t n = m->params.numel(), k = gather_parts(m);
+    auto g = torch::zeros({k * n}, torch::TensorOptions().dtype(torch::kFloat));
+    std::vector<torch::Tensor> parts = {m->exp_avg, m->exp_avg_sq};
+    if (is_bf16(m)) parts.insert(parts.begin(), m->master);
+    for (int64_t i = 0; i < k; ++i) g.narrow(0, i * n + m->shard_lo, m->shard_n).copy_(parts[i]);
     m->gathered = g;
     out = g.data_ptr<float>();
   });
@@ -1207,7 +1309,7 @@ int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int6
     torch::Tensor zq = z, idx = torch::full({n, m->patches()}, -1, torch::kLong);
     if (m->vq_on) {
       idx = m->tok->nearest(z);
-      zq = m->tok->codebook.index_select(0, idx.view(-1)).view(z.sizes());
+      zq = m->tok->codebook.index_select(0, idx.view(-1)).view(z.sizes()).to(z.scalar_type());
     }
     auto copy = [](const torch::Tensor& t, void* dst, size_t elem) {
       auto c = t.to(torch::kCPU).contiguous();
@@ -1218,10 +1320,10 @@ int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int6
       auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
       copy((1.0 - cos).to(torch::kFloat), cos_loss, sizeof(float));
     }
-    if (keep_prob) copy(sel.logp.select(-1, 0).exp(), keep_prob, sizeof(float));
+    if (keep_prob) copy(sel.logp.select(-1, 0).exp().to(torch::kFloat), keep_prob, sizeof(float));
     if (keep) copy(sel.keep_hard.to(torch::kUInt8), keep, 1);
     if (codes) copy(idx.to(torch::kLong), codes, sizeof(int64_t));
-    if (features) copy(sel.feats, features, sizeof(float));
+    if (features) copy(sel.feats.to(torch::kFloat), features, sizeof(float));
   });
 }
 
@@ -1234,7 +1336,7 @@ int lavit_tokenize(lavit_model* m, const float* images, int64_t n, const int64_t
     auto imgs = images_tensor(m, images, n);
     auto sel = m->tok->select(imgs, positions_vec(positions, n), step, m->seed, kSaltEval);
     auto idx = m->tok->nearest(m->tok->merge(sel)).to(torch::kCPU);
-    auto kh = sel.keep_hard.to(torch::kCPU);
+    auto kh = sel.keep_hard.to(torch::kCPU, torch::kFloat);
     const int64_t N = m->patches();
     auto ia = idx.accessor<int64_t, 2>();
     auto ka = kh.accessor<float, 2>();
@@ -1255,7 +1357,8 @@ int lavit_lm_logprobs(lavit_model* m, const lavit_batch* b, float* out) {
     if (!b || !out || b->batch <= 0) throw std::invalid_argument("batch or out is NULL");
     torch::NoGradGuard no_grad;
     auto in = lm_inputs(m, b, false);
-    auto lp = torch::log_softmax(m->lm->forward(in.tokens, in.feats, in.keep, in.slots), -1).to(torch::kCPU).contiguous();
+    auto logits = m->lm->forward(in.tokens, in.feats, in.keep, in.slots).to(torch::kFloat);
+    auto lp = torch::log_softmax(logits, -1).to(torch::kCPU).contiguous();
     std::memcpy(out, lp.data_ptr<float>(), lp.numel() * sizeof(float));
   });
 }
