@@ -67,9 +67,10 @@ gpu-bundle: deps
 
 ## test: every test (unit, in-process cluster, process-level), with -race
 test: build torch fake-nccl
-	@rm -f test-out/it-learned.txt
+	@rm -f test-out/it-learned.txt test-out/it-learned-bf16.txt
 	LAVIT_BIN_DIR= LAVIT_TORCH_LIB=$(CURDIR)/$(SHIM) LAVIT_FAKE_NCCL=$(CURDIR)/$(FAKE_NCCL) LAVIT_REPORT_DIR=$(CURDIR)/test-out $(GO) test $(TESTFLAGS) ./...
 	@echo; echo "MODEL.md's \"it learned\" checks (trainer.TestTinyLaVITLearns):"; cat test-out/it-learned.txt
+	@echo; echo "The same in bf16 (trainer.TestTinyLaVITLearnsBF16):"; cat test-out/it-learned-bf16.txt
 
 ## demo: a coordinator and two workers join, are listed, and leave cleanly
 demo: build torch

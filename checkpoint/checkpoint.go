@@ -50,8 +50,23 @@ type Manifest struct {
 	Created     time.Time   `json:"created"`
 }
 
-// FormatVersion is the manifest format this build writes and reads.
-const FormatVersion = 1
+// FormatVersion is the manifest format this build writes; it reads
+// every format from 1. Format 1: StateSHA256 is the sha256 of the whole
+// state (every rank held it). Format 2: each rank writes only its part
+// (a blocked state, StateFormatBlocked), so no one hashes the whole:
+// StateSHA256 is PartsDigest of the parts, each part's own sha256 being
+// checked as before.
+const FormatVersion = 2
+
+// PartsDigest is a format-2 manifest's StateSHA256: the sha256 of the
+// parts' sha256s (hex, in part order, each followed by a newline).
+func PartsDigest(parts []Part) string {
+	h := sha256.New()
+	for _, p := range parts {
+		io.WriteString(h, p.SHA256+"\n")
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // Part is one rank's slice [Offset, Offset+Bytes) of the state blob.
 type Part struct {
@@ -92,8 +107,13 @@ func SHA256(b []byte) string {
 // WritePart uploads rank's slice of state into dir and returns its entry.
 func WritePart(ctx context.Context, dir string, state []byte, rank, world int) (Part, error) {
 	lo, hi := Slice(int64(len(state)), world, rank)
-	data := state[lo:hi]
-	p := Part{Name: PartName(rank, world), Offset: lo, Bytes: hi - lo}
+	return WritePartAt(ctx, dir, state[lo:hi], lo, rank, world)
+}
+
+// WritePartAt uploads rank's part, the bytes at offset of the state (a
+// blocked state's part: BlockedLayout), into dir and returns its entry.
+func WritePartAt(ctx context.Context, dir string, data []byte, offset int64, rank, world int) (Part, error) {
+	p := Part{Name: PartName(rank, world), Offset: offset, Bytes: int64(len(data))}
 	dst, err := objstore.OpenForWrite(ctx, dir)
 	if err != nil {
 		return p, err
@@ -134,8 +154,8 @@ func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
 
 // Validate checks that the parts tile the state exactly.
 func (m *Manifest) Validate() error {
-	if m.Format != FormatVersion {
-		return fmt.Errorf("checkpoint manifest format %d, this build reads %d", m.Format, FormatVersion)
+	if m.Format < 1 || m.Format > FormatVersion {
+		return fmt.Errorf("checkpoint manifest format %d, this build reads 1 to %d", m.Format, FormatVersion)
 	}
 	if m.World < 1 || len(m.Parts) != m.World {
 		return fmt.Errorf("checkpoint manifest: %d parts for world %d", len(m.Parts), m.World)
@@ -203,8 +223,8 @@ func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
 			return nil, fmt.Errorf("%s/%s: %w: sha256 %.12s, the manifest says %.12s", dir, p.Name, ErrCorrupt, sum, p.SHA256)
 		}
 	}
-	if SHA256(state) != m.StateSHA256 {
-		return nil, fmt.Errorf("%s: %w: the assembled state's sha256 differs from the manifest's", dir, ErrCorrupt)
+	if err := m.checkStateHash(state); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", dir, ErrCorrupt, err)
 	}
 	return state, nil
 }
@@ -296,4 +316,20 @@ func WriteParams(w io.Writer, flat []float32, params []ParamInfo) error {
 		ts = append(ts, F32Tensor(p.Name, p.Shape, flat[p.Offset:p.Offset+p.Numel]))
 	}
 	return WriteSafetensors(w, ts, map[string]string{"format": "pt", "producer": "lavit"})
+}
+
+// checkStateHash checks the assembled state against StateSHA256: its
+// sha256 (format 1), or the digest of the parts' (format 2, whose parts
+// were each checked already).
+func (m *Manifest) checkStateHash(state []byte) error {
+	if m.Format >= 2 {
+		if PartsDigest(m.Parts) != m.StateSHA256 {
+			return errors.New("the parts' digest differs from the manifest's state hash")
+		}
+		return nil
+	}
+	if SHA256(state) != m.StateSHA256 {
+		return errors.New("the assembled state's sha256 differs from the manifest's")
+	}
+	return nil
 }

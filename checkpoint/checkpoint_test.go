@@ -156,7 +156,8 @@ func TestManifestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, edit := range map[string]func(*Manifest){
-		"newer format":  func(m *Manifest) { m.Format = 2 },
+		"newer format":  func(m *Manifest) { m.Format = FormatVersion + 1 },
+		"no format":     func(m *Manifest) { m.Format = 0 },
 		"missing part":  func(m *Manifest) { m.Parts = m.Parts[:1] },
 		"gap":           func(m *Manifest) { m.Parts[1].Offset = 6 },
 		"wrong total":   func(m *Manifest) { m.StateBytes = 11 },
@@ -212,5 +213,43 @@ func TestExportSafetensors(t *testing.T) {
 	}
 	if err := ExportSafetensors(&buf, state, StateFormat, []ParamInfo{{Name: "x", Offset: 5, Numel: 4}}); err == nil {
 		t.Error("a parameter outside the params was exported")
+	}
+}
+
+// TestFetchPartsOfUnequalSize: a format-2 checkpoint whose parts are what
+// each rank held (unequal sizes, written with WritePartAt) fetches back
+// whole; its state hash is the digest of the parts' sha256s, and a
+// manifest whose digest does not match them is refused.
+func TestFetchPartsOfUnequalSize(t *testing.T) {
+	ctx := context.Background()
+	state := []byte("header+block0|block1...|b2")
+	cuts := []int64{0, 14, 24, int64(len(state))}
+	dir := "file://" + filepath.Join(t.TempDir(), "step")
+	m := &Manifest{Format: FormatVersion, Run: "r", Step: 3, World: 3, StateBytes: int64(len(state))}
+	for r := range 3 {
+		p, err := WritePartAt(ctx, dir, state[cuts[r]:cuts[r+1]], cuts[r], r, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.SHA256 != SHA256(state[cuts[r]:cuts[r+1]]) || p.Offset != cuts[r] {
+			t.Fatalf("part %d: %+v", r, p)
+		}
+		m.Parts = append(m.Parts, p)
+	}
+	m.StateSHA256 = PartsDigest(m.Parts)
+	if err := WriteManifest(ctx, dir, m); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Fetch(ctx, dir, m)
+	if err != nil || !bytes.Equal(got, state) {
+		t.Fatalf("fetched %q, %v; want the state back", got, err)
+	}
+	bad := *m
+	bad.StateSHA256 = SHA256(state) // a format-1 hash in a format-2 manifest
+	if _, err := Fetch(ctx, dir, &bad); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a wrong parts digest: %v, want ErrCorrupt", err)
+	}
+	if PartsDigest(m.Parts[:2]) == PartsDigest(m.Parts) || PartsDigest(m.Parts) == SHA256(state) {
+		t.Fatal("the parts digest does not depend on every part")
 	}
 }

@@ -125,13 +125,16 @@ func (s *Server) commitCheckpoint(ctx context.Context, run string, step int64, p
 	}
 	dir := checkpoint.Dir(base, run, step)
 	m := &checkpoint.Manifest{
-		Format: 1, Run: run, Generation: p.generation, Step: step, World: p.world,
-		StateBytes: p.meta.StateBytes, StateSHA256: p.meta.StateSHA256, ConfigHash: p.meta.ConfigHash,
+		Format: checkpoint.FormatVersion, Run: run, Generation: p.generation, Step: step, World: p.world,
+		StateBytes: p.meta.StateBytes, ConfigHash: p.meta.ConfigHash,
 		SpecHash: p.meta.SpecHash, CodeVersion: p.meta.CodeVersion, Created: time.Now().UTC(),
 	}
 	for _, part := range p.parts {
 		m.Parts = append(m.Parts, checkpoint.Part(*part))
 	}
+	// No rank holds the whole state (each wrote its own part): the
+	// state's hash is the digest of the parts' sha256s.
+	m.StateSHA256 = checkpoint.PartsDigest(m.Parts)
 	for _, pi := range p.meta.Params {
 		m.Params = append(m.Params, checkpoint.ParamInfo(pi))
 	}

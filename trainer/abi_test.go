@@ -47,4 +47,7 @@ func TestCheckpointReadsThisStateFormat(t *testing.T) {
 	if StateFormat != checkpoint.StateFormat {
 		t.Fatalf("the shim writes state format %d, checkpoint.StateFormat is %d: bump checkpoint.StateFormat with the shim", StateFormat, checkpoint.StateFormat)
 	}
+	if StateFormatBlocked != checkpoint.StateFormatBlocked {
+		t.Fatalf("the shim writes blocked states in format %d, checkpoint.StateFormatBlocked is %d", StateFormatBlocked, checkpoint.StateFormatBlocked)
+	}
 }

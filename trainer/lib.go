@@ -30,6 +30,10 @@ const ABIVersion = C.LAVIT_ABI_VERSION
 // ABI, so checkpoints outlive ABI changes.
 const StateFormat = C.LAVIT_STATE_FORMAT
 
+// StateFormatBlocked is the layout version of a blocked state
+// (Model.StatePart, LAVIT_STATE_FORMAT_BLOCKED).
+const StateFormatBlocked = C.LAVIT_STATE_FORMAT_BLOCKED
+
 // LibraryName is the shim's file name; `make torch` builds it into bin/.
 const LibraryName = "liblavit_torch.so"
 

@@ -32,6 +32,7 @@ func benchLM() Config {
 type memSetting struct {
 	world, zero int
 	ckpt        bool
+	precision   string // fp32, or bf16 (gradients reduced in float32)
 }
 
 // memResult is what a rank process reports.
@@ -45,13 +46,18 @@ type memResult struct {
 // each), with optim.zero 0, 1 and 2, with and without activation
 // checkpointing, one row of 127 tokens per rank per step, and reports each
 // setting's peak resident memory per rank (the largest rank's VmHWM) and
-// its step time relative to plain data parallelism (zero 0, no
-// checkpointing) at the same world size. The table is also written to
+// its step time relative to plain data parallelism (fp32, zero 0, no
+// checkpointing) at the same world size; in fp32 and in bf16 (gradients
+// reduced in float32). The table is also written to
 // $LAVIT_REPORT_DIR/memory.md. LAVIT_BENCH_WORLDS (e.g. "1") limits the
-// world sizes.
+// world sizes, LAVIT_BENCH_PRECISIONS (e.g. "bf16") the precisions.
 func BenchmarkMemory(b *testing.B) {
 	var table strings.Builder
-	table.WriteString("| world | zero | activation checkpointing | peak RSS per rank (MiB) | step (ms) | step vs plain DP |\n| --- | --- | --- | --- | --- | --- |\n")
+	table.WriteString("| world | precision | zero | activation checkpointing | peak RSS per rank (MiB) | step (ms) | step vs plain DP |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+	precisions := []string{PrecisionFP32, PrecisionBF16}
+	if p := os.Getenv("LAVIT_BENCH_PRECISIONS"); p != "" {
+		precisions = strings.Split(p, ",")
+	}
 	worlds := []int{1, 2, 4}
 	if w := os.Getenv("LAVIT_BENCH_WORLDS"); w != "" { // e.g. "1" for a quick run
 		worlds = nil
@@ -66,21 +72,23 @@ func BenchmarkMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		for _, world := range worlds {
 			var plainMS float64
-			for _, zero := range []int{0, 1, 2} {
-				for _, ckpt := range []bool{false, true} {
-					s := memSetting{world: world, zero: zero, ckpt: ckpt}
-					res := runMemSetting(b, s)
-					peak, step := int64(0), res[0].stepMS
-					for _, r := range res {
-						peak = max(peak, r.peakKB)
+			for _, precision := range precisions {
+				for _, zero := range []int{0, 1, 2} {
+					for _, ckpt := range []bool{false, true} {
+						s := memSetting{world: world, zero: zero, ckpt: ckpt, precision: precision}
+						res := runMemSetting(b, s)
+						peak, step := int64(0), res[0].stepMS
+						for _, r := range res {
+							peak = max(peak, r.peakKB)
+						}
+						if plainMS == 0 { // the first row: fp32, zero 0, no checkpointing, unless limited
+							plainMS = step
+						}
+						name := fmt.Sprintf("world%d/%s/zero%d/ckpt=%v", world, precision, zero, ckpt)
+						b.ReportMetric(float64(peak)/1024, name+"_MiB")
+						b.ReportMetric(step/plainMS, name+"_vs_plain")
+						fmt.Fprintf(&table, "| %d | %s | %d | %v | %d | %.0f | %.2f× |\n", world, precision, zero, ckpt, peak>>10, step, step/plainMS)
 					}
-					if zero == 0 && !ckpt {
-						plainMS = step
-					}
-					name := fmt.Sprintf("world%d/zero%d/ckpt=%v", world, zero, ckpt)
-					b.ReportMetric(float64(peak)/1024, name+"_MiB")
-					b.ReportMetric(step/plainMS, name+"_vs_plain")
-					fmt.Fprintf(&table, "| %d | %d | %v | %d | %.0f | %.2f× |\n", world, zero, ckpt, peak>>10, step, step/plainMS)
 				}
 			}
 		}
@@ -116,7 +124,7 @@ func runMemSetting(b *testing.B, s memSetting) []memResult {
 	var wg sync.WaitGroup
 	for r := range s.world {
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestMemoryBenchRank$", "-test.v", "-test.timeout", "30m")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("LAVIT_MEMBENCH=%d,%d,%d,%v,%s", s.world, r, s.zero, s.ckpt, strings.Join(peers, ",")))
+		cmd.Env = append(os.Environ(), fmt.Sprintf("LAVIT_MEMBENCH=%d,%d,%d,%v,%s,%s", s.world, r, s.zero, s.ckpt, s.precision, strings.Join(peers, ",")))
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -177,9 +185,13 @@ func TestMemoryBenchRank(t *testing.T) {
 	rank, _ := strconv.Atoi(f[1])
 	zero, _ := strconv.Atoi(f[2])
 	ckpt := f[3] == "true"
-	peers := f[4:]
+	precision := f[4]
+	peers := f[5:]
 	lib := loadLib(t)
 	m := newModel(t, lib, benchLM(), 1)
+	if err := m.SetPrecision(precision, PrecisionFP32); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.SetShard(rank, world, zero); err != nil {
 		t.Fatal(err)
 	}

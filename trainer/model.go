@@ -664,10 +664,40 @@ func (m *Model) State() ([]byte, error) {
 			return m.lib.lastError("save state")
 		}
 		defer C.c_free_bytes(&m.lib.api, p)
-		out = C.GoBytes(unsafe.Pointer(p), C.int(n))
+		out = cBytes(p, n)
 		return nil
 	})
 	return out, err
+}
+
+// StatePart is this rank's part of a blocked state (StateFormatBlocked):
+// the header (rank 0) and block Rank of the flat buffers, float32
+// parameters (a bf16 model's master weights) and Adam moments, with their
+// checksums. The parts of every rank, concatenated in rank order, are one
+// state that Load reads at any world size and ZeRO stage; a rank writes
+// only what it holds, so a checkpoint needs no gather and no rank holds
+// the whole state (checkpoint.BlockedLayout gives the parts' sizes).
+func (m *Model) StatePart() ([]byte, error) {
+	var out []byte
+	err := withThread(func() error {
+		var p *C.uint8_t
+		var n C.int64_t
+		if C.c_state_part(&m.lib.api, m.m, &p, &n) != 0 {
+			return m.lib.lastError("save state part")
+		}
+		defer C.c_free_bytes(&m.lib.api, p)
+		out = cBytes(p, n)
+		return nil
+	})
+	return out, err
+}
+
+// cBytes copies n bytes of C memory into a Go slice (C.GoBytes takes an
+// int, too small for a large state).
+func cBytes(p *C.uint8_t, n C.int64_t) []byte {
+	out := make([]byte, int(n))
+	copy(out, unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)))
+	return out
 }
 
 // Load restores a state from State. On error nothing changes.

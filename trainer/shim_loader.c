@@ -13,7 +13,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	LOAD(sync) LOAD(grad_staging) LOAD(grads_stage)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
 	LOAD(set_shard) LOAD(set_precision) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
-	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(eval_stage1)
+	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(state_part) LOAD(eval_stage1)
 	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
 	return 0;
 }
@@ -49,6 +49,7 @@ char* c_last_metrics(lavit_api* a, lavit_model* m) { return a->last_metrics(m); 
 int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step) { return a->vq_enable(m, im, n, pos, step); }
 int c_load_safetensors(lavit_api* a, lavit_model* m, const char* path, const char* prefix, const char* mapping) { return a->load_safetensors(m, path, prefix, mapping); }
 int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len) { return a->state_save(m, out, len); }
+int c_state_part(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len) { return a->state_part(m, out, len); }
 void c_free_bytes(lavit_api* a, uint8_t* p) { a->free_bytes(p); }
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n) { return a->state_load(m, d, n); }
 int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats) { return a->eval_stage1(m, im, n, pos, step, cl, kp, k, codes, feats); }

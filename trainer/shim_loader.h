@@ -36,6 +36,7 @@ typedef struct {
 	int (*vq_enable)(lavit_model*, const float*, int64_t, const int64_t*, int64_t);
 	int (*load_safetensors)(lavit_model*, const char*, const char*, const char*);
 	int (*state_save)(lavit_model*, uint8_t**, int64_t*);
+	int (*state_part)(lavit_model*, uint8_t**, int64_t*);
 	void (*free_bytes)(uint8_t*);
 	int (*state_load)(lavit_model*, const uint8_t*, int64_t);
 	int (*eval_stage1)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, float*, float*, uint8_t*, int64_t*, float*);
@@ -75,6 +76,7 @@ char* c_last_metrics(lavit_api* a, lavit_model* m);
 int c_vq_enable(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step);
 int c_load_safetensors(lavit_api* a, lavit_model* m, const char* path, const char* prefix, const char* mapping);
 int c_state_save(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len);
+int c_state_part(lavit_api* a, lavit_model* m, uint8_t** out, int64_t* len);
 void c_free_bytes(lavit_api* a, uint8_t* p);
 int c_state_load(lavit_api* a, lavit_model* m, const uint8_t* d, int64_t n);
 int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, float* cl, float* kp, uint8_t* k, int64_t* codes, float* feats);

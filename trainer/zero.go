@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"time"
 	"unsafe"
+
+	"github.com/lavit-org/lavit/checkpoint"
 )
 
 // Sharding (ZeRO) and gradient accumulation: how one step runs when the
@@ -400,4 +402,12 @@ func cFlag(b bool) C.int {
 		return 1
 	}
 	return 0
+}
+
+// BlockedLayout is the size in bytes of each rank's part of a blocked
+// state (StatePart) of this model at its world size: what a checkpoint's
+// parts hold, rank 0's first.
+func (m *Model) BlockedLayout() []int64 {
+	in := m.info
+	return checkpoint.BlockedLayout(in.ParamCount, in.GradNumel/int64(in.World), in.World, in.Codebook*in.CodeDim)
 }

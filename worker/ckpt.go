@@ -16,9 +16,11 @@ import (
 	"github.com/lavit-org/lavit/trainer"
 )
 
-// Checkpoints on the worker side: at a step boundary every rank copies the
-// model's state to host memory (the only pause the step loop sees) and a
-// background goroutine uploads this rank's 1/W slice with its sha256, then
+// Checkpoints on the worker side: at a step boundary every rank copies its
+// own part of the state to host memory (Model.StatePart: the header on rank
+// 0 and the rank's block of the parameters and optimizer state, which
+// under ZeRO is exactly its shard; the only pause the step loop sees, and
+// no gather) and a background goroutine uploads it with its sha256, then
 // reports it to the coordinator, whose leader writes the manifest once
 // every part is in and commits it. Restore fetches every part of the newest
 // committed checkpoint (any world size), verifies it, and falls back to an
@@ -32,13 +34,11 @@ type checkpointer struct {
 	url         string // checkpoint.url
 	rank, world int
 	model       *trainer.Model
-	// gather all-gathers a host buffer over the ranks: a sharded (ZeRO)
-	// optimizer state is gathered before each checkpoint.
-	gather trainer.Reducer
-	// total is the run's last step; finalState is the state taken there.
-	total      int64
-	finalState []byte
-	meta       wire.CheckpointMeta // what every checkpoint of the run records (see runMeta)
+	// offset is where this rank's part starts in the state, stateBytes the
+	// state's size (the parts' sizes are the model's BlockedLayout).
+	offset, stateBytes int64
+	total              int64               // the run's last step
+	meta               wire.CheckpointMeta // what every checkpoint of the run records (see runMeta)
 
 	inFlight chan struct{} // closed when the running upload ends; nil if none
 	lastErr  error         // the last upload's error (read after inFlight closes)
@@ -49,10 +49,16 @@ type checkpointer struct {
 	taken     int
 }
 
-func newCheckpointer(j *Job, spec *runspec.Spec, model *trainer.Model, gather trainer.Reducer, total int64) *checkpointer {
+func newCheckpointer(j *Job, spec *runspec.Spec, model *trainer.Model, total int64) *checkpointer {
 	c := &checkpointer{
 		j: j, log: j.Log, url: spec.Checkpoint.URL, rank: j.Desired.Rank, world: j.Desired.World,
-		model: model, gather: gather, total: total, lastTaken: time.Now(),
+		model: model, total: total, lastTaken: time.Now(),
+	}
+	for r, n := range model.BlockedLayout() {
+		if r < c.rank {
+			c.offset += n
+		}
+		c.stateBytes += n
 	}
 	c.meta = runMeta(model, spec, j.Build)
 	return c
@@ -81,15 +87,9 @@ func (c *checkpointer) save(ctx context.Context, step int64) error {
 	if err := c.wait(ctx); err != nil {
 		c.log.Warn("the previous checkpoint upload failed; it is not committed", "err", err)
 	}
-	if err := c.model.GatherState(ctx, c.gather); err != nil {
-		return fmt.Errorf("checkpoint at step %d: %w", step, err)
-	}
-	state, err := c.model.State()
+	part, err := c.model.StatePart()
 	if err != nil {
-		return fmt.Errorf("checkpoint at step %d: copy the state: %w", step, err)
-	}
-	if step == c.total {
-		c.finalState = state // the run's final state (saveFinal), gathered by every rank here
+		return fmt.Errorf("checkpoint at step %d: copy this rank's part of the state: %w", step, err)
 	}
 	stall := float64(time.Since(began).Microseconds()) / 1000
 	c.stallMs, c.lastTaken = stall, time.Now()
@@ -99,10 +99,10 @@ func (c *checkpointer) save(ctx context.Context, step int64) error {
 	go func() {
 		defer close(done)
 		t0 := time.Now()
-		c.lastErr = c.upload(ctx, step, state)
+		c.lastErr = c.upload(ctx, step, part)
 		switch {
 		case c.lastErr == nil:
-			c.log.Info("checkpoint part saved", "step", step, "bytes", len(state), "stall_ms", stall, "upload", time.Since(t0).Round(time.Millisecond))
+			c.log.Info("checkpoint part saved", "step", step, "bytes", len(part), "stall_ms", stall, "upload", time.Since(t0).Round(time.Millisecond))
 		case ctx.Err() == nil:
 			c.log.Warn("checkpoint part not saved", "step", step, "err", c.lastErr)
 		}
@@ -112,12 +112,16 @@ func (c *checkpointer) save(ctx context.Context, step int64) error {
 
 // upload writes this rank's part (retrying while the store refuses) and
 // reports it to the coordinator (retrying until the leader takes it).
-func (c *checkpointer) upload(ctx context.Context, step int64, state []byte) error {
+func (c *checkpointer) upload(ctx context.Context, step int64, data []byte) error {
 	dir := checkpoint.Dir(c.url, c.j.Desired.Run, step)
+	end := c.offset + int64(len(data))
+	if end > c.stateBytes || (c.rank == c.world-1 && end != c.stateBytes) {
+		return fmt.Errorf("checkpoint part of %d bytes at %d does not fit the state's %d bytes", len(data), c.offset, c.stateBytes)
+	}
 	var part checkpoint.Part
 	err := retry.Do(ctx, retry.Default, func(int) error {
 		var err error
-		part, err = checkpoint.WritePart(ctx, dir, state, c.rank, c.world)
+		part, err = checkpoint.WritePartAt(ctx, dir, data, c.offset, c.rank, c.world)
 		return err
 	}, func(t retry.Try) {
 		c.log.Warn("checkpoint part upload failed; retrying", "step", step, "retry_in", t.Wait.Round(time.Millisecond), "err", t.Err)
@@ -136,7 +140,9 @@ func (c *checkpointer) upload(ctx context.Context, step int64, state []byte) err
 		Part: wire.CheckpointPart(part),
 	}
 	if c.rank == 0 {
-		req.Meta = c.checkpointMeta(state, part)
+		m := c.meta
+		m.StateBytes = c.stateBytes // the leader hashes the parts (checkpoint.PartsDigest)
+		req.Meta = &m
 	}
 	return retry.Do(ctx, retry.Backoff{Initial: time.Second, Max: 5 * time.Second, Jitter: 0.5}, func(int) error {
 		cctx, cancel := c.j.callContext(ctx)
@@ -160,18 +166,6 @@ func runMeta(model *trainer.Model, spec *runspec.Spec, build string) wire.Checkp
 		m.Params = append(m.Params, wire.ParamInfo(p))
 	}
 	return m
-}
-
-// checkpointMeta describes the whole checkpoint (rank 0). A world of one's
-// part is the whole state, whose checksum is then already known.
-func (c *checkpointer) checkpointMeta(state []byte, part checkpoint.Part) *wire.CheckpointMeta {
-	sum := part.SHA256
-	if part.Bytes != int64(len(state)) {
-		sum = checkpoint.SHA256(state)
-	}
-	m := c.meta
-	m.StateBytes, m.StateSHA256 = int64(len(state)), sum
-	return &m
 }
 
 // restore loads the newest committed checkpoint at or before step want
@@ -219,8 +213,9 @@ func (c *checkpointer) restore(ctx context.Context, want int64) (int64, string, 
 // the run's last checkpoint before it reports the run completed.
 const finalCommitWait = 5 * time.Minute
 
-// waitCommitted waits until the coordinator lists a checkpoint at step.
-func (c *checkpointer) waitCommitted(parent context.Context, step int64) error {
+// waitCommitted waits until the coordinator lists a checkpoint at step
+// and returns where it is.
+func (c *checkpointer) waitCommitted(parent context.Context, step int64) (string, error) {
 	ctx, cancel := context.WithTimeout(parent, finalCommitWait)
 	defer cancel()
 	var last error
@@ -229,14 +224,14 @@ func (c *checkpointer) waitCommitted(parent context.Context, step int64) error {
 		last = err
 		for _, k := range list {
 			if k.Step == step {
-				return nil
+				return k.URL, nil
 			}
 		}
 		if err := retry.Sleep(ctx, 200*time.Millisecond); err != nil {
 			if parent.Err() != nil {
-				return parent.Err()
+				return "", parent.Err()
 			}
-			return fmt.Errorf("the checkpoint at step %d was not committed within %s (last error: %v)", step, finalCommitWait, last)
+			return "", fmt.Errorf("the checkpoint at step %d was not committed within %s (last error: %v)", step, finalCommitWait, last)
 		}
 	}
 }

@@ -52,8 +52,8 @@ func readFinalState(ctx context.Context, loc string) (config, state []byte, err 
 
 // finish saves the final model state, measures the checks on the eval set,
 // and reports the run COMPLETED (rank 0).
-func (r *training) finish(ctx context.Context, step int64) error {
-	artifact, err := r.saveFinal(ctx, step)
+func (r *training) finish(ctx context.Context, step int64, lastCheckpoint string) error {
+	artifact, err := r.saveFinal(ctx, step, lastCheckpoint)
 	if err != nil {
 		return fmt.Errorf("save the final model state: %w", err)
 	}
@@ -86,14 +86,13 @@ func (r *training) finish(ctx context.Context, step int64) error {
 }
 
 // saveFinal writes the model config and state under
-// <checkpoint.url>/<run>/final/.
-func (r *training) saveFinal(ctx context.Context, step int64) (*wire.Artifact, error) {
-	state := r.ckpt.finalState
-	if state == nil {
-		var err error
-		if state, err = r.model.State(); err != nil {
-			return nil, err
-		}
+// <checkpoint.url>/<run>/final/: the state of the run's last checkpoint
+// (committed at lastCheckpoint), fetched and verified, since no rank
+// holds all of it.
+func (r *training) saveFinal(ctx context.Context, step int64, lastCheckpoint string) (*wire.Artifact, error) {
+	_, state, err := checkpoint.Load(ctx, lastCheckpoint)
+	if err != nil {
+		return nil, fmt.Errorf("read the last checkpoint: %w", err)
 	}
 	cfg, err := json.Marshal(r.model.Config())
 	if err != nil {

@@ -110,7 +110,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		return r, err
 	}
 	r.comm = newStepComm(comm, spec.CollectiveTimeout(), r.model.GradsBF16())
-	r.ckpt = newCheckpointer(j, spec, r.model, r.comm.gather, total)
+	r.ckpt = newCheckpointer(j, spec, r.model, total)
 	r.policy = stepPolicy{
 		total: total, reportEvery: int64(spec.Metrics.EverySteps), checkpointEvery: spec.Checkpoint.EverySteps,
 		checkpointTimer: time.Duration(spec.Checkpoint.EveryMinutes * float64(time.Minute)),
@@ -294,8 +294,9 @@ func (r *training) train(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	if err := r.ckpt.waitCommitted(ctx, step); err != nil {
+	last, err := r.ckpt.waitCommitted(ctx, step)
+	if err != nil {
 		return fmt.Errorf("final checkpoint: %w", err)
 	}
-	return r.finish(ctx, step)
+	return r.finish(ctx, step, last)
 }

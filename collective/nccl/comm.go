@@ -407,7 +407,13 @@ func (c *Comm) Close() error {
 	c.fail(&collective.Error{Rank: c.rank, Peer: -1, Kind: collective.ErrClosed})
 	var err error
 	c.exec(func() error {
-		if graceful {
+		// An Abort that raced this Close may have run on the thread
+		// since graceful was read: a communicator aborted (and freed)
+		// is not finalized too.
+		c.mu.Lock()
+		aborted := c.aborted
+		c.mu.Unlock()
+		if graceful && !aborted {
 			err = c.finalizeOnThread()
 		}
 		c.abortOnThread() // no-op after a clean destroy

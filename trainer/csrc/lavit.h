@@ -23,6 +23,9 @@ extern "C" {
  * states, and a checkpoint must stay readable across such a change. Bump it
  * only when the state layout changes. */
 #define LAVIT_STATE_FORMAT 1
+/* The layout version of a blocked state (lavit_state_part): the state of a
+ * checkpoint written shard by shard. */
+#define LAVIT_STATE_FORMAT_BLOCKED 2
 
 typedef struct lavit_model lavit_model;
 
@@ -188,8 +191,18 @@ int lavit_load_safetensors(lavit_model* m, const char* path, const char* prefix,
  * lavit_state_save returns a malloc'd buffer (free with lavit_free_bytes). */
 int lavit_state_save(lavit_model* m, uint8_t** out, int64_t* out_len);
 void lavit_free_bytes(uint8_t* p);
-/* Loads a state; on any error nothing is changed. */
+/* Loads a state (a whole one, LAVIT_STATE_FORMAT, or a blocked one,
+ * LAVIT_STATE_FORMAT_BLOCKED, written at any world size and ZeRO stage);
+ * on any error nothing is changed. */
 int lavit_state_load(lavit_model* m, const uint8_t* data, int64_t len);
+/* This rank's part of a blocked state (ABI 4): the header (rank 0) and
+ * block `rank` of the flat buffers' `world` blocks (lavit_set_shard), its
+ * float32 parameters (a bf16 model's master weights) and Adam moments,
+ * each part with its own CRC-32C. The ranks' parts, concatenated in rank
+ * order, are one blocked state; a rank writes only what it holds (no
+ * gather). Free with lavit_free_bytes. The layout is in shim.cpp
+ * ("blocked states") and checkpoint/state.go. */
+int lavit_state_part(lavit_model* m, uint8_t** out, int64_t* out_len);
 
 /* Stage 1 evaluation, per patch: reconstruction cosine loss, keep probability,
  * sampled keep decision, code id (-1 without VQ), and (if features != NULL) the

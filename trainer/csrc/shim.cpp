@@ -22,6 +22,7 @@
 #include <cstring>
 #include <deque>
 #include <algorithm>
+#include <array>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -818,6 +819,115 @@ std::vector<uint8_t> state_save(lavit_model* m) {
   return out;
 }
 
+// ---- blocked states (format 2: a checkpoint written shard by shard) ----------
+// A blocked state is a header part and one part per block of the flat
+// buffers, each rank writing its own block (lavit_state_part), so no rank
+// needs another's optimizer state to checkpoint:
+//   header: "LAVITST1" | u32 format 2 | u32 stage | u64 adam_t | u64 last_step
+//           | u8 vq_on | u8 selector_frozen | u64 P | u64 block | u32 blocks
+//           | u64 codebook numel | float32 codebook | u32 CRC-32C of the header
+//   block b: u32 b | u64 n_b | float32 params[n_b] | exp_avg[n_b] | exp_avg_sq[n_b]
+//           | u32 CRC-32C of the block
+// with n_b = clamp(P - b·block, 0, block) (padding is never stored). Part 0
+// is the header and block 0, part b block b. The parameters are float32
+// (a bf16 model's master weights). Each part carries its own checksum, so
+// no rank needs the others' bytes to write its part.
+
+constexpr uint32_t kStateFormatBlocked = LAVIT_STATE_FORMAT_BLOCKED;
+
+uint32_t crc32c(const uint8_t* p, size_t n, uint32_t crc = 0) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+int64_t blocked_header_bytes(const lavit_model* m) {
+  const int64_t cb = m->stage == 1 ? m->tok->codebook.numel() : 0;
+  return 8 + 4 + 4 + 8 + 8 + 1 + 1 + 8 + 8 + 4 + 8 + 4 * cb + 4;
+}
+
+int64_t block_values(int64_t P, int64_t block, int64_t b) { return std::clamp<int64_t>(P - b * block, 0, block); }
+
+// flat_values is values [from, from + n) of the state's float32 flat
+// tensor `which` (0 parameters, 1 exp_avg, 2 exp_avg_sq) from what this
+// rank holds, on the CPU.
+torch::Tensor flat_values(lavit_model* m, int which, int64_t from, int64_t n) {
+  const bool own = which > 0 || is_bf16(m);  // held as the rank's shard (or whole at zero 0)
+  if (own && (from < m->shard_lo || from + n > m->shard_lo + m->shard_n)) {
+    throw std::logic_error("state part: values outside this rank's shard");
+  }
+  torch::Tensor t = which == 0 ? (is_bf16(m) ? m->master : m->params) : which == 1 ? m->exp_avg : m->exp_avg_sq;
+  return t.narrow(0, own ? from - m->shard_lo : from, n).detach().to(torch::kCPU, torch::kFloat).contiguous();
+}
+
+struct Writer {
+  uint8_t* p;
+  int64_t off = 0;
+  template <typename T>
+  void put(T v) {
+    std::memcpy(p + off, &v, sizeof(T));
+    off += sizeof(T);
+  }
+  void floats(const torch::Tensor& t) {
+    std::memcpy(p + off, t.data_ptr<float>(), t.numel() * sizeof(float));
+    off += t.numel() * sizeof(float);
+  }
+};
+
+// state_part writes this rank's part of a blocked state into a malloc'd
+// buffer: the header (rank 0) and block `rank` of `world` blocks.
+std::pair<uint8_t*, int64_t> state_part(lavit_model* m) {
+  if (m->in_flight()) throw std::logic_error("cannot save while a step is in flight");
+  ensure_optim(m);
+  const int64_t P = m->trainable, block = m->block_n, b = m->rank;
+  const int64_t n = block_values(P, block, b);
+  const int64_t header = b == 0 ? blocked_header_bytes(m) : 0;
+  const int64_t len = header + 16 + 12 * n;
+  auto* buf = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(len)));
+  if (!buf) throw std::bad_alloc();
+  try {
+    Writer w{buf};
+    if (b == 0) {
+      for (char c : kMagic) w.put<char>(c);
+      w.put<uint32_t>(kStateFormatBlocked);
+      w.put<uint32_t>(static_cast<uint32_t>(m->stage));
+      w.put<uint64_t>(static_cast<uint64_t>(m->adam_t));
+      w.put<uint64_t>(static_cast<uint64_t>(m->last_step));
+      w.put<uint8_t>(m->vq_on);
+      w.put<uint8_t>(m->selector_frozen);
+      w.put<uint64_t>(static_cast<uint64_t>(P));
+      w.put<uint64_t>(static_cast<uint64_t>(block));
+      w.put<uint32_t>(static_cast<uint32_t>(m->world));
+      auto cb = m->stage == 1 ? m->tok->codebook.detach().to(torch::kCPU, torch::kFloat).contiguous().reshape({-1})
+                              : torch::empty({0}, torch::kFloat);
+      w.put<uint64_t>(static_cast<uint64_t>(cb.numel()));
+      w.floats(cb);
+      w.put<uint32_t>(crc32c(buf, static_cast<size_t>(w.off)));
+    }
+    const int64_t at = w.off;
+    w.put<uint32_t>(static_cast<uint32_t>(b));
+    w.put<uint64_t>(static_cast<uint64_t>(n));
+    for (int which : {0, 1, 2}) {
+      if (n > 0) w.floats(flat_values(m, which, b * block, n));
+    }
+    w.put<uint32_t>(crc32c(buf + at, static_cast<size_t>(w.off - at)));
+    if (w.off != len) throw std::logic_error("state part: wrote " + std::to_string(w.off) + " of " + std::to_string(len) + " bytes");
+  } catch (...) {
+    std::free(buf);
+    throw;
+  }
+  return {buf, len};
+}
+
 struct Reader {
   const uint8_t* p;
   size_t n, off = 0;
@@ -831,11 +941,17 @@ struct Reader {
   }
 };
 
+void state_load_blocked(lavit_model* m, const uint8_t* data, int64_t len);
+void load_flags(lavit_model* m, int64_t adam_t, int64_t last_step, bool vq_on, bool frozen);
+
 void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   if (m->in_flight()) throw std::logic_error("cannot load while a step is in flight");
   if (!data || len < 12) throw std::invalid_argument("state is empty or truncated");
   const size_t n = static_cast<size_t>(len);
   if (std::memcmp(data, kMagic, 8) != 0) throw std::invalid_argument("not a lavit state (bad magic)");
+  uint32_t format;
+  std::memcpy(&format, data + 8, 4);
+  if (format == kStateFormatBlocked) return state_load_blocked(m, data, len);
   uint32_t sum;
   std::memcpy(&sum, data + n - 4, 4);
   if (fnv1a(data, n - 4) != sum) throw std::invalid_argument("state checksum mismatch (truncated or corrupt)");
@@ -884,6 +1000,11 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
     if (mine > 0) dst.narrow(0, 0, mine).copy_(loaded[i].narrow(0, m->shard_lo, mine));
   }
   if (m->stage == 1) m->tok->codebook.copy_(loaded[3].view(m->tok->codebook.sizes()));
+  load_flags(m, adam_t, last_step, vq_on, frozen);
+}
+
+// load_flags sets what a state says besides its tensors.
+void load_flags(lavit_model* m, int64_t adam_t, int64_t last_step, bool vq_on, bool frozen) {
   m->gathered = torch::Tensor();
   m->adam_t = adam_t;
   m->last_step = last_step;
@@ -895,6 +1016,69 @@ void state_load(lavit_model* m, const uint8_t* data, int64_t len) {
     m->frozen_groups.erase("selector");
   }
   m->finished = false;
+}
+
+// state_load_blocked loads a blocked state (format 2) written at any world
+// size: the parameters whole, this rank's shard of the master weights and
+// moments. Every checksum and length is checked before anything changes.
+void state_load_blocked(lavit_model* m, const uint8_t* data, int64_t len) {
+  Reader r{data, static_cast<size_t>(len), 12};
+  if (static_cast<int>(r.get<uint32_t>("stage")) != m->stage) throw std::invalid_argument("state is for another stage");
+  auto adam_t = static_cast<int64_t>(r.get<uint64_t>("adam_t"));
+  auto last_step = static_cast<int64_t>(r.get<uint64_t>("step"));
+  bool vq_on = r.get<uint8_t>("vq") != 0, frozen = r.get<uint8_t>("frozen") != 0;
+  const int64_t P = static_cast<int64_t>(r.get<uint64_t>("parameter count"));
+  const int64_t block = static_cast<int64_t>(r.get<uint64_t>("block"));
+  const int64_t blocks = r.get<uint32_t>("blocks");
+  const int64_t cb = static_cast<int64_t>(r.get<uint64_t>("codebook numel"));
+  if (P != m->trainable) {
+    throw std::invalid_argument("state has " + std::to_string(P) + " parameters, the model " + std::to_string(m->trainable));
+  }
+  if (blocks < 1 || block < 1 || block * blocks < P) throw std::invalid_argument("state blocks do not cover its parameters");
+  const int64_t want_cb = m->stage == 1 ? m->tok->codebook.numel() : 0;
+  if (cb != want_cb) throw std::invalid_argument("state codebook has " + std::to_string(cb) + " values, the model " + std::to_string(want_cb));
+  if (r.off + 4 * cb + 4 > r.n) throw std::invalid_argument("state is truncated (codebook)");
+  const uint8_t* cb_data = data + r.off;
+  r.off += 4 * cb;
+  if (crc32c(data, r.off) != r.get<uint32_t>("header checksum")) throw std::invalid_argument("state header checksum mismatch (corrupt)");
+  std::vector<const uint8_t*> starts(blocks);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const size_t at = r.off;
+    if (r.get<uint32_t>("block index") != static_cast<uint32_t>(b)) throw std::invalid_argument("state block " + std::to_string(b) + " is out of order");
+    const int64_t nb = static_cast<int64_t>(r.get<uint64_t>("block length"));
+    if (nb != block_values(P, block, b)) throw std::invalid_argument("state block " + std::to_string(b) + " has a wrong length");
+    if (r.off + 12 * nb + 4 > r.n) throw std::invalid_argument("state is truncated (block " + std::to_string(b) + ")");
+    starts[b] = data + r.off;
+    r.off += 12 * nb;
+    if (crc32c(data + at, r.off - at) != r.get<uint32_t>("block checksum")) {
+      throw std::invalid_argument("state block " + std::to_string(b) + " checksum mismatch (corrupt)");
+    }
+  }
+  if (r.off != r.n) throw std::invalid_argument("state has trailing bytes");
+  torch::NoGradGuard no_grad;
+  ensure_optim(m);
+  for (auto* t : {&m->master, &m->exp_avg, &m->exp_avg_sq}) {
+    if (t->defined()) t->zero_();
+  }
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t nb = block_values(P, block, b), from = b * block;
+    if (nb == 0) continue;
+    auto values = [&](int which) {
+      return torch::from_blob(const_cast<uint8_t*>(starts[b]) + 4 * nb * which, {nb}, torch::kFloat);
+    };
+    m->params.narrow(0, from, nb).copy_(values(0));
+    // This rank's shard of the master weights and moments.
+    const int64_t lo = std::max(from, m->shard_lo), hi = std::min(from + nb, m->shard_lo + m->shard_n);
+    if (lo >= hi) continue;
+    for (int which : {0, 1, 2}) {
+      auto& dst = which == 0 ? m->master : which == 1 ? m->exp_avg : m->exp_avg_sq;
+      if (dst.defined()) dst.narrow(0, lo - m->shard_lo, hi - lo).copy_(values(which).narrow(0, lo - from, hi - lo));
+    }
+  }
+  if (m->stage == 1) {
+    m->tok->codebook.copy_(torch::from_blob(const_cast<uint8_t*>(cb_data), {cb}, torch::kFloat).view(m->tok->codebook.sizes()));
+  }
+  load_flags(m, adam_t, last_step, vq_on, frozen);
 }
 
 // ---- safetensors -------------------------------------------------------------
@@ -1293,6 +1477,13 @@ int lavit_state_save(lavit_model* m, uint8_t** out, int64_t* out_len) {
 }
 
 void lavit_free_bytes(uint8_t* p) { std::free(p); }
+
+int lavit_state_part(lavit_model* m, uint8_t** out, int64_t* out_len) {
+  return guard([&] {
+    if (!out || !out_len) throw std::invalid_argument("state part: an output is NULL");
+    std::tie(*out, *out_len) = state_part(m);
+  });
+}
 
 int lavit_state_load(lavit_model* m, const uint8_t* data, int64_t len) {
   return guard([&] { state_load(m, data, len); });
