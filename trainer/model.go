@@ -656,18 +656,7 @@ func (m *Model) checkImages(images []float32, positions []int64) error {
 // State returns the full training state (params, Adam moments, counters,
 // codebook, phase) as bytes.
 func (m *Model) State() ([]byte, error) {
-	var out []byte
-	err := withThread(func() error {
-		var p *C.uint8_t
-		var n C.int64_t
-		if C.c_state_save(&m.lib.api, m.m, &p, &n) != 0 {
-			return m.lib.lastError("save state")
-		}
-		defer C.c_free_bytes(&m.lib.api, p)
-		out = cBytes(p, n)
-		return nil
-	})
-	return out, err
+	return m.takeBytes("save state", func(p **C.uint8_t, n *C.int64_t) C.int { return C.c_state_save(&m.lib.api, m.m, p, n) })
 }
 
 // StatePart is this rank's part of a blocked state (StateFormatBlocked):
@@ -676,14 +665,20 @@ func (m *Model) State() ([]byte, error) {
 // checksums. The parts of every rank, concatenated in rank order, are one
 // state that Load reads at any world size and ZeRO stage; a rank writes
 // only what it holds, so a checkpoint needs no gather and no rank holds
-// the whole state (checkpoint.BlockedLayout gives the parts' sizes).
+// the whole state (BlockedLayout gives the parts' sizes).
 func (m *Model) StatePart() ([]byte, error) {
+	return m.takeBytes("save state part", func(p **C.uint8_t, n *C.int64_t) C.int { return C.c_state_part(&m.lib.api, m.m, p, n) })
+}
+
+// takeBytes runs a shim call that returns a malloc'd byte buffer, copies
+// it into Go memory and frees it.
+func (m *Model) takeBytes(what string, call func(**C.uint8_t, *C.int64_t) C.int) ([]byte, error) {
 	var out []byte
 	err := withThread(func() error {
 		var p *C.uint8_t
 		var n C.int64_t
-		if C.c_state_part(&m.lib.api, m.m, &p, &n) != 0 {
-			return m.lib.lastError("save state part")
+		if call(&p, &n) != 0 {
+			return m.lib.lastError(what)
 		}
 		defer C.c_free_bytes(&m.lib.api, p)
 		out = cBytes(p, n)

@@ -13,8 +13,9 @@ import (
 )
 
 // BenchmarkCheckpointTiny: the tiny stage-1 model's checkpoint: the step
-// loop's stall (the state's host copy, Model.State), the save of one part
-// and its manifest on local disk, and the restore (fetch, verify, load).
+// loop's stall (the rank's host copy of its part, Model.StatePart: the
+// whole blocked state in a world of one), the save of the part and its
+// manifest on local disk, and the restore (fetch, verify, load).
 func BenchmarkCheckpointTiny(b *testing.B) {
 	lib := loadLib(b)
 	m, err := lib.NewModel(trainer.TinyStage1(), "cpu", 1)
@@ -27,17 +28,18 @@ func BenchmarkCheckpointTiny(b *testing.B) {
 	var stall, save, restore time.Duration
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		state, err := m.State()
+		state, err := m.StatePart()
 		if err != nil {
 			b.Fatal(err)
 		}
 		stall += time.Since(t0)
 		dir := checkpoint.Dir(base, "tiny", int64(i+1))
 		t0 = time.Now()
-		p, err := checkpoint.WritePart(ctx, dir, state, 0, 1)
+		p, err := checkpoint.WritePartAt(ctx, dir, state, 0, 0, 1)
 		if err == nil {
+			parts := []checkpoint.Part{p}
 			err = checkpoint.WriteManifest(ctx, dir, &checkpoint.Manifest{Format: checkpoint.FormatVersion, Run: "tiny", Step: int64(i + 1), World: 1,
-				StateBytes: int64(len(state)), StateSHA256: p.SHA256, Parts: []checkpoint.Part{p}})
+				StateBytes: int64(len(state)), StateSHA256: checkpoint.PartsDigest(parts), Parts: parts})
 		}
 		if err != nil {
 			b.Fatal(err)
@@ -60,9 +62,10 @@ func BenchmarkCheckpointTiny(b *testing.B) {
 }
 
 // TestExportMatchesTrainer: exporting a checkpoint's weights without the
-// trainer (as lavit-coord ckpt export does, from the state blob and the
-// manifest's parameter table) writes the same bytes as the trainer's own
-// safetensors export of that model.
+// trainer (as lavit-coord ckpt export does, from the state blob, a blocked
+// state as the workers write it, and the manifest's parameter table)
+// writes the same bytes as the trainer's own safetensors export of that
+// model.
 func TestExportMatchesTrainer(t *testing.T) {
 	lib := loadLib(t)
 	for _, cfg := range []trainer.Config{trainer.TinyStage1(), trainer.TinyStage2()} {
@@ -70,7 +73,7 @@ func TestExportMatchesTrainer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		state, err := m.State()
+		state, err := m.StatePart()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1508,8 +1508,9 @@ int lavit_eval_stage1(lavit_model* m, const float* images, int64_t n, const int6
     };
     if (cos_loss) {  // the decoder runs only when the reconstruction is asked for
       auto xhat = m->tok->decode(zq, sel.keep_hard, sel.keep_hard);
-      auto cos = F::cosine_similarity(xhat, sel.feats, F::CosineSimilarityFuncOptions().dim(-1));
-      copy((1.0 - cos).to(torch::kFloat), cos_loss, sizeof(float));
+      auto cos = F::cosine_similarity(xhat.to(torch::kFloat), sel.feats.to(torch::kFloat),
+                                      F::CosineSimilarityFuncOptions().dim(-1));
+      copy(1.0 - cos, cos_loss, sizeof(float));
     }
     if (keep_prob) copy(sel.logp.select(-1, 0).exp().to(torch::kFloat), keep_prob, sizeof(float));
     if (keep) copy(sel.keep_hard.to(torch::kUInt8), keep, 1);
