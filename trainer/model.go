@@ -60,6 +60,9 @@ type Info struct {
 	// dtype the gradients are summed in, "fp32" or "bf16".
 	Precision   string `json:"precision"`
 	ReduceDtype string `json:"reduce_dtype"`
+	// Buckets are the gradient buckets (SetBuckets): [word offset, words]
+	// in the gradient buffer, in the order backward makes them ready.
+	Buckets [][2]int64 `json:"buckets"`
 	// Sharding (SetShard): ZeRO stage, rank, world, and this rank's shard
 	// of the flat buffers.
 	Zero        int   `json:"zero"`
@@ -113,6 +116,9 @@ type Model struct {
 	// forceStaging makes a CPU model reduce its gradients the way a GPU
 	// model does without NCCL (tests run that path on the CPU).
 	forceStaging bool
+	// overlapped: this step's gradients were reduced bucket by bucket
+	// during its last backward (overlap.go), not after it.
+	overlapped bool
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",
@@ -482,9 +488,11 @@ func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) 
 	}
 	var staged time.Duration
 	zero2 := m.info.Zero == 2 && m.info.World > 1
-	if zero2 {
+	switch {
+	case m.overlapped: // reduced bucket by bucket during backward
+	case zero2:
 		staged, err = m.scatterGrads(ctx, red)
-	} else {
+	default:
 		staged, err = m.reduceGrads(ctx, red)
 	}
 	if err != nil {

@@ -12,7 +12,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data) LOAD(param_grad)
 	LOAD(sync) LOAD(grad_staging) LOAD(grads_stage)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
-	LOAD(set_shard) LOAD(set_precision) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
+	LOAD(set_shard) LOAD(set_precision) LOAD(set_buckets) LOAD(arm_buckets) LOAD(wait_bucket) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
 	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(state_part) LOAD(eval_stage1)
 	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
 	return 0;
@@ -42,6 +42,9 @@ int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost, d
 int c_set_shard(lavit_api* a, lavit_model* m, int64_t rank, int64_t world, int zero) { return a->set_shard(m, rank, world, zero); }
 int c_set_checkpointing(lavit_api* a, lavit_model* m, int on) { return a->set_checkpointing(m, on); }
 int c_set_precision(lavit_api* a, lavit_model* m, int bf16, int reduce_bf16) { return a->set_precision(m, bf16, reduce_bf16); }
+int c_set_buckets(lavit_api* a, lavit_model* m, int64_t bytes) { return a->set_buckets(m, bytes); }
+int c_arm_buckets(lavit_api* a, lavit_model* m) { return a->arm_buckets(m); }
+int c_wait_bucket(lavit_api* a, lavit_model* m, int64_t k) { return a->wait_bucket(m, k); }
 int c_grad_sq(lavit_api* a, lavit_model* m, float* hi, float* lo) { return a->grad_sq(m, hi, lo); }
 int c_params_stage(lavit_api* a, lavit_model* m, int to_host) { return a->params_stage(m, to_host); }
 float* c_optim_gather(lavit_api* a, lavit_model* m) { return a->optim_gather(m); }

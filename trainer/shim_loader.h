@@ -29,6 +29,9 @@ typedef struct {
 	int (*set_shard)(lavit_model*, int64_t, int64_t, int);
 	int (*set_checkpointing)(lavit_model*, int);
 	int (*set_precision)(lavit_model*, int, int);
+	int (*set_buckets)(lavit_model*, int64_t);
+	int (*arm_buckets)(lavit_model*);
+	int (*wait_bucket)(lavit_model*, int64_t);
 	int (*grad_sq)(lavit_model*, float*, float*);
 	int (*params_stage)(lavit_model*, int);
 	float* (*optim_gather)(lavit_model*);
@@ -69,6 +72,9 @@ int c_step_apply(lavit_api* a, lavit_model* m, int64_t gb, const float* gpost, d
 int c_set_shard(lavit_api* a, lavit_model* m, int64_t rank, int64_t world, int zero);
 int c_set_checkpointing(lavit_api* a, lavit_model* m, int on);
 int c_set_precision(lavit_api* a, lavit_model* m, int bf16, int reduce_bf16);
+int c_set_buckets(lavit_api* a, lavit_model* m, int64_t bytes);
+int c_arm_buckets(lavit_api* a, lavit_model* m);
+int c_wait_bucket(lavit_api* a, lavit_model* m, int64_t k);
 int c_grad_sq(lavit_api* a, lavit_model* m, float* hi, float* lo);
 int c_params_stage(lavit_api* a, lavit_model* m, int to_host);
 float* c_optim_gather(lavit_api* a, lavit_model* m);

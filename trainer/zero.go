@@ -75,13 +75,22 @@ func (m *Model) forwardBackward(ctx context.Context, b *Batch, red Reduce) ([]fl
 		if err := red.Host(ctx, pre); err != nil {
 			return nil, 0, fmt.Errorf("reduce batch statistics: %w", err)
 		}
-		return m.StepFinish(pre)
+		return m.finishLast(ctx, pre, red)
 	}
 	m.accPre = resize(m.accPre, int(m.info.PreStats))
 	m.accPost = resize(m.accPost, int(m.info.PostStats))
 	var loss float64
+	finished := 0
 	finish := func(pre []float32) error {
-		post, l, err := m.StepFinish(pre)
+		finished++
+		var post []float32
+		var l float64
+		var err error
+		if finished == len(micro) {
+			post, l, err = m.finishLast(ctx, pre, red)
+		} else {
+			post, l, err = m.StepFinish(pre)
+		}
 		if err != nil {
 			return err
 		}

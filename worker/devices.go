@@ -92,6 +92,18 @@ func DefaultID(host, device string) string {
 	return host
 }
 
+// ThreadsEach is the libtorch threads each of `workers` worker processes
+// sharing a host of `cores` cores should use, so that together they do not
+// oversubscribe it: an even share, at least one. (libtorch's default is
+// one thread per core in every process: with several workers per host
+// they fight over the cores.)
+func ThreadsEach(cores, workers int) int {
+	if workers < 1 {
+		workers = 1
+	}
+	return max(1, cores/workers)
+}
+
 // AddDeviceMemory records the total memory of the device this worker
 // trains on, as memory (a CUDA runtime's cudaMemGetInfo) reports it: in
 // bytes (MemoryBytes, which the coordinator plans runs against) and

@@ -95,3 +95,13 @@ func TestAddDeviceMemory(t *testing.T) {
 		t.Errorf("an error changed the device: %+v", d[1])
 	}
 }
+
+func TestThreadsEach(t *testing.T) {
+	for _, tc := range []struct{ cores, workers, want int }{
+		{16, 8, 2}, {16, 3, 5}, {2, 2, 1}, {2, 4, 1}, {8, 1, 8}, {8, 0, 8}, {1, 1, 1},
+	} {
+		if got := ThreadsEach(tc.cores, tc.workers); got != tc.want {
+			t.Errorf("ThreadsEach(%d cores, %d workers) = %d, want %d", tc.cores, tc.workers, got, tc.want)
+		}
+	}
+}

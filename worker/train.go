@@ -95,6 +95,9 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if err := r.model.SetShard(d.Rank, d.World, spec.Optim.Zero); err != nil {
 		return r, fmt.Errorf("optim.zero %d: %w", spec.Optim.Zero, err)
 	}
+	if err := r.model.SetBuckets(spec.Collective.BucketBytes()); err != nil {
+		return r, fmt.Errorf("collective.bucket_mb %v: %w", spec.Collective.BucketMB, err)
+	}
 	if err := r.model.SetMicroBatch(spec.MicroBatch); err != nil {
 		return r, fmt.Errorf("micro_batch: %w", err)
 	}
@@ -117,7 +120,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	}
 	r.log.Info("prepared", "params", r.model.Info().ParamCount, "steps", total, "global_batch", spec.GlobalBatch,
 		"zero", spec.Optim.Zero, "micro_batch", spec.MicroBatch, "activation_checkpointing", spec.ActivationCheckpointing,
-		"precision", precision, "reduce_dtype", reduce,
+		"precision", precision, "reduce_dtype", reduce, "bucket_mb", spec.Collective.BucketMB,
 		"slice", fmt.Sprintf("[%d,%d)", r.data.from, r.data.to), "samples", r.data.stream.Total())
 	return r, nil
 }

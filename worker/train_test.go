@@ -268,12 +268,14 @@ func TestNCCLMatchesRing(t *testing.T) {
 	dir := t.TempDir()
 	data := synthData(t, filepath.Join(dir, "train"), synth.Train, 300, 50)
 	// World 3 over NCCL runs ZeRO-2 (the ring: plain all-reduce); the bf16
-	// case sums bf16 gradients (collective.reduce_dtype bf16) on both.
+	// case sums bf16 gradients (collective.reduce_dtype bf16) on both; the
+	// bucket case reduces 64 KiB buckets during backward on both.
 	for _, tc := range []struct {
 		world     int
 		precision []string
 	}{
 		{2, nil},
+		{2, []string{"collective.bucket_mb=0.0625"}},
 		{3, nil},
 		{3, []string{"precision=bf16", "collective.reduce_dtype=bf16"}},
 	} {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -46,7 +48,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, auto (first GPU, else CPU), or all (one worker process per GPU, supervised by this one)", EnvVars: env("DEVICE")},
 				&cli.StringFlag{Name: "nccl-lib", Usage: "path to libnccl.so.2 for runs with collective.backend nccl (default on a GPU: the loader's search, then PyTorch's pip wheels)", EnvVars: env("NCCL_LIB")},
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
-				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
+				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; with --device all, cores ÷ GPUs each; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
 				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
 				&cli.StringFlag{Name: "collective-advertise", Usage: "host:port peers dial to reach this worker's ring listener (default: this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_ADVERTISE")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
@@ -172,6 +174,14 @@ func superviseAll(c *cli.Context, host string, devs []wire.Device, log *slog.Log
 		}
 		args := append(append([]string{}, os.Args...), "--device", d.Name, "--id", id)
 		children = append(children, worker.Child{Name: id, Args: args})
+	}
+	if !c.IsSet("threads") {
+		// The children share this host's cores: an even share each, not
+		// libtorch's one thread per core in every child.
+		n := worker.ThreadsEach(runtime.NumCPU(), len(children))
+		for i := range children {
+			children[i].Args = append(children[i].Args, "--threads", strconv.Itoa(n))
+		}
 	}
 	if len(children) == 0 {
 		return cliutil.Usagef("--device all: no GPU on this host (found: %s)", strings.Join(found, ", "))

@@ -47,9 +47,10 @@ echo "ready"
 export LAVIT_DATA_DIR="$out/coord"   # the CLI and the workers read the join token there
 
 step "lavit-worker join  (two CPU workers, w1 and w2)"
-"$worker" join --id w1 --device cpu >"$out/w1.log" 2>&1 &
+threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1   # the two share this host's cores
+"$worker" join --id w1 --device cpu --threads "$threads" >"$out/w1.log" 2>&1 &
 w1=$!; pids+=($w1)
-"$worker" join --id w2 --device cpu >"$out/w2.log" 2>&1 &
+"$worker" join --id w2 --device cpu --threads "$threads" >"$out/w2.log" 2>&1 &
 w2=$!; pids+=($w2)
 for _ in $(seq 1 150); do
   n=$("$coord" workers ls --json | grep -c '"state": "IDLE"' || true)

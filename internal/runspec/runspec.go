@@ -153,7 +153,14 @@ type Collective struct {
 	// Empty, in a spec stored before the key existed, means fp32 (see
 	// ReduceDtypeOrDefault).
 	ReduceDtype string `yaml:"reduce_dtype" json:"reduce_dtype,omitempty"`
+	// BucketMB, when positive, reduces the gradients in buckets of about
+	// that many MiB while backward runs (the last parameters' first),
+	// instead of in one call after it; 0 (the default) is one call.
+	BucketMB float64 `yaml:"bucket_mb" json:"bucket_mb,omitempty"`
 }
+
+// BucketBytes is collective.bucket_mb in bytes (0: no buckets).
+func (c Collective) BucketBytes() int64 { return int64(c.BucketMB * (1 << 20)) }
 
 // Checkpoint says where and how often to checkpoint.
 type Checkpoint struct {
@@ -610,6 +617,9 @@ func (s *Spec) validate(strictURLs bool) error {
 		}
 	default:
 		return s.errorf("collective.reduce_dtype", "collective.reduce_dtype must be %s or %s, got %q", PrecisionFP32, PrecisionBF16, r)
+	}
+	if b := s.Collective.BucketMB; b < 0 || math.IsNaN(b) || math.IsInf(b, 0) {
+		return s.errorf("collective.bucket_mb", "collective.bucket_mb must be a size in MiB ≥ 0 (0: reduce after backward in one call), got %v", b)
 	}
 
 	c := s.Checkpoint

@@ -204,6 +204,7 @@ func TestParseErrors(t *testing.T) {
 		{"precision upper case", base + "precision: BF16\n", nil, "precision", `x.yaml:13: precision must be fp32 or bf16, got "BF16"`},
 		{"precision not a string", base + "precision: [bf16]\n", nil, "", "x.yaml:13: precision: want a string, got a list"},
 		{"reduce_dtype unknown", base, []string{"collective.reduce_dtype=fp16"}, "collective.reduce_dtype", `collective.reduce_dtype must be fp32 or bf16, got "fp16"`},
+		{"bucket_mb negative", base, []string{"collective.bucket_mb=-1"}, "collective.bucket_mb", "collective.bucket_mb must be a size in MiB ≥ 0"},
 		{"reduce_dtype bf16 in fp32", base, []string{"collective.reduce_dtype=bf16"}, "collective.reduce_dtype", "x.yaml: --set collective.reduce_dtype=bf16: collective.reduce_dtype bf16 needs precision bf16 (precision is fp32"},
 		{"reduce_dtype bf16 with precision fp32 set", base + "precision: fp32\ncollective:\n  reduce_dtype: bf16\n", nil, "collective.reduce_dtype", "x.yaml:15: collective.reduce_dtype bf16 needs precision bf16"},
 
@@ -272,7 +273,7 @@ func TestParseOK(t *testing.T) {
 	}{
 		{"defaults", "stage: 1\nmodel: m.json\nsteps: 90\nglobal_batch: 4\ndata: {url: /d}\n", nil, func(s *Spec) bool {
 			return s.MinWorkers == 1 && s.MaxWorkers == 1 && s.Device == "auto" && s.Data.BlockShards == 4 &&
-				s.Stage1 == (Stage1{PhaseASteps: 60, KMeansBatches: 16}) && s.Collective == (Collective{"ring", "120s", "fp32"}) &&
+				s.Stage1 == (Stage1{PhaseASteps: 60, KMeansBatches: 16}) && s.Collective == (Collective{Backend: "ring", Timeout: "120s", ReduceDtype: "fp32"}) &&
 				s.Checkpoint == (Checkpoint{Keep: 3}) && s.Metrics.EverySteps == 10 && s.Optim == (Optim{}) && s.Seed == 0 &&
 				s.Precision == "fp32"
 		}},
@@ -306,6 +307,9 @@ func TestParseOK(t *testing.T) {
 		}},
 		{"precision bf16 with a bf16 reduce", base + "precision: bf16\ncollective:\n  reduce_dtype: bf16\n", nil, func(s *Spec) bool {
 			return s.Precision == PrecisionBF16 && s.Collective.ReduceDtype == PrecisionBF16
+		}},
+		{"bucket_mb in MiB", base, []string{"collective.bucket_mb=0.5"}, func(s *Spec) bool {
+			return s.Collective.BucketMB == 0.5 && s.Collective.BucketBytes() == 512<<10
 		}},
 		{"set both precisions", base, []string{"precision=bf16", "collective.reduce_dtype=bf16"}, func(s *Spec) bool {
 			return s.Precision == PrecisionBF16 && s.Collective.ReduceDtype == PrecisionBF16 && s.Collective.Backend == "ring"

@@ -142,6 +142,22 @@ int lavit_set_checkpointing(lavit_model* m, int on);
  * other's states. Call it on a fresh model, like lavit_set_shard (in either
  * order). */
 int lavit_set_precision(lavit_model* m, int bf16, int reduce_bf16);
+/* Gradient buckets (ABI 4): overlapping the gradient reduction with
+ * backward. lavit_set_buckets (fresh model; 0 = off) cuts the gradient
+ * buffer (lavit_grad_data) into contiguous buckets of about `bytes`, the
+ * last parameters' first (backward writes those first); their ranges in
+ * float32 words are "buckets" in lavit_model_info, [[word offset, words],
+ * ...] in the order they become ready. lavit_arm_buckets arms them for
+ * the next lavit_step_finish (the step's last micro-batch): a bucket is
+ * ready once every parameter in it has its gradient, or when that
+ * backward ends (a parameter without a gradient this step). While that
+ * lavit_step_finish runs, another thread calls lavit_wait_bucket(k) for
+ * k = 0, 1, ... in order; it returns 0 once bucket k's gradients are final
+ * in the buffer (and may be reduced in place; backward writes only other
+ * buckets from then on), or -1 if the backward failed. */
+int lavit_set_buckets(lavit_model* m, int64_t bytes);
+int lavit_arm_buckets(lavit_model* m);
+int lavit_wait_bucket(lavit_model* m, int64_t k);
 int lavit_grad_sq(lavit_model* m, float* hi, float* lo);
 int lavit_params_stage(lavit_model* m, int to_host);
 float* lavit_optim_gather(lavit_model* m);

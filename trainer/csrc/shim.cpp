@@ -2,6 +2,8 @@
 // buffers, the split training step, AdamW with schedule and groups, the VQ
 // EMA, state bytes, evaluation. Every entry point catches every exception.
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
 
 // One source for both libtorch lines: Debian's 1.13 (CPU, CI) and PyTorch
 // 2.x with CUDA (the GPU check builds against it). Every call here exists in
@@ -18,6 +20,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -141,6 +144,32 @@ struct lavit_model {
   };
   std::deque<Pending> pending;
   bool finished = false;
+
+  // Gradient buckets (lavit_set_buckets): contiguous ranges of the
+  // collective's gradient buffer, the last parameters' first. Armed for
+  // one backward (lavit_arm_buckets), a bucket is ready once every
+  // parameter in it has its gradient (a post hook on each parameter's
+  // gradient accumulator counts them down) or the backward has ended; a
+  // reducing thread waits for each in turn (lavit_wait_bucket) while
+  // backward goes on. `words_lo` and `words` are the bucket's range in
+  // float32 words of the gradient buffer; `segs` the segments in it.
+  struct Bucket {
+    int64_t lo = 0, n = 0, words_lo = 0, words = 0;
+    std::vector<int> segs;
+    int pending = 0;
+    bool ready = false;
+  };
+  struct Buckets {
+    int64_t bytes = 0;  // 0: off
+    std::vector<Bucket> list;
+    std::vector<std::vector<int>> of_seg;  // per segment: the buckets it touches
+    std::vector<char> fired;               // per segment, this backward
+    std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // kept alive, hooked
+    std::mutex mu;
+    std::condition_variable cv;
+    bool armed = false, failed = false;
+    std::string error;
+  } buckets;
   json metrics = json::object();
   bool in_flight() const { return !pending.empty(); }
 
@@ -263,6 +292,8 @@ void layout(lavit_model* m) {
   m->shard_lo = m->zero >= 1 ? m->rank * S : 0;
   m->shard_n = m->zero >= 1 ? S : P;
   m->exp_avg = m->exp_avg_sq = m->master = m->gathered = torch::Tensor();
+  m->buckets.list.clear();  // planned again for this layout when armed
+  m->buckets.accumulators.clear();
 }
 
 void check_fresh(const lavit_model* m, const char* what) {
@@ -299,6 +330,150 @@ void set_precision(lavit_model* m, bool bf16, bool reduce_bf16) {
   }
   m->reduce_bf16 = reduce_bf16;
   layout(m);
+}
+
+// plan_buckets cuts the gradient buffer into buckets of about
+// buckets.bytes, walking the segments from the last (the first whose
+// gradients backward writes) and cutting at segment starts (rounded down
+// to a whole float32 word when the buffer is packed bf16); the padding
+// tail goes with the last segments.
+void plan_buckets(lavit_model* m) {
+  auto& B = m->buckets;
+  B.list.clear();
+  B.of_seg.assign(m->segs.size(), {});
+  if (B.bytes <= 0) return;
+  const auto& buf = comm_grads(m);
+  const int64_t per_word = 4 / buf.element_size(), elem = buf.element_size();
+  int64_t cut = buf.numel(), acc = 0;
+  for (int i = static_cast<int>(m->segs.size()) - 1; i >= 0; --i) {
+    acc += m->segs[i].numel * elem;
+    int64_t at = m->segs[i].offset / per_word * per_word;
+    if ((acc >= B.bytes || i == 0) && at < cut) {
+      if (i == 0) at = 0;
+      lavit_model::Bucket b;
+      b.lo = at;
+      b.n = cut - at;
+      b.words_lo = at / per_word;
+      b.words = b.n / per_word;
+      B.list.push_back(b);
+      cut = at;
+      acc = 0;
+    }
+  }
+  for (int k = 0; k < static_cast<int>(B.list.size()); ++k) {
+    auto& b = B.list[k];
+    for (int i = 0; i < static_cast<int>(m->segs.size()); ++i) {
+      const auto& sg = m->segs[i];
+      if (sg.offset < b.lo + b.n && sg.offset + sg.numel > b.lo) {
+        b.segs.push_back(i);
+        B.of_seg[i].push_back(k);
+      }
+    }
+  }
+}
+
+// move_bucket makes bucket b's gradients the collective's: in bf16 with
+// float32 reduction, this micro-batch's bf16 gradients are added into
+// (the step's first: copied to) the float32 buffer. Backward thread.
+void move_bucket(lavit_model* m, const lavit_model::Bucket& b) {
+  if (!m->reduced.defined()) return;
+  torch::NoGradGuard no_grad;
+  auto dst = m->reduced.narrow(0, b.lo, b.n);
+  auto src = m->grads.narrow(0, b.lo, b.n);
+  if (m->finished) {
+    dst.add_(src);
+  } else {
+    dst.copy_(src);
+  }
+}
+
+// grad_ready counts segment seg's gradient as written (its accumulator's
+// post hook) and readies the buckets it completes.
+void grad_ready(lavit_model* m, int seg) {
+  auto& B = m->buckets;
+  std::lock_guard<std::mutex> lock(B.mu);
+  if (!B.armed || B.fired[seg]) return;
+  B.fired[seg] = 1;
+  for (int k : B.of_seg[seg]) {
+    auto& b = B.list[k];
+    if (--b.pending == 0 && !b.ready) {
+      move_bucket(m, b);
+      b.ready = true;
+      B.cv.notify_all();
+    }
+  }
+}
+
+struct BucketHook : torch::autograd::FunctionPostHook {
+  BucketHook(lavit_model* model, int segment) : m(model), seg(segment) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    grad_ready(m, seg);
+    return outputs;
+  }
+  lavit_model* m;
+  int seg;
+};
+
+// arm_buckets readies the buckets for the next backward: hooks on every
+// parameter's gradient accumulator (made once, kept alive), counts reset.
+void arm_buckets(lavit_model* m) {
+  auto& B = m->buckets;
+  if (B.bytes <= 0) throw std::logic_error("arm buckets: no buckets (lavit_set_buckets)");
+  if (B.list.empty() || B.of_seg.size() != m->segs.size()) plan_buckets(m);
+  if (B.accumulators.size() != m->segs.size()) {
+    B.accumulators.clear();
+    for (int i = 0; i < static_cast<int>(m->segs.size()); ++i) {
+      auto acc = torch::autograd::impl::grad_accumulator(m->segs[i].param);
+      if (!acc) throw std::logic_error("arm buckets: parameter " + m->segs[i].name + " has no gradient accumulator");
+      acc->add_post_hook(std::make_unique<BucketHook>(m, i));
+      B.accumulators.push_back(acc);
+    }
+  }
+  std::lock_guard<std::mutex> lock(B.mu);
+  for (auto& b : B.list) {
+    b.pending = static_cast<int>(b.segs.size());
+    b.ready = false;
+  }
+  B.fired.assign(m->segs.size(), 0);
+  B.failed = false;
+  B.error.clear();
+  B.armed = true;
+}
+
+// flush_buckets ends an armed backward: buckets whose parameters got no
+// gradient this time are ready too (their gradients are zero).
+void flush_buckets(lavit_model* m) {
+  auto& B = m->buckets;
+  std::lock_guard<std::mutex> lock(B.mu);
+  for (auto& b : B.list) {
+    if (!b.ready) {
+      move_bucket(m, b);
+      b.ready = true;
+    }
+  }
+  B.armed = false;
+  B.cv.notify_all();
+}
+
+// fail_buckets ends an armed backward that failed: waiters get the error.
+void fail_buckets(lavit_model* m, const std::string& why) {
+  auto& B = m->buckets;
+  std::lock_guard<std::mutex> lock(B.mu);
+  if (!B.armed) return;
+  B.armed = false;
+  B.failed = true;
+  B.error = why;
+  B.cv.notify_all();
+}
+
+// wait_bucket blocks until bucket k is ready (any thread).
+void wait_bucket(lavit_model* m, int64_t k) {
+  auto& B = m->buckets;
+  std::unique_lock<std::mutex> lock(B.mu);
+  if (k < 0 || k >= static_cast<int64_t>(B.list.size())) throw std::out_of_range("bucket " + std::to_string(k) + " out of range");
+  B.cv.wait(lock, [&] { return B.list[k].ready || B.failed; });
+  if (!B.list[k].ready) throw std::runtime_error("backward failed before bucket " + std::to_string(k) + " was ready: " + B.error);
 }
 
 // optim_sharded reports whether the moments on this rank are a part of the
@@ -608,7 +783,9 @@ double step_finish(lavit_model* m, const float* gpre, float* post) {
     local_sum = loss_sum.item<double>();
     met["tokens"] = mask.sum().item<double>();
   }
-  if (m->reduced.defined()) {
+  if (m->buckets.armed) {
+    flush_buckets(m);  // each bucket's gradients went to `reduced` as it became ready
+  } else if (m->reduced.defined()) {
     torch::NoGradGuard no_grad;
     if (m->finished) {
       m->reduced.add_(m->grads);
@@ -1220,6 +1397,10 @@ json model_info(lavit_model* m) {
   info["param_words"] = words(m->params);
   info["gather_parts"] = gather_parts(m);
   info["precision"] = is_bf16(m) ? "bf16" : "fp32";
+  if (m->buckets.bytes > 0 && m->buckets.list.empty()) plan_buckets(m);
+  json bl = json::array();
+  for (const auto& b : m->buckets.list) bl.push_back({b.words_lo, b.words});
+  info["buckets"] = bl;
   info["reduce_dtype"] = is_bf16(m) && m->reduce_bf16 ? "bf16" : "fp32";
   info["pre_stats"] = pre_stats_numel(m);
   info["post_stats"] = post_stats_numel(m);
@@ -1392,9 +1573,34 @@ int lavit_step_begin(lavit_model* m, const lavit_batch* b, float* pre_stats) {
 
 int lavit_step_finish(lavit_model* m, const float* global_pre_stats, float* post_stats, double* local_loss_sum) {
   return guard([&] {
-    double v = step_finish(m, global_pre_stats, post_stats);
-    if (local_loss_sum) *local_loss_sum = v;
+    try {
+      double v = step_finish(m, global_pre_stats, post_stats);
+      if (local_loss_sum) *local_loss_sum = v;
+    } catch (const std::exception& e) {
+      fail_buckets(m, e.what());
+      throw;
+    } catch (...) {
+      fail_buckets(m, "unknown error");
+      throw;
+    }
   });
+}
+
+int lavit_set_buckets(lavit_model* m, int64_t bytes) {
+  return guard([&] {
+    if (bytes < 0) throw std::invalid_argument("bucket bytes must not be negative");
+    check_fresh(m, "buckets");
+    m->buckets.bytes = bytes;
+    plan_buckets(m);
+  });
+}
+
+int lavit_arm_buckets(lavit_model* m) {
+  return guard([&] { arm_buckets(m); });
+}
+
+int lavit_wait_bucket(lavit_model* m, int64_t k) {
+  return guard([&] { wait_bucket(m, k); });
 }
 
 int lavit_step_apply(lavit_model* m, int64_t global_batch, const float* global_post_stats, double grad_sq) {
