@@ -157,3 +157,8 @@ func (l *Lib) SetThreads(n int) error {
 		return nil
 	})
 }
+
+// trimHeap returns the C heap's free memory to the system (malloc_trim):
+// a measurement of a step's peak memory starts from a heap holding no
+// freed pages the step could reuse unseen.
+func trimHeap() { C.c_trim_heap() }

@@ -60,3 +60,4 @@ int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const i
 int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out) { return a->lm_logprobs(m, b, out); }
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms) { return a->bench_steps(m, b, n, ms); }
 void c_tune_malloc(void) { mallopt(M_MMAP_THRESHOLD, 32 << 20); mallopt(M_TRIM_THRESHOLD, 256 << 20); }
+void c_trim_heap(void) { malloc_trim(0); }

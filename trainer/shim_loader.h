@@ -90,4 +90,5 @@ int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const i
 int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out);
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms);
 void c_tune_malloc(void);
+void c_trim_heap(void);
 #endif
