@@ -6,6 +6,7 @@ package testutil
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -35,15 +36,24 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 
 // FreePort returns a loopback port that was free a moment ago. Prefer
 // port 0 where the code under test can report what it bound; process
-// tests that must pass ports on a command line use this.
+// tests that must pass ports on a command line use this. The port is
+// drawn at random below the kernel's ephemeral range (32768 and up on
+// Linux), where no one else's port 0 can land on it before the process
+// under test binds it (a port handed out by port 0 and released was taken
+// again by a ring listener in one CI run), and checked free.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken: draw again
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("free port: 200 random ports in 20000-31999 were all taken")
+	return 0
 }
 
 // RepoRoot finds the module root from this file's location.
