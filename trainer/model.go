@@ -555,12 +555,9 @@ func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) 
 // kernels that read the sums.
 func (m *Model) reduceGrads(ctx context.Context, red Reduce) (time.Duration, error) {
 	want := int(m.info.GradWords)
-	host := red.Host
-	if red.Grads != nil {
-		host = red.Grads
-	}
-	if m.GradsBF16() && red.Grads == nil {
-		return 0, errors.New("the gradients are bf16 (collective.reduce_dtype bf16) but the reduction has no bf16 sum (Reduce.Grads)")
+	host, err := m.gradReducer(red)
+	if err != nil {
+		return 0, err
 	}
 	if !m.onDevice() && !m.forceStaging {
 		return 0, reduceWhole(ctx, host, m.Grads(), want)
@@ -855,4 +852,16 @@ func (m *Model) BenchSteps(b *Batch, n int) (float64, error) {
 		return nil
 	})
 	return float64(ms), err
+}
+
+// gradReducer is the host reducer of the gradient buffer: red.Grads, else
+// red.Host, which sums float32s and so is refused for bf16 gradients.
+func (m *Model) gradReducer(red Reduce) (Reducer, error) {
+	if red.Grads != nil {
+		return red.Grads, nil
+	}
+	if m.GradsBF16() {
+		return nil, errors.New("the gradients are bf16 (collective.reduce_dtype bf16) but the reduction has no bf16 sum (Reduce.Grads)")
+	}
+	return red.Host, nil
 }

@@ -7,7 +7,6 @@ import "C"
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 )
@@ -55,14 +54,11 @@ func (m *Model) finishLast(ctx context.Context, pre []float32, red Reduce) ([]fl
 	if !m.overlaps(red) {
 		return m.StepFinish(pre)
 	}
-	reduce := red.Host
-	if red.Grads != nil {
-		reduce = red.Grads
+	reduce, err := m.gradReducer(red)
+	if err != nil {
+		return nil, 0, err
 	}
-	if m.GradsBF16() && red.Grads == nil {
-		return nil, 0, errors.New("the gradients are bf16 (collective.reduce_dtype bf16) but the reduction has no bf16 sum (Reduce.Grads)")
-	}
-	err := withThread(func() error {
+	err = withThread(func() error {
 		if C.c_arm_buckets(&m.lib.api, m.m) != 0 {
 			return m.lib.lastError("arm buckets")
 		}
