@@ -7,7 +7,18 @@ mkdir -p bench-out
 raw=bench-out/raw.txt
 : >"$raw"
 
-echo "running benchmarks (about 10 minutes)..." >&2
+# The PyTorch DDP reference of BenchmarkVsDDP runs on Debian's PyTorch
+# (the same libtorch 1.13 as lavit's shim), for Debian's own python3.
+if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "bench: the DDP reference needs python3-torch; please install it" >&2
+    exit 1
+  fi
+  echo "bench: installing python3-torch (the DDP reference)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null
+fi
+
+echo "running benchmarks (about 15 minutes)..." >&2
 : >bench-out/allreduce.txt
 go test -run '^$' -bench 'BenchmarkHeartbeat|BenchmarkRegister' -benchtime 3s ./coordinator/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coordinator/ | tee -a "$raw" >&2
@@ -18,6 +29,7 @@ go test -run '^$' -bench 'BenchmarkRead' -benchtime 3x -timeout 10m ./shards/ | 
 go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkTrainScaling' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkVsDDP' -benchtime 3x -timeout 30m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkNCCLVsRing' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 LAVIT_REPORT_DIR="$PWD/bench-out" go test -run '^$' -bench 'BenchmarkMemory' -benchtime 1x -timeout 60m ./trainer/ | tee -a "$raw" >&2
 for w in 2 3 4; do

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// ddpResult is deploy/bench/ddp_reference.py's output: rank 0's mean step
+// split in milliseconds.
+type ddpResult struct {
+	SamplesPerS float64 `json:"samples_per_s"`
+	StepMs      float64 `json:"step_ms"`
+	DataMs      float64 `json:"data_ms"`
+	ComputeMs   float64 `json:"compute_ms"`
+	CommMs      float64 `json:"comm_ms"`
+}
+
+// referenceMalloc is the glibc setting the PyTorch reference runs under:
+// without it, on this kind of VM, the Python process hands freed tensor
+// memory back to the kernel and faults it in again every step (the
+// reference's step was 2.5–3× slower; see trainer/DESIGN.md, "Throughput").
+// lavit makes the same choice itself (trainer.Load raises the same
+// values before it loads the shim: 32 MiB and 256 MiB).
+var referenceMalloc = []string{"MALLOC_MMAP_THRESHOLD_=33554432", "MALLOC_TRIM_THRESHOLD_=268435456"}
+
+// ddpPython is the Python that runs the reference: $LAVIT_BENCH_PYTHON,
+// or Debian's /usr/bin/python3 (python3-torch installs torch for it).
+func ddpPython(b *testing.B) string {
+	py := os.Getenv("LAVIT_BENCH_PYTHON")
+	if py == "" {
+		py = "/usr/bin/python3"
+	}
+	if out, err := exec.Command(py, "-c", "import torch.distributed as d; assert d.is_gloo_available()").CombinedOutput(); err != nil {
+		b.Fatalf("the DDP reference needs PyTorch with Gloo for %s (Debian: apt-get install python3-torch; or set LAVIT_BENCH_PYTHON): %v: %s", py, err, out)
+	}
+	return py
+}
+
+// runDDP runs the PyTorch DDP reference at world ranks, one thread each.
+func runDDP(b *testing.B, python string, world int) ddpResult {
+	script := filepath.Join(testutil.RepoRoot(), "deploy", "bench", "ddp_reference.py")
+	cmd := exec.Command(python, script, "--world", fmt.Sprint(world), "--global-batch", "8", "--threads", "1", "--steps", "100")
+	cmd.Env = append(os.Environ(), referenceMalloc...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("DDP reference, world %d: %v", world, err)
+	}
+	var r ddpResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		b.Fatalf("DDP reference, world %d: %v: %q", world, err, out)
+	}
+	return r
+}
+
+// BenchmarkVsDDP: lavit against PyTorch DDP (Gloo) on the same model (tiny
+// stage 1 in phase A), the same image size and global batch (8), one
+// compute thread per rank, at worlds 1 and 2 (and 4 on 4 cores or more),
+// in one invocation. Each iteration runs lavit (a coordinator and world
+// worker processes training 300 steps from synthetic shards; rank 0's
+// split over steps 200–299) and then the reference
+// (deploy/bench/ddp_reference.py: 100 steps with DDP's reduction off, then
+// 100 with it on) back to back, so machine noise hits both alike; the
+// reported numbers are medians over the iterations. Per world it reports
+// both rates, the ratio lavit/DDP and each side's split: compute,
+// exposed communication (lavit: the collective's time including waits
+// for a slower peer; DDP: the step with its reduction less the step
+// without), data. Run with -benchtime Nx (make bench: 3x).
+func BenchmarkVsDDP(b *testing.B) {
+	python := ddpPython(b)
+	bin := testutil.Binaries(b)
+	data := benchData(b, bin)
+	worlds := []int{1, 2}
+	if runtime.NumCPU() >= 4 {
+		worlds = append(worlds, 4)
+	}
+	if env := os.Getenv("LAVIT_BENCH_WORLDS"); env != "" {
+		worlds = nil
+		for _, f := range strings.Split(env, ",") {
+			w, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || w < 1 {
+				b.Fatalf("LAVIT_BENCH_WORLDS=%q: want a comma-separated list of worlds, like 1,2", env)
+			}
+			worlds = append(worlds, w)
+		}
+	}
+	sets := []string{"steps=300", "stage1.phase_a_steps=299", "checkpoint.every_steps=0"}
+	if env := os.Getenv("LAVIT_BENCH_SET"); env != "" {
+		sets = append(sets, strings.Split(env, ";")...) // e.g. collective.bucket_mb=0.25
+	}
+	for _, world := range worlds {
+		var lv, ref []float64
+		var lvRuns []wire.StepTiming
+		var refRuns []ddpResult
+		for i := 0; i < b.N; i++ {
+			info := benchRun(b, bin, data, world, sets, "--threads", "1")
+			t := *info.Timing
+			lvRuns = append(lvRuns, t)
+			lv = append(lv, 8000/t.StepMs)
+			r := runDDP(b, python, world)
+			refRuns = append(refRuns, r)
+			ref = append(ref, r.SamplesPerS)
+			b.Logf("world %d, round %d: lavit %.1f samples/s (step %.1f ms: compute %.1f, all-reduce %.2f, idle %.2f, data %.2f); DDP %.1f samples/s (step %.1f ms: compute %.1f, comm %.2f, data %.2f)",
+				world, i, lv[i], t.StepMs, t.ComputeMs, t.AllReduceMs, t.IdleMs, t.DataMs, r.SamplesPerS, r.StepMs, r.ComputeMs, r.CommMs, r.DataMs)
+		}
+		p := fmt.Sprintf("w%d_", world)
+		lt := medianTiming(lvRuns)
+		rt := medianDDP(refRuns)
+		b.ReportMetric(medianOf(lv), p+"lavit_samples/s")
+		b.ReportMetric(medianOf(ref), p+"ddp_samples/s")
+		b.ReportMetric(medianOf(lv)/medianOf(ref), p+"lavit/ddp")
+		b.ReportMetric(lt.StepMs, p+"lavit_step_ms")
+		b.ReportMetric(lt.ComputeMs, p+"lavit_compute_ms")
+		b.ReportMetric(lt.AllReduceMs+lt.IdleMs, p+"lavit_comm_ms")
+		b.ReportMetric(lt.DataMs, p+"lavit_data_ms")
+		b.ReportMetric(rt.StepMs, p+"ddp_step_ms")
+		b.ReportMetric(rt.ComputeMs, p+"ddp_compute_ms")
+		b.ReportMetric(rt.CommMs, p+"ddp_comm_ms")
+		b.ReportMetric(rt.DataMs, p+"ddp_data_ms")
+		b.ReportMetric(100*(lt.AllReduceMs+lt.IdleMs)/lt.StepMs, p+"lavit_comm_%")
+	}
+}
+
+func medianOf(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// medianTiming is each field's median over the runs.
+func medianTiming(ts []wire.StepTiming) wire.StepTiming {
+	field := func(f func(wire.StepTiming) float64) float64 {
+		var xs []float64
+		for _, t := range ts {
+			xs = append(xs, f(t))
+		}
+		return medianOf(xs)
+	}
+	return wire.StepTiming{
+		DataMs:      field(func(t wire.StepTiming) float64 { return t.DataMs }),
+		ComputeMs:   field(func(t wire.StepTiming) float64 { return t.ComputeMs }),
+		AllReduceMs: field(func(t wire.StepTiming) float64 { return t.AllReduceMs }),
+		IdleMs:      field(func(t wire.StepTiming) float64 { return t.IdleMs }),
+		StepMs:      field(func(t wire.StepTiming) float64 { return t.StepMs }),
+	}
+}
+
+func medianDDP(rs []ddpResult) ddpResult {
+	field := func(f func(ddpResult) float64) float64 {
+		var xs []float64
+		for _, r := range rs {
+			xs = append(xs, f(r))
+		}
+		return medianOf(xs)
+	}
+	return ddpResult{
+		SamplesPerS: field(func(r ddpResult) float64 { return r.SamplesPerS }),
+		StepMs:      field(func(r ddpResult) float64 { return r.StepMs }),
+		DataMs:      field(func(r ddpResult) float64 { return r.DataMs }),
+		ComputeMs:   field(func(r ddpResult) float64 { return r.ComputeMs }),
+		CommMs:      field(func(r ddpResult) float64 { return r.CommMs }),
+	}
+}
