@@ -14,7 +14,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
 	LOAD(set_shard) LOAD(set_precision) LOAD(set_buckets) LOAD(arm_buckets) LOAD(wait_bucket) LOAD(set_checkpointing) LOAD(grad_sq) LOAD(params_stage) LOAD(optim_gather)
 	LOAD(last_metrics) LOAD(vq_enable) LOAD(load_safetensors) LOAD(state_save) LOAD(free_bytes) LOAD(state_load) LOAD(state_part) LOAD(eval_stage1)
-	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps)
+	LOAD(tokenize) LOAD(lm_logprobs) LOAD(bench_steps) LOAD(profile_steps)
 	return 0;
 }
 
@@ -59,5 +59,6 @@ int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, cons
 int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts) { return a->tokenize(m, im, n, pos, step, ids, counts); }
 int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out) { return a->lm_logprobs(m, b, out); }
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms) { return a->bench_steps(m, b, n, ms); }
+int c_profile_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, const char* path) { return a->profile_steps(m, b, n, path); }
 void c_tune_malloc(void) { mallopt(M_MMAP_THRESHOLD, 32 << 20); mallopt(M_TRIM_THRESHOLD, 256 << 20); }
 void c_trim_heap(void) { malloc_trim(0); }

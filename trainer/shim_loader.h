@@ -46,6 +46,7 @@ typedef struct {
 	int (*tokenize)(lavit_model*, const float*, int64_t, const int64_t*, int64_t, int64_t*, int64_t*);
 	int (*lm_logprobs)(lavit_model*, const lavit_batch*, float*);
 	int (*bench_steps)(lavit_model*, const lavit_batch*, int64_t, double*);
+	int (*profile_steps)(lavit_model*, const lavit_batch*, int64_t, const char*);
 } lavit_api;
 
 int shim_load(const char* path, lavit_api* api, const char** missing);
@@ -89,6 +90,7 @@ int c_eval_stage1(lavit_api* a, lavit_model* m, const float* im, int64_t n, cons
 int c_tokenize(lavit_api* a, lavit_model* m, const float* im, int64_t n, const int64_t* pos, int64_t step, int64_t* ids, int64_t* counts);
 int c_lm_logprobs(lavit_api* a, lavit_model* m, const lavit_batch* b, float* out);
 int c_bench_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, double* ms);
+int c_profile_steps(lavit_api* a, lavit_model* m, const lavit_batch* b, int64_t n, const char* path);
 void c_tune_malloc(void);
 void c_trim_heap(void);
 #endif

@@ -49,6 +49,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "nccl-lib", Usage: "path to libnccl.so.2 for runs with collective.backend nccl (default on a GPU: the loader's search, then PyTorch's pip wheels)", EnvVars: env("NCCL_LIB")},
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
 				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; with --device all, cores ÷ GPUs each; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
+				&cli.StringFlag{Name: "cpus", Usage: "pin this worker's threads to these CPUs (kernel list format: 0-3,6; default: unpinned; with --device all, an even share of this process's CPUs each)", EnvVars: env("CPUS")},
 				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
 				&cli.StringFlag{Name: "collective-advertise", Usage: "host:port peers dial to reach this worker's ring listener (default: this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_ADVERTISE")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
@@ -80,6 +81,17 @@ func runJoin(c *cli.Context) error {
 	cfg.Devices = worker.DetectDevices()
 	if c.String("device") == "all" {
 		return superviseAll(c, cfg.Host, cfg.Devices, log)
+	}
+	// Pinned before libtorch and NCCL start their threads, which inherit it.
+	if list := c.String("cpus"); list != "" {
+		cpus, err := worker.ParseCPUList(list)
+		if err != nil {
+			return cliutil.Usagef("--cpus: %v", err)
+		}
+		if err := worker.PinProcess(cpus); err != nil {
+			return cliutil.Usagef("--cpus %s: %v", list, err)
+		}
+		log.Info("pinned to CPUs", "cpus", worker.FormatCPUList(cpus))
 	}
 	if cfg.Device, err = worker.PickDevice(c.String("device"), cfg.Devices); err != nil {
 		return cliutil.UsageError{Err: err}
@@ -185,6 +197,15 @@ func superviseAll(c *cli.Context, host string, devs []wire.Device, log *slog.Log
 	}
 	if len(children) == 0 {
 		return cliutil.Usagef("--device all: no GPU on this host (found: %s)", strings.Join(found, ", "))
+	}
+	if !c.IsSet("cpus") && len(children) > 1 {
+		// Each child on its own share of the cores, so the kernel does not
+		// move their compute threads between them.
+		if cpus, err := worker.AllowedCPUs(); err == nil && len(cpus) >= len(children) {
+			for i := range children {
+				children[i].Args = append(children[i].Args, "--cpus", worker.FormatCPUList(worker.CPUShare(cpus, len(children), i)))
+			}
+		}
 	}
 	cfg := worker.DefaultSuperviseConfig(children)
 	cfg.Logger = log.With("component", "supervisor")

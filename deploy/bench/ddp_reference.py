@@ -22,7 +22,7 @@ samples/s and rank 0's mean step split in milliseconds:
   step_ms       wall time per step with the reduction on
 
     /usr/bin/python3 deploy/bench/ddp_reference.py --world 2 --global-batch 8 --threads 1
-    /usr/bin/python3 deploy/bench/ddp_reference.py --world 1 --profile   # libtorch's profiler table
+    /usr/bin/python3 deploy/bench/ddp_reference.py --world 1 --trace ddp.json  # and a profile
 """
 import argparse
 import json
@@ -244,12 +244,15 @@ def run(rank, args, port, out):
         return (time.perf_counter() - t0) / steps, data_s / steps
 
     window(args.warmup, True, 0)
-    if args.profile and rank == 0:
-        with torch.autograd.profiler.profile() as prof:
-            window(20, True, args.warmup)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40), file=sys.stderr)
-    elif args.profile:
-        window(20, True, args.warmup)
+    if args.trace:
+        # Rank 0's operators over args.trace_steps steps, as a Chrome trace
+        # (lavit's BenchmarkOpProfile reads it beside its own).
+        if rank == 0:
+            with torch.autograd.profiler.profile(use_kineto=False) as prof:
+                window(args.trace_steps, True, args.warmup)
+            prof.export_chrome_trace(args.trace)
+        else:
+            window(args.trace_steps, True, args.warmup)
     nosync_s, _ = window(args.steps, False, args.warmup + 1000)
     sync_s, data_s = window(args.steps, True, args.warmup + 2000)
     if rank == 0:
@@ -275,7 +278,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     ap.add_argument("--pin", action="store_true", help="pin rank r to core r (mod the cores)")
-    ap.add_argument("--profile", action="store_true", help="print libtorch's profiler table (rank 0) to stderr")
+    ap.add_argument("--trace", help="write rank 0's operators over --trace-steps steps to this Chrome trace")
+    ap.add_argument("--trace-steps", type=int, default=10)
     args = ap.parse_args()
     if args.world < 1 or args.global_batch < args.world:
         sys.exit("want --world ≥ 1 and --global-batch ≥ --world")

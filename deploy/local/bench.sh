@@ -30,6 +30,7 @@ go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | te
 go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkTrainScaling' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkVsDDP' -benchtime 3x -timeout 30m ./internal/e2e/ | tee -a "$raw" >&2
+LAVIT_REPORT_DIR="$PWD/bench-out" go test -run '^$' -bench 'BenchmarkOpProfile' -benchtime 1x -timeout 10m ./trainer/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkNCCLVsRing' -benchtime 1x -timeout 15m ./internal/e2e/ | tee -a "$raw" >&2
 LAVIT_REPORT_DIR="$PWD/bench-out" go test -run '^$' -bench 'BenchmarkMemory' -benchtime 1x -timeout 60m ./trainer/ | tee -a "$raw" >&2
 for w in 2 3 4; do
@@ -46,5 +47,6 @@ grep '^Benchmark' "$raw" | while read -r name iters nsop _ rest; do
 done
 echo
 echo "all-reduce sweep (nccl-tests columns, with the transfer-only limit): bench-out/allreduce.txt"
+echo "operators per step, lavit against the PyTorch DDP reference (BenchmarkOpProfile): bench-out/profile.md"
 echo "memory per rank by ZeRO stage and activation checkpointing (BenchmarkMemory): bench-out/memory.md"
 echo "machine: $(nproc) cores, $(go env GOOS)/$(go env GOARCH), $(go version | awk '{print $3}'); raw output in $raw"

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/worker"
 )
 
 // ddpResult is deploy/bench/ddp_reference.py's output: rank 0's mean step
@@ -50,7 +51,7 @@ func ddpPython(b *testing.B) string {
 // runDDP runs the PyTorch DDP reference at world ranks, one thread each.
 func runDDP(b *testing.B, python string, world int) ddpResult {
 	script := filepath.Join(testutil.RepoRoot(), "deploy", "bench", "ddp_reference.py")
-	cmd := exec.Command(python, script, "--world", fmt.Sprint(world), "--global-batch", "8", "--threads", "1", "--steps", "100")
+	cmd := exec.Command(python, script, "--world", fmt.Sprint(world), "--global-batch", "8", "--threads", "1", "--steps", "100", "--pin")
 	cmd.Env = append(os.Environ(), referenceMalloc...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -66,7 +67,8 @@ func runDDP(b *testing.B, python string, world int) ddpResult {
 
 // BenchmarkVsDDP: lavit against PyTorch DDP (Gloo) on the same model (tiny
 // stage 1 in phase A), the same image size and global batch (8), one
-// compute thread per rank, at worlds 1 and 2 (and 4 on 4 cores or more),
+// compute thread per rank, each rank pinned to its share of the cores
+// (lavit-worker --cpus; the reference's --pin), at worlds 1 and 2 (and 4 on 4 cores or more),
 // in one invocation. Each iteration runs lavit (a coordinator and world
 // worker processes training 300 steps from synthetic shards; rank 0's
 // split over steps 200–299) and then the reference
@@ -95,6 +97,10 @@ func BenchmarkVsDDP(b *testing.B) {
 			worlds = append(worlds, w)
 		}
 	}
+	cpus, err := worker.AllowedCPUs()
+	if err != nil {
+		b.Fatal(err)
+	}
 	sets := []string{"steps=300", "stage1.phase_a_steps=299", "checkpoint.every_steps=0"}
 	if env := os.Getenv("LAVIT_BENCH_SET"); env != "" {
 		sets = append(sets, strings.Split(env, ";")...) // e.g. collective.bucket_mb=0.25
@@ -104,7 +110,9 @@ func BenchmarkVsDDP(b *testing.B) {
 		var lvRuns []wire.StepTiming
 		var refRuns []ddpResult
 		for i := 0; i < b.N; i++ {
-			info := benchRun(b, bin, data, world, sets, "--threads", "1")
+			info := benchRunEach(b, bin, data, world, sets, func(w int) []string {
+				return []string{"--threads", "1", "--cpus", worker.FormatCPUList(worker.CPUShare(cpus, world, w))}
+			})
 			t := *info.Timing
 			lvRuns = append(lvRuns, t)
 			lv = append(lv, 8000/t.StepMs)

@@ -390,6 +390,12 @@ func benchData(b *testing.B, bin string) string {
 // last 100) on world worker processes under a fresh coordinator and returns
 // the completed run, whose timing is rank 0's over the last 100 steps.
 func benchRun(b *testing.B, bin, data string, world int, sets []string, workerArgs ...string) wire.RunInfo {
+	return benchRunEach(b, bin, data, world, sets, func(int) []string { return workerArgs })
+}
+
+// benchRunEach is benchRun with each worker's own arguments (rank w's:
+// workerArgs(w)).
+func benchRunEach(b *testing.B, bin, data string, world int, sets []string, workerArgs func(w int) []string) wire.RunInfo {
 	coordBin := filepath.Join(bin, "lavit-coord")
 	c := startCoord(b, bin, "c1", "--log-level", "warn")
 	testutil.WaitFor(b, time.Minute, "ready", c.ready)
@@ -397,7 +403,7 @@ func benchRun(b *testing.B, bin, data string, world int, sets []string, workerAr
 	env := []string{"LAVIT_TOKEN=" + strings.TrimSpace(string(tok)), "LAVIT_COORD=nats://" + c.nats}
 	var workers []*proc
 	for w := 0; w < world; w++ {
-		args := append([]string{"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn", "--collective-listen", "127.0.0.1:0"}, workerArgs...)
+		args := append([]string{"join", "--id", fmt.Sprintf("w%d", w), "--device", "cpu", "--log-level", "warn", "--collective-listen", "127.0.0.1:0"}, workerArgs(w)...)
 		workers = append(workers, startProc(b, fmt.Sprintf("w%d", w), filepath.Join(bin, "lavit-worker"), env, args...))
 	}
 	args := []string{"run", "submit", "--json", "-f", filepath.Join(testutil.RepoRoot(), "configs/tiny-stage1.yaml"),

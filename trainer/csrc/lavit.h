@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define LAVIT_ABI_VERSION 4
+#define LAVIT_ABI_VERSION 5
 
 /* The layout version written into every state blob (lavit_state_save). It
  * is not the ABI version: adding a function changes the ABI but not the
@@ -239,6 +239,11 @@ int lavit_lm_logprobs(lavit_model* m, const lavit_batch* b, float* out);
 /* C++-side timing loop: runs n full steps (begin, finish, apply; no reduction)
  * on the same batch, and returns the mean milliseconds per step. */
 int lavit_bench_steps(lavit_model* m, const lavit_batch* b, int64_t n, double* ms_per_step);
+
+/* The same loop under libtorch's profiler: one step unprofiled (lazy
+ * initialisation), then n steps whose operators are written to trace_path
+ * as a Chrome trace (JSON events with name, ts, dur in microseconds, tid). */
+int lavit_profile_steps(lavit_model* m, const lavit_batch* b, int64_t n, const char* trace_path);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 // One source for both libtorch lines: Debian's 1.13 (CPU, CI) and PyTorch
 // 2.x with CUDA (the GPU check builds against it). Every call here exists in
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <algorithm>
 #include <array>
 #include <mutex>
@@ -1446,6 +1448,17 @@ char* dup_string(const std::string& s) {
   return out;
 }
 
+// local_steps runs n full steps (begin, finish, apply) on one batch with
+// no reduction: the C++-side timing and profiling loops.
+void local_steps(lavit_model* m, const lavit_batch* b, int64_t n) {
+  std::vector<float> pre(pre_stats_numel(m)), post(post_stats_numel(m));
+  for (int64_t i = 0; i < n; ++i) {
+    step_begin(m, b, pre.data());
+    step_finish(m, pre.data(), post.data());
+    step_apply(m, b->global_batch, post.data(), -1);
+  }
+}
+
 // guard runs fn and turns any exception into an error return.
 template <typename Fn>
 int guard(Fn&& fn) {
@@ -1761,15 +1774,27 @@ int lavit_lm_logprobs(lavit_model* m, const lavit_batch* b, float* out) {
   });
 }
 
+int lavit_profile_steps(lavit_model* m, const lavit_batch* b, int64_t n, const char* trace_path) {
+  return guard([&] {
+    if (!trace_path || !*trace_path) throw std::invalid_argument("trace path is empty");
+    if (n < 1) throw std::invalid_argument("profile at least one step");
+    local_steps(m, b, 1);
+    std::ofstream out(trace_path);
+    if (!out) throw std::runtime_error(std::string("open ") + trace_path + ": " + std::strerror(errno));
+    {
+      torch::autograd::profiler::RecordProfile profile(out);
+      local_steps(m, b, n);
+      if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());
+    }
+    out.close();
+    if (!out) throw std::runtime_error(std::string("write ") + trace_path + ": " + std::strerror(errno));
+  });
+}
+
 int lavit_bench_steps(lavit_model* m, const lavit_batch* b, int64_t n, double* ms_per_step) {
   return guard([&] {
-    std::vector<float> pre(pre_stats_numel(m)), post(post_stats_numel(m));
     auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < n; ++i) {
-      step_begin(m, b, pre.data());
-      step_finish(m, pre.data(), post.data());
-      step_apply(m, b->global_batch, post.data(), -1);
-    }
+    local_steps(m, b, n);
     if (m->device.is_cuda()) torch::cuda::synchronize(m->device.index());  // time the kernels, not their queueing
     auto dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     *ms_per_step = dt / static_cast<double>(std::max<int64_t>(n, 1));
