@@ -3,9 +3,10 @@ package trainer
 import (
 	"context"
 	"fmt"
-	"sort"
 	"testing"
 	"time"
+
+	"github.com/lavit-org/lavit/internal/testutil"
 )
 
 // The Go-driven step (StepBegin, StepFinish, ApplyGrads through cgo, with
@@ -76,17 +77,11 @@ func BenchmarkStepOverhead(b *testing.B) {
 					ratios = append(ratios, goMS[len(goMS)-1]/ms)
 				}
 			}
-			g, c := median(goMS), median(cppMS)
+			g, c := testutil.Median(goMS), testutil.Median(cppMS)
 			b.ReportMetric(g, "go_ms/step")
 			b.ReportMetric(c, "cpp_ms/step")
-			b.ReportMetric(100*(median(ratios)-1), "overhead_%")
+			b.ReportMetric(100*(testutil.Median(ratios)-1), "overhead_%")
 			b.ReportMetric(float64(m.Info().ParamCount), "params")
 		})
 	}
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }

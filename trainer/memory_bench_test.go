@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lavit-org/lavit/collective/ring"
+	"github.com/lavit-org/lavit/internal/testutil"
 )
 
 // benchLM is the memory benchmark's medium stage-2 model: Llama-shaped,
@@ -230,7 +231,7 @@ func TestMemoryBenchRank(t *testing.T) {
 			ms = append(ms, float64(time.Since(began).Microseconds())/1000)
 		}
 	}
-	fmt.Printf("MEMBENCH %d %.1f\n", statusKB(t, "VmHWM"), median(ms))
+	fmt.Printf("MEMBENCH %d %.1f\n", statusKB(t, "VmHWM"), testutil.Median(ms))
 	// Stay in the ring until every rank has reported (the parent closes
 	// stdin then).
 	io.Copy(io.Discard, os.Stdin)

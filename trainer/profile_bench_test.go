@@ -25,13 +25,7 @@ import (
 // compare. It writes the table to $LAVIT_REPORT_DIR/profile.md (make
 // bench: bench-out/profile.md). Run with -benchtime 1x.
 func BenchmarkOpProfile(b *testing.B) {
-	py := os.Getenv("LAVIT_BENCH_PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	if out, err := exec.Command(py, "-c", "import torch").CombinedOutput(); err != nil {
-		b.Fatalf("the DDP reference needs PyTorch for %s (Debian: apt-get install python3-torch; or set LAVIT_BENCH_PYTHON): %v: %s", py, err, out)
-	}
+	py := testutil.ReferencePython(b)
 	lib := loadLib(b)
 	if err := lib.SetThreads(1); err != nil {
 		b.Fatal(err)
@@ -54,7 +48,7 @@ func BenchmarkOpProfile(b *testing.B) {
 		cmd := exec.Command(py, filepath.Join(testutil.RepoRoot(), "deploy", "bench", "ddp_reference.py"),
 			"--world", "1", "--global-batch", "4", "--threads", "1", "--warmup", "10", "--steps", "10",
 			"--trace", ddpTrace, "--trace-steps", fmt.Sprint(steps))
-		cmd.Env = append(os.Environ(), "MALLOC_MMAP_THRESHOLD_=33554432", "MALLOC_TRIM_THRESHOLD_=268435456")
+		cmd.Env = append(os.Environ(), testutil.ReferenceMalloc...)
 		cmd.Stderr = os.Stderr
 		out, err := cmd.Output()
 		if err != nil {
@@ -87,7 +81,7 @@ func BenchmarkOpProfile(b *testing.B) {
 		if err != nil {
 			b.Fatalf("the reference's trace: %v", err)
 		}
-		lvMs := median(lvTimes)
+		lvMs := testutil.Median(lvTimes)
 		table, lvCalls, refCalls := profileTable(lv, ref, steps, 30)
 		table += fmt.Sprintf("\nStep time without the profiler (one thread, 4 samples): lavit %.1f ms (median of 5 × 20 steps), the reference %.1f ms (100 steps).\n", lvMs, refTiming.ComputeMs)
 		if dir := os.Getenv("LAVIT_REPORT_DIR"); dir != "" {

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -41,7 +42,7 @@ func ParseCPUList(s string) ([]int, error) {
 			}
 		}
 	}
-	sortInts(cpus)
+	slices.Sort(cpus)
 	return cpus, nil
 }
 
@@ -80,12 +81,4 @@ func CPUShare(cpus []int, workers, i int) []int {
 		n++
 	}
 	return append([]int(nil), cpus[lo:lo+n]...)
-}
-
-func sortInts(xs []int) {
-	for i := 1; i < len(xs); i++ {
-		for j := i; j > 0 && xs[j] < xs[j-1]; j-- {
-			xs[j], xs[j-1] = xs[j-1], xs[j]
-		}
-	}
 }

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,32 +26,11 @@ type ddpResult struct {
 	CommMs      float64 `json:"comm_ms"`
 }
 
-// referenceMalloc is the glibc setting the PyTorch reference runs under:
-// without it, on this kind of VM, the Python process hands freed tensor
-// memory back to the kernel and faults it in again every step (the
-// reference's step was 2.5–3× slower; see trainer/DESIGN.md, "Throughput").
-// lavit makes the same choice itself (trainer.Load raises the same
-// values before it loads the shim: 32 MiB and 256 MiB).
-var referenceMalloc = []string{"MALLOC_MMAP_THRESHOLD_=33554432", "MALLOC_TRIM_THRESHOLD_=268435456"}
-
-// ddpPython is the Python that runs the reference: $LAVIT_BENCH_PYTHON,
-// or Debian's /usr/bin/python3 (python3-torch installs torch for it).
-func ddpPython(b *testing.B) string {
-	py := os.Getenv("LAVIT_BENCH_PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	if out, err := exec.Command(py, "-c", "import torch.distributed as d; assert d.is_gloo_available()").CombinedOutput(); err != nil {
-		b.Fatalf("the DDP reference needs PyTorch with Gloo for %s (Debian: apt-get install python3-torch; or set LAVIT_BENCH_PYTHON): %v: %s", py, err, out)
-	}
-	return py
-}
-
 // runDDP runs the PyTorch DDP reference at world ranks, one thread each.
 func runDDP(b *testing.B, python string, world int) ddpResult {
 	script := filepath.Join(testutil.RepoRoot(), "deploy", "bench", "ddp_reference.py")
 	cmd := exec.Command(python, script, "--world", fmt.Sprint(world), "--global-batch", "8", "--threads", "1", "--steps", "100", "--pin")
-	cmd.Env = append(os.Environ(), referenceMalloc...)
+	cmd.Env = append(os.Environ(), testutil.ReferenceMalloc...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -80,7 +58,7 @@ func runDDP(b *testing.B, python string, world int) ddpResult {
 // for a slower peer; DDP: the step with its reduction less the step
 // without), data. Run with -benchtime Nx (make bench: 3x).
 func BenchmarkVsDDP(b *testing.B) {
-	python := ddpPython(b)
+	python := testutil.ReferencePython(b)
 	bin := testutil.Binaries(b)
 	data := benchData(b, bin)
 	worlds := []int{1, 2}
@@ -125,9 +103,9 @@ func BenchmarkVsDDP(b *testing.B) {
 		p := fmt.Sprintf("w%d_", world)
 		lt := medianTiming(lvRuns)
 		rt := medianDDP(refRuns)
-		b.ReportMetric(medianOf(lv), p+"lavit_samples/s")
-		b.ReportMetric(medianOf(ref), p+"ddp_samples/s")
-		b.ReportMetric(medianOf(lv)/medianOf(ref), p+"lavit/ddp")
+		b.ReportMetric(testutil.Median(lv), p+"lavit_samples/s")
+		b.ReportMetric(testutil.Median(ref), p+"ddp_samples/s")
+		b.ReportMetric(testutil.Median(lv)/testutil.Median(ref), p+"lavit/ddp")
 		b.ReportMetric(lt.StepMs, p+"lavit_step_ms")
 		b.ReportMetric(lt.ComputeMs, p+"lavit_compute_ms")
 		b.ReportMetric(lt.AllReduceMs+lt.IdleMs, p+"lavit_comm_ms")
@@ -140,43 +118,33 @@ func BenchmarkVsDDP(b *testing.B) {
 	}
 }
 
-func medianOf(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
+// medianOf is each run's f, median over the runs.
+func medianOf[T any](runs []T, f func(T) float64) float64 {
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	return testutil.Median(xs)
 }
 
 // medianTiming is each field's median over the runs.
 func medianTiming(ts []wire.StepTiming) wire.StepTiming {
-	field := func(f func(wire.StepTiming) float64) float64 {
-		var xs []float64
-		for _, t := range ts {
-			xs = append(xs, f(t))
-		}
-		return medianOf(xs)
-	}
 	return wire.StepTiming{
-		DataMs:      field(func(t wire.StepTiming) float64 { return t.DataMs }),
-		ComputeMs:   field(func(t wire.StepTiming) float64 { return t.ComputeMs }),
-		AllReduceMs: field(func(t wire.StepTiming) float64 { return t.AllReduceMs }),
-		IdleMs:      field(func(t wire.StepTiming) float64 { return t.IdleMs }),
-		StepMs:      field(func(t wire.StepTiming) float64 { return t.StepMs }),
+		DataMs:      medianOf(ts, func(t wire.StepTiming) float64 { return t.DataMs }),
+		ComputeMs:   medianOf(ts, func(t wire.StepTiming) float64 { return t.ComputeMs }),
+		AllReduceMs: medianOf(ts, func(t wire.StepTiming) float64 { return t.AllReduceMs }),
+		IdleMs:      medianOf(ts, func(t wire.StepTiming) float64 { return t.IdleMs }),
+		StepMs:      medianOf(ts, func(t wire.StepTiming) float64 { return t.StepMs }),
 	}
 }
 
+// medianDDP is each field's median over the reference's runs.
 func medianDDP(rs []ddpResult) ddpResult {
-	field := func(f func(ddpResult) float64) float64 {
-		var xs []float64
-		for _, r := range rs {
-			xs = append(xs, f(r))
-		}
-		return medianOf(xs)
-	}
 	return ddpResult{
-		SamplesPerS: field(func(r ddpResult) float64 { return r.SamplesPerS }),
-		StepMs:      field(func(r ddpResult) float64 { return r.StepMs }),
-		DataMs:      field(func(r ddpResult) float64 { return r.DataMs }),
-		ComputeMs:   field(func(r ddpResult) float64 { return r.ComputeMs }),
-		CommMs:      field(func(r ddpResult) float64 { return r.CommMs }),
+		SamplesPerS: medianOf(rs, func(r ddpResult) float64 { return r.SamplesPerS }),
+		StepMs:      medianOf(rs, func(r ddpResult) float64 { return r.StepMs }),
+		DataMs:      medianOf(rs, func(r ddpResult) float64 { return r.DataMs }),
+		ComputeMs:   medianOf(rs, func(r ddpResult) float64 { return r.ComputeMs }),
+		CommMs:      medianOf(rs, func(r ddpResult) float64 { return r.CommMs }),
 	}
 }

@@ -1,6 +1,7 @@
 // Package testutil has helpers shared by lavit's tests: polling with a
-// deadline (never fixed sleeps), free loopback ports, and building the
-// binaries for process-level tests.
+// deadline (never fixed sleeps), free loopback ports, building the
+// binaries for process-level tests, and running the benchmarks' PyTorch
+// reference (reference.go).
 package testutil
 
 import (
