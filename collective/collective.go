@@ -124,6 +124,21 @@ type Communicator interface {
 	Close() error
 }
 
+// PartReducer is a Communicator that can reduce a buffer part by part
+// with the bits of one call on the whole (the ring: each element is summed
+// in the order a call on the whole buffer sums it). Gradient buckets use
+// it, so reducing them during backward trains exactly what one reduction
+// after backward trains; buf is elements [off, off+len(buf)) of a whole
+// buffer of total elements, and every rank reduces the same parts in the
+// same order.
+type PartReducer interface {
+	// AllReducePart is AllReduce of one part of the whole buffer.
+	AllReducePart(ctx context.Context, buf []float32, op Op, off, total int) error
+	// ReduceScatterPart is ReduceScatter of one part: the part's elements
+	// in block Rank() of the whole (total a multiple of Size()) are summed.
+	ReduceScatterPart(ctx context.Context, buf []float32, op Op, off, total int) error
+}
+
 // Error is the sticky error of a broken communicator.
 type Error struct {
 	Rank int    // the rank that reports it
@@ -212,6 +227,16 @@ func CheckBlocks(rank, size int, call string, n int) *Error {
 	}
 	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted,
 		Err: fmt.Errorf("invalid argument: buffer of %d elements is not a multiple of the world size %d (one equal block per rank)", n, size)}
+}
+
+// CheckPart is CheckOp for a part [off, off+n) that does not lie in a
+// whole buffer of total elements (PartReducer).
+func CheckPart(rank int, call string, off, n, total int) *Error {
+	if off >= 0 && n >= 0 && total >= 0 && off <= total-n {
+		return nil
+	}
+	return &Error{Rank: rank, Peer: -1, Call: call, Kind: ErrAborted,
+		Err: fmt.Errorf("invalid argument: part of %d elements at %d does not lie in a buffer of %d", n, off, total)}
 }
 
 // AbortError is the error Abort(err) breaks a communicator with (err nil

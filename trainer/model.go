@@ -421,6 +421,11 @@ type Reducer func(ctx context.Context, buf []float32) error
 // device, across all ranks in place (NCCL).
 type DeviceReducer func(ctx context.Context, ptr uintptr, n int) error
 
+// PartReducer reduces buf, elements [off, off+len(buf)) of a whole buffer
+// of total elements, with the bits a call on the whole buffer gives those
+// elements (collective.PartReducer).
+type PartReducer func(ctx context.Context, buf []float32, off, total int) error
+
 // Reduce is how a step sums its buffers across the ranks.
 type Reduce struct {
 	// Host sums host buffers: the batch and post statistics always, the
@@ -446,6 +451,15 @@ type Reduce struct {
 	Gather        Reducer
 	DeviceScatter DeviceReducer
 	DeviceGather  DeviceReducer
+
+	// GradsPart and ScatterPart, when set, are Grads and Scatter for one
+	// gradient bucket (SetBuckets) with the bits of a call on the whole
+	// buffer, so a step reduced bucket by bucket trains exactly what one
+	// reduction after backward trains. Without GradsPart buckets use
+	// Grads (the same sums, each element's perhaps in another order);
+	// without ScatterPart a ZeRO-2 model reduces after backward.
+	GradsPart   PartReducer
+	ScatterPart PartReducer
 }
 
 // LocalReducer is the reducer of a world of one: nothing to add.

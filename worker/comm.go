@@ -28,6 +28,7 @@ type stepComm struct {
 	waiter  interface{ LastWait() time.Duration } // nil if the backend does not measure it
 	device  deviceReducer                         // NCCL's in-place device path; nil for the ring
 	sharder deviceSharder                         // NCCL's device reduce-scatter and all-gather (ZeRO); nil for the ring
+	parts   collective.PartReducer                // the ring's part reductions (gradient buckets); nil for NCCL
 	// gradOp sums the gradient buffer: collective.Sum, or SumBF16 for a
 	// model whose gradients are bf16 (collective.reduce_dtype bf16).
 	gradOp collective.Op
@@ -55,6 +56,7 @@ func newStepComm(comm collective.Communicator, timeout time.Duration, gradsBF16 
 	c.waiter, _ = comm.(interface{ LastWait() time.Duration })
 	c.device, _ = comm.(deviceReducer)
 	c.sharder, _ = comm.(deviceSharder)
+	c.parts, _ = comm.(collective.PartReducer)
 	return c
 }
 
@@ -105,6 +107,14 @@ func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) 
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
 	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather}
+	if c.parts != nil { // the ring: gradient buckets with the bits of one call
+		r.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {
+			return c.timed(ctx, func(ctx context.Context) error { return c.parts.AllReducePart(ctx, buf, c.gradOp, off, total) })
+		}
+		r.ScatterPart = func(ctx context.Context, buf []float32, off, total int) error {
+			return c.timed(ctx, func(ctx context.Context) error { return c.parts.ReduceScatterPart(ctx, buf, c.gradOp, off, total) })
+		}
+	}
 	if c.device != nil {
 		r.Device = c.reduceDevice
 	}

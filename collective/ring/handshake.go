@@ -17,14 +17,15 @@ import (
 // by its generation u64 | len u16 | reason, and closes the connection. All
 // integers are little endian. protocolVersion 2: the all-reduce's
 // reduce-scatter ends with rank r owning segment r (version 1: r+1), and
-// the call kinds reducescatter and allgather exist; the two versions must
-// not share a ring. The op sum-bf16 (op byte 2 in the call header) needs
+// the call kinds reducescatter and allgather exist. Version 3: the call
+// header grows from 24 to 40 bytes (a part's offset and whole length,
+// AllReducePart). Versions must not share a ring. The op sum-bf16 (op byte 2 in the call header) needs
 // no new version: a rank that predates it never sends that byte, and its
 // call header differs from a rank calling SumBF16, so the pair fails with
 // ErrMismatch before any data is misread.
 const (
 	helloMagic      = "LVRG"
-	protocolVersion = 2
+	protocolVersion = 3
 	helloFixed      = 4 + 2 + 4 + 4 + 8 + 2
 	maxRunLen       = 256
 	maxReasonLen    = 1024

@@ -46,7 +46,24 @@ func kindName(k byte) string {
 // average, or bfloat16 sum of packed pairs for SumBF16) over all ranks.
 // See the package collective for the rules.
 func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) error {
-	return c.call(ctx, kindAllReduce, buf, op, 0)
+	return c.call(ctx, kindAllReduce, buf, op, 0, whole(len(buf)))
+}
+
+// AllReducePart is AllReduce of buf, elements [off, off+len(buf)) of a
+// buffer of total elements that the ranks reduce part by part (in the same
+// order on every rank): each element is summed exactly as AllReduce of the
+// whole buffer sums it, so the parts end bitwise equal to one call on the
+// whole. Gradient buckets use it (collective.PartReducer).
+func (c *Comm) AllReducePart(ctx context.Context, buf []float32, op collective.Op, off, total int) error {
+	return c.call(ctx, kindAllReduce, buf, op, 0, part{off, len(buf), total})
+}
+
+// ReduceScatterPart is the reduce-scatter phase of AllReducePart: the
+// elements of buf that lie in block r of the whole buffer (total a
+// multiple of Size()) end up summed on rank r, bitwise what ReduceScatter
+// of the whole leaves there.
+func (c *Comm) ReduceScatterPart(ctx context.Context, buf []float32, op collective.Op, off, total int) error {
+	return c.call(ctx, kindReduceScatter, buf, op, 0, part{off, len(buf), total})
 }
 
 // ReduceScatter leaves in block Rank() of buf (Size() equal blocks) the
@@ -57,58 +74,68 @@ func (c *Comm) AllReduce(ctx context.Context, buf []float32, op collective.Op) e
 // the result is bitwise what AllReduce leaves in block r. SumBF16 sums in
 // the same order with collective.AddBF16 (blocks count words).
 func (c *Comm) ReduceScatter(ctx context.Context, buf []float32, op collective.Op) error {
-	return c.call(ctx, kindReduceScatter, buf, op, 0)
+	return c.call(ctx, kindReduceScatter, buf, op, 0, whole(len(buf)))
 }
 
 // AllGather copies block r of rank r's buf into block r of every rank's
 // buf (Size() equal blocks): the all-gather phase of AllReduce alone.
 func (c *Comm) AllGather(ctx context.Context, buf []float32) error {
-	return c.call(ctx, kindAllGather, buf, collective.Sum, 0)
+	return c.call(ctx, kindAllGather, buf, collective.Sum, 0, whole(len(buf)))
 }
 
 // Broadcast copies root's buf into every rank's buf.
 func (c *Comm) Broadcast(ctx context.Context, buf []float32, root int) error {
-	return c.call(ctx, kindBroadcast, buf, collective.Sum, root)
+	return c.call(ctx, kindBroadcast, buf, collective.Sum, root, whole(len(buf)))
 }
 
 // Barrier returns once every rank has entered it (a one-element
 // all-reduce: every rank's result depends on every rank having sent).
 func (c *Comm) Barrier(ctx context.Context) error {
 	var one [1]float32
-	return c.call(ctx, kindBarrier, one[:], collective.Sum, 0)
+	return c.call(ctx, kindBarrier, one[:], collective.Sum, 0, whole(1))
 }
 
 // TransferOnly moves exactly the bytes an AllReduce of buf would, with the
 // same chunks and pipeline, but adds nothing: buf ends up holding other
 // ranks' data. It measures the transport's limit for benchmarks.
 func (c *Comm) TransferOnly(ctx context.Context, buf []float32) error {
-	return c.call(ctx, kindTransfer, buf, collective.Sum, 0)
+	return c.call(ctx, kindTransfer, buf, collective.Sum, 0, whole(len(buf)))
 }
 
 // header opens every call on every link, so ranks that disagree about a
 // call fail with ErrMismatch instead of exchanging garbage:
 //
-//	"LC" | kind u8 | op u8 | root u32 | seq u64 | count u64
+//	"LC" | kind u8 | op u8 | root u32 | seq u64 | count u64 | off u64 | total u64
+//
+// (off, total: the part of a whole buffer the call reduces; 0 and count
+// for a call on its whole buffer.)
 type header struct {
 	kind  byte
 	op    byte
 	root  uint32
 	seq   uint64
 	count uint64
+	off   uint64
+	total uint64
 }
 
-const headerLen = 24
+const headerLen = 40
 
 func (h header) marshal() []byte {
 	b := make([]byte, 0, headerLen)
 	b = append(b, 'L', 'C', h.kind, h.op)
 	b = binary.LittleEndian.AppendUint32(b, h.root)
 	b = binary.LittleEndian.AppendUint64(b, h.seq)
-	return binary.LittleEndian.AppendUint64(b, h.count)
+	b = binary.LittleEndian.AppendUint64(b, h.count)
+	b = binary.LittleEndian.AppendUint64(b, h.off)
+	return binary.LittleEndian.AppendUint64(b, h.total)
 }
 
 func (h header) String() string {
 	s := fmt.Sprintf("call #%d %s of %d elements", h.seq, kindName(h.kind), h.count)
+	if h.total != h.count {
+		s += fmt.Sprintf(" at %d of %d", h.off, h.total)
+	}
 	switch h.kind {
 	case kindAllReduce, kindReduceScatter:
 		s += ", op " + collective.Op(h.op).String()
@@ -129,7 +156,8 @@ func (h header) check(b []byte, prev int) error {
 		return &mismatchError{fmt.Sprintf("rank %d sent no call header (stream out of step)", prev)}
 	}
 	got := header{kind: b[2], op: b[3], root: binary.LittleEndian.Uint32(b[4:]),
-		seq: binary.LittleEndian.Uint64(b[8:]), count: binary.LittleEndian.Uint64(b[16:])}
+		seq: binary.LittleEndian.Uint64(b[8:]), count: binary.LittleEndian.Uint64(b[16:]),
+		off: binary.LittleEndian.Uint64(b[24:]), total: binary.LittleEndian.Uint64(b[32:])}
 	if got != h {
 		return &mismatchError{fmt.Sprintf("rank %d is in %s, this rank in %s", prev, got, h)}
 	}
@@ -155,7 +183,7 @@ const asyncAddMin = 1 << 20
 var errStopped = errors.New("stopped")
 
 // call runs one collective: wait for our turn, check, exchange.
-func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective.Op, root int) error {
+func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective.Op, root int, pt part) error {
 	name := kindName(kind)
 	ctx, cancel := collective.WithDeadline(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -173,9 +201,14 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	var bad *collective.Error
 	switch kind {
 	case kindAllReduce:
-		bad = collective.CheckOp(c.rank, name, op)
+		if bad = collective.CheckPart(c.rank, name, pt.off, pt.n, pt.total); bad == nil {
+			bad = collective.CheckOp(c.rank, name, op)
+		}
 	case kindReduceScatter:
-		if bad = collective.CheckBlocks(c.rank, c.size, name, len(buf)); bad == nil {
+		if bad = collective.CheckPart(c.rank, name, pt.off, pt.n, pt.total); bad == nil {
+			bad = collective.CheckBlocks(c.rank, c.size, name, pt.total)
+		}
+		if bad == nil {
 			bad = collective.CheckOp(c.rank, name, op)
 		}
 	case kindAllGather:
@@ -190,7 +223,7 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	if c.size == 1 {
 		return nil // every call on one rank leaves buf as it is
 	}
-	h := header{kind: kind, op: byte(op), root: uint32(root), seq: c.seq, count: uint64(len(buf))}
+	h := header{kind: kind, op: byte(op), root: uint32(root), seq: c.seq, count: uint64(len(buf)), off: uint64(pt.off), total: uint64(pt.total)}
 	end, err := c.begin(ctx)
 	if err != nil {
 		return err
@@ -211,11 +244,11 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 	case kindBroadcast:
 		p = broadcastPlan(len(buf), c.size, c.rank, root, chunk)
 	case kindReduceScatter:
-		p = ringPlan(len(buf), c.size, c.rank, chunk, reduceScatter, avg)
+		p = ringPlan(pt, c.size, c.rank, chunk, reduceScatter, avg)
 	case kindAllGather:
-		p = ringPlan(len(buf), c.size, c.rank, chunk, allGather, false)
+		p = ringPlan(pt, c.size, c.rank, chunk, allGather, false)
 	default: // all-reduce, barrier, transfer-only
-		p = ringPlan(len(buf), c.size, c.rank, chunk, bothPhases, kind == kindAllReduce && avg)
+		p = ringPlan(pt, c.size, c.rank, chunk, bothPhases, kind == kindAllReduce && avg)
 	}
 	if c.scratch == nil && kind != kindBroadcast && kind != kindAllGather {
 		c.scratch = make([]float32, addSlots*addBlock)

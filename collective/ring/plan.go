@@ -66,10 +66,30 @@ const (
 	bothPhases    = reduceScatter | allGather
 )
 
+// part is the range of a whole buffer that one call reduces: elements
+// [off, off+n) of total. A call on the whole buffer is {0, total, total}.
+type part struct{ off, n, total int }
+
+// whole is the part that is the whole buffer of n elements.
+func whole(n int) part { return part{0, n, n} }
+
+// segmentOf is the i-th segment of the whole buffer as it falls in the
+// part, in the part's own offsets (empty where they do not meet). Every
+// element therefore travels the ring, and is summed, exactly as in a call
+// on the whole buffer: reducing a buffer part by part leaves its bits.
+func (pt part) segmentOf(n, i int) span {
+	s := segment(pt.total, n, i)
+	lo, hi := max(s.off, pt.off), min(s.off+s.n, pt.off+pt.n)
+	if hi <= lo {
+		return span{}
+	}
+	return span{lo - pt.off, hi - lo}
+}
+
 // ringPlan is rank r's plan for the given phases of a ring all-reduce of
-// total elements (see plan). scale: multiply by 1/n at the last
-// reduce-scatter step (Avg).
-func ringPlan(total, n, r, chunk int, ph phases, scale bool) plan {
+// the part pt of a buffer (see plan and part). scale: multiply by 1/n at
+// the last reduce-scatter step (Avg).
+func ringPlan(pt part, n, r, chunk int, ph phases, scale bool) plan {
 	mod := func(i int) int { return ((i % n) + n) % n }
 	// Global steps: 0…n−2 reduce-scatter, n−1…2n−3 all-gather. At every
 	// step g rank r sends s_{r−1−g} (in the all-gather, s_{r−(g−n+1)}, the
@@ -87,7 +107,7 @@ func ringPlan(total, n, r, chunk int, ph phases, scale bool) plan {
 	steps := last - first + 1
 	sends := make([][]span, steps+1)
 	for i := range sends {
-		sends[i] = chunks(segment(total, n, mod(r-1-(first+i))), chunk)
+		sends[i] = chunks(pt.segmentOf(n, mod(r-1-(first+i))), chunk)
 	}
 	// sentBefore[i]: how many chunks the sender writes before step first+i.
 	sentBefore := make([]int, steps+1)

@@ -648,20 +648,26 @@ func TestPlanBalances(t *testing.T) {
 			for _, total := range []int{0, 1, 2, n - 1, n, n + 1, 97, 1000} {
 				for _, chunk := range []int{1, 3, 16} {
 					for r := range n {
-						p := ringPlan(total, n, r, chunk, ph, false)
-						q := ringPlan(total, n, (r+1)%n, chunk, ph, false)
-						sent := append([]span(nil), p.first...)
-						for _, it := range p.recv {
-							if it.forward {
-								sent = append(sent, it.span)
+						// The whole buffer, and parts of it (AllReducePart).
+						for _, pt := range []part{whole(total), {total / 3, total / 4, total}, {1, max(total-2, 0), total}} {
+							if pt.off+pt.n > total {
+								continue
 							}
-						}
-						if len(sent) != len(q.recv) {
-							t.Fatalf("phases %d n=%d total=%d chunk=%d: rank %d sends %d chunks, rank %d receives %d", ph, n, total, chunk, r, len(sent), (r+1)%n, len(q.recv))
-						}
-						for i := range sent {
-							if sent[i] != q.recv[i].span {
-								t.Fatalf("phases %d n=%d total=%d chunk=%d: chunk %d sent as %v, received as %v", ph, n, total, chunk, i, sent[i], q.recv[i].span)
+							p := ringPlan(pt, n, r, chunk, ph, false)
+							q := ringPlan(pt, n, (r+1)%n, chunk, ph, false)
+							sent := append([]span(nil), p.first...)
+							for _, it := range p.recv {
+								if it.forward {
+									sent = append(sent, it.span)
+								}
+							}
+							if len(sent) != len(q.recv) {
+								t.Fatalf("phases %d n=%d total=%d chunk=%d: rank %d sends %d chunks, rank %d receives %d", ph, n, total, chunk, r, len(sent), (r+1)%n, len(q.recv))
+							}
+							for i := range sent {
+								if sent[i] != q.recv[i].span {
+									t.Fatalf("phases %d n=%d total=%d chunk=%d: chunk %d sent as %v, received as %v", ph, n, total, chunk, i, sent[i], q.recv[i].span)
+								}
 							}
 						}
 					}
@@ -682,9 +688,9 @@ func TestPlanPhases(t *testing.T) {
 			total := n * per
 			for r := range n {
 				const chunk = 3
-				all := ringPlan(total, n, r, chunk, bothPhases, true)
-				rs := ringPlan(total, n, r, chunk, reduceScatter, true)
-				ag := ringPlan(total, n, r, chunk, allGather, false)
+				all := ringPlan(whole(total), n, r, chunk, bothPhases, true)
+				rs := ringPlan(whole(total), n, r, chunk, reduceScatter, true)
+				ag := ringPlan(whole(total), n, r, chunk, allGather, false)
 				where := fmt.Sprintf("n=%d total=%d rank %d", n, total, r)
 				if !slices.Equal(all.first, rs.first) {
 					t.Fatalf("%s: all-reduce sends first %v, reduce-scatter %v", where, all.first, rs.first)
