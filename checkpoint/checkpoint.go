@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"time"
 
@@ -152,23 +153,82 @@ func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
 	return dst.Put(ctx, ManifestName, bytes.NewReader(b), int64(len(b)))
 }
 
-// Validate checks that the parts tile the state exactly.
+// Limits on what a manifest may describe: far above any real checkpoint
+// (the 7B state is 82 GB, its manifest tens of kilobytes), they only keep
+// a damaged or hostile manifest from sizing an allocation.
+const (
+	MaxStateBytes    = 1 << 40 // a state's size (1 TiB)
+	MaxManifestBytes = 64 << 20
+)
+
+// Validate checks a manifest read from outside before anything trusts
+// it: the sizes are non-negative and within MaxStateBytes, the parts tile
+// the state exactly, and each parameter of the table lies inside the
+// params the state can hold, its shape matching its numel.
 func (m *Manifest) Validate() error {
 	if m.Format < 1 || m.Format > FormatVersion {
 		return fmt.Errorf("checkpoint manifest format %d, this build reads 1 to %d", m.Format, FormatVersion)
+	}
+	switch {
+	case m.StateBytes < 0:
+		return fmt.Errorf("checkpoint manifest: state_bytes %d is negative", m.StateBytes)
+	case m.StateBytes > MaxStateBytes:
+		return fmt.Errorf("checkpoint manifest: state_bytes %d exceeds the limit of %d", m.StateBytes, int64(MaxStateBytes))
+	case m.Step < 0:
+		return fmt.Errorf("checkpoint manifest: step %d is negative", m.Step)
 	}
 	if m.World < 1 || len(m.Parts) != m.World {
 		return fmt.Errorf("checkpoint manifest: %d parts for world %d", len(m.Parts), m.World)
 	}
 	var next int64
 	for i, p := range m.Parts {
-		if p.Offset != next || p.Bytes < 0 || p.Name != PartName(i, m.World) || len(p.SHA256) != 64 {
+		if p.Bytes < 0 {
+			return fmt.Errorf("checkpoint manifest: part %d: bytes %d is negative", i, p.Bytes)
+		}
+		if p.Offset != next || p.Name != PartName(i, m.World) || len(p.SHA256) != 64 {
 			return fmt.Errorf("checkpoint manifest: part %d (%s at %d, %d bytes) does not follow part %d", i, p.Name, p.Offset, p.Bytes, i-1)
+		}
+		if p.Bytes > m.StateBytes-next {
+			return fmt.Errorf("checkpoint manifest: part %d: %d bytes at %d run past state_bytes %d", i, p.Bytes, p.Offset, m.StateBytes)
 		}
 		next += p.Bytes
 	}
 	if next != m.StateBytes {
 		return fmt.Errorf("checkpoint manifest: parts hold %d bytes, the state %d", next, m.StateBytes)
+	}
+	// The params tensor is float32 inside the state: at most a quarter
+	// of its bytes.
+	for _, p := range m.Params {
+		if err := p.check(m.StateBytes / 4); err != nil {
+			return fmt.Errorf("checkpoint manifest: %w", err)
+		}
+	}
+	return nil
+}
+
+// check checks that the parameter's values [Offset, Offset+Numel) lie
+// inside n flat values and that its shape holds Numel values.
+func (p ParamInfo) check(n int64) error {
+	switch {
+	case p.Numel < 0:
+		return fmt.Errorf("parameter %q: numel %d is negative", p.Name, p.Numel)
+	case p.Offset < 0:
+		return fmt.Errorf("parameter %q: offset %d is negative", p.Name, p.Offset)
+	case p.Offset > n || p.Numel > n-p.Offset:
+		return fmt.Errorf("parameter %q: [%d, +%d) lies outside the %d params", p.Name, p.Offset, p.Numel, n)
+	}
+	count := int64(1)
+	for _, d := range p.Shape {
+		if d < 0 {
+			return fmt.Errorf("parameter %q: shape %v has a negative dimension", p.Name, p.Shape)
+		}
+		if d != 0 && count > math.MaxInt64/d {
+			return fmt.Errorf("parameter %q: shape %v overflows int64", p.Name, p.Shape)
+		}
+		count *= d
+	}
+	if count != p.Numel {
+		return fmt.Errorf("parameter %q: shape %v holds %d values, numel is %d", p.Name, p.Shape, count, p.Numel)
 	}
 	return nil
 }
@@ -179,10 +239,13 @@ func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := objstore.ReadObject(ctx, src, ManifestName)
+	b, err := readManifestObject(ctx, src)
 	if err != nil {
 		if errors.Is(err, objstore.ErrNotFound) {
 			return nil, fmt.Errorf("%s/%s: %w", dir, ManifestName, ErrMissing)
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return nil, fmt.Errorf("%s/%s: %w", dir, ManifestName, err)
 		}
 		return nil, err
 	}
@@ -196,19 +259,55 @@ func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
 	return &m, nil
 }
 
+// readManifestObject reads the manifest object, refusing one over
+// MaxManifestBytes (ErrCorrupt) without reading the rest of it.
+func readManifestObject(ctx context.Context, src objstore.Source) ([]byte, error) {
+	rc, err := src.Open(ctx, ManifestName, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, MaxManifestBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxManifestBytes {
+		return nil, fmt.Errorf("%w: the manifest exceeds the limit of %d bytes", ErrCorrupt, MaxManifestBytes)
+	}
+	return b, nil
+}
+
 // Fetch downloads every part of the checkpoint in dir, verifies each
 // part's sha256 and the whole state's, and returns the state. A missing
-// part is ErrMissing, a wrong one ErrCorrupt; both name the part.
+// part is ErrMissing, a wrong one ErrCorrupt; both name the part. The
+// manifest is validated first, and every part's size in the store is
+// checked against it before the state's buffer is allocated, so a
+// manifest's sizes never allocate more than the parts hold.
 func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", dir, ErrCorrupt, err)
+	}
 	src, err := objstore.Open(ctx, dir)
 	if err != nil {
 		return nil, err
+	}
+	for _, p := range m.Parts {
+		info, err := src.Stat(ctx, p.Name)
+		if err != nil {
+			if errors.Is(err, objstore.ErrNotFound) {
+				return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, ErrMissing)
+			}
+			return nil, fmt.Errorf("%s/%s: %w", dir, p.Name, err)
+		}
+		if info.Size != p.Bytes {
+			return nil, fmt.Errorf("%s/%s: %w: %d bytes, the manifest says %d", dir, p.Name, ErrCorrupt, info.Size, p.Bytes)
+		}
 	}
 	// Every part is read straight into state's spare capacity.
 	state := make([]byte, 0, m.StateBytes)
 	for _, p := range m.Parts {
 		start := len(state)
-		state, err = appendObject(ctx, src, p.Name, state)
+		state, err = appendObject(ctx, src, p.Name, state, p.Bytes+1)
 		b := state[start:]
 		if err != nil {
 			if errors.Is(err, objstore.ErrNotFound) {
@@ -243,14 +342,16 @@ func Load(ctx context.Context, dir string) (*Manifest, []byte, error) {
 	return m, state, nil
 }
 
-// appendObject appends the whole object name of src to buf, reading into
-// buf's spare capacity: no copy when the object fits.
-func appendObject(ctx context.Context, src objstore.Source, name string, buf []byte) ([]byte, error) {
-	rc, err := src.Open(ctx, name, 0, -1)
+// appendObject appends the object name of src, at most limit bytes of
+// it, to buf, reading into buf's spare capacity: no copy when the object
+// fits.
+func appendObject(ctx context.Context, src objstore.Source, name string, buf []byte, limit int64) ([]byte, error) {
+	obj, err := src.Open(ctx, name, 0, -1)
 	if err != nil {
 		return buf, err
 	}
-	defer rc.Close()
+	defer obj.Close()
+	rc := io.LimitReader(obj, limit)
 	var more [512]byte // reads past the spare capacity (to see EOF, or a longer object)
 	for {
 		var n int
@@ -306,13 +407,16 @@ func ExportSafetensors(w io.Writer, state []byte, format uint32, params []ParamI
 }
 
 // WriteParams writes the weights params cuts from the flat parameter
-// buffer as a float32 safetensors file.
+// buffer as a float32 safetensors file. Each parameter must lie inside
+// flat and its shape hold its numel; otherwise nothing is written.
 func WriteParams(w io.Writer, flat []float32, params []ParamInfo) error {
+	for _, p := range params {
+		if err := p.check(int64(len(flat))); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+	}
 	var ts []Tensor
 	for _, p := range params {
-		if p.Offset < 0 || p.Offset+p.Numel > int64(len(flat)) {
-			return fmt.Errorf("export: parameter %s [%d, %d) lies outside the %d params", p.Name, p.Offset, p.Offset+p.Numel, len(flat))
-		}
 		ts = append(ts, F32Tensor(p.Name, p.Shape, flat[p.Offset:p.Offset+p.Numel]))
 	}
 	return WriteSafetensors(w, ts, map[string]string{"format": "pt", "producer": "lavit"})

@@ -13,7 +13,8 @@ import (
 // Safetensors (https://github.com/huggingface/safetensors): an 8-byte
 // little-endian header length, a JSON header mapping names to dtype, shape
 // and [begin, end) byte offsets into the data that follows. lavit writes it
-// for `ckpt export` and reads user-supplied pretrained weights with it.
+// for `ckpt export`; user-supplied pretrained weights are read by the
+// libtorch shim (trainer.Model.LoadSafetensors), not here.
 
 // Tensor is one named tensor for a safetensors file.
 type Tensor struct {

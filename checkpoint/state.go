@@ -49,8 +49,7 @@ const blockedHeaderFixed = 8 + 4 + 4 + 8 + 8 + 1 + 1 + 8 + 8 + 4 + 8 + 4
 func BlockedLayout(P, block int64, blocks int, codebook int64) []int64 {
 	sizes := make([]int64, blocks)
 	for b := range sizes {
-		n := min(max(P-int64(b)*block, 0), block)
-		sizes[b] = 4 + 8 + 12*n + 4
+		sizes[b] = 4 + 8 + 12*blockValues(P, block, int64(b)) + 4
 	}
 	sizes[0] += blockedHeaderFixed + 4*codebook
 	return sizes
@@ -60,22 +59,27 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // parseBlocked reads a blocked state into whole tensors (params, exp_avg,
 // exp_avg_sq, and for stage 1 the codebook), verifying every checksum.
+// Every size in the header is checked against the bytes there are before
+// anything is allocated from it.
 func parseBlocked(b []byte) (*StateInfo, error) {
 	r := reader{b: b, off: 12}
 	st := &StateInfo{Values: map[string][]float32{}}
 	st.Stage = int(r.u32())
 	st.AdamT, st.Step = r.u64(), r.u64()
 	st.VQOn, st.Frozen = r.u8() != 0, r.u8() != 0
-	P, block, blocks := int64(r.u64()), int64(r.u64()), int(r.u32())
+	P, block, blocks := int64(r.u64()), int64(r.u64()), int64(r.u32())
 	cb := int64(r.u64())
 	if r.err != nil {
-		return nil, r.err
+		return nil, fmt.Errorf("blocked state header: %w", r.err)
 	}
-	if blocks < 1 || block < 1 || P < 0 || block*int64(blocks) < P || P > int64(len(b)) || cb > int64(len(b)) {
-		return nil, fmt.Errorf("blocked state: %d blocks of %d do not hold %d parameters", blocks, block, P)
+	if err := checkBlockedHeader(P, block, blocks, cb, int64(r.left())); err != nil {
+		return nil, fmt.Errorf("blocked state header: %w", err)
 	}
 	codebook := floats(r.bytes(int(4 * cb)))
-	if sum := crc32.Checksum(b[:r.off], castagnoli); sum != r.u32() {
+	header := b[:r.off]
+	if want := r.u32(); r.err != nil {
+		return nil, fmt.Errorf("blocked state header: %w", r.err)
+	} else if crc32.Checksum(header, castagnoli) != want {
 		return nil, errors.New("state header checksum mismatch")
 	}
 	names := []string{"params", "exp_avg", "exp_avg_sq"}
@@ -84,15 +88,19 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 	}
 	for i := range blocks {
 		at := r.off
-		idx, n := int(r.u32()), int64(r.u64())
-		if r.err == nil && (idx != i || n != min(max(P-int64(i)*block, 0), block)) {
-			return nil, fmt.Errorf("blocked state: block %d is out of place or has a wrong length", i)
+		idx, n := int64(r.u32()), int64(r.u64())
+		if r.err == nil && (idx != i || n != blockValues(P, block, i)) {
+			return nil, fmt.Errorf("blocked state: block %d is out of place or has a wrong length (index %d, %d values)", i, idx, n)
 		}
+		// n ≤ P, and 12·P fits the state: no overflow.
 		raw := r.bytes(int(12 * n))
 		if r.err != nil {
-			return nil, r.err
+			return nil, fmt.Errorf("blocked state: block %d: %w", i, r.err)
 		}
-		if sum := crc32.Checksum(b[at:r.off], castagnoli); sum != r.u32() {
+		sealed := b[at:r.off]
+		if want := r.u32(); r.err != nil {
+			return nil, fmt.Errorf("blocked state: block %d: %w", i, r.err)
+		} else if crc32.Checksum(sealed, castagnoli) != want {
 			return nil, fmt.Errorf("state block %d checksum mismatch", i)
 		}
 		for k, name := range names {
@@ -100,10 +108,10 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 		}
 	}
 	if r.err != nil {
-		return nil, r.err
+		return nil, fmt.Errorf("blocked state: %w", r.err)
 	}
 	if r.off != len(b) {
-		return nil, errors.New("blocked state has trailing bytes")
+		return nil, fmt.Errorf("blocked state has %d trailing bytes", len(b)-r.off)
 	}
 	st.Tensors = names
 	if st.Stage == 1 {
@@ -111,6 +119,40 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 		st.Values["codebook"] = codebook
 	}
 	return st, nil
+}
+
+// checkBlockedHeader checks a blocked state's sizes (P parameters in
+// blocks of block values, a codebook of cb values) against the left bytes
+// that follow them: every block takes 16 bytes and 12 per value, the
+// codebook 4 per value.
+func checkBlockedHeader(P, block, blocks, cb, left int64) error {
+	switch {
+	case P < 0:
+		return fmt.Errorf("parameter count %d is negative", P)
+	case block < 1:
+		return fmt.Errorf("block size %d is not positive", block)
+	case blocks < 1:
+		return fmt.Errorf("block count %d is not positive", blocks)
+	case cb < 0:
+		return fmt.Errorf("codebook numel %d is negative", cb)
+	case blocks > left/16:
+		return fmt.Errorf("block count %d exceeds what the %d bytes left can hold", blocks, left)
+	case block > math.MaxInt64/blocks:
+		return fmt.Errorf("%d blocks of %d values overflow", blocks, block)
+	case block*blocks < P:
+		return fmt.Errorf("%d blocks of %d do not hold %d parameters", blocks, block, P)
+	case P > left/12:
+		return fmt.Errorf("parameter count %d exceeds what the %d bytes left can hold", P, left)
+	case cb > left/4:
+		return fmt.Errorf("codebook numel %d exceeds what the %d bytes left can hold", cb, left)
+	}
+	return nil
+}
+
+// blockValues is n_b = clamp(P − b·block, 0, block), the values block b
+// holds (b·block does not overflow once checkBlockedHeader passed).
+func blockValues(P, block, b int64) int64 {
+	return min(max(P-b*block, 0), block)
 }
 
 // floats reads little-endian float32s.
@@ -133,12 +175,19 @@ type StateInfo struct {
 
 // ParseState decodes and verifies a state blob of layout version format.
 // A blocked state (StateFormatBlocked) is read too, whatever format says.
+// The blob is untrusted: every count and size in it is checked against
+// the bytes that follow before anything is allocated from it, so a
+// damaged or hostile state is an error, never a panic or a huge
+// allocation.
 func ParseState(b []byte, format uint32) (*StateInfo, error) {
 	if len(b) < 12 || string(b[:8]) != "LAVITST1" {
 		return nil, errors.New("not a lavit state")
 	}
 	if binary.LittleEndian.Uint32(b[8:12]) == StateFormatBlocked {
 		return parseBlocked(b)
+	}
+	if len(b) < 16 {
+		return nil, errors.New("state is truncated")
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if fnv1a(body) != sum {
@@ -152,20 +201,39 @@ func ParseState(b []byte, format uint32) (*StateInfo, error) {
 	st.Stage = int(r.u32())
 	st.AdamT, st.Step = r.u64(), r.u64()
 	st.VQOn, st.Frozen = r.u8() != 0, r.u8() != 0
-	n := int(r.u32())
-	for i := 0; i < n && r.err == nil; i++ {
-		name := string(r.bytes(int(r.u32())))
-		numel := int(r.u64())
-		raw := r.bytes(numel * 4)
-		vals := make([]float32, numel)
-		for k := range vals {
-			vals[k] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*k:]))
+	n := int64(r.u32())
+	if r.err != nil {
+		return nil, fmt.Errorf("state header: %w", r.err)
+	}
+	// A tensor takes at least 12 bytes (name length and numel).
+	if n > int64(r.left())/12 {
+		return nil, fmt.Errorf("state tensor count %d exceeds what the %d bytes left can hold", n, r.left())
+	}
+	for i := range n {
+		name, err := r.tensorName()
+		if err != nil {
+			return nil, fmt.Errorf("state tensor %d: %w", i, err)
+		}
+		if _, dup := st.Values[name]; dup {
+			return nil, fmt.Errorf("state tensor %q appears twice", name)
+		}
+		numel := int64(r.u64())
+		switch {
+		case r.err != nil:
+			return nil, fmt.Errorf("state tensor %q: %w", name, r.err)
+		case numel < 0:
+			return nil, fmt.Errorf("state tensor %q: numel %d is negative", name, numel)
+		case numel > int64(r.left())/4:
+			return nil, fmt.Errorf("state tensor %q: numel %d exceeds what the %d bytes left can hold", name, numel, r.left())
 		}
 		st.Tensors = append(st.Tensors, name)
-		st.Values[name] = vals
+		st.Values[name] = floats(r.bytes(int(4 * numel)))
 	}
 	if r.err != nil {
 		return nil, r.err
+	}
+	if r.off != len(body) {
+		return nil, fmt.Errorf("state has %d trailing bytes", len(body)-r.off)
 	}
 	return st, nil
 }
@@ -178,24 +246,64 @@ func fnv1a(b []byte) uint32 {
 	return h
 }
 
+// reader reads little-endian values from b. Reading past the end sets err
+// (and returns zeros); it never allocates.
 type reader struct {
 	b   []byte
 	off int
 	err error
 }
 
+// left is how many bytes are not read yet.
+func (r *reader) left() int { return len(r.b) - r.off }
+
+// bytes returns the next n bytes, or nil (with err set) when fewer are left.
 func (r *reader) bytes(n int) []byte {
-	if r.err != nil || n < 0 || r.off+n > len(r.b) {
+	if r.err != nil || n < 0 || n > r.left() {
 		if r.err == nil {
 			r.err = errors.New("state is truncated")
 		}
-		return make([]byte, max(n, 0))
+		return nil
 	}
 	out := r.b[r.off : r.off+n]
 	r.off += n
 	return out
 }
 
-func (r *reader) u8() uint8   { return r.bytes(1)[0] }
-func (r *reader) u32() uint32 { return binary.LittleEndian.Uint32(r.bytes(4)) }
-func (r *reader) u64() uint64 { return binary.LittleEndian.Uint64(r.bytes(8)) }
+func (r *reader) u8() uint8 {
+	if b := r.bytes(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if b := r.bytes(4); b != nil {
+		return binary.LittleEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if b := r.bytes(8); b != nil {
+		return binary.LittleEndian.Uint64(b)
+	}
+	return 0
+}
+
+// maxTensorName bounds a state tensor's name (the shim's names are short).
+const maxTensorName = 256
+
+// tensorName reads a u32 length and that many bytes of name.
+func (r *reader) tensorName() (string, error) {
+	n := r.u32()
+	switch {
+	case r.err != nil:
+		return "", r.err
+	case n > maxTensorName:
+		return "", fmt.Errorf("name length %d exceeds the limit of %d", n, maxTensorName)
+	case int64(n) > int64(r.left()):
+		return "", fmt.Errorf("name length %d exceeds the %d bytes left", n, r.left())
+	}
+	return string(r.bytes(int(n))), nil
+}

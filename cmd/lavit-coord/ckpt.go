@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,12 +47,13 @@ func ckptCommand() *cli.Command {
 				Flags:     clientFlags(true),
 				Action: func(c *cli.Context) error {
 					began := time.Now()
-					k, m, state, err := fetchCkpt(c, "")
+					k, err := resolveCkpt(c, "")
 					if err != nil {
 						return err
 					}
-					if _, err := checkpoint.ParseState(state, checkpoint.StateFormat); err != nil {
-						return fmt.Errorf("%s: %w: %v", k.URL, checkpoint.ErrCorrupt, err)
+					m, err := verifyCkpt(c.Context, k.URL)
+					if err != nil {
+						return err
 					}
 					fmt.Printf("checkpoint %s step %d: %d parts, %d bytes, sha256 %s: OK (%s)\n", m.Run, m.Step, len(m.Parts), m.StateBytes, short(m.StateSHA256), time.Since(began).Round(time.Millisecond))
 					return nil
@@ -63,24 +65,13 @@ func ckptCommand() *cli.Command {
 				ArgsUsage: "RUN STEP",
 				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write (required)"}),
 				Action: func(c *cli.Context) error {
-					_, m, state, err := fetchCkpt(c, "out")
+					k, err := resolveCkpt(c, "out")
 					if err != nil {
 						return err
 					}
 					out := c.String("out")
-					tmp, err := os.CreateTemp(filepath.Dir(out), ".export-*")
+					m, err := exportCkpt(c.Context, k.URL, out)
 					if err != nil {
-						return err
-					}
-					defer os.Remove(tmp.Name())
-					if err := checkpoint.ExportSafetensors(tmp, state, checkpoint.StateFormat, m.Params); err != nil {
-						tmp.Close()
-						return err
-					}
-					if err := tmp.Close(); err != nil {
-						return err
-					}
-					if err := os.Rename(tmp.Name(), out); err != nil {
 						return err
 					}
 					fmt.Printf("wrote %s: %d tensors from run %s step %d\n", out, len(m.Params), m.Run, m.Step)
@@ -108,23 +99,59 @@ func runCkpts(c *cli.Context, run string) ([]wire.CheckpointInfo, error) {
 	return reply.Checkpoints, nil
 }
 
-// fetchCkpt resolves RUN STEP, downloads the checkpoint and verifies every
-// part; needFlag names a flag that must be set (checked after flags given
-// after the arguments are applied).
-func fetchCkpt(c *cli.Context, needFlag string) (wire.CheckpointInfo, *checkpoint.Manifest, []byte, error) {
+// resolveCkpt resolves RUN STEP to a committed checkpoint; needFlag names
+// a flag that must be set (checked after flags given after the arguments
+// are applied).
+func resolveCkpt(c *cli.Context, needFlag string) (wire.CheckpointInfo, error) {
 	k, err := findCkpt(c)
 	if err != nil {
-		return k, nil, nil, err
+		return k, err
 	}
 	if needFlag != "" && c.String(needFlag) == "" {
-		return k, nil, nil, cliutil.Usagef("%s needs --%s", c.Command.FullName(), needFlag)
+		return k, cliutil.Usagef("%s needs --%s", c.Command.FullName(), needFlag)
 	}
-	m, err := checkpoint.ReadManifest(c.Context, k.URL)
+	return k, nil
+}
+
+// verifyCkpt downloads the checkpoint in dir and verifies its manifest,
+// every part and the state inside them (checkpoint.Load, ParseState).
+func verifyCkpt(ctx context.Context, dir string) (*checkpoint.Manifest, error) {
+	m, state, err := checkpoint.Load(ctx, dir)
 	if err != nil {
-		return k, nil, nil, err
+		return nil, err
 	}
-	state, err := checkpoint.Fetch(c.Context, k.URL, m)
-	return k, m, state, err
+	if _, err := checkpoint.ParseState(state, checkpoint.StateFormat); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", dir, checkpoint.ErrCorrupt, err)
+	}
+	return m, nil
+}
+
+// exportCkpt writes the model weights of the checkpoint in dir to out as
+// safetensors (through a temporary file renamed into place: out is
+// written whole or not at all). The manifest, the parts and the state are
+// all verified first; a parameter table that does not fit the state is an
+// error, and out is left as it was.
+func exportCkpt(ctx context.Context, dir, out string) (*checkpoint.Manifest, error) {
+	m, state, err := checkpoint.Load(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".export-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := checkpoint.ExportSafetensors(tmp, state, checkpoint.StateFormat, m.Params); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // findCkpt resolves RUN STEP to a committed checkpoint.
