@@ -100,6 +100,12 @@ const wholeShardLimit = 1 << 30
 func (l *Loader) fetch(ctx context.Context, i int, d *shardData) {
 	defer close(d.ready)
 	e := l.m.Shards[i]
+	if e.Bytes < 0 || e.Samples < 0 {
+		// A manifest from ParseManifest never has these; one built in
+		// code might, and make would panic on a negative size.
+		d.err = fmt.Errorf("shard %s: manifest entry has %d bytes, %d samples", e.Name, e.Bytes, e.Samples)
+		return
+	}
 	l.gets <- struct{}{} // a GET slot (see MaxGets), held until the shard is in
 	defer func() { <-l.gets }()
 	rc, err := l.src.Open(ctx, e.Name, 0, -1)

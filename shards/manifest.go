@@ -12,6 +12,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"path"
 	"strings"
 
 	"github.com/lavit-org/lavit/internal/objstore"
@@ -28,6 +29,23 @@ const manifestVersion = 1
 
 // MaxManifestBytes bounds a manifest read from a store.
 const MaxManifestBytes = 64 << 20
+
+// Bounds on a manifest's entries (ParseManifest checks them): a manifest
+// comes from a store anyone with write access can change, and its numbers
+// size the loader's buffers and the stream's positions.
+const (
+	// MaxShardBytes bounds one shard (1 TiB).
+	MaxShardBytes = 1 << 40
+	// MaxSamples bounds a data set's total sample count: an epoch's
+	// positions, and epochs × samples for a run of up to 2^20 epochs,
+	// stay far inside int64.
+	MaxSamples = 1 << 40
+	// MaxShardNameLen bounds a shard's object name.
+	MaxShardNameLen = 1024
+	// minSampleBytes is the least a sample takes in a tar: one 512-byte
+	// member header. A shard of n bytes holds at most n/512 samples.
+	minSampleBytes = 512
+)
 
 // ShardEntry is one shard of a data set.
 type ShardEntry struct {
@@ -161,19 +179,107 @@ func LoadManifest(ctx context.Context, src objstore.Source) (*Manifest, error) {
 	if len(b) > MaxManifestBytes {
 		return nil, fmt.Errorf("%s is larger than %d bytes", ManifestName, MaxManifestBytes)
 	}
+	return ParseManifest(b)
+}
+
+// ParseManifest decodes a manifest strictly (unknown fields and trailing
+// data are errors) and checks it (see Manifest.Validate).
+func ParseManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestBytes {
+		return nil, fmt.Errorf("%s is %d bytes; the limit is %d", ManifestName, len(b), MaxManifestBytes)
+	}
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("parse %s: %w", ManifestName, err)
 	}
-	if m.Version != manifestVersion {
-		return nil, fmt.Errorf("%s: format version %d, want %d", ManifestName, m.Version, manifestVersion)
+	if dec.More() {
+		return nil, fmt.Errorf("parse %s: trailing data after the JSON object", ManifestName)
 	}
-	if len(m.Shards) == 0 {
-		return nil, fmt.Errorf("%s lists no shards", ManifestName)
+	if err := m.Validate(); err != nil {
+		return nil, err
 	}
 	return &m, nil
+}
+
+// Validate checks a manifest: this format version, at least one shard,
+// and every entry sane: a plain relative object name (no "..", no control
+// characters), listed once; counts and sizes within bounds (0 ≤ bad ≤
+// samples, samples ≤ bytes/512, bytes ≤ MaxShardBytes, the total ≤
+// MaxSamples); a sha256 and, when present, a CRC-32C in lower-case hex.
+// The first problem is returned, naming the shard.
+func (m *Manifest) Validate() error {
+	if m.Version != manifestVersion {
+		return fmt.Errorf("%s: format version %d, want %d", ManifestName, m.Version, manifestVersion)
+	}
+	if len(m.Shards) == 0 {
+		return fmt.Errorf("%s lists no shards", ManifestName)
+	}
+	seen := make(map[string]int, len(m.Shards))
+	var total int64
+	for i, e := range m.Shards {
+		if err := checkShardName(e.Name); err != nil {
+			return fmt.Errorf("%s: shard %d: %w", ManifestName, i, err)
+		}
+		if j, dup := seen[e.Name]; dup {
+			return fmt.Errorf("%s: shard %d: %q is listed twice (first as shard %d)", ManifestName, i, e.Name, j)
+		}
+		seen[e.Name] = i
+		bad := func(format string, args ...any) error {
+			return fmt.Errorf("%s: shard %s: %s", ManifestName, e.Name, fmt.Sprintf(format, args...))
+		}
+		switch {
+		case e.Bytes < 0 || e.Bytes > MaxShardBytes:
+			return bad("bytes %d is outside [0, %d]", e.Bytes, int64(MaxShardBytes))
+		case e.Samples < 0 || int64(e.Samples) > e.Bytes/minSampleBytes:
+			return bad("%d samples cannot fit in %d bytes (each takes at least %d)", e.Samples, e.Bytes, minSampleBytes)
+		case e.Bad < 0 || e.Bad > e.Samples:
+			return bad("bad %d is outside [0, samples %d]", e.Bad, e.Samples)
+		case !isHex(e.SHA256, sha256.Size*2):
+			return bad("sha256 %q is not %d lower-case hex digits", e.SHA256, sha256.Size*2)
+		case e.CRC32C != "" && !isHex(e.CRC32C, crc32.Size*2):
+			return bad("crc32c %q is not %d lower-case hex digits", e.CRC32C, crc32.Size*2)
+		}
+		if total += int64(e.Samples); total > MaxSamples {
+			return fmt.Errorf("%s: more than %d samples", ManifestName, int64(MaxSamples))
+		}
+	}
+	return nil
+}
+
+// checkShardName accepts a plain relative object name: not empty, at most
+// MaxShardNameLen bytes, no control characters or backslashes, not
+// absolute, clean, and never climbing out with "..".
+func checkShardName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty name")
+	case len(name) > MaxShardNameLen:
+		return fmt.Errorf("name is %d bytes; the limit is %d", len(name), MaxShardNameLen)
+	case strings.ContainsFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f || r == '\\' }):
+		return fmt.Errorf("name %q has control characters or a backslash", name)
+	case strings.HasPrefix(name, "/"):
+		return fmt.Errorf("name %q is absolute", name)
+	case path.Clean(name) != name:
+		return fmt.Errorf("name %q is not clean", name)
+	case name == ".." || strings.HasPrefix(name, "../"):
+		return fmt.Errorf("name %q escapes the data set", name)
+	}
+	return nil
+}
+
+// isHex reports whether s is n lower-case hex digits.
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrShardChanged means a shard's bytes no longer match the manifest.

@@ -5,6 +5,13 @@
 // pure formulas (Counts), the same numbers the shim allocates. It is pure
 // Go, so the cgo-free coordinator can plan memory with it; the trainer
 // package re-exports the types as aliases.
+//
+// A config comes from outside, so Validate bounds every dimension
+// (limits.go: MaxDim, MaxLayers, MaxVocab, …, far above Llama-2-7B and
+// EVA-CLIP-g) and the counts themselves (MaxCount); with the field limits
+// no count can overflow int64. FuzzParseConfig holds ParseConfig to that:
+// no panics, counts in range, and a config it accepts round-trips through
+// JSON.
 package modelcfg
 
 import (
@@ -153,7 +160,9 @@ func LoadConfig(path string) (Config, error) {
 	return c, nil
 }
 
-// Validate checks ranges and names the offending field.
+// Validate checks ranges and names the offending field: every number is
+// bounded (see MaxDim and the other limits; floats must be finite), and so
+// are the parameter and buffer counts (MaxCount).
 func (c Config) Validate() error {
 	switch c.Stage {
 	case 1:
@@ -183,19 +192,9 @@ func (c Config) Validate() error {
 	if c.Stage == 2 && c.Eval == EvalSynthetic && (c.Text == nil || c.Text.Tokenizer != TextWords) {
 		return fmt.Errorf("model config: eval %q on stage 2 needs text.tokenizer %q (the checks read the synthetic captions' words)", EvalSynthetic, TextWords)
 	}
-	neg := func(name string, v float64) error {
-		if v < 0 {
-			return fmt.Errorf("model config: %s must not be negative (got %v)", name, v)
-		}
-		return nil
-	}
 	if t := c.Tokenizer; t != nil {
-		for name, v := range map[string]int64{"tokenizer.image": t.Image, "tokenizer.patch": t.Patch, "tokenizer.width": t.Width,
-			"tokenizer.heads": t.Heads, "tokenizer.codebook": t.Codebook, "tokenizer.code_dim": t.CodeDim,
-			"tokenizer.merger_blocks": t.MergerBlocks, "tokenizer.decoder_blocks": t.DecoderBlocks} {
-			if err := neg(name, float64(v)); err != nil {
-				return err
-			}
+		if err := checkTokenizerLimits(t); err != nil {
+			return err
 		}
 		if t.Image > 0 && t.Patch > 0 && t.Image%t.Patch != 0 {
 			return fmt.Errorf("model config: tokenizer.image %d is not a multiple of tokenizer.patch %d", t.Image, t.Patch)
@@ -206,22 +205,16 @@ func (c Config) Validate() error {
 		if t.Encoder != "" && t.Encoder != "standin" && t.Encoder != "vit" {
 			return fmt.Errorf("model config: tokenizer.encoder must be standin or vit, got %q", t.Encoder)
 		}
-		if t.Rho < 0 || t.Rho > 1 {
+		if t.Rho > 1 {
 			return fmt.Errorf("model config: tokenizer.rho must be in [0,1], got %v", t.Rho)
 		}
-		if t.EMADecay < 0 || t.EMADecay >= 1 {
+		if t.EMADecay >= 1 {
 			return fmt.Errorf("model config: tokenizer.ema_decay must be in [0,1), got %v", t.EMADecay)
-		}
-		if err := neg("tokenizer.decoder_locality_alpha", t.DecoderLocalityAlpha); err != nil {
-			return err
 		}
 	}
 	if l := c.LM; l != nil {
-		for name, v := range map[string]int64{"lm.vocab": l.Vocab, "lm.d_model": l.DModel, "lm.layers": l.Layers,
-			"lm.heads": l.Heads, "lm.mlp": l.MLP, "lm.max_len": l.MaxLen} {
-			if err := neg(name, float64(v)); err != nil {
-				return err
-			}
+		if err := checkLMLimits(l); err != nil {
+			return err
 		}
 		if l.ImageInput != "" && l.ImageInput != "discrete" && l.ImageInput != "continuous" {
 			return fmt.Errorf("model config: lm.image_input must be discrete or continuous, got %q", l.ImageInput)
@@ -234,18 +227,15 @@ func (c Config) Validate() error {
 		}
 	}
 	if o := c.Optim; o != nil {
-		for name, v := range map[string]float64{"optim.lr": o.LR, "optim.selector_lr": o.SelectorLR, "optim.weight_decay": o.WeightDecay,
-			"optim.clip": o.Clip, "optim.warmup_steps": float64(o.WarmupSteps), "optim.total_steps": float64(o.TotalSteps)} {
-			if err := neg(name, v); err != nil {
-				return err
-			}
+		if err := checkOptimLimits(o); err != nil {
+			return err
 		}
-		if o.MinLRRatio < 0 || o.MinLRRatio > 1 {
+		if o.MinLRRatio > 1 {
 			return fmt.Errorf("model config: optim.min_lr_ratio must be in [0,1], got %v", o.MinLRRatio)
 		}
-		if o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 {
+		if o.Beta1 >= 1 || o.Beta2 >= 1 {
 			return errors.New("model config: optim.beta1 and optim.beta2 must be in [0,1)")
 		}
 	}
-	return nil
+	return c.checkCounts()
 }

@@ -29,5 +29,15 @@
 // looks like one (r-0001, see IsRunID), a URL when it has "://", and a
 // local path otherwise.
 //
+// Every number is bounded (the Max* constants: global_batch ≤ 2^20,
+// epochs ≤ 2^20, steps ≤ 2^40, workers ≤ 2^16, …; floats finite), every
+// URL and path is at most MaxPathLen bytes without control characters,
+// and the inlined model config must pass modelcfg.ParseConfig, with its
+// own limits on dimensions and parameter counts. So a spec that validates
+// cannot overflow the products the coordinator and workers compute from it.
+// FuzzParse (YAML and --set) and FuzzValidateJSON (a submitted spec) hold
+// Parse and Validate to that: no panics, and a spec that validates comes
+// back the same through YAML and JSON.
+//
 // This package is pure Go: the cgo-free coordinator uses it.
 package runspec

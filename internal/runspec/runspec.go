@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/lavit-org/lavit/configs"
+	"github.com/lavit-org/lavit/internal/modelcfg"
 )
 
 // MaxSpecBytes bounds a run spec file.
@@ -29,6 +30,51 @@ const MaxModelConfigBytes = 32 << 10
 
 // MaxNameLen bounds Spec.Name.
 const MaxNameLen = 128
+
+// MaxPathLen bounds model and every URL or path a spec names (data.url,
+// data.manifest, data.eval_url, checkpoint.url, tokenizer.from).
+const MaxPathLen = 4096
+
+// Upper bounds on a spec's numbers. A spec comes from outside (a file, a
+// --set, a submit request), and its numbers size allocations, loops and
+// products (steps × global_batch samples, epochs × batches per epoch), so
+// each is bounded: far above real use (global batches in the thousands,
+// pretraining runs of many epochs, fleets of hundreds of workers), far
+// below anything that could overflow int64 or time.Duration. Validate
+// names the field and the limit.
+const (
+	// MaxSteps bounds steps, stage1.phase_a_steps, optim.warmup_steps,
+	// checkpoint.every_steps and metrics.every_steps: with
+	// MaxGlobalBatch, steps × global_batch stays below 2^60.
+	MaxSteps = modelcfg.MaxSteps
+	// MaxEpochs bounds epochs: with a manifest of at most 2^40 samples
+	// (shards.MaxSamples), epochs × samples stays below 2^60.
+	MaxEpochs = 1 << 20
+	// MaxGlobalBatch bounds global_batch (and so micro_batch).
+	MaxGlobalBatch = 1 << 20
+	// MaxWorkers bounds min_workers and max_workers.
+	MaxWorkers = 1 << 16
+	// MaxBlockShards bounds data.block_shards.
+	MaxBlockShards = 1 << 16
+	// MaxKMeansBatches bounds stage1.kmeans_batches.
+	MaxKMeansBatches = 1 << 16
+	// MaxLR bounds optim.lr and optim.selector_lr (AdamW's are around
+	// 1e-4; anything above 1 diverges).
+	MaxLR = 10
+	// MaxWeightDecay bounds optim.weight_decay.
+	MaxWeightDecay = 10
+	// MaxClip bounds optim.clip, the gradient norm clipped to.
+	MaxClip = 1e9
+	// MaxTimeout bounds collective.timeout, the per-step deadline.
+	MaxTimeout = 24 * time.Hour
+	// MaxBucketMB bounds collective.bucket_mb (64 GiB): its bytes fit int64.
+	MaxBucketMB = 1 << 16
+	// MaxEveryMinutes bounds checkpoint.every_minutes (a year): as a
+	// time.Duration it cannot overflow.
+	MaxEveryMinutes = 365 * 24 * 60
+	// MaxKeep bounds checkpoint.keep.
+	MaxKeep = 1 << 16
+)
 
 // Defaults for keys a spec leaves out.
 const (
@@ -499,6 +545,9 @@ func (s *Spec) validate(strictURLs bool) error {
 	if s.Model == "" {
 		return s.errorf("model", "model is required: a built-in model (%s) or a path to a JSON model config", strings.Join(configs.ModelNames(), ", "))
 	}
+	if err := s.checkPath("model", s.Model); err != nil {
+		return err
+	}
 	if len(s.ModelConfig) > 0 {
 		if err := s.checkModelConfig(s.ModelConfig); err != nil {
 			return err
@@ -507,8 +556,12 @@ func (s *Spec) validate(strictURLs bool) error {
 	switch {
 	case s.Steps < 0:
 		return s.errorf("steps", "steps must be positive, got %d", s.Steps)
+	case s.Steps > MaxSteps:
+		return s.errorf("steps", "steps is %d; the limit is %d", s.Steps, int64(MaxSteps))
 	case s.Epochs < 0:
 		return s.errorf("epochs", "epochs must be positive, got %d", s.Epochs)
+	case s.Epochs > MaxEpochs:
+		return s.errorf("epochs", "epochs is %d; the limit is %d", s.Epochs, MaxEpochs)
 	case s.Steps > 0 && s.Epochs > 0:
 		return s.errorf("epochs", "steps (%d) and epochs (%d) are both set; set exactly one", s.Steps, s.Epochs)
 	case s.Steps == 0 && s.Epochs == 0:
@@ -517,11 +570,20 @@ func (s *Spec) validate(strictURLs bool) error {
 	if s.GlobalBatch < 1 {
 		return s.errorf("global_batch", "global_batch must be at least 1, got %d", s.GlobalBatch)
 	}
+	if s.GlobalBatch > MaxGlobalBatch {
+		return s.errorf("global_batch", "global_batch is %d; the limit is %d", s.GlobalBatch, MaxGlobalBatch)
+	}
 	if s.MinWorkers < 1 {
 		return s.errorf("min_workers", "min_workers must be at least 1, got %d", s.MinWorkers)
 	}
+	if s.MinWorkers > MaxWorkers {
+		return s.errorf("min_workers", "min_workers is %d; the limit is %d", s.MinWorkers, MaxWorkers)
+	}
 	if s.MaxWorkers < s.MinWorkers {
 		return s.errorf("max_workers", "max_workers %d is less than min_workers %d", s.MaxWorkers, s.MinWorkers)
+	}
+	if s.MaxWorkers > MaxWorkers {
+		return s.errorf("max_workers", "max_workers is %d; the limit is %d", s.MaxWorkers, MaxWorkers)
 	}
 	if s.GlobalBatch < s.MaxWorkers {
 		return s.errorf("global_batch", "global_batch %d cannot be split over max_workers %d: every rank needs at least one sample", s.GlobalBatch, s.MaxWorkers)
@@ -554,16 +616,26 @@ func (s *Spec) validate(strictURLs bool) error {
 	if s.Data.BlockShards < 1 {
 		return s.errorf("data.block_shards", "data.block_shards must be at least 1, got %d", s.Data.BlockShards)
 	}
+	if s.Data.BlockShards > MaxBlockShards {
+		return s.errorf("data.block_shards", "data.block_shards is %d; the limit is %d", s.Data.BlockShards, MaxBlockShards)
+	}
 
 	for _, o := range []struct {
 		key string
 		v   *float64
+		max float64
 	}{
-		{"optim.lr", s.Optim.LR}, {"optim.selector_lr", s.Optim.SelectorLR}, {"optim.min_lr_ratio", s.Optim.MinLRRatio},
-		{"optim.weight_decay", s.Optim.WeightDecay}, {"optim.clip", s.Optim.Clip},
+		{"optim.lr", s.Optim.LR, MaxLR}, {"optim.selector_lr", s.Optim.SelectorLR, MaxLR}, {"optim.min_lr_ratio", s.Optim.MinLRRatio, math.MaxFloat64},
+		{"optim.weight_decay", s.Optim.WeightDecay, MaxWeightDecay}, {"optim.clip", s.Optim.Clip, MaxClip},
 	} {
-		if o.v != nil && (!(*o.v >= 0) || math.IsInf(*o.v, 0)) {
+		if o.v == nil {
+			continue
+		}
+		if !(*o.v >= 0) || math.IsInf(*o.v, 0) {
 			return s.errorf(o.key, "%s must be a finite number ≥ 0, got %v", o.key, *o.v)
+		}
+		if *o.v > o.max {
+			return s.errorf(o.key, "%s is %v; the limit is %v", o.key, *o.v, o.max)
 		}
 	}
 	if r := s.Optim.MinLRRatio; r != nil && *r > 1 {
@@ -571,6 +643,9 @@ func (s *Spec) validate(strictURLs bool) error {
 	}
 	if w := s.Optim.WarmupSteps; w != nil && *w < 0 {
 		return s.errorf("optim.warmup_steps", "optim.warmup_steps must not be negative, got %d", *w)
+	}
+	if w := s.Optim.WarmupSteps; w != nil && *w > MaxSteps {
+		return s.errorf("optim.warmup_steps", "optim.warmup_steps is %d; the limit is %d", *w, int64(MaxSteps))
 	}
 	if z := s.Optim.Zero; z < 0 || z > 2 {
 		return s.errorf("optim.zero", "optim.zero must be 0 (no sharding), 1 (sharded optimizer state) or 2 (also sharded gradients), got %d", z)
@@ -587,11 +662,17 @@ func (s *Spec) validate(strictURLs bool) error {
 		if a := s.Stage1.PhaseASteps; a < 0 {
 			return s.errorf("stage1.phase_a_steps", "stage1.phase_a_steps must not be negative, got %d", a)
 		}
+		if a := s.Stage1.PhaseASteps; a > MaxSteps {
+			return s.errorf("stage1.phase_a_steps", "stage1.phase_a_steps is %d; the limit is %d", a, int64(MaxSteps))
+		}
 		if a := s.Stage1.PhaseASteps; s.Steps > 0 && a >= s.Steps {
 			return s.errorf("stage1.phase_a_steps", "stage1.phase_a_steps %d must be less than steps %d: quantization has to switch on before the end", a, s.Steps)
 		}
 		if k := s.Stage1.KMeansBatches; k < 1 {
 			return s.errorf("stage1.kmeans_batches", "stage1.kmeans_batches must be at least 1, got %d", k)
+		}
+		if k := s.Stage1.KMeansBatches; k > MaxKMeansBatches {
+			return s.errorf("stage1.kmeans_batches", "stage1.kmeans_batches is %d; the limit is %d", k, MaxKMeansBatches)
 		}
 	}
 
@@ -604,10 +685,14 @@ func (s *Spec) validate(strictURLs bool) error {
 	default:
 		return s.errorf("collective.backend", "collective.backend must be ring or nccl, got %q", s.Collective.Backend)
 	}
-	if d, err := time.ParseDuration(s.Collective.Timeout); err != nil {
+	if n := len(s.Collective.Timeout); n > 64 {
+		return s.errorf("collective.timeout", "collective.timeout is %d bytes long; want a duration like 60s or 2m", n)
+	} else if d, err := time.ParseDuration(s.Collective.Timeout); err != nil {
 		return s.errorf("collective.timeout", "collective.timeout: want a duration like 60s or 2m, got %q", s.Collective.Timeout)
 	} else if d <= 0 {
 		return s.errorf("collective.timeout", "collective.timeout must be positive, got %s", s.Collective.Timeout)
+	} else if d > MaxTimeout {
+		return s.errorf("collective.timeout", "collective.timeout is %s; the limit is %s", s.Collective.Timeout, MaxTimeout)
 	}
 	switch r := s.Collective.ReduceDtype; r {
 	case "", PrecisionFP32:
@@ -620,6 +705,8 @@ func (s *Spec) validate(strictURLs bool) error {
 	}
 	if b := s.Collective.BucketMB; b < 0 || math.IsNaN(b) || math.IsInf(b, 0) {
 		return s.errorf("collective.bucket_mb", "collective.bucket_mb must be a size in MiB ≥ 0 (0: reduce after backward in one call), got %v", b)
+	} else if b > MaxBucketMB {
+		return s.errorf("collective.bucket_mb", "collective.bucket_mb is %v; the limit is %d", b, MaxBucketMB)
 	}
 
 	c := s.Checkpoint
@@ -629,14 +716,23 @@ func (s *Spec) validate(strictURLs bool) error {
 	if c.EverySteps < 0 {
 		return s.errorf("checkpoint.every_steps", "checkpoint.every_steps must not be negative (0 means only the final checkpoint), got %d", c.EverySteps)
 	}
+	if c.EverySteps > MaxSteps {
+		return s.errorf("checkpoint.every_steps", "checkpoint.every_steps is %d; the limit is %d", c.EverySteps, int64(MaxSteps))
+	}
 	if !(c.EveryMinutes >= 0) || math.IsInf(c.EveryMinutes, 0) {
 		return s.errorf("checkpoint.every_minutes", "checkpoint.every_minutes must be a finite number ≥ 0 (0 is off), got %v", c.EveryMinutes)
+	}
+	if c.EveryMinutes > MaxEveryMinutes {
+		return s.errorf("checkpoint.every_minutes", "checkpoint.every_minutes is %v; the limit is %d (a year)", c.EveryMinutes, MaxEveryMinutes)
 	}
 	if c.URL == "" && (c.EverySteps > 0 || c.EveryMinutes > 0) {
 		return s.errorf("checkpoint.url", "checkpoint.url is required when checkpoint.every_steps or checkpoint.every_minutes is set")
 	}
 	if c.Keep < 1 {
 		return s.errorf("checkpoint.keep", "checkpoint.keep must be at least 1, got %d", c.Keep)
+	}
+	if c.Keep > MaxKeep {
+		return s.errorf("checkpoint.keep", "checkpoint.keep is %d; the limit is %d", c.Keep, MaxKeep)
 	}
 
 	from := s.Tokenizer.From
@@ -654,6 +750,9 @@ func (s *Spec) validate(strictURLs bool) error {
 	if s.Metrics.EverySteps < 1 {
 		return s.errorf("metrics.every_steps", "metrics.every_steps must be at least 1, got %d", s.Metrics.EverySteps)
 	}
+	if s.Metrics.EverySteps > MaxSteps {
+		return s.errorf("metrics.every_steps", "metrics.every_steps is %d; the limit is %d", s.Metrics.EverySteps, int64(MaxSteps))
+	}
 	return nil
 }
 
@@ -662,6 +761,9 @@ func (s *Spec) validate(strictURLs bool) error {
 func (s *Spec) checkURL(key, u string, strict bool) error {
 	if u == "" {
 		return nil
+	}
+	if err := s.checkPath(key, u); err != nil {
+		return err
 	}
 	want := "want file:///absolute/path or s3://bucket[/prefix]"
 	if strings.ContainsAny(u, "{}") {
@@ -688,12 +790,25 @@ func (s *Spec) checkURL(key, u string, strict bool) error {
 	return nil
 }
 
+// checkPath bounds a path or URL's length and refuses control characters
+// (a newline in a URL would forge lines in logs and listings).
+func (s *Spec) checkPath(key, p string) error {
+	if n := len(p); n > MaxPathLen {
+		return s.errorf(key, "%s is %d bytes long; the limit is %d", key, n, MaxPathLen)
+	}
+	if strings.ContainsFunc(p, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return s.errorf(key, "%s %q has control characters", key, p)
+	}
+	return nil
+}
+
 // bucketRe is lenient (S3-compatible stores differ): lower case, digits,
 // dots, dashes and underscores.
 var bucketRe = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // checkModelConfig checks that a model config is a JSON object whose
-// "stage" is the spec's.
+// "stage" is the spec's, and a valid model config (modelcfg.ParseConfig:
+// known keys, sane values, bounded dimensions).
 func (s *Spec) checkModelConfig(b []byte) error {
 	if len(b) > MaxModelConfigBytes {
 		return s.errorf("model", "model %s: the config is %d bytes; the limit is %d", s.Model, len(b), MaxModelConfigBytes)
@@ -712,6 +827,11 @@ func (s *Spec) checkModelConfig(b []byte) error {
 	}
 	if stage != s.Stage {
 		return s.errorf("model", "model %s is a stage-%d model, but the spec's stage is %d", s.Model, stage, s.Stage)
+	}
+	// The whole config, strictly and with its limits: a config the
+	// workers would refuse is refused at submit.
+	if _, err := modelcfg.ParseConfig(b); err != nil {
+		return s.errorf("model", "model %s: %v", s.Model, err)
 	}
 	return nil
 }

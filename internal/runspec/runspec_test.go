@@ -232,6 +232,43 @@ func TestParseErrors(t *testing.T) {
 		{"every_steps without url", edit(t, base, "  url: ./ckpt", ""), nil, "checkpoint.url", "x.yaml:10: checkpoint.url is required when checkpoint.every_steps"},
 		{"metrics.every_steps", base + "metrics:\n  every_steps: 0\n", nil, "metrics.every_steps", "x.yaml:14: metrics.every_steps must be at least 1, got 0"},
 
+		// Upper bounds: each names the field and the limit.
+		{"steps too many", base, []string{"steps=1099511627777"}, "steps", "--set steps=1099511627777: steps is 1099511627777; the limit is 1099511627776"},
+		{"steps beyond int64", base, []string{"steps=9223372036854775808"}, "", `steps: want an integer, got "9223372036854775808"`},
+		{"epochs too many", edit(t, base, "steps: 600", "epochs: 1048577"), nil, "epochs", "x.yaml:3: epochs is 1048577; the limit is 1048576"},
+		{"global_batch too large", base, []string{"global_batch=1048577"}, "global_batch", "global_batch is 1048577; the limit is 1048576"},
+		{"min_workers too many", base, []string{"min_workers=65537", "max_workers=65537", "global_batch=100000"}, "min_workers", "min_workers is 65537; the limit is 65536"},
+		{"max_workers too many", base, []string{"max_workers=65537", "global_batch=100000"}, "max_workers", "max_workers is 65537; the limit is 65536"},
+		{"block_shards too many", base, []string{"data.block_shards=65537"}, "data.block_shards", "data.block_shards is 65537; the limit is 65536"},
+		{"kmeans_batches too many", base, []string{"stage1.kmeans_batches=65537"}, "stage1.kmeans_batches", "--set stage1.kmeans_batches=65537: stage1.kmeans_batches is 65537; the limit is 65536"},
+		{"phase_a_steps too many with epochs", edit(t, base, "steps: 600", "epochs: 2"), []string{"stage1.phase_a_steps=1099511627777"}, "stage1.phase_a_steps", "stage1.phase_a_steps is 1099511627777; the limit is 1099511627776"},
+		{"optim.lr too large", base, []string{"optim.lr=11"}, "optim.lr", "optim.lr is 11; the limit is 10"},
+		{"optim.selector_lr too large", base, []string{"optim.selector_lr=1e300"}, "optim.selector_lr", "optim.selector_lr is 1e+300; the limit is 10"},
+		{"optim.weight_decay too large", base, []string{"optim.weight_decay=100"}, "optim.weight_decay", "optim.weight_decay is 100; the limit is 10"},
+		{"optim.clip too large", base, []string{"optim.clip=1e10"}, "optim.clip", "optim.clip is 1e+10; the limit is 1e+09"},
+		{"optim.min_lr_ratio nan", base, []string{"optim.min_lr_ratio=.nan"}, "optim.min_lr_ratio", "optim.min_lr_ratio must be a finite number ≥ 0, got NaN"},
+		{"optim.warmup_steps too many", base, []string{"optim.warmup_steps=1099511627777"}, "optim.warmup_steps", "optim.warmup_steps is 1099511627777; the limit is 1099511627776"},
+		{"timeout too long", base, []string{"collective.timeout=25h"}, "collective.timeout", "collective.timeout is 25h; the limit is 24h0m0s"},
+		{"timeout too long a string", base, []string{"collective.timeout=" + strings.Repeat("0", 100) + "1s"}, "collective.timeout", "collective.timeout is 102 bytes long; want a duration like 60s or 2m"},
+		{"timeout overflows", base, []string{"collective.timeout=9999999999h"}, "collective.timeout", "collective.timeout: want a duration like 60s or 2m"},
+		{"bucket_mb too large", base, []string{"collective.bucket_mb=65537"}, "collective.bucket_mb", "collective.bucket_mb is 65537; the limit is 65536"},
+		{"bucket_mb inf", base, []string{"collective.bucket_mb=.inf"}, "collective.bucket_mb", "collective.bucket_mb must be a size in MiB ≥ 0 (0: reduce after backward in one call), got +Inf"},
+		{"bucket_mb nan", base, []string{"collective.bucket_mb=.nan"}, "collective.bucket_mb", "got NaN"},
+		{"every_steps too many", base, []string{"checkpoint.every_steps=1099511627777"}, "checkpoint.every_steps", "checkpoint.every_steps is 1099511627777; the limit is 1099511627776"},
+		{"every_minutes too many", base, []string{"checkpoint.every_minutes=1e12"}, "checkpoint.every_minutes", "checkpoint.every_minutes is 1e+12; the limit is 525600 (a year)"},
+		{"every_minutes nan", base, []string{"checkpoint.every_minutes=.nan"}, "checkpoint.every_minutes", "checkpoint.every_minutes must be a finite number ≥ 0 (0 is off), got NaN"},
+		{"keep too many", base, []string{"checkpoint.keep=65537"}, "checkpoint.keep", "checkpoint.keep is 65537; the limit is 65536"},
+		{"metrics.every_steps too many", base, []string{"metrics.every_steps=1099511627777"}, "metrics.every_steps", "metrics.every_steps is 1099511627777; the limit is 1099511627776"},
+		{"micro_batch beyond int", base, []string{"micro_batch=99999999999999999999"}, "", `micro_batch: want an integer, got "99999999999999999999"`},
+
+		{"data.url too long", base, []string{"data.url=/" + strings.Repeat("d", MaxPathLen)}, "data.url", "data.url is 4097 bytes long; the limit is 4096"},
+		{"data.url control", edit(t, base, "  url: ./data/train", `  url: "./da\tta"`), nil, "data.url", `x.yaml:9: data.url "./da\tta" has control characters`},
+		{"data.eval_url newline", base, []string{"data.eval_url=\"/e\\nINFO forged\""}, "data.eval_url", `data.eval_url "/e\nINFO forged" has control characters`},
+		{"checkpoint.url too long", base, []string{"checkpoint.url=s3://b/" + strings.Repeat("c", MaxPathLen)}, "checkpoint.url", "checkpoint.url is 4103 bytes long; the limit is 4096"},
+		{"tokenizer.from control", base2, []string{"tokenizer.from=\"/s\\x00\""}, "tokenizer.from", `tokenizer.from "/s\x00" has control characters`},
+		{"model too long", base, []string{"model=" + strings.Repeat("m", MaxPathLen+1)}, "model", "model is 4097 bytes long; the limit is 4096"},
+		{"model control", base, []string{"model=\"m\\t.json\""}, "model", `model "m\t.json" has control characters`},
+
 		// --set.
 		{"set unknown key", base, []string{"stepz=1"}, "", `x.yaml: --set stepz=1: unknown key "stepz"; valid keys here: activation_checkpointing, checkpoint, collective, data, device, epochs,`},
 		{"set unknown nested key", base, []string{"data.urll=x"}, "", `--set data.urll=x: unknown key "data.urll"; valid keys here: data.block_shards, data.eval_url, data.manifest, data.url`},
@@ -326,6 +363,13 @@ func TestParseOK(t *testing.T) {
 		{"local paths before Resolve", base2, []string{"tokenizer.from=./state", "data.manifest=m.json"}, func(s *Spec) bool {
 			return s.Tokenizer.From == "./state" && s.Data.Manifest == "m.json"
 		}},
+		{"every limit itself", edit(t, base, "steps: 600", "epochs: 1048576"), []string{"global_batch=1048576", "max_workers=65536", "micro_batch=1048576",
+			"data.block_shards=65536", "stage1.kmeans_batches=65536", "stage1.phase_a_steps=1099511627776", "optim.lr=10", "optim.selector_lr=10",
+			"optim.weight_decay=10", "optim.clip=1e9", "optim.warmup_steps=1099511627776", "collective.timeout=24h", "collective.bucket_mb=65536",
+			"checkpoint.every_steps=1099511627776", "checkpoint.every_minutes=525600", "checkpoint.keep=65536", "metrics.every_steps=1099511627776"},
+			func(s *Spec) bool {
+				return s.Epochs == MaxEpochs && s.GlobalBatch == MaxGlobalBatch && s.Collective.BucketBytes() == 64<<30 && s.CollectiveTimeout() == MaxTimeout
+			}},
 		{"nccl with auto device", base2, []string{"collective.backend=nccl"}, func(s *Spec) bool { return s.Device == "auto" && s.Collective.Backend == "nccl" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -393,6 +437,11 @@ func TestValidateJSON(t *testing.T) {
 		{"bf16 reduce without precision", strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","reduce_dtype":"bf16"`, 1), "collective.reduce_dtype bf16 needs precision bf16 (precision is fp32"},
 		{"bad precision", strings.Replace(good, `"stage":1,`, `"stage":1,"precision":"fp64",`, 1), `precision must be fp32 or bf16, got "fp64"`},
 		{"bad reduce_dtype", strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","reduce_dtype":"int8"`, 1), `collective.reduce_dtype must be fp32 or bf16, got "int8"`},
+		{"model config over the limits", strings.Replace(good, `"steps":10`, `"steps":10,"model_config":{"stage":1,"tokenizer":{"width":65536,"merger_blocks":1024,"decoder_blocks":1024}}`, 1), "model tiny-stage1: model config: the model has "},
+		{"model config negative", strings.Replace(good, `"steps":10`, `"steps":10,"model_config":{"stage":1,"tokenizer":{"channels":-3}}`, 1), "model tiny-stage1: model config: tokenizer.channels must not be negative (got -3)"},
+		{"global_batch over the limit", strings.Replace(good, `"global_batch":4`, `"global_batch":1048577`, 1), "global_batch is 1048577; the limit is 1048576"},
+		{"epochs over the limit", strings.Replace(good, `"steps":10`, `"epochs":1048577`, 1), "epochs is 1048577; the limit is 1048576"},
+		{"bucket_mb over the limit", strings.Replace(good, `"timeout":"60s"`, `"timeout":"60s","bucket_mb":1e300`, 1), "collective.bucket_mb is 1e+300; the limit is 65536"},
 		{"model config not an object", strings.Replace(good, `"steps":10`, `"steps":10,"model_config":[1]`, 1), "model tiny-stage1: want a JSON object"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -421,6 +470,8 @@ func TestResolve(t *testing.T) {
 		filepath.Join(cwd, "badstage.json"):     `{"stage": "one"}`,
 		filepath.Join(cwd, "trailing.json"):     `{"stage": 1} {}`,
 		filepath.Join(os.TempDir(), "abs.json"): `{"stage": 1}`,
+		filepath.Join(cwd, "huge.json"):         `{"stage": 2, "lm": {"d_model": 65537}}`,
+		filepath.Join(cwd, "unknownkey.json"):   `{"stage": 1, "tokenizer": {"widht": 8}}`,
 	}
 	readFile := func(p string) ([]byte, error) {
 		if b, ok := files[p]; ok {
@@ -461,6 +512,8 @@ func TestResolve(t *testing.T) {
 		{"model not an object", base, []string{"model=list.json"}, "model list.json: want a JSON object", nil},
 		{"model without stage", base, []string{"model=nostage.json"}, `model nostage.json: the config has no "stage"`, nil},
 		{"model stage not a number", base, []string{"model=badstage.json"}, `model badstage.json: "stage": want an integer, got "one"`, nil},
+		{"model dimension over the limit", base2, []string{"model=huge.json"}, "--set model=huge.json: model huge.json: model config: lm.d_model is 65537; the limit is 65536", nil},
+		{"model config unknown key", base, []string{"model=unknownkey.json"}, `model unknownkey.json: model config: json: unknown field "widht"`, nil},
 		{"model trailing data", base, []string{"model=trailing.json"}, "model trailing.json: want a JSON object", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

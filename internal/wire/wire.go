@@ -5,6 +5,12 @@
 // Every subject carries the protocol version (lavit.v1.…); a message body is
 // JSON with a "v" field. Only the current raft leader subscribes to these
 // subjects, so a client never needs to know which coordinator leads.
+//
+// Bodies come from the network: DecodeRequest refuses anything over
+// MaxMessageBytes before decoding it, and DecodeReply anything over 16
+// times that. FuzzDecodeRequest (every request type) and FuzzDecodeReply
+// (every reply type) hold them to never panicking, refusing with a stable
+// code, and decoding to values that are stable through JSON.
 package wire
 
 import (
