@@ -14,5 +14,8 @@ import "github.com/lavit-org/lavit/checkpoint"
 // StateInfo is a parsed state.
 type StateInfo = checkpoint.StateInfo
 
-// ParseState decodes and verifies a state blob in the shim's state format.
+// ParseState decodes and verifies a state blob in the shim's state format
+// (or a blocked state). The blob is untrusted: checkpoint.ParseState checks
+// every count and size in it against its bytes before allocating, so a bad
+// one is an error naming the field, never a panic.
 func ParseState(b []byte) (*StateInfo, error) { return checkpoint.ParseState(b, StateFormat) }
