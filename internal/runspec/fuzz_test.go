@@ -34,6 +34,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("stage: [1\n"), "")
 	f.Add([]byte("- stage: 1\n"), "")
 	f.Add([]byte("a: &a [*a, *a]\n"), "")
+	f.Add([]byte("data: &x {url: *x}\n"), "")
+	f.Add([]byte("&r {stage: *r}\n"), "")
 	f.Add([]byte(base+"---\nstage: 2\n"), "")
 	f.Add([]byte(base), "global_batch=1048577")
 	f.Add([]byte(base), "checkpoint.every_minutes=1e300")
