@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/rand"
 	"fmt"
 	"net"
 	"sync"
@@ -13,10 +14,11 @@ import (
 const ncclIDBytes = 128
 
 // rendezvousTable is the leader's in-memory meeting point: for each run's
-// current generation, what each rank has posted. Nothing here is
-// committed: members repeat their post until the table is complete, so a
-// new leader rebuilds it from the repeats, and a new generation simply
-// replaces the old entry.
+// current generation, what each rank has posted, and the generation's
+// ring secret, made when its first member posts. Nothing here is
+// committed (a secret never enters the raft log): members repeat their
+// post until the table is complete, so a new leader rebuilds it from the
+// repeats, and a new generation simply replaces the old entry.
 type rendezvousTable struct {
 	mu   sync.Mutex
 	runs map[string]*meeting
@@ -28,7 +30,11 @@ type meeting struct {
 	addrs      []string // by rank; "" until posted
 	posted     int
 	ncclID     []byte
+	secret     []byte // the generation's ring secret
 }
+
+// ringSecretBytes is the size of a generation's ring secret.
+const ringSecretBytes = 32
 
 func newRendezvousTable() *rendezvousTable {
 	return &rendezvousTable{runs: map[string]*meeting{}}
@@ -48,7 +54,8 @@ func (t *rendezvousTable) post(req *wire.RendezvousRequest, world int) wire.Rend
 	defer t.mu.Unlock()
 	m := t.runs[req.Run]
 	if m == nil || m.generation != req.Generation || len(m.addrs) != world {
-		m = &meeting{generation: req.Generation, addrs: make([]string, world)}
+		m = &meeting{generation: req.Generation, addrs: make([]string, world), secret: make([]byte, ringSecretBytes)}
+		rand.Read(m.secret) // never fails (crypto/rand)
 		t.runs[req.Run] = m
 	}
 	if m.addrs[req.Rank] == "" {
@@ -67,6 +74,7 @@ func (t *rendezvousTable) post(req *wire.RendezvousRequest, world int) wire.Rend
 		reply.Complete = true
 		if req.Addr != "" {
 			reply.Peers = append([]string(nil), m.addrs...)
+			reply.RingSecret = m.secret
 		}
 		reply.NCCLID = m.ncclID
 	}

@@ -78,8 +78,14 @@ func TestRendezvous(t *testing.T) {
 	if err != nil || !r.Complete || len(r.Peers) != 3 || r.Peers[0] != want[0] || r.Peers[1] != want[1] || r.Peers[2] != want[2] {
 		t.Fatalf("last post: %+v %v, want complete with %v", r, err, want)
 	}
-	// Repeats are idempotent and see the same list.
-	if r, err = post("w1", 1, 0, "127.0.0.1:9001", nil); err != nil || !r.Complete || r.Peers[2] != want[2] {
+	// The generation's ring secret comes with the complete list, to its
+	// members only, and never before the list is complete.
+	gen1Secret := r.RingSecret
+	if len(gen1Secret) != ringSecretBytes {
+		t.Fatalf("ring secret of %d bytes, want %d", len(gen1Secret), ringSecretBytes)
+	}
+	// Repeats are idempotent and see the same list and secret.
+	if r, err = post("w1", 1, 0, "127.0.0.1:9001", nil); err != nil || !r.Complete || r.Peers[2] != want[2] || !bytes.Equal(r.RingSecret, gen1Secret) {
 		t.Fatalf("repeat: %+v %v", r, err)
 	}
 
@@ -119,11 +125,15 @@ func TestRendezvous(t *testing.T) {
 	if d := desired("w3"); d.State != wire.WorkerIdle {
 		t.Errorf("w3 desired state %+v, want IDLE", d)
 	}
-	if r, err := post("w1", 2, 1, "127.0.0.1:9011", nil); err != nil || r.Complete || r.Posted != 1 {
-		t.Fatalf("generation 2 first post: %+v %v, want a fresh, incomplete rendezvous", r, err)
+	if r, err := post("w1", 2, 1, "127.0.0.1:9011", nil); err != nil || r.Complete || r.Posted != 1 || r.RingSecret != nil {
+		t.Fatalf("generation 2 first post: %+v %v, want a fresh, incomplete rendezvous without a secret", r, err)
 	}
-	if r, err := post("w2", 2, 0, "127.0.0.1:9012", nil); err != nil || !r.Complete || r.Peers[0] != "127.0.0.1:9012" || r.Peers[1] != "127.0.0.1:9011" {
+	r, err = post("w2", 2, 0, "127.0.0.1:9012", nil)
+	if err != nil || !r.Complete || r.Peers[0] != "127.0.0.1:9012" || r.Peers[1] != "127.0.0.1:9011" {
 		t.Fatalf("generation 2 complete: %+v %v", r, err)
+	}
+	if len(r.RingSecret) != ringSecretBytes || bytes.Equal(r.RingSecret, gen1Secret) {
+		t.Errorf("generation 2's ring secret %x: want a fresh one (generation 1's was %x)", r.RingSecret, gen1Secret)
 	}
 
 	// A generation that skips a number, or names an unknown worker, is

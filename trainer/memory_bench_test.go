@@ -207,7 +207,7 @@ func TestMemoryBenchRank(t *testing.T) {
 		}
 		defer l.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		c, err := ring.Connect(ctx, l, ring.Config{Rank: rank, Size: world, Peers: peers, Run: "membench", Generation: 1, Timeout: 10 * time.Minute})
+		c, err := ring.Connect(ctx, l, ring.Config{Rank: rank, Size: world, Peers: peers, Run: "membench", Generation: 1, Secret: []byte("membench ring secret (loopback)"), Timeout: 10 * time.Minute})
 		cancel()
 		if err != nil {
 			t.Fatal(err)

@@ -83,6 +83,7 @@ func rings(t testing.TB, world int) []collective.Communicator {
 		ls = append(ls, l)
 		peers = append(peers, l.Addr())
 	}
+	secret := ring.NewSecret()
 	comms := make([]collective.Communicator, world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup
@@ -92,7 +93,7 @@ func rings(t testing.TB, world int) []collective.Communicator {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			c, err := ring.Connect(ctx, ls[r], ring.Config{Rank: r, Size: world, Peers: peers, Run: "zero-test", Generation: 1})
+			c, err := ring.Connect(ctx, ls[r], ring.Config{Rank: r, Size: world, Peers: peers, Run: "zero-test", Generation: 1, Secret: secret})
 			comms[r], errs[r] = c, err
 		}()
 	}

@@ -264,7 +264,13 @@ func (t *Trainer) joinRing(ctx context.Context, j *Job, timeout time.Duration) (
 	d := j.Desired
 	listen := t.ListenAddr
 	if listen == "" {
-		listen = "0.0.0.0:0"
+		// The address this host reaches the coordinators from: peers
+		// reach it there, and nothing listens on other interfaces.
+		host, err := routeHost(j.CoordURL)
+		if err != nil {
+			return nil, err
+		}
+		listen = net.JoinHostPort(host, "0")
 	}
 	l, err := ring.Listen(listen)
 	if err != nil {
@@ -282,7 +288,8 @@ func (t *Trainer) joinRing(ctx context.Context, j *Job, timeout time.Duration) (
 		l.Close()
 		return nil, err
 	}
-	comm, err := ring.Connect(rctx, l, ring.Config{Rank: d.Rank, Size: d.World, Peers: reply.Peers, Run: d.Run, Generation: d.Generation, Timeout: timeout, Logger: j.Log})
+	comm, err := ring.Connect(rctx, l, ring.Config{Rank: d.Rank, Size: d.World, Peers: reply.Peers, Run: d.Run, Generation: d.Generation,
+		Secret: reply.RingSecret, Timeout: timeout, Logger: j.Log})
 	l.Close()
 	if err != nil {
 		return nil, fmt.Errorf("connect the ring: %w", err)
@@ -304,16 +311,25 @@ func advertiseAddr(explicit, listenAddr, coordURL string) (string, error) {
 	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
 		return listenAddr, nil
 	}
+	local, err := routeHost(coordURL)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(local, port), nil
+}
+
+// routeHost is this host's address on the route to the first coordinator
+// URL (127.0.0.1 when the URL names no host).
+func routeHost(coordURL string) (string, error) {
 	first, _, _ := strings.Cut(coordURL, ",")
 	u, err := url.Parse(first)
 	if err != nil || u.Host == "" {
-		return net.JoinHostPort("127.0.0.1", port), nil
+		return "127.0.0.1", nil
 	}
 	conn, err := net.Dial("udp", u.Host) // no packet is sent: this picks the route
 	if err != nil {
-		return "", fmt.Errorf("find this host's address towards %s: %w (set --collective-advertise)", u.Host, err)
+		return "", fmt.Errorf("find this host's address towards %s: %w (set --collective-listen and --collective-advertise)", u.Host, err)
 	}
 	defer conn.Close()
-	local := conn.LocalAddr().(*net.UDPAddr)
-	return net.JoinHostPort(local.IP.String(), port), nil
+	return conn.LocalAddr().(*net.UDPAddr).IP.String(), nil
 }

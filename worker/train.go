@@ -19,10 +19,10 @@ import (
 // and measures the checks the model config names.
 type Trainer struct {
 	Lib *trainer.Lib
-	// ListenAddr is where this worker's ring listener binds (default
-	// "0.0.0.0:0"); Advertise, if set, is the host:port peers dial instead
-	// of the one derived from the listener and the route to the
-	// coordinators.
+	// ListenAddr is where this worker's ring listener binds (default: a
+	// free port on this host's address towards the coordinators, not
+	// every interface); Advertise, if set, is the host:port peers dial
+	// instead of the one derived from the listener and that route.
 	ListenAddr string
 	Advertise  string
 	// NCCL is the NCCL library runs with collective.backend nccl use (nil:

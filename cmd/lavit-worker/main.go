@@ -50,7 +50,7 @@ func newApp() *cli.App {
 				&cli.StringFlag{Name: "torch-lib", Usage: "path to the libtorch shim liblavit_torch.so (default: LAVIT_TORCH_LIB, next to this binary, ./bin)", EnvVars: env("TORCH_LIB")},
 				&cli.IntFlag{Name: "threads", Usage: "libtorch intra-op threads (default: libtorch's, one per core; with --device all, cores ÷ GPUs each; give cores ÷ workers when several workers share a host)", EnvVars: env("THREADS")},
 				&cli.StringFlag{Name: "cpus", Usage: "pin this worker's threads to these CPUs (kernel list format: 0-3,6; default: unpinned; with --device all, an even share of this process's CPUs each)", EnvVars: env("CPUS")},
-				&cli.StringFlag{Name: "collective-listen", Value: "0.0.0.0:0", Usage: "where the ring all-reduce listens (host:port; port 0 picks one)", EnvVars: env("COLLECTIVE_LISTEN")},
+				&cli.StringFlag{Name: "collective-listen", Usage: "where the ring all-reduce listens (host:port; port 0 picks one; default: a free port on this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_LISTEN")},
 				&cli.StringFlag{Name: "collective-advertise", Usage: "host:port peers dial to reach this worker's ring listener (default: this host's address towards the coordinators)", EnvVars: env("COLLECTIVE_ADVERTISE")},
 				&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval until the coordinator suggests one", EnvVars: env("HEARTBEAT_INTERVAL")},
 				&cli.DurationFlag{Name: "request-timeout", Value: d.RequestTimeout, Usage: "bound on one control call to the coordinators (heartbeats: at most two intervals)", EnvVars: env("REQUEST_TIMEOUT")},

@@ -46,7 +46,7 @@ func TestHelperRank(t *testing.T) {
 	peers[helperRank] = l.Addr()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := Connect(ctx, l, Config{Rank: helperRank, Size: len(peers), Peers: peers, Run: "kill", Generation: 1})
+	c, err := Connect(ctx, l, Config{Rank: helperRank, Size: len(peers), Peers: peers, Run: "kill", Generation: 1, Secret: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func killOne(t *testing.T, n int) {
 	var wg sync.WaitGroup
 	for _, r := range local {
 		wg.Go(func() {
-			comms[r], errs[r] = Connect(ctx, ls[r], Config{Rank: r, Size: n, Peers: peers, Run: "kill", Generation: 1})
+			comms[r], errs[r] = Connect(ctx, ls[r], Config{Rank: r, Size: n, Peers: peers, Run: "kill", Generation: 1, Secret: testSecret})
 		})
 	}
 	wg.Wait()

@@ -7,6 +7,7 @@ package ring
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,11 @@ type Config struct {
 	// or generation is refused at the handshake.
 	Run        string
 	Generation uint64
+	// Secret is the generation's shared secret (at least MinSecretLen
+	// bytes when Size > 1; the coordinator hands each member a fresh one
+	// per generation): neighbours prove they hold it before they say or
+	// accept anything (handshake.go).
+	Secret []byte
 	// Timeout bounds calls whose ctx has no deadline (default
 	// collective.DefaultTimeout), and Connect without one.
 	Timeout time.Duration
@@ -62,6 +68,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ring: rank %d out of range [0, %d)", c.Rank, c.Size)
 	case c.Size > 1 && len(c.Peers) != c.Size:
 		return fmt.Errorf("ring: %d peer addresses for size %d", len(c.Peers), c.Size)
+	case c.Size > 1 && len(c.Secret) < MinSecretLen:
+		return fmt.Errorf("ring: a secret of %d bytes, want at least %d (the generation's ring secret from the rendezvous)", len(c.Secret), MinSecretLen)
 	case len(c.Run) > maxRunLen:
 		return fmt.Errorf("ring: run name of %d bytes (at most %d)", len(c.Run), maxRunLen)
 	case c.ChunkBytes < 0 || c.ChunkBytes%4 != 0:
@@ -241,11 +249,14 @@ func Connect(ctx context.Context, l *Listener, cfg Config) (*Comm, error) {
 }
 
 // dial connects to the next rank and handshakes, retrying until ctx ends
-// while the peer is unreachable or still in an older generation. Any other
-// refusal (we are the stale one, another run, a wrong rank) is final.
+// while the peer is unreachable, still in an older generation, or does not
+// take our secret (it may hold another generation's and catch up). Any
+// other refusal (we are the stale one, another run, a wrong rank), another
+// protocol version, or an acceptor that cannot prove it holds the secret,
+// is final.
 func (c *Comm) dial(ctx context.Context, deadline time.Time) (*net.TCPConn, error) {
 	addr := c.cfg.Peers[c.nextRank]
-	h := hello{Version: protocolVersion, Size: c.size, Rank: c.rank, Generation: c.cfg.Generation, Run: c.cfg.Run}
+	h := hello{Size: c.size, Rank: c.rank, Generation: c.cfg.Generation, Run: c.cfg.Run}
 	var d net.Dialer
 	var conn *net.TCPConn
 	err := retry.Do(ctx, retry.Backoff{Initial: 5 * time.Millisecond, Max: maxDialBackoff}, func(int) error {
@@ -253,11 +264,15 @@ func (c *Comm) dial(ctx context.Context, deadline time.Time) (*net.TCPConn, erro
 		if err != nil {
 			return err
 		}
-		if err = clientHandshake(nc, h, c.nextRank, deadline); err != nil {
+		if err = clientHandshake(nc, h, c.cfg.Secret, c.nextRank, deadline); err != nil {
 			nc.Close()
 			var refused *RefusedError
-			if errors.As(err, &refused) && !refused.behind(c.cfg.Generation) {
-				return retry.Permanent(err)
+			switch {
+			case errors.As(err, &refused) && !refused.behind(c.cfg.Generation),
+				errors.Is(err, errVersion), errors.Is(err, errBadAcceptor):
+				return retry.Permanent(fmt.Errorf("rank %d at %s: %w", c.nextRank, addr, err))
+			case errors.Is(err, errUnknownSecret):
+				return fmt.Errorf("rank %d at %s: %w", c.nextRank, addr, err)
 			}
 			return err
 		}
@@ -270,74 +285,161 @@ func (c *Comm) dial(ctx context.Context, deadline time.Time) (*net.TCPConn, erro
 	return conn, err
 }
 
-// accept waits on l for the previous rank, refusing anyone else.
+// verdict is one connection's handshake outcome in accept.
+type verdict struct {
+	conn          *net.TCPConn
+	reason        string // why it was refused; "" when taken
+	authenticated bool   // the dialler proved it holds the secret
+	err           error
+}
+
+// accept waits on l for the previous rank, refusing anyone else. Up to
+// maxPendingHandshakes handshakes run at once, each bounded by
+// handshakeTimeout; connections beyond that are closed at once, so
+// strangers that connect and say nothing cannot delay the ring.
 func (c *Comm) accept(ctx context.Context, l *Listener, deadline time.Time) (*net.TCPConn, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	conns := make(chan *net.TCPConn)
+	acceptErr := make(chan error, 1)
+	stopAccepting := c.acceptLoop(ctx, l, deadline, conns, acceptErr)
+	defer stopAccepting()
+
+	var mu sync.Mutex
+	taken := false
+	decide := func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if taken {
+			return false, fmt.Sprintf("rank %d is already connected", c.prevRank)
+		}
+		taken = true
+		return true, ""
+	}
+	verdicts := make(chan verdict, maxPendingHandshakes)
+	pending := 0
+	// Handshakes still running when we return close their own
+	// connections once done.
+	defer func() {
+		go func() {
+			for range pending {
+				if v := <-verdicts; v.conn != nil {
+					v.conn.Close()
+				}
+			}
+		}()
+	}()
+	var refusals []string
+	for {
+		select {
+		case conn := <-conns:
+			if pending >= maxPendingHandshakes {
+				conn.Close()
+				refusals = append(refusals, conn.RemoteAddr().String()+": too many handshakes at once")
+				continue
+			}
+			pending++
+			go func() {
+				reason, authenticated, err := serverHandshake(conn, c.cfg, deadline, decide)
+				if err != nil || reason != "" {
+					conn.Close()
+					conn = nil
+				}
+				verdicts <- verdict{conn: conn, reason: reason, authenticated: authenticated, err: err}
+			}()
+		case v := <-verdicts:
+			pending--
+			if v.conn != nil {
+				return v.conn, nil
+			}
+			if v.reason != "" {
+				refusals = append(refusals, v.reason)
+				if v.authenticated {
+					c.log.Warn("ring refused a connection", "reason", v.reason)
+				} else {
+					c.log.Debug("ring refused a connection", "reason", v.reason)
+				}
+			}
+		case err := <-acceptErr:
+			msg := fmt.Sprintf("no connection from previous rank %d", c.prevRank)
+			if len(refusals) > 0 {
+				msg += fmt.Sprintf("; refused %d other(s), last: %s", len(refusals), refusals[len(refusals)-1])
+			}
+			cause := ctx.Err()
+			if cause == nil {
+				cause = err
+			}
+			return nil, fmt.Errorf("%s: %w", msg, cause)
+		}
+	}
+}
+
+// acceptLoop accepts on l until ctx ends or deadline passes, handing each
+// connection to conns and the error that ended it to acceptErr. The
+// returned stop ends it and waits, and leaves l as it found it (l serves
+// the next generation's Connect).
+func (c *Comm) acceptLoop(ctx context.Context, l *Listener, deadline time.Time, conns chan<- *net.TCPConn, acceptErr chan<- error) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
 	var mu sync.Mutex
 	done := false
 	l.l.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() {
+	wake := context.AfterFunc(ctx, func() {
 		mu.Lock()
 		if !done {
 			l.l.SetDeadline(time.Unix(1, 0)) // wake Accept now
 		}
 		mu.Unlock()
 	})
-	defer func() {
-		stop()
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			conn, err := l.l.AcceptTCP()
+			if err != nil {
+				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || isTimeout(err) {
+					acceptErr <- err
+					return
+				}
+				continue // a transient accept error (e.g. EMFILE)
+			}
+			select {
+			case conns <- conn:
+			case <-ctx.Done():
+				conn.Close()
+				acceptErr <- ctx.Err()
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-exited
+		wake()
 		mu.Lock()
 		done = true
 		l.l.SetDeadline(time.Time{})
 		mu.Unlock()
-	}()
-	var refusals []string
-	for {
-		conn, err := l.l.AcceptTCP()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || isTimeout(err) {
-				msg := fmt.Sprintf("no connection from previous rank %d", c.prevRank)
-				if len(refusals) > 0 {
-					msg += fmt.Sprintf("; refused %d other(s), last: %s", len(refusals), refusals[len(refusals)-1])
-				}
-				cause := ctx.Err()
-				if cause == nil {
-					cause = err
-				}
-				return nil, fmt.Errorf("%s: %w", msg, cause)
-			}
-			continue // a transient accept error (e.g. EMFILE)
-		}
-		reason, err := serverHandshake(conn, c.cfg, deadline)
-		if err == nil && reason == "" {
-			return conn, nil
-		}
-		conn.Close()
-		if reason != "" {
-			reason = conn.RemoteAddr().String() + ": " + reason
-			refusals = append(refusals, reason)
-			c.log.Warn("ring refused a connection", "reason", reason)
-		}
 	}
 }
 
 // refuseWaiting answers, with our own failure, whoever already dialled
 // us within drainWindow: a rank that cannot join tells the one waiting on
-// it rather than leave it hanging until its deadline.
+// it rather than leave it hanging until its deadline. Only a dialler that
+// proves it holds this generation's secret hears why.
 func (c *Comm) refuseWaiting(l *Listener, cause error) {
 	deadline := time.Now().Add(drainWindow)
 	l.l.SetDeadline(deadline)
 	defer l.l.SetDeadline(time.Time{})
 	reason := fmt.Sprintf("rank %d could not join: %v", c.rank, cause)
+	refuse := func() (bool, string) { return false, reason }
 	for {
 		conn, err := l.l.AcceptTCP()
 		if err != nil {
 			return
 		}
-		conn.SetDeadline(deadline)
-		// Only this run and generation hear it; anyone else (an early rank
-		// of the next generation) sees a plain close and dials again.
-		if h, err := readHello(conn); err == nil && h.Run == c.cfg.Run && h.Generation == c.cfg.Generation {
-			conn.Write(refusal(c.cfg.Generation, reason))
-		}
+		// A dialler of another run or generation (an early rank of the
+		// next one) fails to authenticate and dials again.
+		serverHandshake(conn, c.cfg, deadline, refuse)
 		conn.Close()
 	}
 }
@@ -358,6 +460,14 @@ func (c *Comm) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
+}
+
+// NewSecret is a fresh random ring secret (Config.Secret): what the
+// coordinator makes for each generation, and tests for their rings.
+func NewSecret() []byte {
+	b := make([]byte, 32)
+	rand.Read(b) // never fails (crypto/rand)
+	return b
 }
 
 // LocalWorld connects n ranks on 127.0.0.1 inside this process, for tests
@@ -386,11 +496,12 @@ func localWorld(ctx context.Context, n int, edit func(*Config)) ([]*Comm, error)
 		}
 		ls[i], peers[i] = l, l.Addr()
 	}
+	secret := NewSecret()
 	comms := make([]*Comm, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		cfg := Config{Rank: i, Size: n, Peers: peers, Run: "local", Generation: 1,
+		cfg := Config{Rank: i, Size: n, Peers: peers, Run: "local", Generation: 1, Secret: secret,
 			Logger: slog.New(slog.DiscardHandler)}
 		edit(&cfg)
 		wg.Go(func() { comms[i], errs[i] = Connect(ctx, ls[i], cfg) })

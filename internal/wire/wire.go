@@ -210,13 +210,18 @@ type RendezvousRequest struct {
 }
 
 // RendezvousReply says whether every member has posted and, once they
-// have, the addresses of all ranks (index = rank) or the NCCL id.
+// have, the addresses of all ranks (index = rank) and the generation's
+// ring secret (ring), or the NCCL id.
 type RendezvousReply struct {
 	Complete bool     `json:"complete"`
 	Posted   int      `json:"posted"` // members that have posted so far
 	World    int      `json:"world"`
 	Peers    []string `json:"peers,omitempty"`
 	NCCLID   []byte   `json:"nccl_id,omitempty"`
+	// RingSecret is the secret ring neighbours prove they hold before they
+	// connect (collective/ring's handshake): fresh for each generation,
+	// given only to its members.
+	RingSecret []byte `json:"ring_secret,omitempty"`
 }
 
 // Run states. How a run moves between them is the coordinator's rule
