@@ -28,6 +28,11 @@ var (
 	ErrMissing = errors.New("checkpoint part missing")
 	ErrCorrupt = errors.New("checkpoint corrupt")
 	ErrExists  = errors.New("checkpoint manifest already exists")
+	// ErrNotCommitted: the manifest in the store is not the one raft
+	// committed for that step (an older checkpoint copied over it, an
+	// edited manifest). Such a checkpoint is never restored, verified or
+	// exported.
+	ErrNotCommitted = errors.New("checkpoint manifest is not the committed one")
 )
 
 // ManifestName is the manifest's object name inside a checkpoint directory.
@@ -146,11 +151,27 @@ func WriteManifest(ctx context.Context, dir string, m *Manifest) error {
 	} else if !errors.Is(err, objstore.ErrNotFound) {
 		return fmt.Errorf("%s/%s: %w", dir, ManifestName, err)
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
+	b, err := m.Encode()
 	if err != nil {
 		return err
 	}
 	return dst.Put(ctx, ManifestName, bytes.NewReader(b), int64(len(b)))
+}
+
+// Encode is the manifest object's bytes as WriteManifest writes them.
+func (m *Manifest) Encode() ([]byte, error) {
+	return json.MarshalIndent(m, "", "  ")
+}
+
+// ManifestSHA256 is the sha256 of the manifest object WriteManifest
+// writes for m: what the leader commits through raft, and what
+// LoadCommitted checks the manifest read back against.
+func ManifestSHA256(m *Manifest) (string, error) {
+	b, err := m.Encode()
+	if err != nil {
+		return "", err
+	}
+	return SHA256(b), nil
 }
 
 // Limits on what a manifest may describe: far above any real checkpoint
@@ -235,6 +256,27 @@ func (p ParamInfo) check(n int64) error {
 
 // ReadManifest reads and validates the manifest in dir.
 func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
+	m, _, err := ReadManifestSHA256(ctx, dir)
+	return m, err
+}
+
+// ReadManifestSHA256 reads and validates the manifest in dir and returns
+// it with the sha256 of the object's bytes.
+func ReadManifestSHA256(ctx context.Context, dir string) (*Manifest, string, error) {
+	b, err := readManifestBytes(ctx, dir)
+	if err != nil {
+		return nil, "", err
+	}
+	m, err := decodeManifest(dir, b)
+	if err != nil {
+		return nil, "", err
+	}
+	return m, SHA256(b), nil
+}
+
+// readManifestBytes reads the manifest object in dir (at most
+// MaxManifestBytes of it).
+func readManifestBytes(ctx context.Context, dir string) ([]byte, error) {
 	src, err := objstore.Open(ctx, dir)
 	if err != nil {
 		return nil, err
@@ -249,6 +291,11 @@ func ReadManifest(ctx context.Context, dir string) (*Manifest, error) {
 		}
 		return nil, err
 	}
+	return b, nil
+}
+
+// decodeManifest parses and validates the manifest bytes b read from dir.
+func decodeManifest(dir string, b []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%s/%s: %w: %v", dir, ManifestName, ErrCorrupt, err)
@@ -340,6 +387,79 @@ func Load(ctx context.Context, dir string) (*Manifest, []byte, error) {
 		return nil, nil, err
 	}
 	return m, state, nil
+}
+
+// Committed is what raft recorded when it committed a checkpoint: a
+// manifest read back from the store must match it before anything uses
+// the checkpoint, since the store is writable by others and raft is not.
+type Committed struct {
+	Step int64
+	// ManifestSHA256 is the sha256 of the manifest object. Empty for a
+	// checkpoint committed before raft recorded it: then the manifest's
+	// step and state hash are checked against Step and StateSHA256.
+	ManifestSHA256 string
+	// StateSHA256 is the manifest's state_sha256 as committed ("": not
+	// checked).
+	StateSHA256 string
+}
+
+// LoadCommitted is Load for a checkpoint raft committed: the manifest in
+// dir must be the committed one (its sha256 equal to
+// want.ManifestSHA256, checked before the manifest is decoded; and its
+// step and state hash equal to want's), or the error wraps
+// ErrNotCommitted and names the step and both digests. The parts and the
+// state are then verified against the manifest as Load does.
+func LoadCommitted(ctx context.Context, dir string, want Committed) (*Manifest, []byte, error) {
+	m, err := ReadCommittedManifest(ctx, dir, want)
+	if err != nil {
+		return nil, nil, err
+	}
+	state, err := Fetch(ctx, dir, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, state, nil
+}
+
+// ReadCommittedManifest reads the manifest in dir and checks it against
+// what raft committed (see LoadCommitted).
+func ReadCommittedManifest(ctx context.Context, dir string, want Committed) (*Manifest, error) {
+	b, err := readManifestBytes(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	if want.ManifestSHA256 != "" {
+		if got := SHA256(b); got != want.ManifestSHA256 {
+			return nil, fmt.Errorf("checkpoint at step %d: %s/%s: %w: its sha256 is %s, raft committed %s%s",
+				want.Step, dir, ManifestName, ErrNotCommitted, got, want.ManifestSHA256, manifestSays(b))
+		}
+	}
+	m, err := decodeManifest(dir, b)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case m.Step != want.Step:
+		return nil, fmt.Errorf("checkpoint at step %d: %s/%s: %w: it is the manifest of step %d", want.Step, dir, ManifestName, ErrNotCommitted, m.Step)
+	case want.StateSHA256 != "" && m.StateSHA256 != want.StateSHA256:
+		return nil, fmt.Errorf("checkpoint at step %d: %s/%s: %w: its state_sha256 is %s, raft committed %s",
+			want.Step, dir, ManifestName, ErrNotCommitted, m.StateSHA256, want.StateSHA256)
+	}
+	return m, nil
+}
+
+// manifestSays describes what a refused manifest claims to be (its step
+// and state hash), when it parses, for the error: a copy of another
+// step's checkpoint shows as such.
+func manifestSays(b []byte) string {
+	var m struct {
+		Step        *int64 `json:"step"`
+		StateSHA256 string `json:"state_sha256"`
+	}
+	if json.Unmarshal(b, &m) != nil || m.Step == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (it says step %d, state_sha256 %.12s)", *m.Step, m.StateSHA256)
 }
 
 // appendObject appends the object name of src, at most limit bytes of

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -112,15 +113,24 @@ func (s *Server) commitCheckpoint(ctx context.Context, run string, step int64, p
 	defer s.ckpts.done(run, step)
 	log := s.log.With("run", run, "step", step)
 	var policy RunPolicy
-	var found bool
+	var found, committed bool
 	s.fsm.Read(func(st *State, _ uint64) {
 		if r, ok := st.Runs[run]; ok {
 			policy, found = r.Policy, true
+			committed = slices.ContainsFunc(r.Checkpoints, func(k CheckpointRecord) bool { return k.Step == step })
 		}
 	})
 	base := policy.CheckpointURL
 	if !found || base == "" {
 		log.Warn("checkpoint parts for a run without a checkpoint.url; ignored")
+		return
+	}
+	if committed {
+		// The run resumed from before a committed checkpoint (it fell
+		// back past one it could not restore) and reached its step
+		// again: the committed record stands, and its manifest is never
+		// rewritten.
+		log.Warn("a checkpoint at this step is already committed; the new one is not recorded")
 		return
 	}
 	dir := checkpoint.Dir(base, run, step)
@@ -138,14 +148,22 @@ func (s *Server) commitCheckpoint(ctx context.Context, run string, step int64, p
 	for _, pi := range p.meta.Params {
 		m.Params = append(m.Params, checkpoint.ParamInfo(pi))
 	}
+	// Raft records the manifest's sha256, so that what is read back from
+	// the store later is checked against it (checkpoint.LoadCommitted).
+	manifestSHA, err := checkpoint.ManifestSHA256(m)
+	if err != nil {
+		log.Error("checkpoint manifest not encoded; the checkpoint is dropped", "err", err)
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	err := writeManifestRetrying(ctx, dir, m)
+	err = writeManifestRetrying(ctx, dir, m)
 	if errors.Is(err, checkpoint.ErrExists) {
 		// An earlier leader wrote it and died before committing: the same
-		// state is fine to commit, another is not.
-		if old, rerr := checkpoint.ReadManifest(ctx, dir); rerr == nil && old.StateSHA256 == m.StateSHA256 && old.World == m.World {
-			err = nil
+		// state is fine to commit (with the digest of the manifest it
+		// wrote), another is not.
+		if old, sum, rerr := checkpoint.ReadManifestSHA256(ctx, dir); rerr == nil && old.StateSHA256 == m.StateSHA256 && old.World == m.World && old.Step == step {
+			err, manifestSHA = nil, sum
 		}
 	}
 	if errors.Is(err, checkpoint.ErrExists) {
@@ -169,12 +187,13 @@ func (s *Server) commitCheckpoint(ctx context.Context, run string, step int64, p
 		log.Info("stopped leading before the commit; the checkpoint is dropped")
 		return
 	}
-	rec := CheckpointRecord{Step: step, World: p.world, Generation: p.generation, URL: dir, StateBytes: m.StateBytes, StateSHA256: m.StateSHA256, Committed: time.Now().UTC()}
+	rec := CheckpointRecord{Step: step, World: p.world, Generation: p.generation, URL: dir, StateBytes: m.StateBytes,
+		StateSHA256: m.StateSHA256, ManifestSHA256: manifestSHA, Committed: time.Now().UTC()}
 	if err := s.raftApply(CmdCommitCheckpoint, CommitCheckpointCmd{Run: run, Checkpoint: rec}); err != nil {
 		log.Warn("checkpoint not committed", "err", err)
 		return
 	}
-	log.Info("checkpoint committed", "dir", dir, "world", p.world, "bytes", m.StateBytes)
+	log.Info("checkpoint committed", "dir", dir, "world", p.world, "bytes", m.StateBytes, "manifest_sha256", manifestSHA)
 	s.applyRetention(ctx, run, policy.keep())
 }
 
@@ -232,7 +251,7 @@ func checkpointInfos(r *RunRecord) []wire.CheckpointInfo {
 	out := []wire.CheckpointInfo{}
 	for _, c := range r.Checkpoints {
 		out = append(out, wire.CheckpointInfo{Step: c.Step, Committed: true, World: c.World, Generation: c.Generation,
-			URL: c.URL, StateBytes: c.StateBytes, StateSHA256: c.StateSHA256, Time: c.Committed})
+			URL: c.URL, StateBytes: c.StateBytes, StateSHA256: c.StateSHA256, ManifestSHA256: c.ManifestSHA256, Time: c.Committed})
 	}
 	return out
 }

@@ -39,7 +39,8 @@ const IgnorableCommandFlag CommandType = 0x80
 // (see FSM). A type not listed is at version 1. Raising a version is
 // append-only like the type numbers: the old body stays decodable.
 var commandVersions = map[CommandType]uint8{
-	CmdCreateRun: 2, // v2 adds the run's policy, decoded once at submit
+	CmdCreateRun:        2, // v2 adds the run's policy, decoded once at submit
+	CmdCommitCheckpoint: 2, // v2 adds the manifest's sha256 (CheckpointRecord.ManifestSHA256)
 }
 
 // commandVersion returns the body version this build writes for t.
@@ -178,7 +179,9 @@ type StartGenerationCmd struct {
 }
 
 // CommitCheckpointCmd records a checkpoint whose parts and manifest are
-// durable. Only committed checkpoints are listed or restored.
+// durable. Only committed checkpoints are listed or restored. Version 2
+// carries the manifest's sha256 in the record; a version-1 body decodes
+// into the same struct with it empty.
 type CommitCheckpointCmd struct {
 	Run        string           `json:"run"`
 	Checkpoint CheckpointRecord `json:"checkpoint"`

@@ -138,8 +138,11 @@ func (f *FSM) Changed() <-chan struct{} { return f.changed }
 
 // snapshotFormat versions the snapshot encoding. Format 2 added each run's
 // policy; a format-1 snapshot restores with the policies derived from the
-// stored specs.
-const snapshotFormat = 2
+// stored specs. Format 3 added each checkpoint's manifest sha256; a
+// format-2 snapshot restores with it empty (those checkpoints are checked
+// by step and state hash). An older build refuses a newer format rather
+// than drop what it does not know.
+const snapshotFormat = 3
 
 type snapshotFile struct {
 	Format    int    `json:"format"`

@@ -97,13 +97,19 @@ type RunRecord struct {
 
 // CheckpointRecord is one committed checkpoint.
 type CheckpointRecord struct {
-	Step        int64     `json:"step"`
-	World       int       `json:"world"`
-	Generation  uint64    `json:"generation"`
-	URL         string    `json:"url"` // the checkpoint's directory; its manifest is manifest.json there
-	StateBytes  int64     `json:"state_bytes"`
-	StateSHA256 string    `json:"state_sha256"`
-	Committed   time.Time `json:"committed"`
+	Step        int64  `json:"step"`
+	World       int    `json:"world"`
+	Generation  uint64 `json:"generation"`
+	URL         string `json:"url"` // the checkpoint's directory; its manifest is manifest.json there
+	StateBytes  int64  `json:"state_bytes"`
+	StateSHA256 string `json:"state_sha256"`
+	// ManifestSHA256 is the sha256 of the manifest object the leader
+	// wrote: restores, `ckpt verify` and `ckpt export` refuse a manifest
+	// in the store that differs (checkpoint.LoadCommitted). Empty for a
+	// checkpoint committed before it was recorded (CommitCheckpoint
+	// version 1, snapshot format 2).
+	ManifestSHA256 string    `json:"manifest_sha256,omitempty"`
+	Committed      time.Time `json:"committed"`
 }
 
 // State is the replicated state machine's data. It is only changed by

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -23,8 +24,10 @@ import (
 // no gather) and a background goroutine uploads it with its sha256, then
 // reports it to the coordinator, whose leader writes the manifest once
 // every part is in and commits it. Restore fetches every part of the newest
-// committed checkpoint (any world size), verifies it, and falls back to an
-// older one when a part is missing or corrupt.
+// committed checkpoint (any world size), verifies it (the manifest against
+// the sha256 raft committed, the parts against the manifest), and falls
+// back to an older one when a part is missing or corrupt or the manifest
+// is not the committed one.
 
 // checkpointer takes, uploads and restores one rank's checkpoints of a
 // generation. It uploads one checkpoint at a time in the background.
@@ -163,7 +166,11 @@ func runMeta(model *trainer.Model, spec *runspec.Spec, build string) wire.Checkp
 	sp, _ := json.Marshal(spec)
 	m := wire.CheckpointMeta{ConfigHash: checkpoint.SHA256(cfg), SpecHash: checkpoint.SHA256(sp), CodeVersion: build}
 	for _, p := range trainer.CheckpointParams(model.Info().Params) {
-		m.Params = append(m.Params, wire.ParamInfo(p))
+		pi := wire.ParamInfo(p)
+		// A copy: the model's info is decoded again in place (EnableVQ)
+		// while an upload's report encodes this.
+		pi.Shape = slices.Clone(p.Shape)
+		m.Params = append(m.Params, pi)
 	}
 	return m
 }
@@ -186,7 +193,7 @@ func (c *checkpointer) restore(ctx context.Context, want int64) (int64, string, 
 			continue
 		}
 		began := time.Now()
-		m, state, err := checkpoint.Load(ctx, k.URL)
+		m, state, err := checkpoint.LoadCommitted(ctx, k.URL, committed(k))
 		if err == nil {
 			err = c.model.Load(state)
 		}
@@ -207,6 +214,13 @@ func (c *checkpointer) restore(ctx context.Context, want int64) (int64, string, 
 	note += "no usable checkpoint: starting from step 0"
 	c.log.Warn("no usable checkpoint; starting from the beginning", "wanted", want)
 	return 0, note, nil
+}
+
+// committed is what raft committed about checkpoint k: the manifest
+// read from the store must match it (an older checkpoint copied over k's
+// directory is refused, not restored under k's step).
+func committed(k wire.CheckpointInfo) checkpoint.Committed {
+	return checkpoint.Committed{Step: k.Step, ManifestSHA256: k.ManifestSHA256, StateSHA256: k.StateSHA256}
 }
 
 // finalCommitWait bounds how long rank 0 waits for the leader to commit

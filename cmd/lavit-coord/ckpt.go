@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -42,16 +44,20 @@ func ckptCommand() *cli.Command {
 			},
 			{
 				Name:      "verify",
-				Usage:     "download every part of a committed checkpoint and check its checksums (exit 1 if any is missing or corrupt)",
+				Usage:     "download every part of a committed checkpoint and check its checksums and its manifest against raft's (exit 1 if any is missing, corrupt or not the committed one)",
 				ArgsUsage: "RUN STEP",
-				Flags:     clientFlags(true),
+				Flags:     append(clientFlags(true), sha256Flag),
 				Action: func(c *cli.Context) error {
 					began := time.Now()
 					k, err := resolveCkpt(c, "")
 					if err != nil {
 						return err
 					}
-					m, err := verifyCkpt(c.Context, k.URL)
+					want, err := committedCkpt(c, k)
+					if err != nil {
+						return err
+					}
+					m, err := verifyCkpt(c.Context, k.URL, want)
 					if err != nil {
 						return err
 					}
@@ -63,14 +69,18 @@ func ckptCommand() *cli.Command {
 				Name:      "export",
 				Usage:     "write a checkpoint's model weights as safetensors (the names and shapes the model defines)",
 				ArgsUsage: "RUN STEP",
-				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write (required)"}),
+				Flags:     append(clientFlags(false), &cli.StringFlag{Name: "out", Usage: "the .safetensors file to write (required)"}, sha256Flag),
 				Action: func(c *cli.Context) error {
 					k, err := resolveCkpt(c, "out")
 					if err != nil {
 						return err
 					}
+					want, err := committedCkpt(c, k)
+					if err != nil {
+						return err
+					}
 					out := c.String("out")
-					m, err := exportCkpt(c.Context, k.URL, out)
+					m, err := exportCkpt(c.Context, k.URL, want, out)
 					if err != nil {
 						return err
 					}
@@ -113,10 +123,34 @@ func resolveCkpt(c *cli.Context, needFlag string) (wire.CheckpointInfo, error) {
 	return k, nil
 }
 
-// verifyCkpt downloads the checkpoint in dir and verifies its manifest,
-// every part and the state inside them (checkpoint.Load, ParseState).
-func verifyCkpt(ctx context.Context, dir string) (*checkpoint.Manifest, error) {
-	m, state, err := checkpoint.Load(ctx, dir)
+// sha256Flag names the manifest a checkpoint must have, for checkpoints
+// committed before raft recorded it, or to pin one.
+var sha256Flag = &cli.StringFlag{Name: "sha256", Usage: "the sha256 the checkpoint's manifest.json must have (default: the one raft committed)"}
+
+// committedCkpt is what the checkpoint's manifest must match: what raft
+// committed for it, and the --sha256 flag when given (which must then
+// agree with raft's).
+func committedCkpt(c *cli.Context, k wire.CheckpointInfo) (checkpoint.Committed, error) {
+	want := checkpoint.Committed{Step: k.Step, ManifestSHA256: k.ManifestSHA256, StateSHA256: k.StateSHA256}
+	flag := strings.ToLower(c.String("sha256"))
+	if flag == "" {
+		return want, nil
+	}
+	if _, err := hex.DecodeString(flag); err != nil || len(flag) != 64 {
+		return want, cliutil.Usagef("--sha256 %q is not a sha256 (64 hex digits)", c.String("sha256"))
+	}
+	if want.ManifestSHA256 != "" && want.ManifestSHA256 != flag {
+		return want, fmt.Errorf("checkpoint at step %d: --sha256 %s, raft committed the manifest's sha256 as %s", k.Step, flag, want.ManifestSHA256)
+	}
+	want.ManifestSHA256 = flag
+	return want, nil
+}
+
+// verifyCkpt downloads the checkpoint in dir and verifies its manifest
+// against what raft committed, every part and the state inside them
+// (checkpoint.LoadCommitted, ParseState).
+func verifyCkpt(ctx context.Context, dir string, want checkpoint.Committed) (*checkpoint.Manifest, error) {
+	m, state, err := checkpoint.LoadCommitted(ctx, dir, want)
 	if err != nil {
 		return nil, err
 	}
@@ -128,11 +162,12 @@ func verifyCkpt(ctx context.Context, dir string) (*checkpoint.Manifest, error) {
 
 // exportCkpt writes the model weights of the checkpoint in dir to out as
 // safetensors (through a temporary file renamed into place: out is
-// written whole or not at all). The manifest, the parts and the state are
-// all verified first; a parameter table that does not fit the state is an
-// error, and out is left as it was.
-func exportCkpt(ctx context.Context, dir, out string) (*checkpoint.Manifest, error) {
-	m, state, err := checkpoint.Load(ctx, dir)
+// written whole or not at all). The manifest (against what raft
+// committed), the parts and the state are all verified first; a
+// parameter table that does not fit the state is an error, and out is
+// left as it was.
+func exportCkpt(ctx context.Context, dir string, want checkpoint.Committed, out string) (*checkpoint.Manifest, error) {
+	m, state, err := checkpoint.LoadCommitted(ctx, dir, want)
 	if err != nil {
 		return nil, err
 	}

@@ -353,14 +353,19 @@ type RunRequest struct {
 
 // CheckpointInfo is one committed checkpoint.
 type CheckpointInfo struct {
-	Step        int64     `json:"step"`
-	Committed   bool      `json:"committed"`
-	World       int       `json:"world"`
-	Generation  uint64    `json:"generation"`
-	URL         string    `json:"url"`
-	StateBytes  int64     `json:"state_bytes"`
-	StateSHA256 string    `json:"state_sha256"`
-	Time        time.Time `json:"time"`
+	Step        int64  `json:"step"`
+	Committed   bool   `json:"committed"`
+	World       int    `json:"world"`
+	Generation  uint64 `json:"generation"`
+	URL         string `json:"url"`
+	StateBytes  int64  `json:"state_bytes"`
+	StateSHA256 string `json:"state_sha256"`
+	// ManifestSHA256 is the sha256 of the manifest raft committed: a
+	// restore, `ckpt verify` and `ckpt export` refuse any other manifest
+	// found at URL (checkpoint.LoadCommitted). Empty for a checkpoint
+	// committed before it was recorded.
+	ManifestSHA256 string    `json:"manifest_sha256,omitempty"`
+	Time           time.Time `json:"time"`
 }
 
 // CheckpointListReply lists a run's committed checkpoints, oldest first.
