@@ -2,6 +2,7 @@ package memplan
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/lavit-org/lavit/internal/runspec"
@@ -95,17 +96,16 @@ func Fixes(in Input) ([]Fix, error) {
 		}
 	}
 
-	// A smaller micro-batch.
+	// A smaller micro-batch: the largest that fits. The plan grows with
+	// the micro-batch (only the activations depend on it), so a binary
+	// search finds it: a few dozen plans even at a global_batch of 2^20.
 	for _, z := range zeros {
-		found := false
-		for m := base.MicroBatch - 1; m >= 1; m-- {
-			if r := try(z, m, W, ckpt, prec); r.Fits {
-				fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("micro_batch=%d", m)), PerRankBytes: r.PerRankBytes})
-				found = true
-				break
-			}
-		}
-		if found {
+		// The first of 1..MicroBatch-1 that does not fit; the one before
+		// it fits (none does when it is 1).
+		m := sort.Search(base.MicroBatch-1, func(i int) bool { return !try(z, i+1, W, ckpt, prec).Fits })
+		if m >= 1 {
+			r := try(z, m, W, ckpt, prec)
+			fixes = append(fixes, Fix{Sets: with(z, fmt.Sprintf("micro_batch=%d", m)), PerRankBytes: r.PerRankBytes})
 			break
 		}
 	}

@@ -99,11 +99,22 @@
 // The estimate leaves out the optimizer step's temporaries (they come after
 // the activations are freed) and small tensors (masks, statistics); it is
 // to be checked against the peak memory measured on a GPU.
+//
+// # Overflow
+//
+// A spec within runspec's and modelcfg's bounds can still ask for more
+// bytes than int64 holds (the activations grow with micro_batch·layers·
+// heads·max_len²). The plan is computed in float64, whose integers are
+// exact up to 2^53, so no product wraps around; a part or total over
+// MaxPlanBytes (2^53 bytes, 8 PiB) is not counted exactly: the plan then
+// does not fit, its bytes are clamped to MaxPlanBytes and Overflow says
+// which part overflowed (TestPlanOverflow).
 package memplan
 
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -132,6 +143,11 @@ var PartNames = []string{PartParams, PartGrads, PartOptimizer, PartFrozen, PartB
 // CUDAReserve is the fixed allowance on a GPU for the CUDA context, NCCL's
 // buffers and the caching allocator's slack.
 const CUDAReserve = 2 << 30
+
+// MaxPlanBytes is the most bytes a plan counts: 2^53 (8 PiB), up to which
+// float64, the plan's arithmetic, holds every integer exactly; far beyond
+// any device. A part or a total above it is an overflow (Result.Overflow).
+const MaxPlanBytes = 1 << 53
 
 // Device kinds a plan is made for (the reserve differs).
 const (
@@ -177,6 +193,9 @@ type Result struct {
 	// an empty one in the spec is fp32).
 	Precision   string `json:"precision"`
 	ReduceDtype string `json:"reduce_dtype"`
+	// Overflow, when set, says which byte count went past MaxPlanBytes:
+	// the plan does not fit, and its counts are clamped to MaxPlanBytes.
+	Overflow string `json:"overflow,omitempty"`
 }
 
 // Plan computes the plan of in. It fails on bad input (no model config,
@@ -225,34 +244,38 @@ func Plan(in Input) (Result, error) {
 	r.MicroBatch = int(micro)
 
 	counts := model.Counts()
-	P, W := counts.Trainable, int64(in.Workers)
-	S := ceilDiv(P, W)
+	S := ceilDiv(counts.Trainable, int64(in.Workers))
 	bf16 := prec == runspec.PrecisionBF16
-	elem := int64(4) // bytes per element of the trained model's tensors
 	if bf16 {
-		elem = 2
 		S += S % 2 // the shim rounds a bf16 block up to even
 	}
-	r.Parts[PartParams] = elem * W * S
-	r.Parts[PartGrads] = elem * W * S
+	// The byte counts in float64 (see Overflow in the package doc).
+	P, W, Sf, b := float64(counts.Trainable), float64(in.Workers), float64(S), float64(micro)
+	elem := 4.0 // bytes per element of the trained model's tensors
+	if bf16 {
+		elem = 2
+	}
+	parts := map[string]float64{}
+	parts[PartParams] = elem * W * Sf
+	parts[PartGrads] = elem * W * Sf
 	if bf16 && reduce == runspec.PrecisionFP32 {
-		r.Parts[PartGrads] += 4 * W * S
+		parts[PartGrads] += 4 * W * Sf
 	}
 	switch {
 	case r.Zero >= 1:
-		r.Parts[PartOptimizer] = 12 * S
+		parts[PartOptimizer] = 12 * Sf
 	case bf16:
-		r.Parts[PartOptimizer] = 12 * P
+		parts[PartOptimizer] = 12 * P
 	default:
-		r.Parts[PartOptimizer] = 8 * P
+		parts[PartOptimizer] = 8 * P
 	}
-	r.Parts[PartFrozen] = elem * counts.Frozen
-	r.Parts[PartBuffers] = elem * counts.Buffers
+	parts[PartFrozen] = elem * float64(counts.Frozen)
+	parts[PartBuffers] = elem * float64(counts.Buffers)
 	if kind == KindCUDA {
-		r.Parts[PartReserve] = CUDAReserve
+		parts[PartReserve] = CUDAReserve
 	}
 	if model.Stage == 1 {
-		r.Parts[PartActivations] = elem * stage1Activations(model.TokenizerOrDefault(), micro, in.Spec.ActivationCheckpointing)
+		parts[PartActivations] = elem * stage1Activations(model.TokenizerOrDefault(), b, in.Spec.ActivationCheckpointing)
 	} else {
 		name, tok, err := tokenizerOf(in, model)
 		if err != nil {
@@ -261,19 +284,38 @@ func Plan(in Input) (Result, error) {
 		r.Tokenizer = name
 		tc := tok.Counts()
 		// The tokenizer runs in fp32 at either precision.
-		r.Parts[PartTokenizer] = 4 * (2*tc.Trainable + tc.Frozen + tc.Buffers)
+		parts[PartTokenizer] = 4 * (2*float64(tc.Trainable) + float64(tc.Frozen) + float64(tc.Buffers))
 		lm := model.LMOrDefault()
-		r.Parts[PartActivations] = elem * lmActivations(lm, micro, in.Spec.ActivationCheckpointing)
+		parts[PartActivations] = elem * lmActivations(lm, b, in.Spec.ActivationCheckpointing)
 		if bf16 {
-			r.Parts[PartActivations] += micro * bf16LossExtra(lm)
+			parts[PartActivations] += b * bf16LossExtra(lm)
 		}
-		r.Parts[PartTokenizerActivations] = 4 * share * tokenizerInference(tok.TokenizerOrDefault())
+		parts[PartTokenizerActivations] = 4 * float64(share) * tokenizerInference(tok.TokenizerOrDefault())
 	}
-	for _, v := range r.Parts {
-		r.PerRankBytes += v
-	}
-	r.Fits = r.PerRankBytes <= r.DeviceBytes
+	r.count(parts)
+	r.Fits = r.Overflow == "" && r.PerRankBytes <= r.DeviceBytes
 	return r, nil
+}
+
+// count sets r's parts and total from the float64 byte counts, clamping
+// any over MaxPlanBytes and saying so in r.Overflow.
+func (r *Result) count(parts map[string]float64) {
+	var total float64
+	for _, name := range PartNames {
+		v, ok := parts[name]
+		if !ok {
+			continue
+		}
+		total += v
+		if v > MaxPlanBytes && r.Overflow == "" {
+			r.Overflow = fmt.Sprintf("the %s part needs %.3g bytes, more than a plan counts (%d bytes, 8 PiB)", name, v, int64(MaxPlanBytes))
+		}
+		r.Parts[name] = int64(min(v, MaxPlanBytes))
+	}
+	if total > MaxPlanBytes && r.Overflow == "" {
+		r.Overflow = fmt.Sprintf("the parts add up to %.3g bytes, more than a plan counts (%d bytes, 8 PiB)", total, int64(MaxPlanBytes))
+	}
+	r.PerRankBytes = int64(min(total, MaxPlanBytes))
 }
 
 // tokenizerOf is the stage-1 model a stage-2 plan assumes: in.Tokenizer,
@@ -367,9 +409,9 @@ func LoadModel(name string, readFile func(string) ([]byte, error)) (modelcfg.Con
 }
 
 // lmActivations is the stage-2 estimate in floats for b samples (the
-// package doc has the formula).
-func lmActivations(l modelcfg.LMConfig, b int64, ckpt bool) int64 {
-	T, d, f, h, V, L := l.MaxLen-1, l.DModel, l.MLP, l.Heads, l.Vocab, l.Layers
+// package doc has the formula), computed in float64.
+func lmActivations(l modelcfg.LMConfig, b float64, ckpt bool) float64 {
+	T, d, f, h, V, L := float64(l.MaxLen-1), float64(l.DModel), float64(l.MLP), float64(l.Heads), float64(l.Vocab), float64(l.Layers)
 	block := 8*T*d + 2*T*f + h*T*T
 	if l.Arch == "llama" {
 		block = 10*T*d + 4*T*f + h*T*T
@@ -380,7 +422,8 @@ func lmActivations(l modelcfg.LMConfig, b int64, ckpt bool) int64 {
 	}
 	perSample := blocks + 3*T*d + 4*T*V + 2*h*T*T + 2*T*f
 	if l.ImageInput == "continuous" {
-		perSample += mergerActivations(l.VisPatches, l.VisWidth, l.VisMLPHidden, l.VisHeads, l.VisMergerBlocks, ckpt) + l.VisPatches*d + T*d
+		N := float64(l.VisPatches)
+		perSample += mergerActivations(N, float64(l.VisWidth), float64(l.VisMLPHidden), float64(l.VisHeads), float64(l.VisMergerBlocks), ckpt) + N*d + T*d
 	}
 	return b*perSample + V*d
 }
@@ -393,13 +436,13 @@ func lmActivations(l modelcfg.LMConfig, b int64, ckpt bool) int64 {
 // and the fp32 logits, their log-softmax and both their gradients
 // (4·4·T·V), 20·T·V bytes: 12·T·V more. (The 8·T·V of the fp32 logits
 // and log-softmax alone would count their gradients at 2 bytes.)
-func bf16LossExtra(l modelcfg.LMConfig) int64 {
-	return 12 * (l.MaxLen - 1) * l.Vocab
+func bf16LossExtra(l modelcfg.LMConfig) float64 {
+	return 12 * float64(l.MaxLen-1) * float64(l.Vocab)
 }
 
 // mergerActivations is a trainable merger stack's saved tensors per sample:
 // its blocks, the memory LayerNorm, the final LayerNorm, the policy.
-func mergerActivations(N, D, H, heads, blocks int64, ckpt bool) int64 {
+func mergerActivations(N, D, H, heads, blocks float64, ckpt bool) float64 {
 	block := 14*N*D + 2*N*H + 6*heads*N*N
 	if ckpt {
 		return blocks*N*D + block + 3*N*D + N*N
@@ -407,15 +450,17 @@ func mergerActivations(N, D, H, heads, blocks int64, ckpt bool) int64 {
 	return blocks*block + 3*N*D + N*N
 }
 
-// stage1Activations is the stage-1 estimate in floats for b samples.
-func stage1Activations(t modelcfg.TokenizerConfig, b int64, ckpt bool) int64 {
-	N, D, H, h, C := t.Patches(), t.Width, t.MLPHidden, t.Heads, t.CodeDim
+// stage1Activations is the stage-1 estimate in floats for b samples,
+// computed in float64.
+func stage1Activations(t modelcfg.TokenizerConfig, b float64, ckpt bool) float64 {
+	N, D, H, h, C := float64(t.Patches()), float64(t.Width), float64(t.MLPHidden), float64(t.Heads), float64(t.CodeDim)
+	mb, db := float64(t.MergerBlocks), float64(t.DecoderBlocks)
 	merger, decoder := 14*N*D+2*N*H+6*h*N*N, 14*N*D+2*N*H+4*h*N*N
-	blocks := t.MergerBlocks*merger + t.DecoderBlocks*decoder
+	blocks := mb*merger + db*decoder
 	if ckpt {
-		blocks = (t.MergerBlocks+t.DecoderBlocks)*N*D + max(merger, decoder)
+		blocks = (mb+db)*N*D + max(merger, decoder)
 	}
-	saved := blocks + N*D*43/2 + 6*N*C + N*N
+	saved := blocks + math.Floor(N*D*43/2) + 6*N*C + N*N
 	if t.DecoderLocalityAlpha > 0 {
 		saved += N * N
 	}
@@ -426,12 +471,12 @@ func stage1Activations(t modelcfg.TokenizerConfig, b int64, ckpt bool) int64 {
 // encoderInference is the frozen encoder's peak per sample, without grad:
 // one ViT block's attention (scores and softmax, qkv and copies) or MLP,
 // whichever is larger; the stand-in is a projection.
-func encoderInference(t modelcfg.TokenizerConfig) int64 {
-	N, D := t.Patches(), t.Width
+func encoderInference(t modelcfg.TokenizerConfig) float64 {
+	N, D := float64(t.Patches()), float64(t.Width)
 	if t.Encoder != "vit" {
 		return 3 * N * D
 	}
-	T, H, h := N+1, t.EncoderMLPHidden, t.EncoderHeads
+	T, H, h := N+1, float64(t.EncoderMLPHidden), float64(t.EncoderHeads)
 	return max(2*h*T*T+7*T*D, 2*T*H+3*T*D)
 }
 
@@ -439,10 +484,10 @@ func encoderInference(t modelcfg.TokenizerConfig) int64 {
 // (Tokenize, or the continuous path's features): the features and merger
 // memory, plus the largest of the encoder's peak, a merger block's policy
 // attention, and the nearest-code scores against the whole codebook.
-func tokenizerInference(t modelcfg.TokenizerConfig) int64 {
-	N, D, H, h := t.Patches(), t.Width, t.MLPHidden, t.Heads
+func tokenizerInference(t modelcfg.TokenizerConfig) float64 {
+	N, D, H, h := float64(t.Patches()), float64(t.Width), float64(t.MLPHidden), float64(t.Heads)
 	merger := 4*h*N*N + 6*N*D + 2*N*H
-	return 2*N*D + max(encoderInference(t), merger, N*t.Codebook+N*t.CodeDim)
+	return 2*N*D + max(encoderInference(t), merger, N*float64(t.Codebook)+N*float64(t.CodeDim))
 }
 
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
@@ -458,6 +503,9 @@ func (r Result) Summary() string {
 		if v := r.Parts[name]; v > 0 {
 			parts = append(parts, name+" "+GiB(v))
 		}
+	}
+	if r.Overflow != "" {
+		return fmt.Sprintf("more than %s GiB per rank at %d workers (%s): %s", GiB(r.PerRankBytes), r.Workers, strings.Join(parts, ", "), r.Overflow)
 	}
 	return fmt.Sprintf("%s GiB per rank at %d workers (%s)", GiB(r.PerRankBytes), r.Workers, strings.Join(parts, ", "))
 }

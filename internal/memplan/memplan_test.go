@@ -434,3 +434,69 @@ func TestBF16Fix(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanOverflow: a spec within the bounds whose byte counts overflow
+// int64 (the activations grow with micro_batch·layers·heads·max_len²) does
+// not fit, its counts clamped to MaxPlanBytes, and says which part
+// overflowed; one just below the limit is counted exactly. (Computed in
+// int64, the first case planned -7.6e18 bytes per rank and fit.)
+func TestPlanOverflow(t *testing.T) {
+	huge := `{"stage":2,"lm":{"d_model":1024,"heads":1024,"layers":1024,"max_len":65536}}`
+	tests := []struct {
+		name     string
+		model    string // model_config JSON; "" keeps the spec's
+		sets     []string
+		overflow string // what Overflow says; "" for none
+	}{
+		{"the issue's LM, global_batch 999999", huge, []string{"global_batch=999999", "micro_batch=0"}, "the activations part needs"},
+		{"the same at micro_batch 1", huge, []string{"global_batch=999999", "micro_batch=1"}, "the activations part needs"},
+		{"bf16", huge, []string{"global_batch=999999", "micro_batch=0", "precision=bf16"}, "the activations part needs"},
+		{"a stage-1 model of 65536 patches", `{"stage":1,"tokenizer":{"image":4096,"patch":16,"heads":1024,"merger_blocks":1024}}`, []string{"global_batch=999999", "micro_batch=0"}, "the activations part needs"},
+		{"tiny stage 2 at global_batch 999999: large, exact", "", []string{"global_batch=999999", "micro_batch=0"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			example := "tiny-stage2"
+			if strings.Contains(tt.model, `"stage":1`) {
+				example = "tiny-stage1"
+			}
+			s := shipped(t, example, append([]string{"device=cuda"}, tt.sets...)...)
+			if tt.model != "" {
+				s.ModelConfig = []byte(tt.model)
+			}
+			in := Input{Spec: s, Workers: 1, DeviceBytes: 80 * gib}
+			r, err := Plan(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s", r.Summary())
+			if r.Fits || r.PerRankBytes <= 0 || r.PerRankBytes > MaxPlanBytes {
+				t.Errorf("fits %v with %d bytes per rank; want it not to fit, 0 < bytes <= %d", r.Fits, r.PerRankBytes, int64(MaxPlanBytes))
+			}
+			var sum int64
+			for name, v := range r.Parts {
+				if v < 0 || v > MaxPlanBytes {
+					t.Errorf("part %s: %d bytes", name, v)
+				}
+				sum += v
+			}
+			if tt.overflow == "" {
+				if r.Overflow != "" || sum != r.PerRankBytes {
+					t.Errorf("overflow %q, parts add up to %d of %d; want an exact plan", r.Overflow, sum, r.PerRankBytes)
+				}
+				return
+			}
+			if !strings.Contains(r.Overflow, tt.overflow) || !strings.Contains(r.Overflow, "more than a plan counts") || r.PerRankBytes != MaxPlanBytes {
+				t.Errorf("overflow %q, %d bytes per rank; want it to say %q, and %d bytes", r.Overflow, r.PerRankBytes, tt.overflow, int64(MaxPlanBytes))
+			}
+			fixes, err := Fixes(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := NotFitMessage(r, fixes, "on the smallest worker", s.MaxWorkers)
+			if !strings.Contains(msg, "more than a plan counts") {
+				t.Errorf("the message does not say it overflowed: %s", msg)
+			}
+		})
+	}
+}
