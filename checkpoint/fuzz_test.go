@@ -97,7 +97,8 @@ func TestReseal(t *testing.T) {
 }
 
 // FuzzParseState: any bytes, as they are and resealed, parse or are
-// refused; a parsed state never holds more values than its bytes do.
+// refused; a parsed state never holds more values than its bytes do, and
+// CheckState accepts exactly what ParseState does.
 func FuzzParseState(f *testing.F) {
 	for _, s := range stateSeeds() {
 		f.Add(s)
@@ -105,6 +106,9 @@ func FuzzParseState(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, in := range [][]byte{b, reseal(b)} {
 			st, err := ParseState(in, StateFormat)
+			if cerr := CheckState(in, StateFormat); (cerr == nil) != (err == nil) {
+				t.Fatalf("CheckState says %v, ParseState %v", cerr, err)
+			}
 			if err != nil {
 				continue
 			}

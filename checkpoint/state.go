@@ -60,8 +60,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // parseBlocked reads a blocked state into whole tensors (params, exp_avg,
 // exp_avg_sq, and for stage 1 the codebook), verifying every checksum.
 // Every size in the header is checked against the bytes there are before
-// anything is allocated from it.
-func parseBlocked(b []byte) (*StateInfo, error) {
+// anything is allocated from it. Without keep it only checks: the
+// returned StateInfo has no values.
+func parseBlocked(b []byte, keep bool) (*StateInfo, error) {
 	r := reader{b: b, off: 12}
 	st := &StateInfo{Values: map[string][]float32{}}
 	st.Stage = int(r.u32())
@@ -75,7 +76,7 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 	if err := checkBlockedHeader(P, block, blocks, cb, int64(r.left())); err != nil {
 		return nil, fmt.Errorf("blocked state header: %w", err)
 	}
-	codebook := floats(r.bytes(int(4 * cb)))
+	codebook := r.bytes(int(4 * cb))
 	header := b[:r.off]
 	if want := r.u32(); r.err != nil {
 		return nil, fmt.Errorf("blocked state header: %w", r.err)
@@ -83,8 +84,10 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 		return nil, errors.New("state header checksum mismatch")
 	}
 	names := []string{"params", "exp_avg", "exp_avg_sq"}
-	for _, name := range names {
-		st.Values[name] = make([]float32, 0, P)
+	if keep {
+		for _, name := range names {
+			st.Values[name] = make([]float32, 0, P)
+		}
 	}
 	for i := range blocks {
 		at := r.off
@@ -103,8 +106,10 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 		} else if crc32.Checksum(sealed, castagnoli) != want {
 			return nil, fmt.Errorf("state block %d checksum mismatch", i)
 		}
-		for k, name := range names {
-			st.Values[name] = append(st.Values[name], floats(raw[4*n*int64(k):4*n*int64(k+1)])...)
+		if keep {
+			for k, name := range names {
+				st.Values[name] = append(st.Values[name], floats(raw[4*n*int64(k):4*n*int64(k+1)])...)
+			}
 		}
 	}
 	if r.err != nil {
@@ -116,7 +121,9 @@ func parseBlocked(b []byte) (*StateInfo, error) {
 	st.Tensors = names
 	if st.Stage == 1 {
 		st.Tensors = append(st.Tensors, "codebook")
-		st.Values["codebook"] = codebook
+		if keep {
+			st.Values["codebook"] = floats(codebook)
+		}
 	}
 	return st, nil
 }
@@ -180,11 +187,26 @@ type StateInfo struct {
 // damaged or hostile state is an error, never a panic or a huge
 // allocation.
 func ParseState(b []byte, format uint32) (*StateInfo, error) {
+	return parseState(b, format, true)
+}
+
+// CheckState checks a state blob as ParseState does (every size, name
+// and checksum, either layout) without copying its values: the worker
+// runs it on a fetched state before the shim's loader sees a byte, at no
+// memory cost beyond the blob.
+func CheckState(b []byte, format uint32) error {
+	_, err := parseState(b, format, false)
+	return err
+}
+
+// parseState is ParseState; without keep it only checks, and the
+// StateInfo it returns has the header and tensor names, no values.
+func parseState(b []byte, format uint32, keep bool) (*StateInfo, error) {
 	if len(b) < 12 || string(b[:8]) != "LAVITST1" {
 		return nil, errors.New("not a lavit state")
 	}
 	if binary.LittleEndian.Uint32(b[8:12]) == StateFormatBlocked {
-		return parseBlocked(b)
+		return parseBlocked(b, keep)
 	}
 	if len(b) < 16 {
 		return nil, errors.New("state is truncated")
@@ -227,7 +249,12 @@ func ParseState(b []byte, format uint32) (*StateInfo, error) {
 			return nil, fmt.Errorf("state tensor %q: numel %d exceeds what the %d bytes left can hold", name, numel, r.left())
 		}
 		st.Tensors = append(st.Tensors, name)
-		st.Values[name] = floats(r.bytes(int(4 * numel)))
+		raw := r.bytes(int(4 * numel))
+		if keep {
+			st.Values[name] = floats(raw)
+		} else {
+			st.Values[name] = nil // seen: a duplicate is refused
+		}
 	}
 	if r.err != nil {
 		return nil, r.err

@@ -182,7 +182,15 @@ func TestParseStateRefusesBadSizes(t *testing.T) {
 			if !bytes.Equal(before, tc.state) {
 				t.Fatal("ParseState changed its input")
 			}
+			if cerr := CheckState(tc.state, StateFormat); cerr == nil || cerr.Error() != err.Error() {
+				t.Fatalf("CheckState: %v, want ParseState's error %q", cerr, err)
+			}
 		})
+	}
+	for _, ok := range [][]byte{good, blocked} {
+		if err := CheckState(ok, StateFormat); err != nil {
+			t.Errorf("CheckState of a good state: %v", err)
+		}
 	}
 }
 

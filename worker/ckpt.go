@@ -195,7 +195,7 @@ func (c *checkpointer) restore(ctx context.Context, want int64) (int64, string, 
 		began := time.Now()
 		m, state, err := checkpoint.LoadCommitted(ctx, k.URL, committed(k))
 		if err == nil {
-			err = c.model.Load(state)
+			err = loadState(c.model, k.Step, state)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -214,6 +214,17 @@ func (c *checkpointer) restore(ctx context.Context, want int64) (int64, string, 
 	note += "no usable checkpoint: starting from step 0"
 	c.log.Warn("no usable checkpoint; starting from the beginning", "wanted", want)
 	return 0, note, nil
+}
+
+// loadState checks a fetched state in Go (checkpoint.CheckState: every
+// size, name and checksum, before anything is allocated from them) and
+// only then hands it to the shim's loader, so a hostile state is refused
+// here, with an error naming the problem, before C++ reads a byte of it.
+func loadState(model *trainer.Model, step int64, state []byte) error {
+	if err := checkpoint.CheckState(state, checkpoint.StateFormat); err != nil {
+		return fmt.Errorf("checkpoint at step %d: %w: the state: %v", step, checkpoint.ErrCorrupt, err)
+	}
+	return model.Load(state)
 }
 
 // committed is what raft committed about checkpoint k: the manifest
