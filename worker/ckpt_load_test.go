@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -79,4 +80,44 @@ func equalFloats(a, b []float32) bool {
 		}
 	}
 	return true
+}
+
+// TestShimRefusesCraftedBlockedHeaders: the shim's own loader (called
+// directly, past the Go check) refuses a blocked header whose blocks ×
+// block overflows int64, or whose block count the bytes cannot hold,
+// before it forms the product or sizes anything from the count, and the
+// model is left as it was. (It needs the shim built from this tree's
+// trainer/csrc/shim.cpp: make torch.)
+func TestShimRefusesCraftedBlockedHeaders(t *testing.T) {
+	lib := shim(t)
+	m := model(t, lib, trainer.TinyStage2())
+	own, err := m.StatePart() // world 1: the whole blocked state
+	if err != nil {
+		t.Fatal(err)
+	}
+	P := binary.LittleEndian.Uint64(own[34:])
+	before := append([]float32(nil), m.Params()...)
+	cases := []struct {
+		name  string
+		state []byte
+		want  string
+	}{
+		// 8 · (2^61 + P) wraps around to 8·P, which "covers" P.
+		{"blocks × block overflows", hostileBlocked(P, 1<<61+P, 8, 64), "8 blocks of " + strconv.FormatUint(1<<61+P, 10) + " values overflow"},
+		{"a block count past the bytes", hostileBlocked(P, P, 1<<24, 64), "state block count 16777216 exceeds what the 68 bytes left can hold"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := m.Load(tc.state)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if !equalFloats(m.Params(), before) {
+				t.Fatal("the refused state changed the model")
+			}
+		})
+	}
+	if err := m.Load(own); err != nil {
+		t.Fatalf("the model's own blocked state: %v", err)
+	}
 }

@@ -1213,10 +1213,22 @@ void state_load_blocked(lavit_model* m, const uint8_t* data, int64_t len) {
   if (P != m->trainable) {
     throw std::invalid_argument("state has " + std::to_string(P) + " parameters, the model " + std::to_string(m->trainable));
   }
-  if (blocks < 1 || block < 1 || block * blocks < P) throw std::invalid_argument("state blocks do not cover its parameters");
+  // The header's sizes are untrusted: every product below is checked
+  // before it is formed (block · blocks, and so b · block for b < blocks;
+  // 12 · nb and 4 · cb against the bytes left), and blocks against the
+  // bytes left before it sizes the starts vector; nothing changes before
+  // every check has passed.
+  if (blocks < 1 || block < 1) throw std::invalid_argument("state blocks: " + std::to_string(blocks) + " blocks of " + std::to_string(block) + " values");
+  if (block > INT64_MAX / blocks) {
+    throw std::invalid_argument("state blocks: " + std::to_string(blocks) + " blocks of " + std::to_string(block) + " values overflow");
+  }
+  if (block * blocks < P) throw std::invalid_argument("state blocks do not cover its parameters");
+  if (static_cast<uint64_t>(blocks) > (r.n - r.off) / 16) {
+    throw std::invalid_argument("state block count " + std::to_string(blocks) + " exceeds what the " + std::to_string(r.n - r.off) + " bytes left can hold");
+  }
   const int64_t want_cb = m->stage == 1 ? m->tok->codebook.numel() : 0;
   if (cb != want_cb) throw std::invalid_argument("state codebook has " + std::to_string(cb) + " values, the model " + std::to_string(want_cb));
-  if (r.off + 4 * cb + 4 > r.n) throw std::invalid_argument("state is truncated (codebook)");
+  if (static_cast<uint64_t>(cb) > (r.n - r.off) / 4 || r.off + 4 * cb + 4 > r.n) throw std::invalid_argument("state is truncated (codebook)");
   const uint8_t* cb_data = data + r.off;
   r.off += 4 * cb;
   if (crc32c(data, r.off) != r.get<uint32_t>("header checksum")) throw std::invalid_argument("state header checksum mismatch (corrupt)");
@@ -1226,7 +1238,9 @@ void state_load_blocked(lavit_model* m, const uint8_t* data, int64_t len) {
     if (r.get<uint32_t>("block index") != static_cast<uint32_t>(b)) throw std::invalid_argument("state block " + std::to_string(b) + " is out of order");
     const int64_t nb = static_cast<int64_t>(r.get<uint64_t>("block length"));
     if (nb != block_values(P, block, b)) throw std::invalid_argument("state block " + std::to_string(b) + " has a wrong length");
-    if (r.off + 12 * nb + 4 > r.n) throw std::invalid_argument("state is truncated (block " + std::to_string(b) + ")");
+    if (static_cast<uint64_t>(nb) > (r.n - r.off) / 12 || r.off + 12 * nb + 4 > r.n) {
+      throw std::invalid_argument("state is truncated (block " + std::to_string(b) + ")");
+    }
     starts[b] = data + r.off;
     r.off += 12 * nb;
     if (crc32c(data + at, r.off - at) != r.get<uint32_t>("block checksum")) {
