@@ -63,7 +63,7 @@ func TestFSMRestoresFormat2SnapshotCheckpoints(t *testing.T) {
 	applyAll(t, f, []*raft.Log{entry(t, 10, CmdCommitCheckpoint, CommitCheckpointCmd{Run: "r-0001", Checkpoint: CheckpointRecord{Step: 400, World: 1,
 		URL: "s3://lavit/ck/r-0001/step-00000400", StateSHA256: manifestSHA, ManifestSHA256: manifestSHA, Committed: t0}})})
 	sf := snapshotState(t, f)
-	if ks := sf.State.Runs["r-0001"].Checkpoints; sf.Format != 3 || len(ks) != 2 || ks[1].ManifestSHA256 != manifestSHA {
+	if ks := sf.State.Runs["r-0001"].Checkpoints; sf.Format != snapshotFormat || len(ks) != 2 || ks[1].ManifestSHA256 != manifestSHA {
 		t.Errorf("re-snapshot: format %d, checkpoints %+v", sf.Format, ks)
 	}
 	g := NewFSM(logging.Discard())
