@@ -22,7 +22,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	const workers, conns = 64, 8
 	clients := make([]*wire.Client, conns)
 	for i := range clients {
-		nc, err := nats.Connect(c.natsURLs())
+		nc, err := nats.Connect(c.natsURLs(), wire.ConnectOptions(c.token)...)
 		if err != nil {
 			b.Fatal(err)
 		}

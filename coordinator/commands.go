@@ -25,6 +25,8 @@ const (
 	CmdCommitCheckpoint  CommandType = 10
 	CmdDeleteCheckpoints CommandType = 11
 	CmdRequestCheckpoint CommandType = 12
+	CmdCreateToken       CommandType = 13
+	CmdRevokeToken       CommandType = 14
 )
 
 // IgnorableCommandFlag marks a command that an older coordinator may skip
@@ -77,6 +79,10 @@ func (t CommandType) String() string {
 		return "DeleteCheckpoints"
 	case CmdRequestCheckpoint:
 		return "RequestCheckpoint"
+	case CmdCreateToken:
+		return "CreateToken"
+	case CmdRevokeToken:
+		return "RevokeToken"
 	}
 	return fmt.Sprintf("Command(%d)", uint8(t))
 }

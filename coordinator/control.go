@@ -46,6 +46,9 @@ func (s *Server) routes() []route {
 		serve(s, wire.RemoveRaftPeer, s.handleRaftRemove),
 		serve(s, wire.TransferLeadership, s.handleRaftTransfer),
 		serve(s, wire.Announce, s.handleAnnounce),
+		serve(s, wire.CreateToken, s.handleTokenCreate),
+		serve(s, wire.ListTokens, s.handleTokenList),
+		serve(s, wire.RevokeToken, s.handleTokenRevoke),
 	}
 }
 
@@ -78,7 +81,7 @@ func serve[Req, Rep any](s *Server, ep wire.Endpoint[Req, Rep], fn func(*Req) (*
 		var req Req
 		werr := wire.DecodeRequest(subject, m.Data, &req)
 		if werr == nil {
-			werr = s.authorize(any(&req).(authed).GetAuth())
+			werr = s.authorize(any(&req).(authed).GetAuth(), subject)
 		}
 		var body *Rep
 		if werr == nil {
@@ -96,18 +99,24 @@ func serve[Req, Rep any](s *Server, ep wire.Endpoint[Req, Rep], fn func(*Req) (*
 	}}
 }
 
-// authorize checks the join token against the hash in the replicated state.
-func (s *Server) authorize(a wire.Auth) *wire.Error {
+// authorize checks a request's token and that its role may call subject.
+func (s *Server) authorize(a wire.Auth, subject string) *wire.Error {
 	if a.From == "" || len(a.From) > 256 {
 		return wire.Errorf(wire.CodeBadRequest, "request must name its sender in \"from\" (1-256 characters)")
 	}
-	var hash string
-	s.fsm.Read(func(st *State, _ uint64) { hash = st.TokenHash })
-	if hash == "" {
-		hash = hashToken(s.token)
+	role, id, err := s.tokenRole(a.Token)
+	if err != nil {
+		return wire.Errorf(wire.CodeAuth, "%s from %q: %v", subject, a.From, err)
 	}
-	if !tokenMatches(a.Token, hash) {
-		return wire.Errorf(wire.CodeAuth, "invalid join token from %q: check --token / LAVIT_TOKEN (the first coordinator printed it and saved it in its data dir as 'token')", a.From)
+	if !mayCall(role, subject) {
+		return wire.Errorf(wire.CodeAuth, "%s from %q: a %s token may not call it (use the admin token)", subject, a.From, role)
+	}
+	if role == RoleWorker {
+		var why string
+		s.fsm.Read(func(st *State, _ uint64) { why = actsAs(st.Workers[a.From], role, id) })
+		if why != "" {
+			return wire.Errorf(wire.CodeAuth, "%s from %q: %s", subject, a.From, why)
+		}
 	}
 	return nil
 }
@@ -177,10 +186,11 @@ func (s *Server) handleRegister(req *wire.RegisterRequest) (*wire.RegisterReply,
 			return nil, wire.Errorf(wire.CodeConflict, "worker id %q is in use by a live worker on host %s; pick another --id", req.From, old.Host)
 		}
 	}
+	_, tokenID, _ := s.tokenRole(req.Token) // authorized before the handler
 	rec := WorkerRecord{
 		ID: req.From, Instance: req.Instance, Host: req.Host, Device: req.Device,
 		Devices: req.Devices, Capacity: req.Capacity, Build: req.Build,
-		Since: now.UTC(), Registered: now.UTC(),
+		Since: now.UTC(), Registered: now.UTC(), TokenID: tokenID,
 	}
 	if err := s.raftApply(CmdRegisterWorker, RegisterWorkerCmd{Worker: rec}); err != nil {
 		return nil, toWireError(err)

@@ -34,7 +34,7 @@ func authJSON(token, from string, extra string) []byte {
 func TestBadControlMessages(t *testing.T) {
 	c := startCluster(t, 1)
 	leader := c.leader()
-	nc, err := nats.Connect(c.natsURLs())
+	nc, err := nats.Connect(c.natsURLs(), wire.ConnectOptions(c.token)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +65,8 @@ func TestBadControlMessages(t *testing.T) {
 		{"empty", wire.SubjectStatus, nil, wire.CodeBadRequest, "empty"},
 		{"oversized", wire.SubjectRegister, append(authJSON(tok, "w9", `,"host":"`+strings.Repeat("h", 100<<10)+`"`), '\n'), wire.CodeTooLarge, "limit"},
 		{"future version", wire.SubjectStatus, []byte(`{"v":99,"token":"` + tok + `","from":"x"}`), wire.CodeBadVersion, "version 99"},
-		{"wrong token", wire.SubjectStatus, authJSON("not-the-token", "x", ""), wire.CodeAuth, "invalid join token"},
-		{"no token", wire.SubjectHeartbeat, authJSON("", "w1", ""), wire.CodeAuth, "invalid join token"},
+		{"wrong token", wire.SubjectStatus, authJSON("not-the-token", "x", ""), wire.CodeAuth, "invalid token"},
+		{"no token", wire.SubjectHeartbeat, authJSON("", "w1", ""), wire.CodeAuth, "invalid token"},
 		{"no sender", wire.SubjectStatus, authJSON(tok, "", ""), wire.CodeBadRequest, "from"},
 		{"unknown worker heartbeat", wire.SubjectHeartbeat, authJSON(tok, "ghost", `,"instance":"i"`), wire.CodeUnknown, "not registered"},
 		{"unknown worker deregister", wire.SubjectDeregister, authJSON(tok, "ghost", `,"instance":"i"`), wire.CodeUnknown, "ghost"},
@@ -109,15 +109,16 @@ func TestBadControlMessages(t *testing.T) {
 	testutil.WaitFor(t, 30*time.Second, "w2 registered after bad input", func() bool { return workerStates(leader)["w2"] == wire.WorkerIdle })
 }
 
-// TestWrongTokenWorkerStops: a worker with a wrong token gets a clear,
-// fatal error instead of retrying forever.
+// TestWrongTokenWorkerStops: a worker with a wrong token is refused by
+// the coordinators' NATS and gets a clear, fatal error instead of
+// retrying forever.
 func TestWrongTokenWorkerStops(t *testing.T) {
 	c := startCluster(t, 1)
 	w := startWorker(t, c.natsURLs(), "definitely-the-wrong-token", "w1")
 	select {
 	case err := <-w.done:
-		if err == nil || !strings.Contains(err.Error(), "invalid join token") {
-			t.Fatalf("Run returned %v, want an invalid join token error", err)
+		if err == nil || !strings.Contains(err.Error(), "refused this worker's token") {
+			t.Fatalf("Run returned %v, want the token refused", err)
 		}
 		w.done <- err
 	case <-time.After(10 * time.Second):

@@ -106,6 +106,10 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 		err = applyBody(t, body, f.state.applyRequestCheckpoint)
 	case CmdSetRunState:
 		err = applyBody(t, body, f.state.applySetRunState)
+	case CmdCreateToken:
+		err = applyBody(t, body, f.state.applyCreateToken)
+	case CmdRevokeToken:
+		err = applyBody(t, body, f.state.applyRevokeToken)
 	default:
 		if t&IgnorableCommandFlag != 0 {
 			f.log.Warn("skipping unknown ignorable command", "index", index, "type", uint8(t))
@@ -140,9 +144,10 @@ func (f *FSM) Changed() <-chan struct{} { return f.changed }
 // policy; a format-1 snapshot restores with the policies derived from the
 // stored specs. Format 3 added each checkpoint's manifest sha256; a
 // format-2 snapshot restores with it empty (those checkpoints are checked
-// by step and state hash). An older build refuses a newer format rather
+// by step and state hash). Format 4 added the issued tokens; an older
+// snapshot restores with none. An older build refuses a newer format rather
 // than drop what it does not know.
-const snapshotFormat = 3
+const snapshotFormat = 4
 
 type snapshotFile struct {
 	Format    int    `json:"format"`

@@ -139,7 +139,7 @@ func (c *cluster) stopAll() {
 // client connects a control client to the cluster's NATS.
 func (c *cluster) client(token string) *wire.Client {
 	c.t.Helper()
-	nc, err := nats.Connect(c.natsURLs())
+	nc, err := nats.Connect(c.natsURLs(), wire.ConnectOptions(c.token)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -14,14 +14,14 @@ import (
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
-// The HTTP API. Reads are open (status carries no secrets); anything that
-// changes state needs "Authorization: Bearer TOKEN".
+// The HTTP API. The probes are open; status and anything that changes
+// state need "Authorization: Bearer TOKEN" (the admin token).
 //
 //	GET  /healthz      200 while the process runs
 //	GET  /readyz       200 once raft has a leader, the cluster is
 //	                   initialised and this node has applied what it knows
 //	                   is committed; 503 with the reason otherwise
-//	GET  /v1/status    this node's view of the cluster (JSON)
+//	GET  /v1/status    this node's view of the cluster (JSON; needs the admin token)
 //	POST /v1/raft/join add a coordinator (used by `up --join`)
 
 func (s *Server) startHTTP() error {
@@ -90,7 +90,16 @@ type nodeStatus struct {
 	Ready     string `json:"ready"`
 }
 
-func (s *Server) handleHTTPStatus(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) handleHTTPStatus(w http.ResponseWriter, r *http.Request) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		s.replyHTTPError(w, wire.Errorf(wire.CodeAuth, "status: missing \"Authorization: Bearer TOKEN\" header (the admin token)"))
+		return
+	}
+	if werr := s.authorize(wire.Auth{Token: token, From: "http " + r.RemoteAddr}, wire.SubjectStatus); werr != nil {
+		s.replyHTTPError(w, werr)
+		return
+	}
 	st, err := s.Status()
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, wire.EncodeReply(nil, toWireError(err)))
@@ -149,7 +158,7 @@ func (s *Server) handleHTTPJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Token = token
-	if werr := s.authorize(req.Auth); werr != nil {
+	if werr := s.authorize(req.Auth, wire.SubjectRaftJoin); werr != nil {
 		s.replyHTTPError(w, werr)
 		return
 	}

@@ -27,7 +27,7 @@ func startOne(t *testing.T) (*Server, *nats.Conn) {
 	}
 	t.Cleanup(func() { s.Shutdown() })
 	testutil.WaitFor(t, 10*time.Second, "leader ready", func() bool { return s.Ready() == "" })
-	nc, err := nats.Connect(s.NATSURL())
+	nc, err := nats.Connect(s.NATSURL(), wire.ConnectOptions(s.Token())...)
 	if err != nil {
 		t.Fatal(err)
 	}

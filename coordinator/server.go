@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -234,6 +235,11 @@ func (s *Server) startNATS(joinRoutes []string) error {
 		nats.ReconnectWait(250 * time.Millisecond),
 	}
 	if url == "" {
+		// The embedded servers know the coordinators by credentials
+		// derived from the admin token (access.go).
+		opts = append(opts, nats.UserInfo(coordinatorNATSUser, coordinatorNATSPassword(s.token)))
+	}
+	if url == "" {
 		saved, err := datadir.ReadRoutes(cfg.DataDir)
 		if err != nil {
 			s.log.Warn("ignoring saved NATS routes", "err", err)
@@ -246,7 +252,12 @@ func (s *Server) startNATS(joinRoutes []string) error {
 			Routes:      routes,
 			StoreDir:    filepath.Join(cfg.DataDir, "nats"),
 			MaxPayload:  1 << 20,
-			Logger:      s.log.With("component", "nats"),
+			// Nothing connects without a valid token, and each token's
+			// role bounds what it may publish and subscribe to.
+			Authenticate:  s.natsGrant,
+			RouteUser:     routeNATSUser,
+			RoutePassword: routeNATSPassword(s.token),
+			Logger:        s.log.With("component", "nats"),
 		})
 		if err != nil {
 			return fmt.Errorf("embedded nats: %w", err)
@@ -325,13 +336,16 @@ func (s *Server) self() CoordinatorRecord {
 }
 
 // watchState keeps things derived from the replicated state up to date:
-// the saved NATS route list, and this node's own coordinator record (it
-// announces itself to the leader until the record matches).
+// the saved NATS route list, this node's own coordinator record (it
+// announces itself to the leader until the record matches), and the
+// embedded NATS's connections (a revoked or expired token's are closed).
 func (s *Server) watchState() {
 	defer s.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var savedRoutes []string
+	var checkedTokens string // the token ids the connections were last checked against
+	var recheckAt time.Time  // when the next token expires
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -341,6 +355,9 @@ func (s *Server) watchState() {
 		}
 		var routes []string
 		var mine *CoordinatorRecord
+		var tokens []string
+		var nextExpiry time.Time
+		now := time.Now()
 		s.fsm.Read(func(st *State, _ uint64) {
 			for id, c := range st.Coordinators {
 				if id == s.cfg.NodeID {
@@ -350,7 +367,20 @@ func (s *Server) watchState() {
 					routes = append(routes, c.NATSRoute)
 				}
 			}
+			for id, t := range st.Tokens {
+				tokens = append(tokens, id)
+				if t.Expires.After(now) && (nextExpiry.IsZero() || t.Expires.Before(nextExpiry)) {
+					nextExpiry = t.Expires
+				}
+			}
 		})
+		slices.Sort(tokens)
+		if ids := strings.Join(tokens, ","); s.natsSrv != nil && (ids != checkedTokens || (!recheckAt.IsZero() && !now.Before(recheckAt))) {
+			if n := s.natsSrv.Recheck(); n > 0 {
+				s.log.Info("closed NATS connections of revoked or expired tokens", "connections", n)
+			}
+			checkedTokens, recheckAt = ids, nextExpiry
+		}
 		slices.Sort(routes)
 		if s.natsSrv != nil && len(routes) > 0 && !slices.Equal(routes, savedRoutes) {
 			if err := datadir.WriteRoutes(s.cfg.DataDir, routes); err != nil {

@@ -64,6 +64,10 @@ type WorkerRecord struct {
 	Since      time.Time     `json:"since"`
 	Registered time.Time     `json:"registered"`
 	Run        string        `json:"run,omitempty"`
+	// TokenID is the token that registered the worker: "admin", an issued
+	// token's id, or "" (registered before tokens were recorded). Only
+	// that token, or an admin one, may act as this worker.
+	TokenID string `json:"token_id,omitempty"`
 }
 
 // RunRecord is one training run. Generation and Members change whenever
@@ -121,6 +125,9 @@ type State struct {
 	Coordinators map[string]*CoordinatorRecord `json:"coordinators"`
 	Workers      map[string]*WorkerRecord      `json:"workers"`
 	Runs         map[string]*RunRecord         `json:"runs"`
+	// Tokens are the issued tokens by id (tokens.go); nil until the
+	// first is made.
+	Tokens map[string]*TokenRecord `json:"tokens,omitempty"`
 }
 
 func newState() *State {

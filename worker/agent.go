@@ -165,8 +165,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // connect dials NATS, retrying with backoff while no coordinator listens.
 func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name("lavit-worker " + a.cfg.ID),
+	opts := append(wire.ConnectOptions(a.cfg.Token),
+		nats.Name("lavit-worker "+a.cfg.ID),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
@@ -177,11 +177,14 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			a.log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
 		}),
-	}
+	)
 	var nc *nats.Conn
 	err := retry.Do(ctx, a.backoff(250*time.Millisecond), func(int) error {
 		var err error
 		nc, err = nats.Connect(a.cfg.Coord, opts...)
+		if errors.Is(err, nats.ErrAuthorization) {
+			return retry.Permanent(fmt.Errorf("the coordinators' NATS at %s refused this worker's token (check --token-file / --token / LAVIT_TOKEN; a revoked token stays refused): %w", a.cfg.Coord, err))
+		}
 		return err
 	}, func(t retry.Try) {
 		a.log.Warn("waiting for a coordinator: cannot reach NATS", "coord", a.cfg.Coord, "attempt", t.Attempt, "retry_in", t.Wait.Round(time.Millisecond), "err", t.Err)

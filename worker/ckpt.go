@@ -239,8 +239,8 @@ func committed(k wire.CheckpointInfo) checkpoint.Committed {
 const finalCommitWait = 5 * time.Minute
 
 // waitCommitted waits until the coordinator lists a checkpoint at step
-// and returns where it is.
-func (c *checkpointer) waitCommitted(parent context.Context, step int64) (string, error) {
+// and returns its record.
+func (c *checkpointer) waitCommitted(parent context.Context, step int64) (wire.CheckpointInfo, error) {
 	ctx, cancel := context.WithTimeout(parent, finalCommitWait)
 	defer cancel()
 	var last error
@@ -249,14 +249,14 @@ func (c *checkpointer) waitCommitted(parent context.Context, step int64) (string
 		last = err
 		for _, k := range list {
 			if k.Step == step {
-				return k.URL, nil
+				return k, nil
 			}
 		}
 		if err := retry.Sleep(ctx, 200*time.Millisecond); err != nil {
 			if parent.Err() != nil {
-				return "", parent.Err()
+				return wire.CheckpointInfo{}, parent.Err()
 			}
-			return "", fmt.Errorf("the checkpoint at step %d was not committed within %s (last error: %v)", step, finalCommitWait, last)
+			return wire.CheckpointInfo{}, fmt.Errorf("the checkpoint at step %d was not committed within %s (last error: %v)", step, finalCommitWait, last)
 		}
 	}
 }

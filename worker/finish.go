@@ -52,7 +52,7 @@ func readFinalState(ctx context.Context, loc string) (config, state []byte, err 
 
 // finish saves the final model state, measures the checks on the eval set,
 // and reports the run COMPLETED (rank 0).
-func (r *training) finish(ctx context.Context, step int64, lastCheckpoint string) error {
+func (r *training) finish(ctx context.Context, step int64, lastCheckpoint wire.CheckpointInfo) error {
 	artifact, err := r.saveFinal(ctx, step, lastCheckpoint)
 	if err != nil {
 		return fmt.Errorf("save the final model state: %w", err)
@@ -87,10 +87,10 @@ func (r *training) finish(ctx context.Context, step int64, lastCheckpoint string
 
 // saveFinal writes the model config and state under
 // <checkpoint.url>/<run>/final/: the state of the run's last checkpoint
-// (committed at lastCheckpoint), fetched and verified, since no rank
-// holds all of it.
-func (r *training) saveFinal(ctx context.Context, step int64, lastCheckpoint string) (*wire.Artifact, error) {
-	_, state, err := checkpoint.Load(ctx, lastCheckpoint)
+// (as raft committed it: the manifest must be the committed one), fetched
+// and verified, since no rank holds all of it.
+func (r *training) saveFinal(ctx context.Context, step int64, lastCheckpoint wire.CheckpointInfo) (*wire.Artifact, error) {
+	_, state, err := checkpoint.LoadCommitted(ctx, lastCheckpoint.URL, committed(lastCheckpoint))
 	if err != nil {
 		return nil, fmt.Errorf("read the last checkpoint: %w", err)
 	}

@@ -55,7 +55,7 @@ func startFleet(t *testing.T) *fleet {
 	}
 	t.Cleanup(func() { srv.Shutdown() })
 	testutil.WaitFor(t, 10*time.Second, "coordinator ready", func() bool { return srv.Ready() == "" })
-	nc, err := nats.Connect(srv.NATSURL())
+	nc, err := nats.Connect(srv.NATSURL(), wire.ConnectOptions(srv.Token())...)
 	if err != nil {
 		t.Fatal(err)
 	}

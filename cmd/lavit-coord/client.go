@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -18,10 +19,10 @@ import (
 func clientFlags(withJSON bool) []cli.Flag {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "coord", Value: "nats://127.0.0.1:4222", Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
-		&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
-		&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
+		&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token", EnvVars: env("DATA_DIR")},
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long"},
 	}
+	flags = append(flags, cliutil.TokenFlags(env, "token (default: the admin token in --data-dir)")...)
 	if withJSON {
 		flags = append(flags, &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"})
 	}
@@ -31,18 +32,18 @@ func clientFlags(withJSON bool) []cli.Flag {
 // callCluster connects to NATS, makes one call to the leader and closes.
 func callCluster[Req, Rep any](c *cli.Context, ep wire.Endpoint[Req, Rep], req *Req) (Rep, error) {
 	var zero Rep
-	token := c.String("token")
-	if token == "" {
-		t, err := datadir.ReadToken(c.String("data-dir"))
-		if err != nil {
-			return zero, cliutil.Usagef("no join token: pass --token, set LAVIT_TOKEN, or run where --data-dir holds a coordinator's token (%v)", err)
-		}
-		token = t
+	token, _, err := cliutil.ClientToken(c, datadir.ReadToken)
+	if err != nil {
+		return zero, err
 	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
 	host, _ := os.Hostname()
-	nc, err := nats.Connect(c.String("coord"), nats.Name("lavit-coord cli"), nats.Timeout(c.Duration("timeout")))
+	opts := append(wire.ConnectOptions(token), nats.Name("lavit-coord cli"), nats.Timeout(c.Duration("timeout")))
+	nc, err := nats.Connect(c.String("coord"), opts...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return zero, fmt.Errorf("connect to coordinator NATS at %s: the token was refused (check --token-file / --token / LAVIT_TOKEN)", c.String("coord"))
+	}
 	if err != nil {
 		return zero, fmt.Errorf("connect to coordinator NATS at %s: %w", c.String("coord"), err)
 	}

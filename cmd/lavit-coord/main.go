@@ -25,6 +25,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			workersCommand(),
 			raftCommand(),
+			tokenCommand(),
 			shardsCommand(),
 			runCommand(),
 			evalCommand(),

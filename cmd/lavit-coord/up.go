@@ -34,7 +34,8 @@ func upCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "peers", Usage: "fixed initial cluster, id=raft-host:port for every node including this one (all nodes get the same list)", EnvVars: env("PEERS")},
 			&cli.BoolFlag{Name: "no-bootstrap", Usage: "start without state and wait to be added with `lavit-coord raft join`", EnvVars: env("NO_BOOTSTRAP")},
 			&cli.StringFlag{Name: "nats-url", Usage: "use this NATS instead of the embedded one", EnvVars: env("NATS_URL")},
-			&cli.StringFlag{Name: "token", Usage: "shared join token (default: generated at bootstrap and saved in the data dir)", EnvVars: env("TOKEN")},
+			&cli.StringFlag{Name: "token", Usage: "the cluster's admin token (default: generated at bootstrap and saved in the data dir; visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
+			&cli.StringFlag{Name: "token-file", Usage: "a file holding the admin token (to --join a cluster, or bootstrap --peers)", EnvVars: env("TOKEN_FILE")},
 			&cli.DurationFlag{Name: "worker-timeout", Value: d.WorkerTimeout, Usage: "mark a worker LOST after this long without heartbeats", EnvVars: env("WORKER_TIMEOUT")},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval workers are asked to use", EnvVars: env("HEARTBEAT_INTERVAL")},
 			&cli.DurationFlag{Name: "raft-heartbeat-timeout", Value: d.RaftHeartbeatTimeout, Usage: "raft follower heartbeat timeout (failover speed vs. false elections)", EnvVars: env("RAFT_HEARTBEAT_TIMEOUT")},
@@ -72,7 +73,9 @@ func runUp(c *cli.Context) error {
 	cfg.Peers = c.StringSlice("peers")
 	cfg.NoBootstrap = c.Bool("no-bootstrap")
 	cfg.NATSURL = c.String("nats-url")
-	cfg.Token = c.String("token")
+	if cfg.Token, _, err = cliutil.FlagToken(c); err != nil {
+		return err
+	}
 	cfg.WorkerTimeout = c.Duration("worker-timeout")
 	cfg.HeartbeatInterval = c.Duration("heartbeat-interval")
 	cfg.RaftHeartbeatTimeout = c.Duration("raft-heartbeat-timeout")
@@ -95,7 +98,7 @@ func runUp(c *cli.Context) error {
 		return err
 	}
 	if srv.TokenGenerated() {
-		fmt.Printf("join token: %s\n(saved in %s; workers and clients on other hosts need it as --token or LAVIT_TOKEN)\n", srv.Token(), datadir.TokenPath(cfg.DataDir))
+		announceToken(os.Stdout, srv.Token(), datadir.TokenPath(cfg.DataDir))
 	}
 	fmt.Fprintf(os.Stderr, "lavit-coord %s up: node %s, raft %s, NATS %s, HTTP http://%s, data %s\n",
 		version, cfg.NodeID, srv.RaftAddr(), srv.NATSURL(), srv.HTTPAddr(), cfg.DataDir)
@@ -107,4 +110,15 @@ func runUp(c *cli.Context) error {
 		os.Exit(cliutil.ExitError)
 	}()
 	return srv.Shutdown()
+}
+
+// announceToken tells the operator about a newly made admin token: the
+// token itself only when out is a terminal (once, to the person who
+// started the cluster), never into a log or a pipe; otherwise where it is.
+func announceToken(out *os.File, token, path string) {
+	if st, err := out.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		fmt.Fprintf(out, "admin token: %s\n(saved in %s, mode 0600; shown once. Give workers their own: lavit-coord token create --role worker)\n", token, path)
+		return
+	}
+	fmt.Fprintf(out, "generated the cluster's admin token; saved in %s (mode 0600). Give workers their own: lavit-coord token create --role worker\n", path)
 }

@@ -42,8 +42,9 @@ func newApp() *cli.App {
 			Usage: "join the fleet and heartbeat until stopped (SIGTERM deregisters)",
 			Flags: append(cliutil.LogFlags(),
 				&cli.StringFlag{Name: "coord", Value: d.Coord, Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
-				&cli.StringFlag{Name: "token", Usage: "join token (default: read from --data-dir)", EnvVars: env("TOKEN")},
-				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the token", EnvVars: env("DATA_DIR")},
+				&cli.StringFlag{Name: "token", Usage: "a worker token from 'lavit-coord token create --role worker', or the admin token (visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
+				&cli.StringFlag{Name: "token-file", Usage: "a file holding the token", EnvVars: env("TOKEN_FILE")},
+				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token when no token is given", EnvVars: env("DATA_DIR")},
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, auto (first GPU, else CPU), or all (one worker process per GPU, supervised by this one)", EnvVars: env("DEVICE")},
 				&cli.StringFlag{Name: "nccl-lib", Usage: "path to libnccl.so.2 for runs with collective.backend nccl (default on a GPU: the loader's search, then PyTorch's pip wheels)", EnvVars: env("NCCL_LIB")},
@@ -70,13 +71,12 @@ func runJoin(c *cli.Context) error {
 	}
 	cfg := worker.DefaultConfig()
 	cfg.Coord = c.String("coord")
-	cfg.Token = c.String("token")
-	if cfg.Token == "" {
-		if t, err := datadir.ReadToken(c.String("data-dir")); err == nil {
-			cfg.Token = t
-			log.Info("using the join token from the local coordinator's data dir", "path", datadir.TokenPath(c.String("data-dir")))
-		}
+	token, from, err := cliutil.ClientToken(c, datadir.ReadToken)
+	if err != nil {
+		return err
 	}
+	cfg.Token = token
+	log.Info("token", "from", from)
 	cfg.Host, _ = os.Hostname()
 	cfg.Devices = worker.DetectDevices()
 	if c.String("device") == "all" {

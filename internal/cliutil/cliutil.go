@@ -175,3 +175,51 @@ func Ago(t time.Time, now time.Time) string {
 	}
 	return t.Local().Format("2006-01-02 15:04:05")
 }
+
+// ClientToken is the token a client command presents: --token (or
+// LAVIT_TOKEN), else the file --token-file names (or LAVIT_TOKEN_FILE;
+// keeps the secret out of process listings), else the admin token a local
+// coordinator saved in --data-dir. Both --token and --token-file is an
+// error. from says where it came from, for logs (never the token).
+func ClientToken(c *cli.Context, readDataDir func(dir string) (string, error)) (token, from string, err error) {
+	if token, from, err = FlagToken(c); err != nil || token != "" {
+		return token, from, err
+	}
+	dir := c.String("data-dir")
+	t, err := readDataDir(dir)
+	if err != nil {
+		return "", "", Usagef("no token: pass --token-file (or LAVIT_TOKEN_FILE), --token (or LAVIT_TOKEN), or run where --data-dir holds a coordinator's token (%v)", err)
+	}
+	return t, "the data dir " + dir, nil
+}
+
+// FlagToken is the token --token or --token-file gives ("" when
+// neither is set), and which of them gave it.
+func FlagToken(c *cli.Context) (token, from string, err error) {
+	flagToken, file := c.String("token"), c.String("token-file")
+	switch {
+	case flagToken != "" && file != "":
+		return "", "", Usagef("--token and --token-file both given: pass one")
+	case flagToken != "":
+		return flagToken, "--token", nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", "", Usagef("--token-file: %v", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", "", Usagef("--token-file %s is empty", file)
+		}
+		return t, "--token-file " + file, nil
+	}
+	return "", "", nil
+}
+
+// TokenFlags are --token and --token-file, with their LAVIT_* variables.
+func TokenFlags(env func(string) []string, what string) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "token", Usage: what + " (visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
+		&cli.StringFlag{Name: "token-file", Usage: "a file holding the " + what, EnvVars: env("TOKEN_FILE")},
+	}
+}

@@ -50,6 +50,11 @@ func Acquire(dir string) (*Lock, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %q: %w", dir, err)
 	}
+	// On every start, not only at creation: the dir holds the admin
+	// token and the raft log, readable by this user alone.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %q: %w", dir, err)
+	}
 	path := filepath.Join(dir, lockFileName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -109,6 +114,9 @@ func ResolveToken(dir, flagToken string, mayGenerate bool) (token string, genera
 	case err == nil:
 		if flagToken != "" && flagToken != saved {
 			return "", false, fmt.Errorf("--token differs from the token saved in %q; the saved one belongs to this node's cluster (remove the flag, or the file if you really mean to change it)", TokenPath(dir))
+		}
+		if err := os.Chmod(TokenPath(dir), 0o600); err != nil { // whoever created it
+			return "", false, fmt.Errorf("join token: %w", err)
 		}
 		return saved, false, nil
 	case !errors.Is(err, os.ErrNotExist):

@@ -62,7 +62,7 @@ func leaderCPU(b *testing.B, workers int) {
 	const perConn = 50
 	var conns []*nats.Conn
 	for i := 0; i < (workers+perConn-1)/perConn; i++ {
-		nc, err := nats.Connect("nats://" + c.nats)
+		nc, err := nats.Connect("nats://"+c.nats, wire.ConnectOptions(token)...)
 		if err != nil {
 			b.Fatal(err)
 		}

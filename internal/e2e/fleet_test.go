@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
 )
 
 type workerRow struct {
@@ -45,12 +46,18 @@ func TestFleetProcesses(t *testing.T) {
 		t.Fatalf("read generated token: %v", err)
 	}
 	token := strings.TrimSpace(string(tokenBytes))
-	if !strings.Contains(c1.out.String(), token) {
-		t.Fatal("the bootstrap node did not print its generated token")
+	tokenFile := filepath.Join(c1.dataDir, "token")
+	// Its output is a pipe, not a terminal: it says where the admin token
+	// is, never the token (which would end up in logs).
+	if strings.Contains(c1.out.String(), token) {
+		t.Fatal("the bootstrap node printed its admin token into its output (a pipe, so a log)")
 	}
-	env := []string{"LAVIT_TOKEN=" + token}
-	c2 := startCoord(t, bin, "c2", "--join", c1.http, "--token", token)
-	c3 := startCoord(t, bin, "c3", "--join", c1.http, "--token", token)
+	if !strings.Contains(c1.out.String(), "saved in "+tokenFile) {
+		t.Fatal("the bootstrap node did not say where its admin token is")
+	}
+	env := []string{"LAVIT_TOKEN_FILE=" + tokenFile}
+	c2 := startCoord(t, bin, "c2", "--join", c1.http, "--token-file", tokenFile)
+	c3 := startCoord(t, bin, "c3", "--join", c1.http, "--token-file", tokenFile)
 	coords := []*coordNode{c1, c2, c3}
 	coordURLs := "nats://" + c1.nats + ",nats://" + c2.nats + ",nats://" + c3.nats
 	for _, c := range coords {
@@ -61,9 +68,16 @@ func TestFleetProcesses(t *testing.T) {
 		return err == nil && len(st.Coordinators) == 3 && st.Leader != ""
 	})
 
+	// The workers join with a worker token of their own, from a file.
+	wt := mustJSON[wire.TokenCreateReply](t, coordBin, env, "token", "create", "--role", "worker", "--note", "e2e workers", "--json", "--coord", coordURLs)
+	workerTokenFile := filepath.Join(t.TempDir(), "worker-token")
+	if err := os.WriteFile(workerTokenFile, []byte(wt.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	workerEnv := []string{"LAVIT_TOKEN_FILE=" + workerTokenFile}
 	workerBin := filepath.Join(bin, "lavit-worker")
-	w1 := startProc(t, "worker w1", workerBin, env, "join", "--coord", coordURLs, "--id", "w1", "--device", "cpu")
-	w2 := startProc(t, "worker w2", workerBin, env, "join", "--coord", "nats://"+c2.nats, "--id", "w2", "--device", "cpu")
+	w1 := startProc(t, "worker w1", workerBin, workerEnv, "join", "--coord", coordURLs, "--id", "w1", "--device", "cpu")
+	w2 := startProc(t, "worker w2", workerBin, workerEnv, "join", "--coord", "nats://"+c2.nats, "--id", "w2", "--device", "cpu")
 
 	states := func() map[string]string {
 		rows, err := jsonOut[[]workerRow](t, coordBin, env, "workers", "ls", "--json", "--coord", coordURLs)
@@ -155,7 +169,10 @@ func TestCLIBadInput(t *testing.T) {
 		{"join without token", coordBin, []string{"up", "--join", "127.0.0.1:1", "--data-dir", t.TempDir()}, 2, "--token"},
 		{"unknown flag", coordBin, []string{"up", "--no-such-flag"}, 2, "no-such-flag"},
 		{"bad duration", coordBin, []string{"up", "--worker-timeout", "soon"}, 2, "worker-timeout"},
-		{"wrong token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "wrong-token-xxxxxxxx"}, 1, "invalid join token"},
+		{"wrong token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "wrong-token-xxxxxxxx"}, 1, "the token was refused"},
+		{"token and token file", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "x", "--token-file", "/nonexistent"}, 2, "--token and --token-file both given"},
+		{"missing token file", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token-file", "/nonexistent/token"}, 2, "--token-file: open /nonexistent/token"},
+		{"worker with a missing token file", filepath.Join(bin, "lavit-worker"), []string{"join", "--token-file", "/nonexistent/token"}, 2, "--token-file: open /nonexistent/token"},
 		{"no coordinator", coordBin, []string{"status", "--coord", "nats://127.0.0.1:1", "--token", "x"}, 1, "connect to coordinator NATS"},
 		{"raft remove without id", coordBin, []string{"raft", "remove", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 2, "needs one ID"},
 		{"worker with bad device", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "tpu:0", "--token", "x"}, 2, "--device"},

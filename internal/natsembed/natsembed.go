@@ -37,12 +37,21 @@ type Options struct {
 	MaxPayload int32
 	// ReadyTimeout bounds the wait for the listeners (default 10 s).
 	ReadyTimeout time.Duration
-	Logger       *slog.Logger
+	// Authenticate, when set, decides about every client connection and
+	// what it may publish and subscribe to (nil: any client may do
+	// anything; lavit's coordinators always set it).
+	Authenticate Authenticator
+	// RouteUser and RoutePassword, when set, are what another server's
+	// route must present, and what ours present (added to Routes that
+	// carry none).
+	RouteUser, RoutePassword string
+	Logger                   *slog.Logger
 }
 
 // Server is a running embedded NATS server.
 type Server struct {
-	srv *server.Server
+	srv  *server.Server
+	auth *clientAuth // nil without Options.Authenticate
 }
 
 // splitHostPort parses host:port where a port of 0 means "pick one"; the NATS
@@ -84,16 +93,29 @@ func Start(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nats cluster listener: %w", err)
 		}
-		so.Cluster = server.ClusterOpts{Name: ClusterName, Host: chost, Port: cport}
+		so.Cluster = server.ClusterOpts{Name: ClusterName, Host: chost, Port: cport,
+			Username: opts.RouteUser, Password: opts.RoutePassword}
 		for _, r := range opts.Routes {
 			u, err := url.Parse(r)
 			if err != nil || u.Host == "" {
 				return nil, fmt.Errorf("nats route %q: want nats-route://host:port", r)
 			}
+			if u.User == nil && opts.RouteUser != "" {
+				u.User = url.UserPassword(opts.RouteUser, opts.RoutePassword)
+			}
 			so.Routes = append(so.Routes, u)
 		}
 	} else if len(opts.Routes) > 0 {
 		return nil, fmt.Errorf("nats routes given without a cluster listener address")
+	}
+	var auth *clientAuth
+	if opts.Authenticate != nil {
+		log := opts.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		auth = &clientAuth{authenticate: opts.Authenticate, log: log, conns: map[uint64]Credentials{}}
+		so.CustomClientAuthentication = auth
 	}
 	srv, err := server.NewServer(so)
 	if err != nil {
@@ -111,14 +133,14 @@ func Start(opts Options) (*Server, error) {
 		srv.Shutdown()
 		return nil, fmt.Errorf("nats server on %s not ready after %s (is the port in use?)", opts.ClientAddr, wait)
 	}
-	return &Server{srv: srv}, nil
+	return &Server{srv: srv, auth: auth}, nil
 }
 
 // ClientURL is the nats:// URL clients connect to.
 func (s *Server) ClientURL() string { return s.srv.ClientURL() }
 
 // RouteURL is the nats-route:// URL other coordinators route to, or "" when
-// clustering is off.
+// clustering is off. It carries no credentials.
 func (s *Server) RouteURL() string {
 	a := s.srv.ClusterAddr()
 	if a == nil {

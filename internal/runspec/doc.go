@@ -33,8 +33,10 @@
 // epochs ≤ 2^20, steps ≤ 2^40, workers ≤ 2^16, …; floats finite), every
 // URL and path is at most MaxPathLen bytes without control characters,
 // and the inlined model config must pass modelcfg.ParseConfig, with its
-// own limits on dimensions and parameter counts. So a spec that validates
-// cannot overflow the products the coordinator and workers compute from it.
+// own limits on dimensions and parameter counts. Single fields and the
+// parameter counts cannot overflow; products of several limits can (the
+// memory plan's activations), so internal/memplan computes in float64 and
+// treats an overflow as "does not fit".
 // FuzzParse (YAML and --set) and FuzzValidateJSON (a submitted spec) hold
 // Parse and Validate to that: no panics, and a spec that validates comes
 // back the same through YAML and JSON.

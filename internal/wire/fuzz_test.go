@@ -32,6 +32,9 @@ var requestTypes = map[string]func() any{
 	SubjectRaftRemove:   func() any { return new(RaftRemoveRequest) },
 	SubjectRaftTransfer: func() any { return new(RaftTransferRequest) },
 	SubjectAnnounce:     func() any { return new(AnnounceRequest) },
+	SubjectTokenCreate:  func() any { return new(TokenCreateRequest) },
+	SubjectTokenList:    func() any { return new(TokenListRequest) },
+	SubjectTokenRevoke:  func() any { return new(TokenRevokeRequest) },
 }
 
 // replyTypes makes a fresh value of every reply body type a client
@@ -44,6 +47,7 @@ var replyTypes = []func() any{
 	func() any { return new(RunInfo) }, func() any { return new(CheckpointListReply) },
 	func() any { return new(WorkersReply) }, func() any { return new(RaftPeersReply) },
 	func() any { return new(RaftJoinReply) },
+	func() any { return new(TokenCreateReply) }, func() any { return new(TokenListReply) },
 }
 
 func TestFuzzTablesCoverEverySubject(t *testing.T) {

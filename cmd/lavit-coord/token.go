@@ -1,0 +1,100 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+func tokenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "token",
+		Usage: "issue, list and revoke tokens (worker tokens for lavit-worker join; admin tokens for operators)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "create",
+				Usage: "make a token and print it (shown only this once)",
+				Flags: append(clientFlags(true),
+					&cli.StringFlag{Name: "role", Value: "worker", Usage: "worker (may only run lavit-worker join) or admin (may do anything)"},
+					&cli.DurationFlag{Name: "ttl", Usage: "expire the token this long after now (default: never)"},
+					&cli.StringFlag{Name: "note", Usage: "what the token is for (shown by token ls)"},
+				),
+				Action: func(c *cli.Context) error {
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					ttl := c.Duration("ttl")
+					if ttl < 0 || (ttl > 0 && ttl < time.Second) {
+						return cliutil.Usagef("--ttl %s: want at least 1s (or leave it out: never expires)", ttl)
+					}
+					req := &wire.TokenCreateRequest{Role: c.String("role"), TTLSeconds: int64(ttl / time.Second), Note: c.String("note")}
+					reply, err := callCluster(c, wire.CreateToken, req)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return cliutil.PrintJSON(os.Stdout, reply)
+					}
+					fmt.Println(reply.Token)
+					expires := "never expires"
+					if !reply.Expires.IsZero() {
+						expires = "expires " + reply.Expires.Format(time.RFC3339)
+					}
+					fmt.Fprintf(os.Stderr, "token %s (%s, %s): shown only now; give it to lavit-worker join --token-file\n", reply.ID, reply.Role, expires)
+					return nil
+				},
+			},
+			{
+				Name:  "ls",
+				Usage: "list the issued tokens (ids and roles, never the tokens)",
+				Flags: clientFlags(true),
+				Action: func(c *cli.Context) error {
+					if err := noArgs(c); err != nil {
+						return err
+					}
+					reply, err := callCluster(c, wire.ListTokens, &wire.TokenListRequest{})
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return cliutil.PrintJSON(os.Stdout, reply.Tokens)
+					}
+					now := time.Now()
+					var rows [][]string
+					for _, t := range reply.Tokens {
+						expires := "never"
+						if !t.Expires.IsZero() {
+							expires = t.Expires.Format(time.RFC3339)
+							if !now.Before(t.Expires) {
+								expires += " (expired)"
+							}
+						}
+						rows = append(rows, []string{t.ID, t.Role, cliutil.Ago(t.Created, now), expires, t.Note})
+					}
+					return cliutil.Table(os.Stdout, []string{"ID", "ROLE", "CREATED", "EXPIRES", "NOTE"}, rows)
+				},
+			},
+			{
+				Name:      "revoke",
+				Usage:     "revoke a token: every coordinator refuses it, and its connections are closed within seconds",
+				ArgsUsage: "ID",
+				Flags:     clientFlags(false),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return cliutil.Usagef("token revoke needs one ID (got %d arguments; token ls lists them)", c.NArg())
+					}
+					if _, err := callCluster(c, wire.RevokeToken, &wire.TokenRevokeRequest{ID: c.Args().First()}); err != nil {
+						return err
+					}
+					fmt.Printf("revoked %s\n", c.Args().First())
+					return nil
+				},
+			},
+		},
+	}
+}

@@ -1,0 +1,244 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/lavit-org/lavit/internal/testutil"
+	"github.com/lavit-org/lavit/internal/wire"
+)
+
+// TestMayCall: the policy table. An admin token may call every control
+// subject; a worker token only its own lifecycle, reports and reads of
+// the run it trains; an unknown role nothing.
+func TestMayCall(t *testing.T) {
+	for _, tc := range []struct {
+		role    Role
+		subject string
+		want    bool
+	}{
+		{RoleAdmin, wire.SubjectRunSubmit, true},
+		{RoleAdmin, wire.SubjectRaftJoin, true},
+		{RoleAdmin, wire.SubjectHeartbeat, true},
+		{RoleWorker, wire.SubjectRegister, true},
+		{RoleWorker, wire.SubjectHeartbeat, true},
+		{RoleWorker, wire.SubjectRendezvous, true},
+		{RoleWorker, wire.SubjectCkptPart, true},
+		{RoleWorker, wire.SubjectRunShow, true},
+		{RoleWorker, wire.SubjectCkptList, true},
+		{RoleWorker, wire.SubjectRunSubmit, false},
+		{RoleWorker, wire.SubjectRunCancel, false},
+		{RoleWorker, wire.SubjectRaftJoin, false},
+		{RoleWorker, wire.SubjectRaftRemove, false},
+		{RoleWorker, wire.SubjectRaftTransfer, false},
+		{RoleWorker, wire.SubjectAnnounce, false},
+		{RoleWorker, wire.SubjectWorkers, false},
+		{RoleWorker, wire.SubjectStatus, false},
+		{"", wire.SubjectHeartbeat, false},
+		{RoleAdmin, "_INBOX.x", false},
+	} {
+		if got := mayCall(tc.role, tc.subject); got != tc.want {
+			t.Errorf("mayCall(%q, %s) = %v, want %v", tc.role, tc.subject, got, tc.want)
+		}
+	}
+}
+
+// permissionErrors connects with opts and collects the server's
+// asynchronous errors (permission violations).
+type permissionErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (p *permissionErrors) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	p.mu.Lock()
+	p.errs = append(p.errs, err.Error())
+	p.mu.Unlock()
+}
+
+func (p *permissionErrors) saw(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.errs {
+		if strings.Contains(e, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNATSRefusesStrangers: the embedded NATS lets nobody in without a
+// valid token (or the coordinators' own credentials), and a token holder
+// may neither listen to the control subjects, nor join the leader's queue
+// group, nor read other clients' replies, nor publish replies. The node
+// keeps serving throughout.
+func TestNATSRefusesStrangers(t *testing.T) {
+	s, nc := startOne(t)
+	url := s.NATSURL()
+	for _, tc := range []struct {
+		name string
+		opts []nats.Option
+	}{
+		{"no token", nil},
+		{"wrong token", []nats.Option{nats.Token("not-the-token-0123456789")}},
+		{"coordinator user, wrong password", []nats.Option{nats.UserInfo(coordinatorNATSUser, "guess")}},
+		{"route user as a client", []nats.Option{nats.UserInfo(routeNATSUser, routeNATSPassword(s.Token()))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := nats.Connect(url, append(tc.opts, nats.MaxReconnects(0))...)
+			if err == nil {
+				c.Close()
+				t.Fatal("connected")
+			}
+			if !errors.Is(err, nats.ErrAuthorization) {
+				t.Fatalf("connect: %v, want an authorization violation", err)
+			}
+		})
+	}
+
+	// A valid token: what it may not do.
+	perms := &permissionErrors{}
+	admin, err := nats.Connect(url, append(wire.ConnectOptions(s.Token()), nats.ErrorHandler(perms.handler))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for _, tc := range []struct {
+		name string
+		try  func() error
+		want string
+	}{
+		{"listen to every control subject", func() error { _, err := admin.Subscribe("lavit.v1.>", func(*nats.Msg) {}); return err },
+			`Permissions Violation for Subscription to "lavit.v1.>"`},
+		{"join the leader's queue group", func() error {
+			_, err := admin.QueueSubscribe(wire.SubjectHeartbeat, wire.LeaderQueue, func(*nats.Msg) {})
+			return err
+		}, `Permissions Violation for Subscription to "` + wire.SubjectHeartbeat + `"`},
+		{"read every reply", func() error { _, err := admin.Subscribe("_INBOX.>", func(*nats.Msg) {}); return err },
+			`Permissions Violation for Subscription to "_INBOX.>"`},
+		{"answer as the leader", func() error { return admin.Publish(wire.InboxPrefix("someone else")+".x", []byte("{}")) },
+			`Permissions Violation for Publish to "` + wire.InboxPrefix("someone else") + `.x"`},
+	} {
+		if err := tc.try(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		admin.Flush()
+		testutil.WaitFor(t, 10*time.Second, tc.name+" refused", func() bool { return perms.saw(tc.want) })
+	}
+
+	// Its own requests still work, on its own inbox; and the node serves.
+	c := &wire.Client{NC: admin, Token: s.Token(), From: "test"}
+	if _, err := wire.GetStatus.Call(context.Background(), c, &wire.StatusRequest{}); err != nil {
+		t.Fatalf("status with the admin token: %v", err)
+	}
+	c = &wire.Client{NC: nc, Token: s.Token(), From: "test"}
+	if _, err := wire.GetStatus.Call(context.Background(), c, &wire.StatusRequest{}); err != nil {
+		t.Fatalf("status: %v", err)
+	}
+}
+
+// TestHTTPStatusNeedsToken: /v1/status answers only the admin token;
+// the probes stay open.
+func TestHTTPStatusNeedsToken(t *testing.T) {
+	s, _ := startOne(t)
+	get := func(path, token string) int {
+		req, err := http.NewRequest("GET", "http://"+s.HTTPAddr()+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/v1/status", "", http.StatusUnauthorized},
+		{"/v1/status", "not-the-token-0123456789", http.StatusUnauthorized},
+		{"/v1/status", s.Token(), http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+		{"/readyz", "", http.StatusOK},
+	} {
+		if got := get(tc.path, tc.token); got != tc.want {
+			t.Errorf("GET %s (token %v): %d, want %d", tc.path, tc.token != "", got, tc.want)
+		}
+	}
+}
+
+// TestIssuedTokens: the FSM's token records and how a presented token
+// resolves against them: its role while valid; refused when unknown,
+// forged (right id, wrong secret), expired or revoked; bad records
+// refused by every replica alike.
+func TestIssuedTokens(t *testing.T) {
+	st := newState()
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	id, token, err := newToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := TokenRecord{ID: id, Role: RoleWorker, Hash: hashToken(token), Created: now, Expires: now.Add(time.Hour)}
+	if err := st.applyCreateToken(CreateTokenCmd{Token: rec}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		token string
+		at    time.Time
+		want  Role
+		err   string
+	}{
+		{"valid", token, now, RoleWorker, ""},
+		{"forged secret", tokenPrefix + id + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", now, "", "invalid token"},
+		{"unknown id", tokenPrefix + "0123456789ab.secret", now, "", "invalid token"},
+		{"expired", token, now.Add(time.Hour), "", "expired"},
+	} {
+		role, gotID, err := issuedRole(st, tc.token, tc.at)
+		if tc.err == "" {
+			if err != nil || role != tc.want || gotID != id {
+				t.Errorf("%s: %q %q %v, want %q", tc.name, role, gotID, err, tc.want)
+			}
+		} else if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		rec  TokenRecord
+		want string
+	}{
+		{"duplicate id", rec, "already exists"},
+		{"bad role", TokenRecord{ID: "aaaaaaaaaaaa", Role: "root", Hash: rec.Hash}, "role"},
+		{"bad id", TokenRecord{ID: "x", Role: RoleWorker, Hash: rec.Hash}, "not 6 hex bytes"},
+		{"bad hash", TokenRecord{ID: "aaaaaaaaaaaa", Role: RoleWorker, Hash: "abc"}, "hash"},
+	} {
+		if err := st.applyCreateToken(CreateTokenCmd{Token: tc.rec}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+	if err := st.applyRevokeToken(RevokeTokenCmd{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := issuedRole(st, token, now); err == nil {
+		t.Error("a revoked token still resolves")
+	}
+	if err := st.applyRevokeToken(RevokeTokenCmd{ID: id}); !errors.Is(err, errNoSuchToken) {
+		t.Errorf("revoking twice: %v, want %v", err, errNoSuchToken)
+	}
+	if issuedTokenID("0123456789abcdef0123456789abcdef") != "" {
+		t.Error("an admin-style token was taken for an issued one")
+	}
+}
