@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -49,6 +50,11 @@ type Config struct {
 	// bootstrapping node: one is generated and saved in DataDir.
 	Token string
 
+	// FileRoots are the directories a run's file:// locations must lie
+	// under (fileroots.go); none: no file:// location is allowed. The
+	// default is the directory the process starts in.
+	FileRoots []string
+
 	// WorkerTimeout is how long a worker may miss heartbeats before the
 	// leader marks it LOST.
 	WorkerTimeout time.Duration
@@ -70,7 +76,12 @@ type Config struct {
 
 // DefaultConfig returns the defaults of `lavit-coord up` with no flags.
 func DefaultConfig() Config {
+	var roots []string
+	if wd, err := os.Getwd(); err == nil {
+		roots = []string{wd}
+	}
 	return Config{
+		FileRoots:            roots,
 		DataDir:              datadir.Default,
 		RaftAddr:             "127.0.0.1:7000",
 		HTTPAddr:             "127.0.0.1:8080",
@@ -205,5 +216,10 @@ func (c *Config) Validate() error {
 	if c.RaftLeaderLease > c.RaftHeartbeatTimeout {
 		return fmt.Errorf("raft leader lease %s must not exceed the raft heartbeat timeout %s", c.RaftLeaderLease, c.RaftHeartbeatTimeout)
 	}
+	roots, err := absRoots(c.FileRoots)
+	if err != nil {
+		return err
+	}
+	c.FileRoots = roots
 	return nil
 }

@@ -31,6 +31,7 @@ func testLogger() *slog.Logger {
 // timings (the tests check the defaults, not faster ones).
 func nodeConfig(t testing.TB, id string) coordinator.Config {
 	c := coordinator.DefaultConfig()
+	c.FileRoots = append(c.FileRoots, os.TempDir()) // the tests' data and checkpoints
 	c.NodeID = id
 	c.DataDir = t.TempDir()
 	c.RaftAddr = "127.0.0.1:0"

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 func startOne(t *testing.T) (*Server, *nats.Conn) {
 	t.Helper()
 	cfg := DefaultConfig()
+	cfg.FileRoots = append(cfg.FileRoots, os.TempDir())
 	cfg.NodeID, cfg.DataDir = "c1", t.TempDir()
 	cfg.RaftAddr, cfg.HTTPAddr, cfg.NATSAddr, cfg.NATSClusterAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Logger = logging.Discard()

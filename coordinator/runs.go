@@ -76,6 +76,9 @@ func (s *Server) handleRunSubmit(req *wire.RunSubmitRequest) (*wire.RunSubmitRep
 	if len(spec.ModelConfig) == 0 {
 		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: the spec has no model_config (submit with lavit-coord run submit, which inlines the model)")
 	}
+	if refusal := checkFileRoots(&spec, s.cfg.FileRoots); refusal != "" {
+		return nil, wire.Errorf(wire.CodeBadRequest, "run submit: %s", refusal)
+	}
 	policy := PolicyFromSpec(&spec)
 	if dep := policy.TokenizerRun; dep != "" {
 		var state string

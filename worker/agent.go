@@ -168,7 +168,7 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 	opts := append(wire.ConnectOptions(a.cfg.Token),
 		nats.Name("lavit-worker "+a.cfg.ID),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectWait(250*time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, 100*time.Millisecond),
 		nats.Timeout(a.cfg.RequestTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/lavit-org/lavit/checkpoint"
+	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/text"
 	"github.com/lavit-org/lavit/trainer"
@@ -162,10 +164,15 @@ func (s *stage2) evaluate(set *trainer.EvalSet) ([]trainer.Check, error) {
 func (s *stage2) close() { s.tok.Close() }
 
 // loadTokenizer builds the frozen stage-1 model a stage-2 run uses, from a
-// final model state (config.json and state.lvst under loc).
-func (t *Trainer) loadTokenizer(ctx context.Context, loc, device string, seed uint64) (*trainer.Model, error) {
+// final model state (config.json and state.lvst under loc). committed,
+// when the tokenizer is a run's, is what raft recorded of that state: the
+// bytes read must be those.
+func (t *Trainer) loadTokenizer(ctx context.Context, loc string, committed *wire.Artifact, device string, seed uint64) (*trainer.Model, error) {
 	cfgBytes, state, err := readFinalState(ctx, loc)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkFinalState(state, committed); err != nil {
 		return nil, err
 	}
 	cfg, err := trainer.ParseConfig(cfgBytes)
@@ -184,4 +191,18 @@ func (t *Trainer) loadTokenizer(ctx context.Context, loc, device string, seed ui
 		return nil, err
 	}
 	return tok, nil
+}
+
+// checkFinalState compares a final model state read from the store with
+// what raft committed of it (nil: nothing to compare, a state URL given
+// directly): a state replaced after its run finished is refused.
+func checkFinalState(state []byte, committed *wire.Artifact) error {
+	if committed == nil || committed.SHA256 == "" {
+		return nil
+	}
+	if got := checkpoint.SHA256(state); int64(len(state)) != committed.Bytes || got != committed.SHA256 {
+		return fmt.Errorf("%w: the final state at %s is %d bytes with sha256 %s; the run committed %d bytes with sha256 %s (replaced after the run finished?)",
+			checkpoint.ErrNotCommitted, committed.URL, len(state), got, committed.Bytes, committed.SHA256)
+	}
+	return nil
 }

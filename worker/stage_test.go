@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/lavit-org/lavit/checkpoint"
+	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/trainer"
@@ -152,5 +155,31 @@ func TestStage1(t *testing.T) {
 	}
 	if !m.Info().VQOn {
 		t.Fatal("the phase switch did not switch VQ on")
+	}
+}
+
+// TestCheckFinalState: a tokenizer run's final state is loaded only if it
+// is the state raft committed for that run: same size and sha256.
+func TestCheckFinalState(t *testing.T) {
+	state := []byte("a final model state")
+	good := &wire.Artifact{URL: "file:///x/final", Bytes: int64(len(state)), SHA256: checkpoint.SHA256(state)}
+	for _, tc := range []struct {
+		name      string
+		state     []byte
+		committed *wire.Artifact
+		ok        bool
+	}{
+		{"the committed state", state, good, true},
+		{"no record (a state URL given directly)", state, nil, true},
+		{"replaced by another", []byte("another final model st"), good, false},
+		{"truncated", state[:5], good, false},
+	} {
+		err := checkFinalState(tc.state, tc.committed)
+		if tc.ok != (err == nil) {
+			t.Errorf("%s: %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && (!errors.Is(err, checkpoint.ErrNotCommitted) || !strings.Contains(err.Error(), good.SHA256)) {
+			t.Errorf("%s: %v, want ErrNotCommitted naming the committed sha256", tc.name, err)
+		}
 	}
 }

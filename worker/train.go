@@ -133,6 +133,7 @@ func (t *Trainer) newStage(ctx context.Context, j *Job, spec *runspec.Spec, mode
 	}
 	from := spec.Tokenizer.From
 	loc := from
+	var committed *wire.Artifact // what raft recorded of the tokenizer run's final state
 	if runspec.IsRunID(from) {
 		info, err := j.showRun(ctx, from)
 		if err != nil {
@@ -141,9 +142,9 @@ func (t *Trainer) newStage(ctx context.Context, j *Job, spec *runspec.Spec, mode
 		if info.State != wire.RunCompleted || info.Final == nil {
 			return nil, fmt.Errorf("tokenizer.from: run %s is %s and has no final model state", from, info.State)
 		}
-		loc = info.Final.URL
+		loc, committed = info.Final.URL, info.Final
 	}
-	tok, err := t.loadTokenizer(ctx, loc, device, spec.Seed)
+	tok, err := t.loadTokenizer(ctx, loc, committed, device, spec.Seed)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer.from %s: %w", from, err)
 	}

@@ -46,6 +46,7 @@ type fleet struct {
 func startFleet(t *testing.T) *fleet {
 	t.Helper()
 	cfg := coordinator.DefaultConfig()
+	cfg.FileRoots = append(cfg.FileRoots, os.TempDir()) // the tests' data and checkpoints
 	cfg.NodeID, cfg.DataDir = "c1", t.TempDir()
 	cfg.RaftAddr, cfg.HTTPAddr, cfg.NATSAddr, cfg.NATSClusterAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Logger = logging.Discard()

@@ -36,6 +36,7 @@ func upCommand() *cli.Command {
 			&cli.StringFlag{Name: "nats-url", Usage: "use this NATS instead of the embedded one", EnvVars: env("NATS_URL")},
 			&cli.StringFlag{Name: "token", Usage: "the cluster's admin token (default: generated at bootstrap and saved in the data dir; visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
 			&cli.StringFlag{Name: "token-file", Usage: "a file holding the admin token (to --join a cluster, or bootstrap --peers)", EnvVars: env("TOKEN_FILE")},
+			&cli.StringSliceFlag{Name: "file-root", Usage: "a directory runs' file:// locations may lie under (repeatable; default: the directory lavit-coord starts in); anything else, or a symbolic link out, is refused at submit", EnvVars: env("FILE_ROOT")},
 			&cli.DurationFlag{Name: "worker-timeout", Value: d.WorkerTimeout, Usage: "mark a worker LOST after this long without heartbeats", EnvVars: env("WORKER_TIMEOUT")},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval workers are asked to use", EnvVars: env("HEARTBEAT_INTERVAL")},
 			&cli.DurationFlag{Name: "raft-heartbeat-timeout", Value: d.RaftHeartbeatTimeout, Usage: "raft follower heartbeat timeout (failover speed vs. false elections)", EnvVars: env("RAFT_HEARTBEAT_TIMEOUT")},
@@ -75,6 +76,9 @@ func runUp(c *cli.Context) error {
 	cfg.NATSURL = c.String("nats-url")
 	if cfg.Token, _, err = cliutil.FlagToken(c); err != nil {
 		return err
+	}
+	if c.IsSet("file-root") {
+		cfg.FileRoots = c.StringSlice("file-root")
 	}
 	cfg.WorkerTimeout = c.Duration("worker-timeout")
 	cfg.HeartbeatInterval = c.Duration("heartbeat-interval")

@@ -76,7 +76,7 @@ fi
 part "4. runs through lavit-coord and lavit-worker on cuda:0"
 work=$(mktemp -d)
 coord="$out/lavit-coord"
-"$coord" up --data-dir "$work/coord" --log-level warn >"$rep/coord.log" 2>&1 &
+"$coord" up --data-dir "$work/coord" --file-root "$work" --log-level warn >"$rep/coord.log" 2>&1 &
 coord_pid=$!
 for _ in $(seq 100); do
   python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8080/readyz", timeout=1)' 2>/dev/null && break

@@ -34,8 +34,8 @@ step "lavit-coord shards synth  (MODEL.md's data set: 5000 train and 256 eval sa
 "$coord" shards synth --out "file://$out/data/train" --samples 5000 --per-shard 500 2>/dev/null | tail -1
 "$coord" shards synth --out "file://$out/data/eval" --split eval --samples 256 --per-shard 256 2>/dev/null | tail -1
 
-step "lavit-coord up  (one-node raft in demo-out/coord, NATS 127.0.0.1:4222, HTTP 127.0.0.1:8080)"
-"$coord" up --id coord-1 --data-dir "$out/coord" >"$out/coord.log" 2>&1 &
+step "lavit-coord up  (one-node raft in demo-out/coord, NATS 127.0.0.1:4222, HTTP 127.0.0.1:8080; runs may use files under demo-out only)"
+"$coord" up --id coord-1 --data-dir "$out/coord" --file-root "$out" >"$out/coord.log" 2>&1 &
 pids+=($!)
 coord_pid=$!
 for _ in $(seq 1 100); do

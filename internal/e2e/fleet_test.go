@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,6 +156,10 @@ func TestCLIBadInput(t *testing.T) {
 	coordBin := filepath.Join(bin, "lavit-coord")
 	c1 := startCoord(t, bin, "c1")
 	testutil.WaitFor(t, time.Minute, "c1 ready", c1.ready)
+	data := "file://" + filepath.Join(t.TempDir(), "data") // inside the file roots
+	if _, stderr, code := run(t, coordBin, nil, "shards", "synth", "--out", data, "--samples", "20", "--per-shard", "10"); code != 0 {
+		t.Fatalf("shards synth: %s", stderr)
+	}
 
 	tests := []struct {
 		name     string
@@ -180,6 +185,10 @@ func TestCLIBadInput(t *testing.T) {
 		{"worker with a missing NCCL library", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "cpu", "--nccl-lib", "/nonexistent/libnccl.so.2", "--token", "x"}, 2, "--nccl-lib: nccl not available: dlopen /nonexistent/libnccl.so.2"},
 		{"worker with a library that is not NCCL", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "cpu", "--nccl-lib", "libm.so.6", "--token", "x"}, 2, "lacks symbol ncclGetVersion (not an NCCL library?)"},
 		{"one worker per GPU without GPUs", filepath.Join(bin, "lavit-worker"), []string{"join", "--device", "all", "--token", "x"}, 2, "--device all: no GPU on this host"},
+		{"checkpoints outside the file roots", coordBin, []string{"run", "submit", "-f", filepath.Join(testutil.RepoRoot(), "configs", "tiny-stage1.yaml"),
+			"--set", "data.url=" + data, "--set", "data.eval_url=", "--set", "checkpoint.url=file:///etc/lavit-checkpoints",
+			"--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 1, "checkpoint.url: /etc/lavit-checkpoints lies outside the allowed file roots"},
+		{"a bad file root", coordBin, []string{"up", "--data-dir", t.TempDir(), "--file-root", "/nonexistent/root"}, 2, "--file-root \"/nonexistent/root\""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,7 +198,10 @@ func TestCLIBadInput(t *testing.T) {
 			}
 		})
 	}
-	// The first node is untouched by all of that.
+	// The first node is untouched by all of that (and no run was created).
+	if runs, err := jsonOut[[]json.RawMessage](t, coordBin, nil, "run", "ls", "--json", "--coord", "nats://"+c1.nats, "--data-dir", c1.dataDir); err != nil || len(runs) != 0 {
+		t.Fatalf("runs after bad input: %d, %v", len(runs), err)
+	}
 	if !c1.ready() {
 		t.Fatal("c1 not ready after the bad invocations")
 	}

@@ -113,7 +113,8 @@ func startCoordEnv(t testing.TB, bin, id string, env []string, extra ...string) 
 		natsCluster: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)),
 	}
 	args := append([]string{"up", "--id", id, "--data-dir", n.dataDir, "--raft-addr", n.raft,
-		"--http-addr", n.http, "--nats-addr", n.nats, "--nats-cluster-addr", n.natsCluster}, extra...)
+		"--http-addr", n.http, "--nats-addr", n.nats, "--nats-cluster-addr", n.natsCluster,
+		"--file-root", os.TempDir()}, extra...) // the tests' data and checkpoints
 	n.bin, n.env, n.args = bin, env, args
 	n.proc = startProc(t, "coord "+id, filepath.Join(bin, "lavit-coord"), env, args...)
 	return n

@@ -252,14 +252,16 @@ func TestRunBadInput(t *testing.T) {
 
 	// Runs that fail on the worker: a data set that is not there (S3
 	// bucket unknown to this machine) and a tokenizer state that is not
-	// there. Each ends FAILED with the cause in run show; the fleet goes on.
+	// there (inside the coordinator's file roots, so it passes submit).
+	// Each ends FAILED with the cause in run show; the fleet goes on.
+	missingTokenizer := "file://" + filepath.Join(t.TempDir(), "nonexistent", "tokenizer")
 	for _, tc := range []struct {
 		spec string
 		sets []string
 		want string
 	}{
 		{"configs/tiny-stage1.yaml", []string{"data.url=s3://no-such-bucket-lavit/train"}, "data.url s3://no-such-bucket-lavit/train"},
-		{"configs/tiny-stage2.yaml", []string{"tokenizer.from=file:///nonexistent/tokenizer", "stage1.phase_a_steps=0"}, "tokenizer.from file:///nonexistent/tokenizer"},
+		{"configs/tiny-stage2.yaml", []string{"tokenizer.from=" + missingTokenizer, "stage1.phase_a_steps=0"}, "tokenizer.from " + missingTokenizer},
 	} {
 		sets := append(append([]string{}, good...), tc.sets...)
 		if strings.Contains(tc.spec, "stage2") {

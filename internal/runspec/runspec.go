@@ -1086,3 +1086,25 @@ func join(prefix, key string) string {
 	}
 	return prefix + "." + key
 }
+
+// Location is one place a spec names on a file system or object store.
+type Location struct {
+	Key string // the spec key, e.g. "data.url"
+	URL string
+}
+
+// Locations are every data, checkpoint and tokenizer location the spec
+// names (those set), in a fixed order: what an operator's allowed roots
+// are checked against.
+func (s *Spec) Locations() []Location {
+	var out []Location
+	for _, l := range []Location{
+		{"data.url", s.Data.URL}, {"data.manifest", s.Data.Manifest}, {"data.eval_url", s.Data.EvalURL},
+		{"checkpoint.url", s.Checkpoint.URL}, {"tokenizer.from", s.Tokenizer.From},
+	} {
+		if l.URL != "" && (l.Key != "tokenizer.from" || !IsRunID(l.URL)) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
