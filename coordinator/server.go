@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/internal/clusterca"
 	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/logging"
 	"github.com/lavit-org/lavit/internal/natsembed"
@@ -163,15 +164,6 @@ func (s *Server) openRaftStores() (raft.SnapshotStore, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("open raft snapshots in %q: %w", raftDir, err)
 	}
-	var advertise net.Addr
-	if cfg.RaftAdvertise != "" {
-		if advertise, err = net.ResolveTCPAddr("tcp", cfg.RaftAdvertise); err != nil {
-			return nil, false, fmt.Errorf("--raft-advertise %q: %w", cfg.RaftAdvertise, err)
-		}
-	}
-	if s.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 3, 10*time.Second, hl); err != nil {
-		return nil, false, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
-	}
 	hasState, err := raft.HasExistingState(s.logStore, s.logStore, snaps)
 	if err != nil {
 		return nil, false, fmt.Errorf("read raft state: %w", err)
@@ -179,11 +171,42 @@ func (s *Server) openRaftStores() (raft.SnapshotStore, bool, error) {
 	return snaps, hasState, nil
 }
 
+// openRaftTransport listens for raft on mutual TLS with a certificate of
+// the cluster CA derived from the admin token (raftls.go), so it needs
+// the token settled.
+func (s *Server) openRaftTransport(hl hclog.Logger) error {
+	cfg := s.cfg
+	var advertise net.Addr
+	if cfg.RaftAdvertise != "" {
+		var err error
+		if advertise, err = net.ResolveTCPAddr("tcp", cfg.RaftAdvertise); err != nil {
+			return fmt.Errorf("--raft-advertise %q: %w", cfg.RaftAdvertise, err)
+		}
+	}
+	ca, err := clusterca.Derive(s.token)
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.Issue(cfg.NodeID)
+	if err != nil {
+		return err
+	}
+	stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, ca.MutualTLS(leaf))
+	if err != nil {
+		return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+	}
+	s.transport = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, hl)
+	return nil
+}
+
 // startRaft starts the raft node, bootstrapping a new cluster when this
 // node has no state and is not joining one.
 func (s *Server) startRaft(snaps raft.SnapshotStore, hasState bool) error {
 	cfg := s.cfg
 	hl := logging.HCLog(s.log, "raft", hclog.Warn)
+	if err := s.openRaftTransport(hl); err != nil {
+		return err
+	}
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
