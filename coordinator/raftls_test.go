@@ -61,9 +61,9 @@ func TestRaftRefusesStrangers(t *testing.T) {
 		var is raft.InstallSnapshotResponse
 		snap := []byte(`{"format":4,"last_index":1,"state":{"cluster_id":"evil","token_hash":"00"}}`)
 		err = trans.InstallSnapshot("c1", target, &raft.InstallSnapshotRequest{
-			RPCHeader:          raft.RPCHeader{ID: []byte("intruder"), Addr: []byte(trans.LocalAddr())},
-			SnapshotVersion:    raft.SnapshotVersionMax,
-			Term:               term + 100, LastLogIndex: last + 10, LastLogTerm: term + 100, Size: int64(len(snap)),
+			RPCHeader:       raft.RPCHeader{ID: []byte("intruder"), Addr: []byte(trans.LocalAddr())},
+			SnapshotVersion: raft.SnapshotVersionMax,
+			Term:            term + 100, LastLogIndex: last + 10, LastLogTerm: term + 100, Size: int64(len(snap)),
 		}, &is, bytes.NewReader(snap))
 		if err == nil {
 			t.Errorf("%s: InstallSnapshot answered (%+v)", name, is)
