@@ -112,8 +112,8 @@ func routeNATSPassword(adminToken string) string {
 }
 
 // natsGrant is the embedded NATS server's authenticator: coordinators may
-// do anything; a token's holder may publish the control subjects its role
-// may call and subscribe to its own reply inbox only (so it can neither
+// do anything; a token's holder may publish requests on the control
+// subjects and subscribe to its own reply inbox only (so it can neither
 // read others' requests and replies nor answer them as a fake leader).
 func (s *Server) natsGrant(c natsembed.Credentials) (natsembed.Grant, error) {
 	if c.User != "" {

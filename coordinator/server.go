@@ -369,6 +369,7 @@ func (s *Server) watchState() {
 	var savedRoutes []string
 	var checkedTokens string // the token ids the connections were last checked against
 	var recheckAt time.Time  // when the next token expires
+	var pruned time.Time     // when closed connections were last forgotten
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -402,7 +403,10 @@ func (s *Server) watchState() {
 			if n := s.natsSrv.Recheck(); n > 0 {
 				s.log.Info("closed NATS connections of revoked or expired tokens", "connections", n)
 			}
-			checkedTokens, recheckAt = ids, nextExpiry
+			checkedTokens, recheckAt, pruned = ids, nextExpiry, now
+		} else if s.natsSrv != nil && now.Sub(pruned) >= time.Minute {
+			s.natsSrv.Prune() // forget the credentials of closed connections
+			pruned = now
 		}
 		slices.Sort(routes)
 		if s.natsSrv != nil && len(routes) > 0 && !slices.Equal(routes, savedRoutes) {

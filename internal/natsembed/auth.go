@@ -80,24 +80,15 @@ func addrString(c server.ClientAuthentication) string {
 
 // Recheck asks the Authenticator again about every client connection it
 // let in, and closes those it now refuses (their token was revoked, or
-// expired). It returns how many it closed. Cheap: call it after every
-// change to the credentials.
+// expired). It returns how many it closed. Call it after every change to
+// the credentials; it also forgets connections that are gone.
 func (s *Server) Recheck() int {
 	if s.auth == nil {
 		return 0
 	}
-	s.auth.mu.Lock()
-	conns := make(map[uint64]Credentials, len(s.auth.conns))
-	for id, c := range s.auth.conns {
-		conns[id] = c
-	}
-	s.auth.mu.Unlock()
+	live := s.Prune()
 	closed := 0
-	for id, creds := range conns {
-		if !s.connected(id) {
-			s.auth.forget(id)
-			continue
-		}
+	for id, creds := range live {
 		if _, err := s.auth.authenticate(creds); err == nil {
 			continue
 		}
@@ -110,14 +101,38 @@ func (s *Server) Recheck() int {
 	return closed
 }
 
+// Prune forgets the credentials of connections that have closed (every
+// CLI call is one), and returns those of the open ones.
+func (s *Server) Prune() map[uint64]Credentials {
+	if s.auth == nil {
+		return nil
+	}
+	s.auth.mu.Lock()
+	n := len(s.auth.conns)
+	s.auth.mu.Unlock()
+	open := map[uint64]bool{}
+	if cz, err := s.srv.Connz(&server.ConnzOptions{Limit: n + 1024}); err == nil {
+		for _, c := range cz.Conns {
+			open[c.Cid] = true
+		}
+	} else {
+		return nil
+	}
+	s.auth.mu.Lock()
+	defer s.auth.mu.Unlock()
+	live := make(map[uint64]Credentials, len(open))
+	for id, c := range s.auth.conns {
+		if open[id] {
+			live[id] = c
+		} else {
+			delete(s.auth.conns, id)
+		}
+	}
+	return live
+}
+
 func (a *clientAuth) forget(id uint64) {
 	a.mu.Lock()
 	delete(a.conns, id)
 	a.mu.Unlock()
-}
-
-// connected reports whether client id is still connected.
-func (s *Server) connected(id uint64) bool {
-	cz, err := s.srv.Connz(&server.ConnzOptions{CID: id})
-	return err == nil && len(cz.Conns) > 0
 }

@@ -1,6 +1,8 @@
 package natsembed
 
 import (
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,5 +63,59 @@ func TestStartErrors(t *testing.T) {
 			s.Shutdown()
 			t.Errorf("%s: started", name)
 		}
+	}
+}
+
+// TestAuthenticateRecheckPrune: the Authenticator decides who connects;
+// Prune forgets closed connections; Recheck closes the connections whose
+// credentials it now refuses and keeps the rest.
+func TestAuthenticateRecheckPrune(t *testing.T) {
+	var mu sync.Mutex
+	valid := map[string]bool{"token-a": true, "token-b": true}
+	s, err := Start(Options{ServerName: "a", ClientAddr: "127.0.0.1:0", StoreDir: t.TempDir(),
+		Authenticate: func(c Credentials) (Grant, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !valid[c.Token] {
+				return Grant{}, errors.New("refused")
+			}
+			return Grant{Name: c.Token, Publish: []string{"x"}, Subscribe: []string{"y"}}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if c, err := nats.Connect(s.ClientURL(), nats.Token("token-z"), nats.MaxReconnects(0)); !errors.Is(err, nats.ErrAuthorization) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("an unknown token: %v, want refused", err)
+	}
+	closedA := make(chan struct{})
+	a, err := nats.Connect(s.ClientURL(), nats.Token("token-a"), nats.MaxReconnects(0), nats.ClosedHandler(func(*nats.Conn) { close(closedA) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := nats.Connect(s.ClientURL(), nats.Token("token-b"), nats.MaxReconnects(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	testutil.WaitFor(t, 10*time.Second, "the closed connection forgotten", func() bool { return len(s.Prune()) == 1 })
+
+	mu.Lock()
+	delete(valid, "token-a")
+	mu.Unlock()
+	if n := s.Recheck(); n != 1 {
+		t.Fatalf("Recheck closed %d connections, want 1", n)
+	}
+	select {
+	case <-closedA:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the refused connection is still open")
+	}
+	if n := len(s.Prune()); n != 0 {
+		t.Fatalf("%d connections remembered after all closed", n)
 	}
 }
