@@ -379,6 +379,11 @@ func Fetch(ctx context.Context, dir string, m *Manifest) ([]byte, error) {
 // fetches and verifies the state it describes (Fetch), with their errors.
 func Load(ctx context.Context, dir string) (*Manifest, []byte, error) {
 	m, err := ReadManifest(ctx, dir)
+	return fetchRead(ctx, dir, m, err)
+}
+
+// fetchRead fetches the state of manifest m, read from dir with err.
+func fetchRead(ctx context.Context, dir string, m *Manifest, err error) (*Manifest, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
@@ -411,14 +416,7 @@ type Committed struct {
 // state are then verified against the manifest as Load does.
 func LoadCommitted(ctx context.Context, dir string, want Committed) (*Manifest, []byte, error) {
 	m, err := ReadCommittedManifest(ctx, dir, want)
-	if err != nil {
-		return nil, nil, err
-	}
-	state, err := Fetch(ctx, dir, m)
-	if err != nil {
-		return nil, nil, err
-	}
-	return m, state, nil
+	return fetchRead(ctx, dir, m, err)
 }
 
 // ReadCommittedManifest reads the manifest in dir and checks it against

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lavit-org/lavit/internal/testutil"
 )
 
 // saveStep writes a one-part format-2 checkpoint of state at step into
@@ -34,32 +36,6 @@ func saveStep(t *testing.T, root string, step int64, state []byte) Committed {
 		t.Fatalf("read back: sha256 %s, %v; ManifestSHA256 said %s", got, err, sum)
 	}
 	return Committed{Step: step, ManifestSHA256: sum, StateSHA256: m.StateSHA256}
-}
-
-// copyDir replaces the files of the directory dst with those of src (an
-// attacker with write access to the store copying one checkpoint over
-// another).
-func copyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.RemoveAll(dst); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // TestLoadCommittedRefusesAnotherCheckpoint: a checkpoint whose manifest
@@ -129,7 +105,7 @@ func TestLoadCommittedRefusesAnotherCheckpoint(t *testing.T) {
 
 // copyOver copies step 10's checkpoint (manifest and part) over step 20's.
 func copyOver(t *testing.T, root string) {
-	copyDir(t, filepath.Join(root, "r", "step-00000010"), filepath.Join(root, "r", "step-00000020"))
+	testutil.ReplaceDir(t, filepath.Join(root, "r", "step-00000010"), filepath.Join(root, "r", "step-00000020"))
 }
 
 // pointAtOldParts rewrites step 20's manifest, keeping its step, to
@@ -143,7 +119,7 @@ func pointAtOldParts(t *testing.T, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyDir(t, strings.TrimPrefix(d10, "file://"), strings.TrimPrefix(d20, "file://"))
+	testutil.ReplaceDir(t, strings.TrimPrefix(d10, "file://"), strings.TrimPrefix(d20, "file://"))
 	if err := os.Remove(filepath.Join(strings.TrimPrefix(d20, "file://"), ManifestName)); err != nil {
 		t.Fatal(err)
 	}

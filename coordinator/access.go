@@ -55,20 +55,26 @@ func mayCall(role Role, subject string) bool {
 // errBadToken: a token that no role holds. The message never echoes it.
 var errBadToken = errors.New("invalid token: check --token / --token-file / LAVIT_TOKEN (the first coordinator saved the admin token in its data dir as 'token'; worker tokens come from 'lavit-coord token create')")
 
-// tokenRole resolves a presented token to its role and id: an issued
-// token (tokens.go) by its record, else the admin token (id "admin").
+// tokenRole resolves a presented token to its role and id (roleIn).
 func (s *Server) tokenRole(token string) (Role, string, error) {
+	var role Role
+	var id string
+	var err error
+	s.fsm.Read(func(st *State, _ uint64) { role, id, err = roleIn(st, token, s.token, time.Now()) })
+	return role, id, err
+}
+
+// roleIn resolves token against st (read under the FSM's lock) at time
+// now: an issued token (tokens.go) by its record, else the admin token (id
+// "admin"), whose hash is st.TokenHash, or ownToken's before the
+// cluster's first command.
+func roleIn(st *State, token, ownToken string, now time.Time) (Role, string, error) {
 	if issuedTokenID(token) != "" {
-		var role Role
-		var id string
-		var err error
-		s.fsm.Read(func(st *State, _ uint64) { role, id, err = issuedRole(st, token, time.Now()) })
-		return role, id, err
+		return issuedRole(st, token, now)
 	}
-	var hash string
-	s.fsm.Read(func(st *State, _ uint64) { hash = st.TokenHash })
+	hash := st.TokenHash
 	if hash == "" {
-		hash = hashToken(s.token) // before the cluster's first command
+		hash = hashToken(ownToken)
 	}
 	if tokenMatches(token, hash) {
 		return RoleAdmin, "admin", nil

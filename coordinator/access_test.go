@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,30 +49,6 @@ func TestMayCall(t *testing.T) {
 	}
 }
 
-// permissionErrors connects with opts and collects the server's
-// asynchronous errors (permission violations).
-type permissionErrors struct {
-	mu   sync.Mutex
-	errs []string
-}
-
-func (p *permissionErrors) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
-	p.mu.Lock()
-	p.errs = append(p.errs, err.Error())
-	p.mu.Unlock()
-}
-
-func (p *permissionErrors) saw(s string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, e := range p.errs {
-		if strings.Contains(e, s) {
-			return true
-		}
-	}
-	return false
-}
-
 // TestNATSRefusesStrangers: the embedded NATS lets nobody in without a
 // valid token (or the coordinators' own credentials), and a token holder
 // may neither listen to the control subjects, nor join the leader's queue
@@ -104,8 +79,8 @@ func TestNATSRefusesStrangers(t *testing.T) {
 	}
 
 	// A valid token: what it may not do.
-	perms := &permissionErrors{}
-	admin, err := nats.Connect(url, append(wire.ConnectOptions(s.Token()), nats.ErrorHandler(perms.handler))...)
+	perms := &testutil.AsyncErrors{}
+	admin, err := nats.Connect(url, append(wire.ConnectOptions(s.Token()), nats.ErrorHandler(perms.Handler))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +105,7 @@ func TestNATSRefusesStrangers(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		admin.Flush()
-		testutil.WaitFor(t, 10*time.Second, tc.name+" refused", func() bool { return perms.saw(tc.want) })
+		testutil.WaitFor(t, 10*time.Second, tc.name+" refused", func() bool { return perms.Saw(tc.want) })
 	}
 
 	// Its own requests still work, on its own inbox; and the node serves.

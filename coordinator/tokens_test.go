@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,30 +12,6 @@ import (
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
 )
-
-// asyncErrors collects a connection's asynchronous errors (permission
-// violations the server reports).
-type asyncErrors struct {
-	mu   sync.Mutex
-	errs []string
-}
-
-func (a *asyncErrors) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
-	a.mu.Lock()
-	a.errs = append(a.errs, err.Error())
-	a.mu.Unlock()
-}
-
-func (a *asyncErrors) saw(s string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, e := range a.errs {
-		if strings.Contains(e, s) {
-			return true
-		}
-	}
-	return false
-}
 
 // TestWorkerTokens is the attack suite for a worker token: it runs a
 // worker, and is refused everything else (admin verbs, listening to the
@@ -68,8 +43,8 @@ func TestWorkerTokens(t *testing.T) {
 	})
 
 	// Everything else is refused, with a reason.
-	perms := &asyncErrors{}
-	nc, err := nats.Connect(c.natsURLs(), append(wire.ConnectOptions(wt.Token), nats.ErrorHandler(perms.handler))...)
+	perms := &testutil.AsyncErrors{}
+	nc, err := nats.Connect(c.natsURLs(), append(wire.ConnectOptions(wt.Token), nats.ErrorHandler(perms.Handler))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +112,7 @@ func TestWorkerTokens(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		nc.Flush()
-		testutil.WaitFor(t, 10*time.Second, tc.name+" refused", func() bool { return perms.saw(tc.want) })
+		testutil.WaitFor(t, 10*time.Second, tc.name+" refused", func() bool { return perms.Saw(tc.want) })
 	}
 	// Nothing changed: one coordinator, the two workers, no runs.
 	st, err := wire.GetStatus.Call(ctx, admin, &wire.StatusRequest{})

@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,30 +21,6 @@ func (f *fleet) ckpts(id string) []wire.CheckpointInfo {
 		f.t.Fatal(err)
 	}
 	return reply.Checkpoints
-}
-
-// replaceDir replaces the files of directory dst with copies of src's.
-func replaceDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.RemoveAll(dst); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // TestRestoreRefusesAnOlderCheckpointCopiedOver: someone with write
@@ -77,7 +52,7 @@ func TestRestoreRefusesAnOlderCheckpointCopiedOver(t *testing.T) {
 			t.Fatalf("checkpoint at step %d: committed manifest sha256 %q, want one", k.Step, k.ManifestSHA256)
 		}
 	}
-	replaceDir(t, strings.TrimPrefix(prev.URL, "file://"), strings.TrimPrefix(newest.URL, "file://"))
+	testutil.ReplaceDir(t, strings.TrimPrefix(prev.URL, "file://"), strings.TrimPrefix(newest.URL, "file://"))
 
 	f.startTrainers(lib, "b", 1)
 	info := f.waitDone(id, 5*time.Minute)

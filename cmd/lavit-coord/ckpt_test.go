@@ -17,6 +17,7 @@ import (
 
 	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
@@ -198,7 +199,7 @@ func TestVerifyAndExportRefuseAnotherCheckpoint(t *testing.T) {
 				k10 := saveStep(t, root, 10, flatState([]float32{1, 2, 3}))
 				k20 := saveStep(t, root, 20, flatState([]float32{4, 5, 6}))
 				if tc.copied {
-					copyCkptDir(t, strings.TrimPrefix(k10.URL, "file://"), strings.TrimPrefix(k20.URL, "file://"))
+					testutil.ReplaceDir(t, strings.TrimPrefix(k10.URL, "file://"), strings.TrimPrefix(k20.URL, "file://"))
 				}
 				listed := k20
 				if !tc.fromRaft {
@@ -234,30 +235,6 @@ func TestVerifyAndExportRefuseAnotherCheckpoint(t *testing.T) {
 					t.Errorf("export left %v behind", entries)
 				}
 			})
-		}
-	}
-}
-
-// copyCkptDir replaces the files of directory dst with copies of src's.
-func copyCkptDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.RemoveAll(dst); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
-			t.Fatal(err)
 		}
 	}
 }

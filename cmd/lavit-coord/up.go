@@ -21,7 +21,7 @@ func upCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "start a coordinator node (with no flags: a one-node cluster in ./lavit-data)",
-		Flags: append(cliutil.LogFlags(),
+		Flags: append(append(cliutil.LogFlags(), cliutil.TokenFlags(env, "cluster's admin token (to --join a cluster or bootstrap --peers; default: generated at bootstrap and saved in the data dir)")...),
 			&cli.StringFlag{Name: "id", Value: host, Usage: "stable node id", EnvVars: env("ID")},
 			&cli.StringFlag{Name: "data-dir", Value: d.DataDir, Usage: "raft log, snapshots, join token, embedded NATS store", EnvVars: env("DATA_DIR")},
 			&cli.StringFlag{Name: "raft-addr", Value: d.RaftAddr, Usage: "raft transport bind address", EnvVars: env("RAFT_ADDR")},
@@ -34,8 +34,6 @@ func upCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "peers", Usage: "fixed initial cluster, id=raft-host:port for every node including this one (all nodes get the same list)", EnvVars: env("PEERS")},
 			&cli.BoolFlag{Name: "no-bootstrap", Usage: "start without state and wait to be added with `lavit-coord raft join`", EnvVars: env("NO_BOOTSTRAP")},
 			&cli.StringFlag{Name: "nats-url", Usage: "use this NATS instead of the embedded one", EnvVars: env("NATS_URL")},
-			&cli.StringFlag{Name: "token", Usage: "the cluster's admin token (default: generated at bootstrap and saved in the data dir; visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
-			&cli.StringFlag{Name: "token-file", Usage: "a file holding the admin token (to --join a cluster, or bootstrap --peers)", EnvVars: env("TOKEN_FILE")},
 			&cli.StringSliceFlag{Name: "file-root", Usage: "a directory runs' file:// locations may lie under (repeatable; default: the directory lavit-coord starts in); anything else, or a symbolic link out, is refused at submit", EnvVars: env("FILE_ROOT")},
 			&cli.DurationFlag{Name: "worker-timeout", Value: d.WorkerTimeout, Usage: "mark a worker LOST after this long without heartbeats", EnvVars: env("WORKER_TIMEOUT")},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval workers are asked to use", EnvVars: env("HEARTBEAT_INTERVAL")},

@@ -40,10 +40,8 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{{
 			Name:  "join",
 			Usage: "join the fleet and heartbeat until stopped (SIGTERM deregisters)",
-			Flags: append(cliutil.LogFlags(),
+			Flags: append(append(cliutil.LogFlags(), cliutil.TokenFlags(env, "token: a worker token from 'lavit-coord token create --role worker', or the admin token")...),
 				&cli.StringFlag{Name: "coord", Value: d.Coord, Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
-				&cli.StringFlag{Name: "token", Usage: "a worker token from 'lavit-coord token create --role worker', or the admin token (visible in process listings: prefer --token-file)", EnvVars: env("TOKEN")},
-				&cli.StringFlag{Name: "token-file", Usage: "a file holding the token", EnvVars: env("TOKEN_FILE")},
 				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token when no token is given", EnvVars: env("DATA_DIR")},
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, auto (first GPU, else CPU), or all (one worker process per GPU, supervised by this one)", EnvVars: env("DEVICE")},

@@ -23,6 +23,23 @@ import (
 // hand (a helper process has to know it too).
 var testSecret = []byte("lavit ring test secret, 32 bytes")
 
+// listeners opens n listeners on loopback, closed when the test ends,
+// and returns them with their addresses.
+func listeners(t *testing.T, n int) ([]*Listener, []string) {
+	t.Helper()
+	ls := make([]*Listener, n)
+	addrs := make([]string, n)
+	for i := range ls {
+		l, err := Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		ls[i], addrs[i] = l, l.Addr()
+	}
+	return ls, addrs
+}
+
 // world connects n ranks on loopback and closes them when the test ends.
 func world(t testing.TB, n int, edit func(*Config)) []*Comm {
 	t.Helper()
@@ -625,16 +642,7 @@ func TestStrangerLearnsNothing(t *testing.T) {
 // rank's listener and say nothing (more of them than handshakes run at
 // once) do not keep its previous rank out: the ring still connects.
 func TestSilentConnectionsDoNotDelayTheRing(t *testing.T) {
-	ls := make([]*Listener, 2)
-	peers := make([]string, 2)
-	for i := range ls {
-		l, err := Listen("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ls[i], peers[i] = l, l.Addr()
-	}
+	ls, peers := listeners(t, 2)
 	for range maxPendingHandshakes + 4 {
 		conn, err := net.Dial("tcp", peers[1])
 		if err != nil {
@@ -672,16 +680,7 @@ func TestBadMagicRejected(t *testing.T) {
 // that the peer did not accept this generation's secret, never having
 // connected.
 func TestStaleGenerationCannotJoin(t *testing.T) {
-	ls := make([]*Listener, 2)
-	peers := make([]string, 2)
-	for i := range ls {
-		l, err := Listen("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ls[i], peers[i] = l, l.Addr()
-	}
+	ls, peers := listeners(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	gens := []uint64{1, 2}
@@ -710,16 +709,8 @@ func TestStaleGenerationCannotJoin(t *testing.T) {
 // when a generation-1 "rank 0" (the old secret) dials it: the stale rank
 // is not let in, and rank 1 keeps waiting for the real rank 0.
 func TestStaleRankRefusedWhileRingForms(t *testing.T) {
-	ls := make([]*Listener, 3)
-	for i := range ls {
-		l, err := Listen("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ls[i] = l
-	}
-	peers := []string{ls[0].Addr(), ls[1].Addr()}
+	ls, addrs := listeners(t, 3)
+	peers := addrs[:2]
 	secret := NewSecret()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
