@@ -1,8 +1,12 @@
 package coordinator
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -57,17 +61,49 @@ func TestMayCall(t *testing.T) {
 func TestNATSRefusesStrangers(t *testing.T) {
 	s, nc := startOne(t)
 	url := s.NATSURL()
+
+	// Plaintext: the server wants TLS before anything else; a client that
+	// goes on in clear gets no answer and no message.
+	t.Run("plaintext", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "tls://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		info, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.Contains(info, `"tls_required":true`) {
+			t.Fatalf("INFO %q (%v), want tls_required", info, err)
+		}
+		fmt.Fprintf(conn, "CONNECT {\"auth_token\":%q}\r\nSUB lavit.v1.> 1\r\nPING\r\n", s.Token())
+		rest, _ := io.ReadAll(conn) // until the server closes
+		if strings.Contains(string(rest), "PONG") || strings.Contains(string(rest), "MSG") {
+			t.Fatalf("a plaintext client was served: %q", rest)
+		}
+	})
+	t.Run("plaintext client library", func(t *testing.T) {
+		c, err := nats.Connect(url, append(wire.PlaintextConnectOptions(s.Token()), nats.MaxReconnects(0))...)
+		if err == nil {
+			c.Close()
+			t.Fatal("connected")
+		}
+	})
+
+	pinned, err := wire.ClientTLS(s.Token())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		opts []nats.Option
 	}{
-		{"no token", nil},
+		{"TLS without a token", nil},
 		{"wrong token", []nats.Option{nats.Token("not-the-token-0123456789")}},
 		{"coordinator user, wrong password", []nats.Option{nats.UserInfo(coordinatorNATSUser, "guess")}},
 		{"route user as a client", []nats.Option{nats.UserInfo(routeNATSUser, routeNATSPassword(s.Token()))}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := nats.Connect(url, append(tc.opts, nats.MaxReconnects(0))...)
+			c, err := nats.Connect(url, append(tc.opts, nats.Secure(pinned), nats.MaxReconnects(0))...)
 			if err == nil {
 				c.Close()
 				t.Fatal("connected")
@@ -119,24 +155,45 @@ func TestNATSRefusesStrangers(t *testing.T) {
 	}
 }
 
-// TestHTTPStatusNeedsToken: /v1/status answers only the admin token;
+// TestHTTPStatusNeedsToken: the HTTP API speaks HTTPS only, with a
+// certificate of the cluster CA; /v1/status answers only the admin token;
 // the probes stay open.
 func TestHTTPStatusNeedsToken(t *testing.T) {
 	s, _ := startOne(t)
+	pinned, err := wire.ClientTLS(s.Token())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: pinned}}
 	get := func(path, token string) int {
-		req, err := http.NewRequest("GET", "http://"+s.HTTPAddr()+path, nil)
+		req, err := http.NewRequest("GET", "https://"+s.HTTPAddr()+path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		return resp.StatusCode
+	}
+	// Plain HTTP is answered with a refusal that says HTTPS, and nothing else.
+	resp, err := http.Get("http://" + s.HTTPAddr() + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
+		t.Errorf("plain HTTP: %d %q, want 400 naming HTTPS", resp.StatusCode, body)
+	}
+	// A client of another cluster's CA refuses the server.
+	other, _ := wire.ClientTLS("another cluster's admin token 0123")
+	if _, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: other}}).Get("https://" + s.HTTPAddr() + "/healthz"); err == nil {
+		t.Error("a client pinned to another cluster's CA accepted this coordinator")
 	}
 	for _, tc := range []struct {
 		path, token string

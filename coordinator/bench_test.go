@@ -10,24 +10,45 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/coordinator"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
 // BenchmarkHeartbeat measures heartbeats one leader answers per second:
-// 64 registered workers, 32 concurrent callers over 8 NATS connections.
-// Client and server share this machine's cores, so this is a lower bound.
+// 64 registered workers, 32 concurrent callers over 8 NATS connections,
+// with TLS (the default) and without (--plaintext-nats), to show what
+// TLS costs. Client and server share this machine's cores, so this is a
+// lower bound.
 func BenchmarkHeartbeat(b *testing.B) {
-	c := startCluster(b, 1)
+	for _, plaintext := range []bool{false, true} {
+		name := map[bool]string{false: "tls", true: "plaintext"}[plaintext]
+		b.Run(name, func(b *testing.B) { benchmarkHeartbeat(b, plaintext) })
+	}
+}
+
+func benchmarkHeartbeat(b *testing.B, plaintext bool) {
+	cfg := nodeConfig(b, "c1")
+	cfg.PlaintextNATS = plaintext
+	s, err := coordinator.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Kill()
+	testutil.WaitFor(b, 30*time.Second, "c1 ready", func() bool { return s.Ready() == "" })
+	connect := wire.ConnectOptions
+	if plaintext {
+		connect = wire.PlaintextConnectOptions
+	}
 	const workers, conns = 64, 8
 	clients := make([]*wire.Client, conns)
 	for i := range clients {
-		nc, err := nats.Connect(c.natsURLs(), wire.ConnectOptions(c.token)...)
+		nc, err := nats.Connect(s.NATSURL(), connect(s.Token())...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer nc.Close()
-		clients[i] = &wire.Client{NC: nc, Token: c.token}
+		clients[i] = &wire.Client{NC: nc, Token: s.Token()}
 	}
 	for i := 0; i < workers; i++ {
 		cl := *clients[i%conns]

@@ -10,6 +10,7 @@ import (
 	"github.com/lavit-org/lavit/internal/natsembed"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/worker"
 )
 
 func loopback(t testing.TB) string { return fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)) }
@@ -60,7 +61,8 @@ func TestExternalNATS(t *testing.T) {
 	if s.NATSURL() != ext.ClientURL() || s.NATSRoute() != "" {
 		t.Fatalf("coordinator NATS = %s / %s, want the external %s and no routes", s.NATSURL(), s.NATSRoute(), ext.ClientURL())
 	}
-	w := startWorker(t, ext.ClientURL(), s.Token(), "w1")
+	// The external NATS speaks no TLS: the worker says so.
+	w := startWorker(t, ext.ClientURL(), s.Token(), "w1", func(c *worker.Config) { c.PlaintextNATS = true })
 	testutil.WaitFor(t, 10*time.Second, "worker registered through external NATS", func() bool {
 		return workerStates(s)["w1"] == wire.WorkerIdle && w.Leader() == "c1"
 	})

@@ -36,6 +36,11 @@ type Config struct {
 	NATSRoutes      []string
 	// NATSURL, when set, uses that NATS instead of an embedded server.
 	NATSURL string
+	// PlaintextNATS serves the embedded NATS's clients without TLS (routes
+	// keep mutual TLS): only for a network that encrypts for you, such as
+	// a service mesh, and for measuring what TLS costs. Tokens then travel
+	// in clear; clients need --plaintext-nats.
+	PlaintextNATS bool
 
 	// Join is the HTTP address of a member of an existing cluster to join.
 	Join string
@@ -155,6 +160,9 @@ func (c *Config) Validate() error {
 		}
 	} else if host, _, _ := net.SplitHostPort(c.RaftAddr); host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
 		return fmt.Errorf("--raft-addr %q binds every interface: set --raft-advertise to the address peers should dial", c.RaftAddr)
+	}
+	if c.PlaintextNATS && c.NATSURL != "" {
+		return errors.New("--plaintext-nats is for the embedded NATS server, which --nats-url replaces")
 	}
 	if c.NATSURL != "" {
 		if len(c.NATSRoutes) > 0 {

@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		}, "contradict"},
 		{"no-bootstrap and join", func(c *Config) { c.NoBootstrap = true; c.Join = "x:1"; c.Token = strings.Repeat("t", 16) }, "contradicts"},
 		{"nats-url and routes", func(c *Config) { c.NATSURL = "nats://x:4222"; c.NATSRoutes = []string{"nats-route://y:6222"} }, "contradict"},
+		{"plaintext nats with nats-url", func(c *Config) { c.NATSURL = "nats://x:4222"; c.PlaintextNATS = true }, "replaces"},
 		{"join without token", func(c *Config) { c.Join = "127.0.0.1:8080" }, "--token"},
 		{"peers without token", func(c *Config) { c.Peers = []string{"c1=127.0.0.1:7000"} }, "--token"},
 		{"peers without routes", func(c *Config) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/internal/clusterca"
 	"github.com/lavit-org/lavit/internal/testutil"
 	"github.com/lavit-org/lavit/internal/wire"
 )
@@ -109,22 +110,37 @@ func TestBadControlMessages(t *testing.T) {
 	testutil.WaitFor(t, 30*time.Second, "w2 registered after bad input", func() bool { return workerStates(leader)["w2"] == wire.WorkerIdle })
 }
 
-// TestWrongTokenWorkerStops: a worker with a wrong token is refused by
-// the coordinators' NATS and gets a clear, fatal error instead of
-// retrying forever.
+// TestWrongTokenWorkerStops: a worker with a wrong token gets a clear,
+// fatal error instead of retrying forever: a wrong admin-style token
+// pins another CA, so the worker refuses the coordinators before it sends
+// the token; a forged worker token of the right cluster is refused by
+// the coordinators' NATS.
 func TestWrongTokenWorkerStops(t *testing.T) {
 	c := startCluster(t, 1)
-	w := startWorker(t, c.natsURLs(), "definitely-the-wrong-token", "w1")
-	select {
-	case err := <-w.done:
-		if err == nil || !strings.Contains(err.Error(), "refused this worker's token") {
-			t.Fatalf("Run returned %v, want the token refused", err)
-		}
-		w.done <- err
-	case <-time.After(10 * time.Second):
-		t.Fatal("worker with a wrong token kept running")
+	ca, err := clusterca.Derive(c.token)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(workerStates(c.leader())) != 0 {
-		t.Fatal("a worker with a wrong token was registered")
+	for _, tc := range []struct {
+		name, token, want string
+	}{
+		{"another cluster's", "definitely-the-wrong-token", "not a coordinator of this token's cluster"},
+		{"forged worker token", "lavit.0123456789ab.forgedsecretforgedsecretforgedsecretforged." + ca.Fingerprint(), "refused this worker's token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := startWorker(t, c.natsURLs(), tc.token, "w1")
+			select {
+			case err := <-w.done:
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Run returned %v, want %q", err, tc.want)
+				}
+				w.done <- err
+			case <-time.After(10 * time.Second):
+				t.Fatal("worker with a wrong token kept running")
+			}
+			if len(workerStates(c.leader())) != 0 {
+				t.Fatal("a worker with a wrong token was registered")
+			}
+		})
 	}
 }

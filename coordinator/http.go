@@ -2,10 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -14,7 +16,8 @@ import (
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
-// The HTTP API. The probes are open; status and anything that changes
+// The HTTP API, over TLS with this node's certificate of the cluster CA
+// (HTTPS only). The probes are open; status and anything that changes
 // state need "Authorization: Bearer TOKEN" (the admin token).
 //
 //	GET  /healthz      200 while the process runs
@@ -30,6 +33,9 @@ func (s *Server) startHTTP() error {
 		return fmt.Errorf("http listener on %s: %w", s.cfg.HTTPAddr, err)
 	}
 	s.httpAddr = ln.Addr().String()
+	// HTTPS only, with this node's certificate: clients pin the cluster
+	// CA (probes, which cannot, skip verification and learn nothing).
+	ln = tls.NewListener(ln, s.ca.ServerTLS(s.leaf))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -43,6 +49,8 @@ func (s *Server) startHTTP() error {
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+		// Failed handshakes (probes, strangers) at debug level, not on stderr.
+		ErrorLog: slog.NewLogLogger(s.log.With("component", "http").Handler(), slog.LevelDebug),
 	}
 	go func() {
 		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -13,12 +13,18 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/lavit-org/lavit/internal/clusterca"
 	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
 )
 
 // Joining: a new node (no raft state, --join ADDR) starts raft without
-// bootstrapping, then POSTs /v1/raft/join to any member's HTTP API. That
+// bootstrapping, then POSTs /v1/raft/join to any member's HTTP API over
+// HTTPS, accepting only a certificate of the cluster CA it derived from
+// the admin token it holds (so a stranger on the path can neither learn
+// the token nor answer for the cluster). It needs no certificate from
+// the leader: every holder of the admin token derives the same CA and
+// issues itself a certificate (internal/clusterca). That
 // member forwards the request to the leader over NATS (or serves it if it
 // leads); the leader adds the node as a voter and answers with the NATS
 // route URLs of the cluster, which the new node's embedded NATS server
@@ -29,12 +35,15 @@ import (
 // joinTimeout bounds how long a node keeps trying to join.
 const joinTimeout = 2 * time.Minute
 
-// joinURL turns "host:port" or "http://host:port" into the join endpoint.
-func joinURL(addr string) string {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+// joinURL turns "host:port" or "https://host:port" into the join endpoint.
+func joinURL(addr string) (string, error) {
+	if strings.HasPrefix(addr, "http://") {
+		return "", fmt.Errorf("--join %q: the coordinators' HTTP API is HTTPS only; give host:port or https://host:port", addr)
 	}
-	return strings.TrimRight(addr, "/") + "/v1/raft/join"
+	if !strings.Contains(addr, "://") {
+		addr = "https://" + addr
+	}
+	return strings.TrimRight(addr, "/") + "/v1/raft/join", nil
 }
 
 // joinCluster asks an existing member to add this node, retrying with
@@ -48,14 +57,18 @@ func (s *Server) joinCluster() ([]string, error) {
 		HTTPAddr: s.httpAddr,
 	}
 	body, _ := json.Marshal(req)
-	url := joinURL(s.cfg.Join)
-	client := &http.Client{Timeout: 10 * time.Second}
+	url, err := joinURL(s.cfg.Join)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: s.ca.ClientTLS()}}
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
 	var reply *wire.RaftJoinReply
-	err := retry.Do(ctx, retry.Backoff{Initial: 200 * time.Millisecond, Max: 3 * time.Second, Jitter: 0.5}, func(int) error {
+	err = retry.Do(ctx, retry.Backoff{Initial: 200 * time.Millisecond, Max: 3 * time.Second, Jitter: 0.5}, func(int) error {
 		var err error
 		var again bool
 		if reply, err, again = s.postJoin(client, url, body); err != nil && !again {
@@ -83,6 +96,11 @@ func (s *Server) postJoin(client *http.Client, url string, body []byte) (*wire.R
 	hreq.Header.Set("Authorization", "Bearer "+s.token)
 	hreq.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(hreq)
+	if errors.Is(err, clusterca.ErrWrongCluster) {
+		// The member's CA is not the one our token derives: our token is
+		// not that cluster's admin token. Waiting will not change it.
+		return nil, fmt.Errorf("%s: %w", url, err), false
+	}
 	if err != nil {
 		return nil, err, true
 	}

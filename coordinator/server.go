@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,11 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	token string
+	// ca is the cluster CA derived from the admin token, and leaf this
+	// node's certificate from it: raft and NATS routes use them for
+	// mutual TLS, NATS clients and the HTTP API for TLS.
+	ca   *clusterca.CA
+	leaf tls.Certificate
 
 	tokenGenerated bool
 
@@ -112,6 +118,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.token, s.tokenGenerated = tok, generated
+	if s.ca, err = clusterca.Derive(s.token); err != nil {
+		return nil, err
+	}
+	if s.leaf, err = s.ca.Issue(cfg.NodeID); err != nil {
+		return nil, err
+	}
 	if err = s.startRaft(snaps, hasState); err != nil {
 		return nil, err
 	}
@@ -171,9 +183,8 @@ func (s *Server) openRaftStores() (raft.SnapshotStore, bool, error) {
 	return snaps, hasState, nil
 }
 
-// openRaftTransport listens for raft on mutual TLS with a certificate of
-// the cluster CA derived from the admin token (raftls.go), so it needs
-// the token settled.
+// openRaftTransport listens for raft on mutual TLS with this node's
+// certificate of the cluster CA (raftls.go).
 func (s *Server) openRaftTransport(hl hclog.Logger) error {
 	cfg := s.cfg
 	var advertise net.Addr
@@ -183,15 +194,7 @@ func (s *Server) openRaftTransport(hl hclog.Logger) error {
 			return fmt.Errorf("--raft-advertise %q: %w", cfg.RaftAdvertise, err)
 		}
 	}
-	ca, err := clusterca.Derive(s.token)
-	if err != nil {
-		return err
-	}
-	leaf, err := ca.Issue(cfg.NodeID)
-	if err != nil {
-		return err
-	}
-	stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, ca.MutualTLS(leaf))
+	stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, s.ca.MutualTLS(s.leaf))
 	if err != nil {
 		return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 	}
@@ -280,12 +283,17 @@ func (s *Server) startNATS(joinRoutes []string) error {
 			Authenticate:  s.natsGrant,
 			RouteUser:     routeNATSUser,
 			RoutePassword: routeNATSPassword(s.token),
-			Logger:        s.log.With("component", "nats"),
+			// Clients over TLS with this node's certificate (they pin
+			// the CA); routes over mutual TLS, coordinators only.
+			TLS:      s.clientTLS(),
+			RouteTLS: s.ca.MutualTLS(s.leaf),
+			Logger:   s.log.With("component", "nats"),
 		})
 		if err != nil {
 			return fmt.Errorf("embedded nats: %w", err)
 		}
-		url = s.natsSrv.ClientURL()
+		// In process, without TLS: the URL's tls:// scheme would ask for it.
+		url = strings.Replace(s.natsSrv.ClientURL(), "tls://", "nats://", 1)
 		opts = append(opts, nats.InProcessServer(s.natsSrv.Inner()))
 	}
 	nc, err := nats.Connect(url, opts...)
@@ -294,6 +302,16 @@ func (s *Server) startNATS(joinRoutes []string) error {
 	}
 	s.nc = nc
 	return nil
+}
+
+// clientTLS is the embedded NATS's TLS for clients: this node's
+// certificate, or none with Config.PlaintextNATS.
+func (s *Server) clientTLS() *tls.Config {
+	if s.cfg.PlaintextNATS {
+		s.log.Warn("serving NATS clients without TLS (--plaintext-nats): tokens travel in clear")
+		return nil
+	}
+	return s.ca.ServerTLS(s.leaf)
 }
 
 // mergeRoutes joins route lists without duplicates, in order.

@@ -16,15 +16,17 @@ import (
 // Issued tokens. The admin token made at the cluster's first start is
 // the root credential (its hash is State.TokenHash); an admin issues
 // further tokens with `lavit-coord token create --role worker|admin`, and
-// revokes them by id. A token is "lavit.<id>.<secret>": the id finds its
-// record, the secret (32 random bytes) is what the hash proves. Raft
-// keeps only the hash; the token itself is shown once, to its creator.
+// revokes them by id. A token is "lavit.<id>.<secret>.<ca>": the id finds
+// its record, the secret (32 random bytes) is what the hash proves, and
+// the CA's fingerprint lets its holder pin the cluster's CA
+// (wire.SplitToken; it is not part of the credential). Raft keeps only
+// the hash; the token itself is shown once, to its creator.
 
 // TokenRecord is one issued token as the FSM keeps it.
 type TokenRecord struct {
 	ID      string    `json:"id"`
 	Role    Role      `json:"role"`
-	Hash    string    `json:"hash"` // sha256 of the whole token, hex
+	Hash    string    `json:"hash"` // sha256 of "lavit.<id>.<secret>", hex
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never
 	Note    string    `json:"note,omitempty"`
@@ -87,7 +89,7 @@ func validTokenID(id string) bool {
 	return err == nil && len(b) == tokenIDBytes && strings.ToLower(id) == id
 }
 
-// newToken makes a token of a fresh id and secret.
+// newToken makes the credential of a fresh id and secret.
 func newToken() (id, token string, err error) {
 	b := make([]byte, tokenIDBytes+tokenSecretSize)
 	if _, err := rand.Read(b); err != nil {
@@ -147,6 +149,7 @@ func (s *Server) handleTokenCreate(req *wire.TokenCreateRequest) (*wire.TokenCre
 	}
 	now := time.Now().UTC()
 	rec := TokenRecord{ID: id, Role: role, Hash: hashToken(token), Created: now, Note: req.Note}
+	token += "." + s.ca.Fingerprint()
 	if req.TTLSeconds > 0 {
 		rec.Expires = now.Add(time.Duration(req.TTLSeconds) * time.Second)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/lavit-org/lavit/internal/clusterca"
 	"github.com/lavit-org/lavit/internal/logging"
 	"github.com/lavit-org/lavit/internal/retry"
 	"github.com/lavit-org/lavit/internal/wire"
@@ -25,6 +26,9 @@ type Config struct {
 	// Coord is the NATS URL (or comma-separated URLs) of the coordinators.
 	Coord string
 	Token string
+	// PlaintextNATS connects without TLS: only for an external NATS
+	// (lavit-coord up --nats-url) that does not speak it.
+	PlaintextNATS bool
 	// ID is the worker's stable id (default: host name, plus the device
 	// when it is a GPU).
 	ID     string
@@ -165,7 +169,11 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // connect dials NATS, retrying with backoff while no coordinator listens.
 func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
-	opts := append(wire.ConnectOptions(a.cfg.Token),
+	connect := wire.ConnectOptions
+	if a.cfg.PlaintextNATS {
+		connect = wire.PlaintextConnectOptions
+	}
+	opts := append(connect(a.cfg.Token),
 		nats.Name("lavit-worker "+a.cfg.ID),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
@@ -182,8 +190,15 @@ func (a *Agent) connect(ctx context.Context) (*nats.Conn, error) {
 	err := retry.Do(ctx, a.backoff(250*time.Millisecond), func(int) error {
 		var err error
 		nc, err = nats.Connect(a.cfg.Coord, opts...)
-		if errors.Is(err, nats.ErrAuthorization) {
+		switch {
+		case errors.Is(err, nats.ErrAuthorization):
 			return retry.Permanent(fmt.Errorf("the coordinators' NATS at %s refused this worker's token (check --token-file / --token / LAVIT_TOKEN; a revoked token stays refused): %w", a.cfg.Coord, err))
+		case errors.Is(err, wire.ErrTokenWithoutCA):
+			return retry.Permanent(err)
+		case errors.Is(err, clusterca.ErrWrongCluster):
+			return retry.Permanent(fmt.Errorf("NATS at %s: %w", a.cfg.Coord, err))
+		case errors.Is(err, nats.ErrSecureConnWanted):
+			return retry.Permanent(fmt.Errorf("the NATS at %s does not speak TLS, and lavit's coordinators always do (for an external NATS without TLS, pass --plaintext-nats): %w", a.cfg.Coord, err))
 		}
 		return err
 	}, func(t retry.Try) {

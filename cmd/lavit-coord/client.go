@@ -21,6 +21,7 @@ func clientFlags(withJSON bool) []cli.Flag {
 		&cli.StringFlag{Name: "coord", Value: "nats://127.0.0.1:4222", Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
 		&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token", EnvVars: env("DATA_DIR")},
 		&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "give up after this long"},
+		cliutil.FlagPlaintextNATS(env),
 	}
 	flags = append(flags, cliutil.TokenFlags(env, "token (default: the admin token in --data-dir)")...)
 	if withJSON {
@@ -39,10 +40,19 @@ func callCluster[Req, Rep any](c *cli.Context, ep wire.Endpoint[Req, Rep], req *
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
 	host, _ := os.Hostname()
-	opts := append(wire.ConnectOptions(token), nats.Name("lavit-coord cli"), nats.Timeout(c.Duration("timeout")))
+	connect := wire.ConnectOptions
+	if c.Bool("plaintext-nats") {
+		connect = wire.PlaintextConnectOptions
+	}
+	opts := append(connect(token), nats.Name("lavit-coord cli"), nats.Timeout(c.Duration("timeout")))
 	nc, err := nats.Connect(c.String("coord"), opts...)
-	if errors.Is(err, nats.ErrAuthorization) {
+	switch {
+	case errors.Is(err, nats.ErrAuthorization):
 		return zero, fmt.Errorf("connect to coordinator NATS at %s: the token was refused (check --token-file / --token / LAVIT_TOKEN)", c.String("coord"))
+	case c.Bool("plaintext-nats") && errors.Is(err, nats.ErrTLS):
+		return zero, fmt.Errorf("connect to coordinator NATS at %s: it requires TLS (lavit's embedded NATS does unless started with --plaintext-nats): leave out --plaintext-nats", c.String("coord"))
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return zero, fmt.Errorf("connect to coordinator NATS at %s: it does not speak TLS, and lavit's coordinators always do (for an external NATS without TLS, pass --plaintext-nats)", c.String("coord"))
 	}
 	if err != nil {
 		return zero, fmt.Errorf("connect to coordinator NATS at %s: %w", c.String("coord"), err)

@@ -26,6 +26,7 @@ func newApp() *cli.App {
 			workersCommand(),
 			raftCommand(),
 			tokenCommand(),
+			caCommand(),
 			shardsCommand(),
 			runCommand(),
 			evalCommand(),

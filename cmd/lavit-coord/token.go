@@ -3,13 +3,51 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/lavit-org/lavit/internal/cliutil"
+	"github.com/lavit-org/lavit/internal/clusterca"
+	"github.com/lavit-org/lavit/internal/datadir"
 	"github.com/lavit-org/lavit/internal/wire"
 )
+
+// caCommand prints the cluster CA's certificate, derived offline from the
+// admin token, for tools that verify the coordinators themselves.
+func caCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ca",
+		Usage: "print the cluster CA's certificate (PEM; derived from the admin token) for curl --cacert or a Prometheus scrape; coordinators' certificates name " + clusterca.ServerName,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token", EnvVars: env("DATA_DIR")},
+			&cli.BoolFlag{Name: "fingerprint", Usage: "print the certificate's sha256 (hex) instead"},
+		}, cliutil.TokenFlags(env, "the admin token (default: the one in --data-dir)")...),
+		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			token, _, err := cliutil.ClientToken(c, datadir.ReadToken)
+			if err != nil {
+				return err
+			}
+			if cred, _ := wire.SplitToken(token); strings.HasPrefix(cred, "lavit.") {
+				return cliutil.Usagef("ca: an issued token cannot derive the CA; give the admin token (the first coordinator's <data-dir>/token)")
+			}
+			ca, err := clusterca.Derive(token)
+			if err != nil {
+				return err
+			}
+			if c.Bool("fingerprint") {
+				fmt.Println(ca.Fingerprint())
+				return nil
+			}
+			_, err = os.Stdout.Write(ca.CertPEM())
+			return err
+		},
+	}
+}
 
 func tokenCommand() *cli.Command {
 	return &cli.Command{

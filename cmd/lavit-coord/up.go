@@ -34,6 +34,7 @@ func upCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "peers", Usage: "fixed initial cluster, id=raft-host:port for every node including this one (all nodes get the same list)", EnvVars: env("PEERS")},
 			&cli.BoolFlag{Name: "no-bootstrap", Usage: "start without state and wait to be added with `lavit-coord raft join`", EnvVars: env("NO_BOOTSTRAP")},
 			&cli.StringFlag{Name: "nats-url", Usage: "use this NATS instead of the embedded one", EnvVars: env("NATS_URL")},
+			&cli.BoolFlag{Name: "plaintext-nats", Usage: "serve NATS clients without TLS (routes keep it): only where the network encrypts for you (a service mesh); tokens travel in clear, clients need --plaintext-nats", EnvVars: env("PLAINTEXT_NATS")},
 			&cli.StringSliceFlag{Name: "file-root", Usage: "a directory runs' file:// locations may lie under (repeatable; default: the directory lavit-coord starts in); anything else, or a symbolic link out, is refused at submit", EnvVars: env("FILE_ROOT")},
 			&cli.DurationFlag{Name: "worker-timeout", Value: d.WorkerTimeout, Usage: "mark a worker LOST after this long without heartbeats", EnvVars: env("WORKER_TIMEOUT")},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "heartbeat interval workers are asked to use", EnvVars: env("HEARTBEAT_INTERVAL")},
@@ -72,6 +73,7 @@ func runUp(c *cli.Context) error {
 	cfg.Peers = c.StringSlice("peers")
 	cfg.NoBootstrap = c.Bool("no-bootstrap")
 	cfg.NATSURL = c.String("nats-url")
+	cfg.PlaintextNATS = c.Bool("plaintext-nats")
 	if cfg.Token, _, err = cliutil.FlagToken(c); err != nil {
 		return err
 	}
@@ -102,7 +104,7 @@ func runUp(c *cli.Context) error {
 	if srv.TokenGenerated() {
 		announceToken(os.Stdout, srv.Token(), datadir.TokenPath(cfg.DataDir))
 	}
-	fmt.Fprintf(os.Stderr, "lavit-coord %s up: node %s, raft %s, NATS %s, HTTP http://%s, data %s\n",
+	fmt.Fprintf(os.Stderr, "lavit-coord %s up: node %s, raft %s, NATS %s, HTTPS https://%s, data %s\n",
 		version, cfg.NodeID, srv.RaftAddr(), srv.NATSURL(), srv.HTTPAddr(), cfg.DataDir)
 	sig := <-sigs
 	log.Info("signal received; shutting down", "signal", sig.String())

@@ -43,6 +43,7 @@ func newApp() *cli.App {
 			Flags: append(append(cliutil.LogFlags(), cliutil.TokenFlags(env, "token: a worker token from 'lavit-coord token create --role worker', or the admin token")...),
 				&cli.StringFlag{Name: "coord", Value: d.Coord, Usage: "NATS URL(s) of the coordinators, comma-separated", EnvVars: env("COORD")},
 				&cli.StringFlag{Name: "data-dir", Value: datadir.Default, Usage: "a local coordinator's data dir, to find the admin token when no token is given", EnvVars: env("DATA_DIR")},
+				cliutil.FlagPlaintextNATS(env),
 				&cli.StringFlag{Name: "id", Usage: "stable worker id (default: host name, plus -cudaN on a GPU)", EnvVars: env("WORKER_ID")},
 				&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda:N, auto (first GPU, else CPU), or all (one worker process per GPU, supervised by this one)", EnvVars: env("DEVICE")},
 				&cli.StringFlag{Name: "nccl-lib", Usage: "path to libnccl.so.2 for runs with collective.backend nccl (default on a GPU: the loader's search, then PyTorch's pip wheels)", EnvVars: env("NCCL_LIB")},
@@ -74,6 +75,7 @@ func runJoin(c *cli.Context) error {
 		return err
 	}
 	cfg.Token = token
+	cfg.PlaintextNATS = c.Bool("plaintext-nats")
 	log.Info("token", "from", from)
 	cfg.Host, _ = os.Hostname()
 	cfg.Devices = worker.DetectDevices()

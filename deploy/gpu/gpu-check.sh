@@ -79,7 +79,7 @@ coord="$out/lavit-coord"
 "$coord" up --data-dir "$work/coord" --file-root "$work" --log-level warn >"$rep/coord.log" 2>&1 &
 coord_pid=$!
 for _ in $(seq 100); do
-  python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8080/readyz", timeout=1)' 2>/dev/null && break
+  python3 -c 'import ssl, urllib.request; urllib.request.urlopen("https://127.0.0.1:8080/readyz", timeout=1, context=ssl._create_unverified_context())' 2>/dev/null && break
   sleep 0.2
 done
 export LAVIT_TOKEN=$(cat "$work/coord/token")

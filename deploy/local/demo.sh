@@ -34,15 +34,21 @@ step "lavit-coord shards synth  (MODEL.md's data set: 5000 train and 256 eval sa
 "$coord" shards synth --out "file://$out/data/train" --samples 5000 --per-shard 500 2>/dev/null | tail -1
 "$coord" shards synth --out "file://$out/data/eval" --split eval --samples 256 --per-shard 256 2>/dev/null | tail -1
 
-step "lavit-coord up  (one-node raft in demo-out/coord, NATS 127.0.0.1:4222, HTTP 127.0.0.1:8080; runs may use files under demo-out only)"
+step "lavit-coord up  (one-node raft in demo-out/coord, NATS 127.0.0.1:4222 and HTTPS 127.0.0.1:8080, both TLS; runs may use files under demo-out only)"
 "$coord" up --id coord-1 --data-dir "$out/coord" --file-root "$out" >"$out/coord.log" 2>&1 &
 pids+=($!)
 coord_pid=$!
+# /readyz is a probe: like Kubernetes, poll it without verifying the certificate.
 for _ in $(seq 1 100); do
-  curl -fsS http://127.0.0.1:8080/readyz >/dev/null 2>&1 && break
+  curl -fsSk https://127.0.0.1:8080/readyz >/dev/null 2>&1 && break
   sleep 0.2
 done
-curl -fsS http://127.0.0.1:8080/readyz >/dev/null || { echo "demo: coordinator not ready; see $out/coord.log" >&2; exit 1; }
+curl -fsSk https://127.0.0.1:8080/readyz >/dev/null || { echo "demo: coordinator not ready; see $out/coord.log" >&2; exit 1; }
+# Then once verified, with the cluster CA (derived from the admin token);
+# the coordinators' certificates name lavit-coordinator.
+"$coord" ca --data-dir "$out/coord" >"$out/ca.pem"
+curl -fsS --cacert "$out/ca.pem" --resolve lavit-coordinator:8080:127.0.0.1 https://lavit-coordinator:8080/readyz >/dev/null ||
+  { echo "demo: the coordinator's certificate did not verify against $out/ca.pem" >&2; exit 1; }
 echo "ready"
 export LAVIT_DATA_DIR="$out/coord"   # the CLI and the workers read the join token there
 

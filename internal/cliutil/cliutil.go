@@ -223,3 +223,9 @@ func TokenFlags(env func(string) []string, what string) []cli.Flag {
 		&cli.StringFlag{Name: "token-file", Usage: "a file holding the " + what, EnvVars: env("TOKEN_FILE")},
 	}
 }
+
+// FlagPlaintextNATS is --plaintext-nats: connect to the coordinators'
+// NATS without TLS, for an external NATS that does not speak it.
+func FlagPlaintextNATS(env func(string) []string) cli.Flag {
+	return &cli.BoolFlag{Name: "plaintext-nats", Usage: "connect without TLS: only for an external NATS (lavit-coord up --nats-url) that does not speak it; the token travels in clear", EnvVars: env("PLAINTEXT_NATS")}
+}

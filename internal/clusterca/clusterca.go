@@ -17,11 +17,18 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"time"
 )
+
+// ServerName is the DNS name in every coordinator's certificate, and the
+// name TLS clients of this package verify: coordinators are found by
+// address (often a bare IP), and what proves a peer is a coordinator is
+// the CA that signed its certificate, not its host name.
+const ServerName = "lavit-coordinator"
 
 // CA is a cluster's certificate authority.
 type CA struct {
@@ -65,6 +72,13 @@ func Derive(adminToken string) (*CA, error) {
 	return &CA{cert: cert, der: der, key: key, pool: pool}, nil
 }
 
+// CertPEM is the CA's certificate in PEM, for tools that verify the
+// coordinators themselves (curl --cacert, a Prometheus scrape config),
+// with the server name ServerName.
+func (ca *CA) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der})
+}
+
 // Fingerprint is the sha256 of the CA certificate, hex.
 func (ca *CA) Fingerprint() string {
 	sum := sha256.Sum256(ca.der)
@@ -72,7 +86,9 @@ func (ca *CA) Fingerprint() string {
 }
 
 // Issue makes a leaf certificate for a coordinator named name, with a
-// fresh key, good for client and server authentication.
+// fresh key, good for client and server authentication. The chain it
+// returns includes the CA's certificate, so that a client that knows only
+// the CA's fingerprint (PinnedTLS) can find it.
 func (ca *CA) Issue(name string) (tls.Certificate, error) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -86,6 +102,7 @@ func (ca *CA) Issue(name string) (tls.Certificate, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: name, Organization: []string{"lavit coordinators"}},
+		DNSNames:     []string{ServerName},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -95,13 +112,12 @@ func (ca *CA) Issue(name string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("certificate for %s: %w", name, err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}, nil
+	return tls.Certificate{Certificate: [][]byte{der, ca.der}, PrivateKey: priv}, nil
 }
 
 // MutualTLS is the TLS configuration of a coordinator's connections to
-// and from other coordinators: TLS 1.3, each side presents leaf and
-// must present a certificate this CA issued. Peers are authenticated by
-// the CA alone, not by host name: raft addresses are often bare IPs.
+// and from other coordinators (raft, NATS routes): TLS 1.3, each side
+// presents leaf and must present a certificate this CA issued.
 func (ca *CA) MutualTLS(leaf tls.Certificate) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -109,28 +125,68 @@ func (ca *CA) MutualTLS(leaf tls.Certificate) *tls.Config {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    ca.pool,
 		RootCAs:      ca.pool,
-		// The dialling side verifies the chain below instead of a host
-		// name; the accepting side's ClientCAs check is the standard one.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return ca.verify(cs.PeerCertificates)
-		},
+		ServerName:   ServerName,
 	}
 }
 
-// verify checks that certs (the peer's chain, leaf first) lead to this CA.
-func (ca *CA) verify(certs []*x509.Certificate) error {
+// ServerTLS is the TLS configuration of a coordinator's listeners for
+// clients (NATS clients, the HTTP API): it presents leaf and asks for no
+// client certificate (clients prove themselves with a token).
+func (ca *CA) ServerTLS(leaf tls.Certificate) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{leaf}}
+}
+
+// ClientTLS is the TLS configuration of a client that holds this CA (a
+// coordinator, or whoever holds the admin token): it trusts coordinators
+// of this cluster and nothing else.
+func (ca *CA) ClientTLS() *tls.Config {
+	cfg, _ := PinnedTLS(ca.Fingerprint()) // a valid fingerprint
+	return cfg
+}
+
+// ErrWrongCluster: the server's certificate is not from the expected
+// cluster CA. A client sees it when its token is another cluster's (or
+// wrong), or when something else answers at the address.
+var ErrWrongCluster = errors.New("the server is not a coordinator of this token's cluster (its certificate is not from the cluster CA the token names: a wrong token, or another server at that address)")
+
+// PinnedTLS is the TLS configuration of a client that knows only the
+// CA's fingerprint (hex sha256 of its certificate, as a worker token
+// carries it): the server's chain must hold a CA certificate of that
+// fingerprint that signed the server's certificate.
+func PinnedTLS(fingerprint string) (*tls.Config, error) {
+	want, err := hex.DecodeString(fingerprint)
+	if err != nil || len(want) != sha256.Size {
+		return nil, fmt.Errorf("CA fingerprint %q: want %d hex digits (a sha256)", fingerprint, 2*sha256.Size)
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// The chain is verified below against the pinned CA instead of
+		// the system's roots.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPinned(cs.PeerCertificates, want)
+		},
+	}, nil
+}
+
+// verifyPinned checks that certs (a server's chain, leaf first) hold a CA
+// certificate whose sha256 is want, and that it issued the leaf for
+// ServerName.
+func verifyPinned(certs []*x509.Certificate, want []byte) error {
 	if len(certs) == 0 {
-		return errors.New("the peer presented no certificate (not a coordinator of this cluster)")
+		return fmt.Errorf("%w: it presented no certificate", ErrWrongCluster)
 	}
-	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
-		inter.AddCert(c)
+		sum := sha256.Sum256(c.Raw)
+		if !c.IsCA || string(sum[:]) != string(want) {
+			continue
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(c)
+		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: ServerName}); err != nil {
+			return fmt.Errorf("%w: %w", ErrWrongCluster, err)
+		}
+		return nil
 	}
-	_, err := certs[0].Verify(x509.VerifyOptions{Roots: ca.pool, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}})
-	if err != nil {
-		return fmt.Errorf("the peer's certificate is not from this cluster's CA: %w", err)
-	}
-	return nil
+	return fmt.Errorf("%w: its chain holds no CA of fingerprint %x…", ErrWrongCluster, want[:8])
 }

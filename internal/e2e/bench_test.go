@@ -36,21 +36,32 @@ func procCPU(pid int) (time.Duration, error) {
 // BenchmarkLeaderCPU runs a real `lavit-coord up` process as the leader and
 // W simulated workers heartbeating every 500 ms from this process, then
 // reads the leader's CPU time over a 10 s window: how many workers one
-// coordinator carries. One iteration per worker count (-benchtime=1x).
+// coordinator carries. With TLS (the default) and without
+// (--plaintext-nats), to show what TLS costs. One iteration per case
+// (-benchtime=1x).
 func BenchmarkLeaderCPU(b *testing.B) {
 	for _, workers := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				leaderCPU(b, workers)
-			}
-		})
+		for _, plaintext := range []bool{false, true} {
+			name := fmt.Sprintf("workers=%d/%s", workers, map[bool]string{false: "tls", true: "plaintext"}[plaintext])
+			b.Run(name, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					leaderCPU(b, workers, plaintext)
+				}
+			})
+		}
 	}
 }
 
-func leaderCPU(b *testing.B, workers int) {
+func leaderCPU(b *testing.B, workers int, plaintext bool) {
 	b.StopTimer()
 	bin := testutil.Binaries(b)
-	c := startCoord(b, bin, "c1", "--log-level", "warn")
+	args := []string{"--log-level", "warn"}
+	connect := wire.ConnectOptions
+	if plaintext {
+		args = append(args, "--plaintext-nats")
+		connect = wire.PlaintextConnectOptions
+	}
+	c := startCoord(b, bin, "c1", args...)
 	defer c.signalAndWait(b, syscall.SIGTERM, 15*time.Second)
 	testutil.WaitFor(b, 20*time.Second, "ready", c.ready)
 	tok, err := os.ReadFile(filepath.Join(c.dataDir, "token"))
@@ -62,7 +73,7 @@ func leaderCPU(b *testing.B, workers int) {
 	const perConn = 50
 	var conns []*nats.Conn
 	for i := 0; i < (workers+perConn-1)/perConn; i++ {
-		nc, err := nats.Connect("nats://"+c.nats, wire.ConnectOptions(token)...)
+		nc, err := nats.Connect("nats://"+c.nats, connect(token)...)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -156,6 +156,14 @@ func TestCLIBadInput(t *testing.T) {
 	coordBin := filepath.Join(bin, "lavit-coord")
 	c1 := startCoord(t, bin, "c1")
 	testutil.WaitFor(t, time.Minute, "c1 ready", c1.ready)
+	adminToken, err := os.ReadFile(filepath.Join(c1.dataDir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFingerprint, stderr, code := run(t, coordBin, nil, "ca", "--fingerprint", "--token", strings.TrimSpace(string(adminToken)))
+	if caFingerprint = strings.TrimSpace(caFingerprint); code != 0 || len(caFingerprint) != 64 {
+		t.Fatalf("ca --fingerprint: %q %s", caFingerprint, stderr)
+	}
 	data := "file://" + filepath.Join(t.TempDir(), "data") // inside the file roots
 	if _, stderr, code := run(t, coordBin, nil, "shards", "synth", "--out", data, "--samples", "20", "--per-shard", "10"); code != 0 {
 		t.Fatalf("shards synth: %s", stderr)
@@ -174,7 +182,10 @@ func TestCLIBadInput(t *testing.T) {
 		{"join without token", coordBin, []string{"up", "--join", "127.0.0.1:1", "--data-dir", t.TempDir()}, 2, "--token"},
 		{"unknown flag", coordBin, []string{"up", "--no-such-flag"}, 2, "no-such-flag"},
 		{"bad duration", coordBin, []string{"up", "--worker-timeout", "soon"}, 2, "worker-timeout"},
-		{"wrong token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "wrong-token-xxxxxxxx"}, 1, "the token was refused"},
+		{"another cluster's token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "wrong-token-xxxxxxxx"}, 1, "not a coordinator of this token's cluster"},
+		{"forged worker token", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "lavit.0123456789ab.forged." + caFingerprint}, 1, "the token was refused"},
+		{"plaintext to TLS", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir, "--plaintext-nats"}, 1, "it requires TLS"},
+		{"ca from an issued token", coordBin, []string{"ca", "--token", "lavit.0123456789ab.forged." + caFingerprint}, 2, "cannot derive the CA"},
 		{"token and token file", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token", "x", "--token-file", "/nonexistent"}, 2, "--token and --token-file both given"},
 		{"missing token file", coordBin, []string{"status", "--coord", "nats://" + c1.nats, "--token-file", "/nonexistent/token"}, 2, "--token-file: open /nonexistent/token"},
 		{"worker with a missing token file", filepath.Join(bin, "lavit-worker"), []string{"join", "--token-file", "/nonexistent/token"}, 2, "--token-file: open /nonexistent/token"},

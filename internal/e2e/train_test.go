@@ -62,6 +62,17 @@ func (f *trainFleet) addWorker(id string, env ...string) *proc {
 		"join", "--id", id, "--device", "cpu", "--collective-listen", "127.0.0.1:0")
 }
 
+// workerToken issues a worker token (it carries the cluster CA's
+// fingerprint, so it is all a worker needs).
+func (f *trainFleet) workerToken() string {
+	f.t.Helper()
+	reply := mustJSON[wire.TokenCreateReply](f.t, f.coordBin, f.env, "token", "create", "--role", "worker", "--json")
+	if cred, fp := wire.SplitToken(reply.Token); cred == "" || len(fp) != 64 {
+		f.t.Fatalf("worker token %q carries no CA fingerprint", reply.Token)
+	}
+	return reply.Token
+}
+
 // cli runs lavit-coord in the fleet's working directory.
 func (f *trainFleet) cli(args ...string) (string, string, int) {
 	f.t.Helper()
@@ -129,8 +140,11 @@ func TestTrainEndToEnd(t *testing.T) {
 			t.Fatalf("%v: exit %d: %s", c, code, stderr)
 		}
 	}
-	f.addWorker("w1")
-	f.addWorker("w2")
+	// The workers hold a worker token, which pins the cluster CA: every
+	// connection is TLS (raft, routes, clients, the join) with tokens.
+	wt := f.workerToken()
+	f.addWorker("w1", "LAVIT_TOKEN="+wt)
+	f.addWorker("w2", "LAVIT_TOKEN="+wt)
 
 	data := []string{"data.url=s3://lavit/train", "data.eval_url=s3://lavit/eval", "checkpoint.url=s3://lavit/checkpoints", "min_workers=2"}
 	run1 := f.submit("configs/tiny-stage1.yaml", data...)

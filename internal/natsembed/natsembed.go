@@ -5,6 +5,7 @@
 package natsembed
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -45,8 +46,14 @@ type Options struct {
 	// route must present, and what ours present (added to Routes that
 	// carry none).
 	RouteUser, RoutePassword string
-	Logger                   *slog.Logger
+	// TLS, when set, is required of every client connection (in-process
+	// connections excepted); RouteTLS of every route.
+	TLS, RouteTLS *tls.Config
+	Logger        *slog.Logger
 }
+
+// tlsTimeout bounds a TLS handshake on the client and route listeners.
+const tlsTimeout = 2 * time.Second
 
 // Server is a running embedded NATS server.
 type Server struct {
@@ -88,6 +95,9 @@ func Start(opts Options) (*Server, error) {
 		PingInterval: 5 * time.Second,
 		MaxPingsOut:  3,
 	}
+	if opts.TLS != nil {
+		so.TLSConfig, so.TLSTimeout = opts.TLS, tlsTimeout.Seconds()
+	}
 	if opts.ClusterAddr != "" {
 		chost, cport, err := splitHostPort(opts.ClusterAddr)
 		if err != nil {
@@ -95,6 +105,9 @@ func Start(opts Options) (*Server, error) {
 		}
 		so.Cluster = server.ClusterOpts{Name: ClusterName, Host: chost, Port: cport,
 			Username: opts.RouteUser, Password: opts.RoutePassword}
+		if opts.RouteTLS != nil {
+			so.Cluster.TLSConfig, so.Cluster.TLSTimeout = opts.RouteTLS, tlsTimeout.Seconds()
+		}
 		for _, r := range opts.Routes {
 			u, err := url.Parse(r)
 			if err != nil || u.Host == "" {
