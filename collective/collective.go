@@ -45,7 +45,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
+	"unsafe"
 )
 
 // DefaultTimeout bounds a call whose ctx has no deadline.
@@ -59,13 +61,21 @@ type Op int
 // low half of word i: see AddBF16), each addition done in float32 and
 // rounded to bfloat16, as NCCL sums ncclBfloat16; lengths and blocks are
 // still counted in words. There is no bfloat16 average.
+//
+// SumUint32 adds the words as unsigned 32-bit integers, modulo 2^32
+// (ncclUint32, ncclSum): exact and associative, so the result does not
+// depend on the order of the additions. Fixed-point sums use it
+// (collective/fixedpoint). Max takes the element-wise float32 maximum
+// (ncclMax); a NaN anywhere gives NaN, so it too is the same in any order.
 const (
 	Sum Op = iota
 	Avg
 	SumBF16
+	SumUint32
+	Max
 )
 
-// String is the op's name: "sum", "avg", "sum-bf16".
+// String is the op's name: "sum", "avg", "sum-bf16", "sum-uint32", "max".
 func (o Op) String() string {
 	switch o {
 	case Sum:
@@ -74,12 +84,16 @@ func (o Op) String() string {
 		return "avg"
 	case SumBF16:
 		return "sum-bf16"
+	case SumUint32:
+		return "sum-uint32"
+	case Max:
+		return "max"
 	}
 	return fmt.Sprintf("Op(%d)", int(o))
 }
 
 // Valid reports whether o is a known operation.
-func (o Op) Valid() bool { return o == Sum || o == Avg || o == SumBF16 }
+func (o Op) Valid() bool { return o >= Sum && o <= Max }
 
 // Sentinel errors; test with errors.Is.
 var (
@@ -289,5 +303,35 @@ func ScaleFloat32(dst []float32, s float32) {
 	}
 	for ; i < len(dst); i++ {
 		dst[i] *= s
+	}
+}
+
+// AddUint32 adds src to dst word by word as unsigned 32-bit integers
+// (the bits of each float32), modulo 2^32: the kernel of SumUint32.
+func AddUint32(dst, src []float32) {
+	if len(dst) != len(src) {
+		panic(fmt.Sprintf("collective.AddUint32: len(dst) %d != len(src) %d", len(dst), len(src)))
+	}
+	d := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(dst))), len(dst))
+	s := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(src))), len(src))
+	for i := range d {
+		d[i] += s[i]
+	}
+}
+
+// MaxFloat32 leaves in dst the element-wise maximum of dst and src: the
+// kernel of Max. A NaN in either gives NaN, so any order of a reduction
+// gives the same bits.
+func MaxFloat32(dst, src []float32) {
+	if len(dst) != len(src) {
+		panic(fmt.Sprintf("collective.MaxFloat32: len(dst) %d != len(src) %d", len(dst), len(src)))
+	}
+	src = src[:len(dst)]
+	for i, d := range dst {
+		switch s := src[i]; {
+		case d != d: // NaN stays
+		case s != s || s > d || (s == d && math.Signbit(float64(d))): // +0 over -0
+			dst[i] = s
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -221,6 +222,38 @@ func TestCheckBlocks(t *testing.T) {
 		want := fmt.Sprintf("rank 1: reducescatter: collective aborted: invalid argument: buffer of %d elements is not a multiple of the world size %d (one equal block per rank)", tc.n, tc.size)
 		if err.Error() != want || !errors.Is(err, ErrAborted) {
 			t.Errorf("CheckBlocks(size %d, n %d) = %q, want %q wrapping ErrAborted", tc.size, tc.n, err, want)
+		}
+	}
+}
+
+// TestExactKernels: AddUint32 adds the words' bits modulo 2^32; MaxFloat32
+// takes the maximum with NaN and +0 winning, so both give the same bits
+// in either order.
+func TestExactKernels(t *testing.T) {
+	negZero := float32(math.Copysign(0, -1))
+	nan := float32(math.NaN())
+	bits := math.Float32frombits
+	for _, tc := range []struct {
+		name string
+		add  func(dst, src []float32)
+		a, b []float32
+		want []uint32
+	}{
+		{"uint32 sum", AddUint32, []float32{bits(1), bits(0xffffffff), bits(0x80000000)}, []float32{bits(2), bits(2), bits(0x80000000)}, []uint32{3, 1, 0}},
+		{"max", MaxFloat32, []float32{1, -1, negZero, nan, 2}, []float32{2, -3, 0, 5, nan}, []uint32{math.Float32bits(2), math.Float32bits(-1), 0, math.Float32bits(nan), math.Float32bits(nan)}},
+	} {
+		for _, order := range []string{"a+b", "b+a"} {
+			dst, src := append([]float32(nil), tc.a...), tc.b
+			if order == "b+a" {
+				dst, src = append([]float32(nil), tc.b...), tc.a
+			}
+			tc.add(dst, src)
+			for i, w := range tc.want {
+				got := math.Float32bits(dst[i])
+				if got != w && !(dst[i] != dst[i] && math.Float32frombits(w) != math.Float32frombits(w)) {
+					t.Errorf("%s %s [%d] = %#x, want %#x", tc.name, order, i, got, w)
+				}
+			}
 		}
 	}
 }

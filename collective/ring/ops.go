@@ -238,6 +238,10 @@ func (c *Comm) call(ctx context.Context, kind byte, buf []float32, op collective
 		add = nil
 	case op == collective.SumBF16:
 		add = collective.AddBF16
+	case op == collective.SumUint32:
+		add = collective.AddUint32
+	case op == collective.Max:
+		add = collective.MaxFloat32
 	}
 	var p plan
 	switch kind {

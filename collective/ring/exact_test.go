@@ -1,0 +1,86 @@
+package ring
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/lavit-org/lavit/collective"
+)
+
+// TestExactOps: SumUint32 and Max over the ring give, on every rank and
+// for every world size, exactly the modular sum and the maximum (ragged
+// sizes, words that wrap past 2^32, NaNs and signed zeros for Max), in
+// all-reduce and reduce-scatter.
+func TestExactOps(t *testing.T) {
+	for n := 1; n <= 4; n++ {
+		t.Run(fmt.Sprintf("world=%d", n), func(t *testing.T) {
+			comms := world(t, n, nil)
+			for _, size := range []int{4, 1<<16 + 4*3} {
+				size -= size % n // reduce-scatter wants Size() equal blocks
+				for _, op := range []collective.Op{collective.SumUint32, collective.Max} {
+					for _, scatter := range []bool{false, true} {
+						bufs, want := exactInputs(n, size, op, uint64(size*10+n))
+						ctx, cancel := callCtx()
+						for r, err := range onAll(comms, func(r int, c *Comm) error {
+							if scatter {
+								return c.ReduceScatter(ctx, bufs[r], op)
+							}
+							return c.AllReduce(ctx, bufs[r], op)
+						}) {
+							if err != nil {
+								t.Fatalf("%v scatter=%v: rank %d: %v", op, scatter, r, err)
+							}
+						}
+						cancel()
+						for r := range n {
+							lo, hi := 0, size
+							if scatter {
+								lo, hi = r*size/n, (r+1)*size/n
+							}
+							for i := lo; i < hi; i++ {
+								if math.Float32bits(bufs[r][i]) != want[i] {
+									t.Fatalf("%v scatter=%v size %d: rank %d [%d] = %#x, want %#x", op, scatter, size, r, i, math.Float32bits(bufs[r][i]), want[i])
+								}
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// exactInputs makes n ranks' buffers and the bits of their exact
+// reduction by op.
+func exactInputs(n, size int, op collective.Op, seed uint64) ([][]float32, []uint32) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	special := []float32{float32(math.NaN()), float32(math.Copysign(0, -1)), 0, float32(math.Inf(-1))}
+	bufs := make([][]float32, n)
+	for r := range bufs {
+		bufs[r] = make([]float32, size)
+		for i := range bufs[r] {
+			if op == collective.SumUint32 {
+				bufs[r][i] = math.Float32frombits(rng.Uint32()) // wraps often
+			} else if rng.IntN(8) == 0 {
+				bufs[r][i] = special[rng.IntN(len(special))]
+			} else {
+				bufs[r][i] = rng.Float32()*2 - 1
+			}
+		}
+	}
+	want := make([]uint32, size)
+	for i := range want {
+		acc := []float32{bufs[0][i]}
+		for r := 1; r < n; r++ {
+			if op == collective.SumUint32 {
+				collective.AddUint32(acc, []float32{bufs[r][i]})
+			} else {
+				collective.MaxFloat32(acc, []float32{bufs[r][i]})
+			}
+		}
+		want[i] = math.Float32bits(acc[0])
+	}
+	return bufs, want
+}
