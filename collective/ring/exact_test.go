@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lavit-org/lavit/collective"
+	"github.com/lavit-org/lavit/collective/fixedpoint"
 )
 
 // TestExactOps: SumUint32 and Max over the ring give, on every rank and
@@ -83,4 +84,65 @@ func exactInputs(n, size int, op collective.Op, seed uint64) ([][]float32, []uin
 		want[i] = math.Float32bits(acc[0])
 	}
 	return bufs, want
+}
+
+// TestFixedPointSumIsTheSameAtAnyWorld: 24 groups of values summed in
+// fixed point by worlds of 1 to 4 ranks over the ring (each rank
+// accumulates the groups it is dealt, the split words are all-reduced
+// with SumUint32, then joined) give the same bits, where float32 sums
+// would not.
+func TestFixedPointSumIsTheSameAtAnyWorld(t *testing.T) {
+	const groups, n = 24, 1000
+	rng := rand.New(rand.NewPCG(17, 17))
+	vals := make([][]float32, groups)
+	var maxAbs float32
+	for g := range vals {
+		vals[g] = make([]float32, n)
+		for i := range vals[g] {
+			v := float32(math.Ldexp(rng.Float64()*2-1, rng.IntN(24)-12))
+			vals[g][i], maxAbs = v, max(maxAbs, float32(math.Abs(float64(v))))
+		}
+	}
+	scale, err := fixedpoint.ScaleFor(maxAbs, groups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []float32
+	for w := 1; w <= 4; w++ {
+		comms := world(t, w, nil)
+		out := make([][]float32, w)
+		ctx, cancel := callCtx()
+		for r, err := range onAll(comms, func(r int, c *Comm) error {
+			acc := make([]int64, n)
+			for g := r * groups / w; g < (r+1)*groups/w; g++ {
+				scale.Accumulate(acc, vals[g])
+			}
+			words := make([]float32, 2*n)
+			fixedpoint.Split(words, acc)
+			if err := c.AllReduce(ctx, words, collective.SumUint32); err != nil {
+				return err
+			}
+			fixedpoint.Join(acc, words)
+			out[r] = make([]float32, n)
+			for i, v := range acc {
+				out[r][i] = scale.Value(v)
+			}
+			return nil
+		}) {
+			if err != nil {
+				t.Fatalf("world %d: rank %d: %v", w, r, err)
+			}
+		}
+		cancel()
+		if want == nil {
+			want = out[0]
+		}
+		for r := range w {
+			for i := range want {
+				if math.Float32bits(out[r][i]) != math.Float32bits(want[i]) {
+					t.Fatalf("world %d rank %d [%d] = %v, want %v (world 1)", w, r, i, out[r][i], want[i])
+				}
+			}
+		}
+	}
 }
