@@ -119,6 +119,9 @@ type Model struct {
 	// overlapped: this step's gradients were reduced bucket by bucket
 	// during its last backward (overlap.go), not after it.
 	overlapped bool
+	// bitwiseGroup, when positive, is the samples per group of a
+	// bitwise-reproducible step (SetBitwise, bitwise.go).
+	bitwiseGroup int
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",
@@ -460,13 +463,19 @@ type Reduce struct {
 	// without ScatterPart a ZeRO-2 model reduces after backward.
 	GradsPart   PartReducer
 	ScatterPart PartReducer
+
+	// Max and Words are the exact reductions of a bitwise step
+	// (bitwise.go): the element-wise maximum (collective.Max), and the
+	// sum of words as uint32s modulo 2^32 (collective.SumUint32).
+	Max   Reducer
+	Words Reducer
 }
 
 // LocalReducer is the reducer of a world of one: nothing to add.
 func LocalReducer(context.Context, []float32) error { return nil }
 
 // Local is the Reduce of a world of one.
-var Local = Reduce{Host: LocalReducer, Scatter: LocalReducer, Gather: LocalReducer}
+var Local = Reduce{Host: LocalReducer, Scatter: LocalReducer, Gather: LocalReducer, Max: LocalReducer, Words: LocalReducer}
 
 // StepResult is what one full step reports. Metrics (a JSON round trip)
 // are fetched separately with Model.Metrics, when a caller logs them.
@@ -496,6 +505,9 @@ type StepResult struct {
 // reduce-scattered at stage 2 and each rank's updated shard of the
 // parameters is all-gathered at stages 1 and 2 (zero.go).
 func (m *Model) Step(ctx context.Context, b *Batch, red Reduce, ride []float32) (StepResult, error) {
+	if m.bitwiseGroup > 0 {
+		return m.stepBitwise(ctx, b, red, ride)
+	}
 	post, loss, err := m.forwardBackward(ctx, b, red)
 	if err != nil {
 		return StepResult{}, err

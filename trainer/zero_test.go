@@ -37,6 +37,9 @@ type replicaRun struct {
 	buckets           int64
 	// reduction, when set, builds rank r's Reduce (else ringReduceFor).
 	reduction func(r int, c collective.Communicator, m *Model) Reduce
+	// group, when positive, trains in bitwise mode (SetBitwise) with
+	// groups of that many samples, each rank taking whole groups.
+	group int
 }
 
 // ringReduce is the Reduce a worker builds from a communicator for a
@@ -55,6 +58,8 @@ func ringReduceFor(c collective.Communicator, gradsBF16 bool) Reduce {
 		Grads:   func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, op) },
 		Scatter: func(ctx context.Context, buf []float32) error { return c.ReduceScatter(ctx, buf, op) },
 		Gather:  func(ctx context.Context, buf []float32) error { return c.AllGather(ctx, buf) },
+		Max:     func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, collective.Max) },
+		Words:   func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, collective.SumUint32) },
 	}
 	if p, ok := c.(collective.PartReducer); ok {
 		red.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {
@@ -129,6 +134,9 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 		if rr.prepare != nil {
 			rr.prepare(t, m)
 		}
+		if err := m.SetBitwise(rr.group); err != nil {
+			t.Fatal(err)
+		}
 		m.forceStaging = rr.staged
 		models[r] = m
 	}
@@ -138,6 +146,10 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 	for r := range rr.world {
 		for s := range rr.steps {
 			from, to := r*8/rr.world, (r+1)*8/rr.world
+			if rr.group > 0 { // whole groups, as the worker's data feed deals them
+				groups := 8 / rr.group
+				from, to = r*groups/rr.world*rr.group, (r+1)*groups/rr.world*rr.group
+			}
 			batches[r] = append(batches[r], rr.batch(t, int64(s), from, to))
 		}
 	}

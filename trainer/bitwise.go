@@ -1,0 +1,227 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/lavit-org/lavit/collective/fixedpoint"
+)
+
+// Bitwise-reproducible steps (run spec `determinism: bitwise`): a step
+// trains the same bits at any world size. Two things make a float step
+// depend on the world size, and this mode removes both:
+//
+//   - Which samples share a forward/backward: a rank's batch depends on W.
+//     Here the global batch is cut into fixed groups of samples
+//     (SetBitwise), each group its own micro-batch; ranks take whole groups
+//     (the worker's data feed deals them), so every group's gradients,
+//     statistics and loss are the same bits whichever rank computes them.
+//   - The order of the sums across groups and ranks. Here every
+//     cross-group sum (the pre statistics, the gradients, the post
+//     statistics, the loss) is a fixed-point sum (collective/fixedpoint):
+//     a scale from an all-reduced maximum (Reduce.Max), each group's
+//     values rounded once to integers, summed exactly in any order
+//     (Reduce.Words), converted back once. Gradients get one scale per
+//     parameter tensor; the statistics and the loss one per value.
+//
+// What stays: the optimizer step runs on the same reduced gradients on
+// every rank, so it gives the same bits (the gradient norm for clipping
+// is summed here in one fixed order: the shim sums it by world blocks);
+// randomness is keyed by global sample position already. Runs must match in libtorch build and thread
+// count, as any bitwise promise of libtorch's kernels needs.
+//
+// The cost: every group is a forward/backward of its own; each rank keeps
+// its groups' gradients until the step's maximum is known; the gradients
+// travel as two words per value plus one maximum per tensor.
+
+// SetBitwise turns bitwise-reproducible steps on, with groups of group
+// samples (0 turns them off). The model must be a fresh CPU model with
+// float32 gradients, at ZeRO stage 0 or 1, without gradient buckets;
+// the local batch of every step must be whole groups.
+func (m *Model) SetBitwise(group int) error {
+	switch {
+	case group < 0:
+		return fmt.Errorf("bitwise: group of %d samples", group)
+	case group == 0:
+		m.bitwiseGroup = 0
+		return nil
+	case m.onDevice():
+		return errors.New("bitwise: not yet on a GPU (CPU models only)")
+	case m.info.Precision != "fp32":
+		return fmt.Errorf("bitwise: precision %s: not yet (fp32 only)", m.info.Precision)
+	case m.info.Zero > 1:
+		return fmt.Errorf("bitwise: ZeRO stage %d: not yet (0 or 1)", m.info.Zero)
+	case len(m.info.Buckets) > 0:
+		return errors.New("bitwise: gradient buckets (collective.bucket_mb) do not apply: the gradients are summed in fixed point after the step's groups")
+	}
+	m.bitwiseGroup = group
+	return nil
+}
+
+// segment is a run of values that share one fixed-point scale.
+type segment struct{ off, n int }
+
+// eachValue is one segment per value of a buffer of n values.
+func eachValue(n int) []segment {
+	segs := make([]segment, n)
+	for i := range segs {
+		segs[i] = segment{i, 1}
+	}
+	return segs
+}
+
+// tensorSegments cuts the gradient buffer into the parameters' tensors
+// (and the padding after them, which stays zero).
+func (m *Model) tensorSegments() []segment {
+	var segs []segment
+	end := 0
+	for _, p := range m.info.Params {
+		segs = append(segs, segment{int(p.Offset), int(p.Numel)})
+		end = max(end, int(p.Offset+p.Numel))
+	}
+	if rest := int(m.info.GradWords) - end; rest > 0 {
+		segs = append(segs, segment{end, rest})
+	}
+	return segs
+}
+
+// exactSum leaves in out the sum over every rank's groups of each value,
+// in fixed point: one scale per segment from the all-reduced largest
+// magnitude, for addends groups in all. The same bits on every rank and
+// at any world size.
+func exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segment, addends int, out []float32) error {
+	if red.Max == nil || red.Words == nil {
+		return errors.New("bitwise: the collective has no exact reductions (Reduce.Max, Reduce.Words)")
+	}
+	maxes := make([]float32, len(segs))
+	for i, s := range segs {
+		for _, g := range groups {
+			for _, v := range g[s.off : s.off+s.n] {
+				maxes[i] = max(maxes[i], float32(math.Abs(float64(v))))
+				if v != v {
+					maxes[i] = v // NaN: the step is refused below, on every rank alike
+				}
+			}
+		}
+	}
+	if err := red.Max(ctx, maxes); err != nil {
+		return fmt.Errorf("all-reduce the largest magnitudes: %w", err)
+	}
+	scales := make([]fixedpoint.Scale, len(segs))
+	for i, mx := range maxes {
+		s, err := fixedpoint.ScaleFor(mx, addends)
+		if err != nil {
+			return fmt.Errorf("values %d..%d: %w (NaN or Inf in this step)", segs[i].off, segs[i].off+segs[i].n, err)
+		}
+		scales[i] = s
+	}
+	acc := make([]int64, len(out))
+	for i, s := range segs {
+		for _, g := range groups {
+			scales[i].Accumulate(acc[s.off:s.off+s.n], g[s.off:s.off+s.n])
+		}
+	}
+	words := make([]float32, 2*len(out))
+	fixedpoint.Split(words, acc)
+	if err := red.Words(ctx, words); err != nil {
+		return fmt.Errorf("all-reduce the fixed-point sums: %w", err)
+	}
+	fixedpoint.Join(acc, words)
+	for i, s := range segs {
+		for j := s.off; j < s.off+s.n; j++ {
+			out[j] = scales[i].Value(acc[j])
+		}
+	}
+	return nil
+}
+
+// stepBitwise is Step in bitwise mode (see the top of this file).
+func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []float32) (StepResult, error) {
+	g := m.bitwiseGroup
+	local := len(b.Positions)
+	if local%g != 0 || b.GlobalBatch%int64(g) != 0 {
+		return StepResult{}, fmt.Errorf("bitwise: a local batch of %d and a global batch of %d samples are not whole groups of %d", local, b.GlobalBatch, g)
+	}
+	if m.info.World > fixedpoint.MaxRanks {
+		return StepResult{}, fmt.Errorf("bitwise: %d ranks, at most %d", m.info.World, fixedpoint.MaxRanks)
+	}
+	groups := int(b.GlobalBatch) / g
+	micro, err := splitBatch(b, g)
+	if err != nil {
+		return StepResult{}, err
+	}
+	if m.info.Stage == 2 {
+		for i, mb := range micro {
+			micro[i] = trimPadding(mb) // per group: the same rows whatever the world
+		}
+	}
+	// Begin every group; their pre statistics are summed exactly.
+	pres := make([][]float32, len(micro))
+	for i, mb := range micro {
+		pre, err := m.StepBegin(mb)
+		if err != nil {
+			return StepResult{}, err
+		}
+		pres[i] = slices.Clone(pre)
+	}
+	globalPre := make([]float32, m.info.PreStats)
+	if len(globalPre) > 0 {
+		if err := exactSum(ctx, red, pres, eachValue(len(globalPre)), groups, globalPre); err != nil {
+			return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
+		}
+	}
+	// Finish each group on zeroed gradients, keeping its gradients, post
+	// statistics and loss.
+	grads := m.Grads()
+	if int64(len(grads)) != m.info.GradWords {
+		return StepResult{}, fmt.Errorf("bitwise: the gradient buffer holds %d floats, want %d", len(grads), m.info.GradWords)
+	}
+	nPost := int(m.info.PostStats)
+	groupGrads := make([][]float32, len(micro))
+	tails := make([][]float32, len(micro)) // [post statistics | loss]
+	var loss float64
+	for i := range micro {
+		clear(grads)
+		post, l, err := m.StepFinish(globalPre)
+		if err != nil {
+			return StepResult{}, err
+		}
+		groupGrads[i] = slices.Clone(grads)
+		tails[i] = append(slices.Clone(post), float32(l))
+		loss += l
+	}
+	if err := exactSum(ctx, red, groupGrads, m.tensorSegments(), groups, grads); err != nil {
+		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
+	}
+	tail := make([]float32, nPost+1)
+	if err := exactSum(ctx, red, tails, eachValue(nPost+1), groups, tail); err != nil {
+		return StepResult{}, fmt.Errorf("reduce codebook statistics and loss: %w", err)
+	}
+	if len(ride) > 0 {
+		if err := red.Host(ctx, ride); err != nil {
+			return StepResult{}, fmt.Errorf("reduce step counters: %w", err)
+		}
+	}
+	// The norm for clipping, summed in one fixed order (the shim sums it
+	// by world blocks, which would bring the world size back in).
+	var gradSq float64
+	for _, v := range grads {
+		gradSq += float64(v) * float64(v)
+	}
+	if err := m.applyGrads(b.GlobalBatch, tail[:nPost], gradSq); err != nil {
+		return StepResult{}, err
+	}
+	var staged time.Duration
+	if m.info.Zero >= 1 && m.info.World > 1 {
+		copied, err := m.gatherParams(ctx, red)
+		staged += copied
+		if err != nil {
+			return StepResult{}, fmt.Errorf("all-gather parameters: %w", err)
+		}
+	}
+	return StepResult{LossSum: loss, GlobalLossSum: float64(tail[nPost]), StageTime: staged}, nil
+}
