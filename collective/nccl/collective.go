@@ -39,9 +39,10 @@ func (c *Collective) Size() int { return c.comm.Size() }
 func (c *Collective) Err() error { return c.comm.Err() }
 
 // AllReduceDevice reduces n float32s at ptr, device memory on the
-// communicator's device, in place across all ranks. With
-// collective.SumBF16 the n words hold 2n packed bfloat16s (ncclBfloat16,
-// ncclSum).
+// communicator's device, in place across all ranks (see elems for the
+// NCCL type and count of each op). With collective.SumBF16 the n words
+// hold 2n packed bfloat16s (ncclBfloat16, ncclSum); with
+// collective.SumUint32 they are n uint32s (ncclUint32, ncclSum).
 func (c *Collective) AllReduceDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
 	count, dtype := elems(n, op)
 	return c.comm.AllReduce(ctx, ptr, count, dtype, op)
@@ -51,7 +52,8 @@ func (c *Collective) AllReduceDevice(ctx context.Context, ptr uintptr, n int, op
 // equal blocks) across all ranks and leaves this rank's block of the
 // result in place (see Comm.ReduceScatter). With collective.SumBF16 the n
 // words hold 2n packed bfloat16s; n must still be a multiple of Size(), so
-// a block is whole words (2n/Size() bfloat16s a rank).
+// a block is whole words (2n/Size() bfloat16s a rank). Other ops as in
+// AllReduceDevice.
 func (c *Collective) ReduceScatterDevice(ctx context.Context, ptr uintptr, n int, op collective.Op) error {
 	if bad := collective.CheckBlocks(c.comm.rank, c.comm.size, "reducescatter", n); bad != nil {
 		return c.comm.fail(bad)
@@ -61,10 +63,14 @@ func (c *Collective) ReduceScatterDevice(ctx context.Context, ptr uintptr, n int
 }
 
 // elems is how a reduction of n float32 words with op reaches NCCL: n
-// Float32s, or for collective.SumBF16 2n BFloat16s.
+// Float32s (Sum, Avg, Max), for collective.SumUint32 n Uint32s (the
+// words' bits), for collective.SumBF16 2n BFloat16s.
 func elems(n int, op collective.Op) (int, DataType) {
-	if op == collective.SumBF16 {
+	switch op {
+	case collective.SumBF16:
 		return 2 * n, BFloat16
+	case collective.SumUint32:
+		return n, Uint32
 	}
 	return n, Float32
 }

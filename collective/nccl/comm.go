@@ -197,8 +197,10 @@ func (c *Comm) Err() error {
 }
 
 // AllReduce reduces count elements of dtype at devPtr in place across all
-// ranks. collective.SumBF16 needs dtype BFloat16 (count in bfloat16s) and
-// is ncclSum; a BFloat16 buffer reduces by sum only.
+// ranks. Ops and types must agree (see ncclOp): collective.SumBF16 needs
+// dtype BFloat16 (count in bfloat16s) and collective.SumUint32 needs
+// Uint32, both ncclSum; Avg (ncclAvg) and Max (ncclMax) need Float32; a
+// BFloat16 buffer reduces by sum only, a Uint32 one by SumUint32 only.
 func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype DataType, op collective.Op) error {
 	const name = "allreduce"
 	if bad := collective.CheckOp(c.rank, name, op); bad != nil {
@@ -213,19 +215,36 @@ func (c *Comm) AllReduce(ctx context.Context, devPtr uintptr, count int, dtype D
 	})
 }
 
-// ncclOp is the ncclRedOp_t of a valid op on dtype: ncclAvg for Avg,
-// ncclSum for Sum and SumBF16. SumBF16 only on BFloat16, and BFloat16
-// only by sum (lavit has no bfloat16 average), else an invalid argument.
+// NCCL reduction ops (nccl.h's ncclRedOp_t) that lavit uses.
+const (
+	ncclSum = 0
+	ncclMax = 2
+	ncclAvg = 4
+)
+
+// ncclOp is the ncclRedOp_t of a valid op on dtype: ncclSum for Sum,
+// SumBF16 and SumUint32, ncclAvg for Avg, ncclMax for Max. SumBF16 only on
+// BFloat16 and BFloat16 only by sum (lavit has no bfloat16 average or
+// maximum); SumUint32 only on Uint32 and Uint32 only by SumUint32; Avg and
+// Max only on Float32. Anything else is an invalid argument.
 func ncclOp(dtype DataType, op collective.Op) (C.int, error) {
 	switch {
 	case op == collective.SumBF16 && dtype != BFloat16:
 		return 0, fmt.Errorf("invalid argument: op %v needs data type BFloat16 (%d), got %d", op, int(BFloat16), int(dtype))
-	case dtype == BFloat16 && op == collective.Avg:
+	case op == collective.SumUint32 && dtype != Uint32:
+		return 0, fmt.Errorf("invalid argument: op %v needs data type Uint32 (%d), got %d", op, int(Uint32), int(dtype))
+	case dtype == BFloat16 && op != collective.Sum && op != collective.SumBF16:
 		return 0, fmt.Errorf("invalid argument: op %v on bfloat16: bfloat16 buffers reduce by sum only (%v)", op, collective.SumBF16)
+	case dtype == Uint32 && op != collective.SumUint32:
+		return 0, fmt.Errorf("invalid argument: op %v on uint32: uint32 buffers reduce by %v only", op, collective.SumUint32)
+	case (op == collective.Avg || op == collective.Max) && dtype != Float32:
+		return 0, fmt.Errorf("invalid argument: op %v needs data type Float32 (%d), got %d", op, int(Float32), int(dtype))
 	case op == collective.Avg:
-		return 4, nil // ncclAvg
+		return ncclAvg, nil
+	case op == collective.Max:
+		return ncclMax, nil
 	}
-	return 0, nil // ncclSum
+	return ncclSum, nil
 }
 
 // ReduceScatter reduces count elements at devPtr, Size() equal blocks,

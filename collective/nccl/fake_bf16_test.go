@@ -105,10 +105,13 @@ func TestFakeMatchesRingBF16(t *testing.T) {
 	}
 }
 
-// TestFakeBF16Refused: a bfloat16 reduction NCCL should not see breaks the
-// communicator with an invalid-argument error that says why, before
-// anything reaches NCCL; the error is sticky.
-func TestFakeBF16Refused(t *testing.T) {
+// TestFakeOpTypeRefused: a reduction whose op and NCCL data type do not
+// go together (bfloat16 other than by sum, sum-bf16 on another type;
+// uint32 other than by sum-uint32, sum-uint32 on another type; avg or max
+// on anything but float32), an unknown op, or a block split inside a
+// bfloat16 pair breaks the communicator with an invalid-argument error
+// that says why, before anything reaches NCCL; the error is sticky.
+func TestFakeOpTypeRefused(t *testing.T) {
 	lib := loadFake(t)
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -122,8 +125,29 @@ func TestFakeBF16Refused(t *testing.T) {
 			"invalid argument: op avg on bfloat16"},
 		{"sum-bf16 on float32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Float32, collective.SumBF16) },
 			"invalid argument: op sum-bf16 needs data type BFloat16 (9), got 7"},
-		{"an unknown op", func(c *Collective) error { return c.AllReduce(ctx, make([]float32, 2), collective.Op(3)) },
-			"invalid argument: unknown op Op(3)"},
+		{"max on bfloat16", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, BFloat16, collective.Max) },
+			"invalid argument: op max on bfloat16: bfloat16 buffers reduce by sum only (sum-bf16)"},
+		{"sum-uint32 on float32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Float32, collective.SumUint32) },
+			"invalid argument: op sum-uint32 needs data type Uint32 (3), got 7"},
+		{"reducescatter sum-uint32 on bfloat16", func(c *Collective) error {
+			return c.comm.ReduceScatter(ctx, 0, 4, BFloat16, collective.SumUint32)
+		}, "invalid argument: op sum-uint32 needs data type Uint32 (3), got 9"},
+		{"sum on uint32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Uint32, collective.Sum) },
+			"invalid argument: op sum on uint32: uint32 buffers reduce by sum-uint32 only"},
+		{"max on uint32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Uint32, collective.Max) },
+			"invalid argument: op max on uint32: uint32 buffers reduce by sum-uint32 only"},
+		{"reducescatter avg on uint32", func(c *Collective) error { return c.comm.ReduceScatter(ctx, 0, 4, Uint32, collective.Avg) },
+			"invalid argument: op avg on uint32: uint32 buffers reduce by sum-uint32 only"},
+		{"sum-bf16 on uint32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Uint32, collective.SumBF16) },
+			"invalid argument: op sum-bf16 needs data type BFloat16 (9), got 3"},
+		{"max on int32", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Int32, collective.Max) },
+			"invalid argument: op max needs data type Float32 (7), got 2"},
+		{"reducescatter max on float16", func(c *Collective) error { return c.comm.ReduceScatter(ctx, 0, 4, Float16, collective.Max) },
+			"invalid argument: op max needs data type Float32 (7), got 6"},
+		{"avg on float64", func(c *Collective) error { return c.comm.AllReduce(ctx, 0, 4, Float64, collective.Avg) },
+			"invalid argument: op avg needs data type Float32 (7), got 8"},
+		{"an unknown op", func(c *Collective) error { return c.AllReduce(ctx, make([]float32, 2), collective.Op(99)) },
+			"invalid argument: unknown op Op(99)"},
 		// 7 words are 14 bfloat16s, which 2 ranks could split; blocks are
 		// whole words.
 		{"reducescatter sum-bf16 of an odd number of words", func(c *Collective) error {

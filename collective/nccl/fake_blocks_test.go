@@ -114,8 +114,8 @@ func TestFakeMatchesRing(t *testing.T) {
 
 // matchRing runs bc on the fake NCCL world and on the ring world, each
 // rank on a copy of its inputs, and fails unless every rank's defined
-// words have the same bits over both.
-func matchRing(t *testing.T, fakes []*Collective, rings []*ring.Comm, bc blockCall, inputs [][]float32) {
+// words have the same bits over both. It returns each rank's buffer.
+func matchRing(t *testing.T, fakes []*Collective, rings []*ring.Comm, bc blockCall, inputs [][]float32) [][]float32 {
 	t.Helper()
 	n, size := len(fakes), len(inputs[0])
 	where := fmt.Sprintf("world %d, %s of %d", n, bc.name, size)
@@ -150,6 +150,7 @@ func matchRing(t *testing.T, fakes []*Collective, rings []*ring.Comm, bc blockCa
 			}
 		}
 	}
+	return results["nccl"]
 }
 
 // checkDeviceBlocks runs ReduceScatterDevice (sum) then AllGatherDevice on

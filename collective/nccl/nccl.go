@@ -11,6 +11,14 @@
 // current device is per thread). Buffers are device pointers; Go memory is
 // never handed to an asynchronous call.
 //
+// lavit's reductions reach NCCL as ncclFloat32 with ncclSum, ncclAvg or
+// ncclMax (collective.Sum, Avg, Max), ncclUint32 with ncclSum
+// (collective.SumUint32, on the float32 words' bits) and ncclBfloat16 with
+// ncclSum (collective.SumBF16); other pairings are refused (see
+// Comm.AllReduce). NCCL's float maximum is CUDA's fmaxf, which returns the
+// number when one operand is a NaN, so on real NCCL Max need not give
+// collective.MaxFloat32's NaN; the fake NCCL (fakenccl) follows the ring.
+//
 // Nothing in cmd/lavit-coord may import this package (it needs cgo).
 package nccl
 

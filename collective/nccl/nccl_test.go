@@ -75,7 +75,8 @@ func floatBytes(f []float32) []byte {
 
 // TestGPUWorld1AllReduceBroadcast (all-reduce, broadcast, reduce-scatter,
 // all-gather at world 1; all-reduce and reduce-scatter of ncclBfloat16 with
-// SumBF16) needs a GPU and NCCL:
+// SumBF16, of ncclUint32 with SumUint32 and of ncclFloat32 with Max) needs
+// a GPU and NCCL:
 // LAVIT_TEST_NCCL=1 [LAVIT_NCCL_LIB=/path/libnccl.so.2] go test ./collective/nccl/
 func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 	if os.Getenv("LAVIT_TEST_NCCL") != "1" {
@@ -154,6 +155,21 @@ func TestGPUWorld1AllReduceBroadcast(t *testing.T) {
 		t.Fatalf("reducescatter sum-bf16: %v", err)
 	}
 	check("reducescatter sum-bf16")
+	// SumUint32: the same bytes as n uint32s (ncclUint32, ncclSum); Max on
+	// float32 (ncclMax).
+	for _, tc := range []struct {
+		op    collective.Op
+		dtype DataType
+	}{{collective.SumUint32, Uint32}, {collective.Max, Float32}} {
+		if err := comm.AllReduce(ctx, dev, n, tc.dtype, tc.op); err != nil {
+			t.Fatalf("allreduce %v: %v", tc.op, err)
+		}
+		check("allreduce " + tc.op.String())
+		if err := comm.ReduceScatter(ctx, dev, n, tc.dtype, tc.op); err != nil {
+			t.Fatalf("reducescatter %v: %v", tc.op, err)
+		}
+		check("reducescatter " + tc.op.String())
+	}
 
 	cause := errors.New("test abort")
 	comm.Abort(cause)

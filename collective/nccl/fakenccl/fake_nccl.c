@@ -7,17 +7,22 @@
 // processes (or threads): the ranks meet in a POSIX shared-memory segment
 // named after the unique id, each rank has a slot there, and an operation
 // moves through it in chunks: every rank copies its chunk to its slot and
-// publishes a sequence number, waits for every rank's, sums the slots in
-// the order lavit's ring does (see sum: every rank gets the same bits, the
+// publishes a sequence number, waits for every rank's, reduces the slots in
+// the order lavit's ring does (see reduce: every rank gets the same bits, the
 // ring's) or copies the slots it needs (broadcast, all-gather), and waits
 // for every rank to be done before the slots are reused. Reduce-scatter
 // and all-gather run in place only on a buffer of world blocks (as lavit
-// calls them): the reduce-scatter sums block rank alone, in the order of
-// the all-reduce. Sums are of float32 (ncclFloat32, ncclSum or ncclAvg) or
-// of bfloat16 (ncclBfloat16, ncclSum only, an even count: lavit packs two
-// per float32 word, and the fake cuts such a buffer into segments of whole
-// words, as the ring does; each add is done in float32 and rounded to
-// bfloat16, nearest even). Operations run on a thread per communicator,
+// calls them): the reduce-scatter reduces block rank alone, in the order
+// of the all-reduce. Reductions (see reduction) are float32 sums and
+// averages (ncclFloat32, ncclSum or ncclAvg); float32 maxima (ncclFloat32,
+// ncclMax: NaN wins, +0 over -0, as collective.MaxFloat32; real NCCL's
+// float max is CUDA's fmaxf, which drops a NaN: here the fake follows
+// lavit's ring, not NCCL); uint32 sums modulo 2^32 (ncclUint32, ncclSum:
+// lavit's SumUint32 on the bits of float32 words); and bfloat16 sums
+// (ncclBfloat16, ncclSum only, an even count: lavit packs two per float32
+// word, and the fake cuts such a buffer into segments of whole words, as
+// the ring does; each add is done in float32 and rounded to bfloat16,
+// nearest even). Operations run on a thread per communicator,
 // asynchronously like NCCL's: the stream is "not ready" until the
 // operation is done, and ncclCommGetAsyncError reports a failure. A rank
 // that aborts, or whose process dies, fails its peers' operations with
@@ -67,12 +72,22 @@ typedef struct fake_stream fake_stream;
 
 enum { opAllReduce, opBroadcast, opReduceScatter, opAllGather };
 
+// How a reduction combines 4-byte words (see combine): lavit's ops.
+typedef enum {
+	redNone,    // not a reduction (broadcast, all-gather)
+	redSum,     // float32 sum (ncclFloat32, ncclSum)
+	redAvg,     // float32 sum, then ·1/world (ncclFloat32, ncclAvg)
+	redSumBF16, // words of two bfloat16s, each sum rounded to bfloat16 (ncclBfloat16, ncclSum)
+	redSumU32,  // uint32 sum modulo 2^32 (ncclUint32, ncclSum)
+	redMax,     // float32 maximum, NaN wins, +0 over -0 (ncclFloat32, ncclMax)
+} red_t;
+
 typedef struct {
 	int kind;             // opAllReduce, …
 	void* buf;            // the whole buffer: for reduce-scatter and all-gather, world blocks
-	size_t count;         // 4-byte words in buf (float32s, or pairs of bfloat16s)
-	int avg, root;
-	int bf16;             // the words are bfloat16 pairs: sum with bf16 rounding
+	size_t count;         // 4-byte words in buf (float32s, uint32s or pairs of bfloat16s)
+	red_t red;            // how a reduction combines the words
+	int root;
 	fake_stream* stream;
 } op_t;
 
@@ -169,18 +184,54 @@ static uint32_t add_bf16_word(uint32_t d, uint32_t s) {
 	return (uint32_t)bf16_round(lo) | (uint32_t)bf16_round(hi) << 16;
 }
 
-// sum adds the slots into buf[off, off+n) of a count-element all-reduce
-// (within segment only alone when only ≥ 0: a reduce-scatter), in the
-// ring's order: segment k's
-// sum runs from rank k+1 around the ring to rank k,
-// ((x_{k+1} + x_{k+2}) + …) + x_k, the order in which the ring's
-// reduce-scatter leaves it on rank k; an average then multiplies by
-// 1/world. So every rank gets the same bits, and exactly the bits lavit's
-// ring all-reduce (or reduce-scatter) gives: a run over this fake must end
-// where the same run over the ring does, and any difference is the NCCL
-// path's. With bf16 the elements are words of two bfloat16s, summed
-// with add_bf16_word in the same order (never averaged).
-static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, int avg, int bf16, int only) {
+// max_f32 is collective.MaxFloat32 on one element: d is the ring's own
+// value, s the partial maximum it received. A NaN in d stays, a NaN in s
+// wins over a number, and of two equal values the one with the sign bit
+// clear (+0 over -0) wins; so the bits match the ring's, NaN payloads
+// included, when the order is the ring's.
+static uint32_t max_f32(uint32_t d, uint32_t s) {
+	float fd = f32_of(d), fs = f32_of(s);
+	if (fd != fd) return d;
+	if (fs != fs || fs > fd || (fs == fd && (d >> 31))) return s;
+	return d;
+}
+
+// combine folds the words s (the slot of the next rank in the ring's
+// order: that rank's own value) into the running reduction acc, m words,
+// as that rank of lavit's ring does: acc = s ⊕ acc, with s as the
+// kernel's dst (collective.AddFloat32, AddBF16, AddUint32, MaxFloat32).
+static void combine(red_t red, float* acc, const float* s, size_t m) {
+	uint32_t* a = (uint32_t*)acc;
+	const uint32_t* o = (const uint32_t*)s;
+	switch (red) {
+	case redNone:
+		break;
+	case redSum:
+	case redAvg:
+		for (size_t i = 0; i < m; i++) acc[i] += s[i];
+		break;
+	case redSumBF16:
+		for (size_t i = 0; i < m; i++) a[i] = add_bf16_word(o[i], a[i]);
+		break;
+	case redSumU32:
+		for (size_t i = 0; i < m; i++) a[i] = o[i] + a[i]; // unsigned: modulo 2^32
+		break;
+	case redMax:
+		for (size_t i = 0; i < m; i++) a[i] = max_f32(o[i], a[i]);
+		break;
+	}
+}
+
+// reduce combines the slots into buf[off, off+n) of a count-element
+// all-reduce (within segment only alone when only ≥ 0: a reduce-scatter),
+// in the ring's order: segment k's reduction runs from rank k+1 around the
+// ring to rank k, ((x_{k+1} ⊕ x_{k+2}) ⊕ …) ⊕ x_k, the order in which the
+// ring's reduce-scatter leaves it on rank k; an average then multiplies
+// by 1/world. So every rank gets the same bits, and exactly the bits
+// lavit's ring all-reduce (or reduce-scatter) gives: a run over this fake
+// must end where the same run over the ring does, and any difference is
+// the NCCL path's. ⊕ is red's (see combine); only redAvg is scaled.
+static void reduce(fake_comm* c, float* buf, size_t off, size_t n, size_t count, red_t red, int only) {
 	size_t w = (size_t)c->world;
 	const float scale = 1.0f / (float)c->world;
 	for (size_t k = 0; k < w; k++) {
@@ -189,17 +240,9 @@ static void sum(fake_comm* c, float* buf, size_t off, size_t n, size_t count, in
 		if ((only >= 0 && k != (size_t)only) || !overlap(so, sn, off, n, &lo, &hi)) continue;
 		float* acc = buf + lo;
 		memcpy(acc, (const float*)slot(c, (int)((k + 1) % w)) + (lo - off), (hi - lo) * sizeof(float));
-		for (size_t j = 2; j <= w; j++) {
-			const float* s = (const float*)slot(c, (int)((k + j) % w)) + (lo - off);
-			if (bf16) {
-				uint32_t* a = (uint32_t*)acc;
-				const uint32_t* o = (const uint32_t*)s;
-				for (size_t i = 0; i < hi - lo; i++) a[i] = add_bf16_word(o[i], a[i]);
-			} else {
-				for (size_t i = 0; i < hi - lo; i++) acc[i] += s[i];
-			}
-		}
-		if (avg) for (size_t i = 0; i < hi - lo; i++) acc[i] *= scale;
+		for (size_t j = 2; j <= w; j++)
+			combine(red, acc, (const float*)slot(c, (int)((k + j) % w)) + (lo - off), hi - lo);
+		if (red == redAvg) for (size_t i = 0; i < hi - lo; i++) acc[i] *= scale;
 	}
 }
 
@@ -215,8 +258,8 @@ static int run(fake_comm* c, op_t* o) {
 		int f = await(c, c->sh->arrived, k);
 		if (f) return f;
 		switch (o->kind) {
-		case opAllReduce: sum(c, buf, off, n, o->count, o->avg, o->bf16, -1); break;
-		case opReduceScatter: sum(c, buf, off, n, o->count, o->avg, o->bf16, c->rank); break;
+		case opAllReduce: reduce(c, buf, off, n, o->count, o->red, -1); break;
+		case opReduceScatter: reduce(c, buf, off, n, o->count, o->red, c->rank); break;
 		case opBroadcast:
 			if (c->rank != o->root) memcpy(buf + off, slot(c, o->root), n * sizeof(float));
 			break;
@@ -319,9 +362,9 @@ int ncclCommAbort(void* comm) {
 int ncclCommFinalize(void* comm) { logf_("finalize"); return ok; }
 int ncclCommDestroy(void* comm) { logf_("destroy"); release(comm); return ok; }
 
-// enqueue queues an operation on buf, count 4-byte words (float32s, or
-// bfloat16 pairs when bf16), in place.
-static int enqueue(int kind, void* buf, size_t count, int avg, int root, int bf16, void* comm, void* stream) {
+// enqueue queues an operation on buf, count 4-byte words (float32s,
+// uint32s or bfloat16 pairs, as red says), in place.
+static int enqueue(int kind, void* buf, size_t count, red_t red, int root, void* comm, void* stream) {
 	fake_comm* c = comm;
 	fake_stream* s = stream;
 	logf_("op");
@@ -331,41 +374,61 @@ static int enqueue(int kind, void* buf, size_t count, int avg, int root, int bf1
 	if (atomic_load(&s->forever)) return ok;
 	pthread_mutex_lock(&c->mu);
 	if (c->tail - c->head >= 16) { pthread_mutex_unlock(&c->mu); return internalError; }
-	c->queue[c->tail % 16] = (op_t){kind, buf, count, avg, root, bf16, s};
+	c->queue[c->tail % 16] = (op_t){kind, buf, count, red, root, s};
 	c->tail++;
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	return ok;
 }
-enum { float32 = 7, bfloat16 = 9, ncclSum = 0, ncclAvg = 4 }; // the only types and ops lavit uses
+// The only types and ops lavit uses (nccl.h's ncclDataType_t, ncclRedOp_t).
+enum { uint32 = 3, float32 = 7, bfloat16 = 9 };
+enum { ncclSum = 0, ncclMax = 2, ncclAvg = 4 };
 
-// reduction checks a reduction's type and op, and returns the count in
-// 4-byte words (bfloat16: an even count, summed only), or -1: invalid.
-static long long reduction(size_t count, int dtype, int redop) {
-	if (dtype == float32 && (redop == ncclSum || redop == ncclAvg)) return (long long)count;
-	if (dtype == bfloat16 && redop == ncclSum && count % 2 == 0) return (long long)(count / 2);
+// reduction checks a reduction's type and op, sets *red, and returns the
+// count in 4-byte words (bfloat16: an even count, summed only), or -1:
+// invalid. float32 by sum, average or max; uint32 and bfloat16 by sum.
+static long long reduction(size_t count, int dtype, int redop, red_t* red) {
+	switch (dtype) {
+	case float32:
+		switch (redop) {
+		case ncclSum: *red = redSum; return (long long)count;
+		case ncclAvg: *red = redAvg; return (long long)count;
+		case ncclMax: *red = redMax; return (long long)count;
+		}
+		return -1;
+	case uint32:
+		if (redop != ncclSum) return -1;
+		*red = redSumU32;
+		return (long long)count;
+	case bfloat16:
+		if (redop != ncclSum || count % 2 != 0) return -1;
+		*red = redSumBF16;
+		return (long long)(count / 2);
+	}
 	return -1;
 }
 
 int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int redop, void* comm, void* stream) {
-	long long words = reduction(count, dtype, redop);
+	red_t red;
+	long long words = reduction(count, dtype, redop, &red);
 	if (words < 0) return invalidArgument;
 	if (send != recv) memcpy(recv, send, (size_t)words * 4);
-	return enqueue(opAllReduce, recv, (size_t)words, redop == ncclAvg, 0, dtype == bfloat16, comm, stream);
+	return enqueue(opAllReduce, recv, (size_t)words, red, 0, comm, stream);
 }
 int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
 	fake_comm* c = comm;
 	if (dtype != float32 || root < 0 || root >= c->world) return invalidArgument;
 	if (send != recv) memcpy(recv, send, count * 4);
-	return enqueue(opBroadcast, recv, count, 0, root, 0, comm, stream);
+	return enqueue(opBroadcast, recv, count, redNone, root, comm, stream);
 }
 // ncclReduceScatter: in place only (recv = send + rank·recvcount), as lavit calls it.
 int ncclReduceScatter(const void* send, void* recv, size_t recvcount, int dtype, int redop, void* comm, void* stream) {
 	fake_comm* c = comm;
-	long long words = reduction(recvcount, dtype, redop);
+	red_t red;
+	long long words = reduction(recvcount, dtype, redop, &red);
 	if (words < 0) return invalidArgument;
 	if ((const float*)send + (size_t)c->rank * (size_t)words != (float*)recv) return invalidArgument;
-	return enqueue(opReduceScatter, (void*)send, (size_t)words * (size_t)c->world, redop == ncclAvg, 0, dtype == bfloat16, comm, stream);
+	return enqueue(opReduceScatter, (void*)send, (size_t)words * (size_t)c->world, red, 0, comm, stream);
 }
 // ncclAllGather: send may be anywhere; in place it is recv + rank·sendcount.
 int ncclAllGather(const void* send, void* recv, size_t sendcount, int dtype, void* comm, void* stream) {
@@ -373,7 +436,7 @@ int ncclAllGather(const void* send, void* recv, size_t sendcount, int dtype, voi
 	if (dtype != float32) return invalidArgument;
 	float* own = (float*)recv + (size_t)c->rank * sendcount;
 	if ((const float*)send != own) memmove(own, send, sendcount * 4);
-	return enqueue(opAllGather, recv, sendcount * (size_t)c->world, 0, 0, 0, comm, stream);
+	return enqueue(opAllGather, recv, sendcount * (size_t)c->world, redNone, 0, comm, stream);
 }
 const char* ncclGetErrorString(int r) { return r == remoteError ? "remote process exited or there was a network error" : "fake nccl error"; }
 const char* ncclGetLastError(void* comm) { return "fake last error"; }
