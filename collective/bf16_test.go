@@ -211,7 +211,9 @@ func TestOps(t *testing.T) {
 		{Sum, "sum", true},
 		{Avg, "avg", true},
 		{SumBF16, "sum-bf16", true},
-		{Op(3), "Op(3)", false},
+		{SumUint32, "sum-uint32", true},
+		{Max, "max", true},
+		{Op(5), "Op(5)", false},
 		{Op(-1), "Op(-1)", false},
 	} {
 		if tc.op.String() != tc.name || tc.op.Valid() != tc.valid {

@@ -66,7 +66,8 @@ type Op int
 // (ncclUint32, ncclSum): exact and associative, so the result does not
 // depend on the order of the additions. Fixed-point sums use it
 // (collective/fixedpoint). Max takes the element-wise float32 maximum
-// (ncclMax); a NaN anywhere gives NaN, so it too is the same in any order.
+// (ncclMax), the same in any order; on the ring a NaN wins, but NCCL's
+// max (fmaxf) drops NaNs, so callers that must see one send +Inf instead.
 const (
 	Sum Op = iota
 	Avg

@@ -101,10 +101,13 @@ func exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segmen
 	for i, s := range segs {
 		for _, g := range groups {
 			for _, v := range g[s.off : s.off+s.n] {
-				maxes[i] = max(maxes[i], float32(math.Abs(float64(v))))
 				if v != v {
-					maxes[i] = v // NaN: the step is refused below, on every rank alike
+					// +Inf, not NaN: NCCL's max (fmaxf) drops NaNs, an
+					// infinity survives every backend, and ScaleFor refuses
+					// it below on every rank alike.
+					maxes[i] = float32(math.Inf(1))
 				}
+				maxes[i] = max(maxes[i], float32(math.Abs(float64(v))))
 			}
 		}
 	}

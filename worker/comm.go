@@ -77,6 +77,14 @@ func (c *stepComm) scatter(ctx context.Context, buf []float32) error {
 	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, c.gradOp) })
 }
 
+// exact is an all-reduce of buf with an exact op (collective.Max,
+// collective.SumUint32): a bitwise step's reductions.
+func (c *stepComm) exact(op collective.Op) trainer.Reducer {
+	return func(ctx context.Context, buf []float32) error {
+		return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, op) })
+	}
+}
+
 // gather all-gathers buf (block r from rank r).
 func (c *stepComm) gather(ctx context.Context, buf []float32) error {
 	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllGather(ctx, buf) })
@@ -106,7 +114,8 @@ func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) 
 // through reduce, and a GPU model's gradients in place on the device when
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
-	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather}
+	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather,
+		Max: c.exact(collective.Max), Words: c.exact(collective.SumUint32)}
 	if c.parts != nil { // the ring: gradient buckets with the bits of one call
 		r.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {
 			return c.timed(ctx, func(ctx context.Context) error { return c.parts.AllReducePart(ctx, buf, c.gradOp, off, total) })

@@ -56,6 +56,9 @@ func openData(ctx context.Context, spec *runspec.Spec, rank, world int, log *slo
 	}
 	d := &dataFeed{stream: s, loader: shards.NewLoader(src, m, 0), batch: spec.GlobalBatch, total: spec.TotalSteps(s.Total()), log: log}
 	d.from, d.to = stream.RankSlice(d.batch, world, rank)
+	if group, ok := spec.Bitwise(); ok {
+		d.from, d.to = stream.GroupSlice(d.batch, group, world, rank)
+	}
 	return d, nil
 }
 

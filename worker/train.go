@@ -104,6 +104,11 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if err := r.model.SetActivationCheckpointing(spec.ActivationCheckpointing); err != nil {
 		return r, fmt.Errorf("activation_checkpointing: %w", err)
 	}
+	if group, ok := spec.Bitwise(); ok {
+		if err := r.model.SetBitwise(group); err != nil {
+			return r, fmt.Errorf("determinism %s: %w", spec.Determinism, err)
+		}
+	}
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err
 	}
@@ -121,6 +126,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	r.log.Info("prepared", "params", r.model.Info().ParamCount, "steps", total, "global_batch", spec.GlobalBatch,
 		"zero", spec.Optim.Zero, "micro_batch", spec.MicroBatch, "activation_checkpointing", spec.ActivationCheckpointing,
 		"precision", precision, "reduce_dtype", reduce, "bucket_mb", spec.Collective.BucketMB,
+		"determinism", spec.DeterminismOrDefault(), "determinism_group", spec.DeterminismGroup,
 		"slice", fmt.Sprintf("[%d,%d)", r.data.from, r.data.to), "samples", r.data.stream.Total())
 	return r, nil
 }

@@ -324,3 +324,106 @@ func relDiff(got, want []float32) (rel, maxAbs float64) {
 	}
 	return math.Sqrt(diff / norm), maxAbs
 }
+
+// TestBitwiseRunAtAnyWorldSize: the same tiny stage-1 run with
+// determinism: bitwise (80 steps, VQ on from step 10 with its k-means
+// init; groups of 2 of a global batch of 6) trained by 1, 2 and 3 workers
+// through the coordinator ends with the same final state, tensor for
+// tensor and bit for bit, and run show reports the same loss. So does the
+// run trained by 3 workers to a checkpoint past step 12, cancelled, and
+// resumed from its newest checkpoint by 2.
+func TestBitwiseRunAtAnyWorldSize(t *testing.T) {
+	lib := loadLib(t)
+	f := startFleet(t)
+	dir := t.TempDir()
+	data := synthData(t, filepath.Join(dir, "train"), synth.Train, 300, 50)
+	spec := func(minW, maxW int, every string) []string {
+		return []string{"steps=80", "stage1.phase_a_steps=10", "stage1.kmeans_batches=2", "global_batch=6",
+			"determinism=bitwise", "determinism_group=2",
+			fmt.Sprintf("min_workers=%d", minW), fmt.Sprintf("max_workers=%d", maxW),
+			"data.url=" + data, "data.eval_url=", "checkpoint.url=file://" + filepath.Join(dir, "ckpt"), "checkpoint.every_steps=" + every, "metrics.every_steps=5"}
+	}
+	var want *trainer.StateInfo
+	var wantLoss float64
+	check := func(what string, info wire.RunInfo, members int) {
+		t.Helper()
+		if info.State != wire.RunCompleted || len(info.Members) != members || info.Step != 80 {
+			t.Fatalf("%s: run %s is %s (%s), %d members, step %d", what, info.ID, info.State, info.Reason, len(info.Members), info.Step)
+		}
+		blob, err := os.ReadFile(filepath.Join(info.Final.URL[len("file://"):], "state.lvst"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := trainer.ParseState(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Loss == nil {
+			t.Fatalf("%s: run show reports no loss", what)
+		}
+		if want == nil {
+			want, wantLoss = st, *info.Loss
+			return
+		}
+		for _, name := range want.Tensors {
+			a, b := want.Values[name], st.Values[name]
+			if len(a) != len(b) {
+				t.Fatalf("%s: %s has %d values, want %d", what, name, len(b), len(a))
+			}
+			for i := range a {
+				if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+					t.Fatalf("%s: %s[%d] = %v, world 1 has %v", what, name, i, b[i], a[i])
+				}
+			}
+		}
+		if *info.Loss != wantLoss {
+			t.Errorf("%s: run show's loss %v, world 1's %v", what, *info.Loss, wantLoss)
+		}
+	}
+	for _, world := range []int{1, 2, 3} {
+		stop := f.startTrainers(lib, fmt.Sprintf("b%d", world), world)
+		id := f.submit("tiny-stage1", spec(world, world, "0")...)
+		info := f.waitDone(id, 3*time.Minute)
+		stop()
+		check(fmt.Sprintf("world %d", world), info, world)
+	}
+
+	// 3 workers to a checkpoint past the VQ switch, then 2 from it.
+	stop := f.startTrainers(lib, "r3", 3)
+	testutil.WaitFor(t, time.Minute, "three idle workers", func() bool {
+		ws, err := wire.ListWorkers.Call(context.Background(), f.client, &wire.WorkersRequest{})
+		if err != nil {
+			return false
+		}
+		idle := 0
+		for _, w := range ws.Workers {
+			if w.State == wire.WorkerIdle {
+				idle++
+			}
+		}
+		return idle == 3
+	})
+	id := f.submit("tiny-stage1", spec(2, 3, "4")...)
+	testutil.WaitFor(t, 3*time.Minute, "a checkpoint at step 12", func() bool {
+		info := f.show(id)
+		return len(info.Members) == 3 && len(info.Checkpoints) > 0 && info.Checkpoints[len(info.Checkpoints)-1].Step >= 12
+	})
+	// Cancelled, so that it waits for run resume (left paused it would
+	// resume as soon as two workers are idle); then resumed on two.
+	if _, err := wire.CancelRun.Call(context.Background(), f.client, &wire.RunCancelRequest{ID: id, Reason: "to resume it on two workers"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.show(id).State; st != wire.RunCancelled {
+		t.Fatalf("run %s is %s after cancel (it ended before the test could stop it: make it longer)", id, st)
+	}
+	stop()
+	f.startTrainers(lib, "r2", 2)
+	if _, err := wire.ResumeRun.Call(context.Background(), f.client, &wire.RunRequest{ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	info := f.waitDone(id, 3*time.Minute)
+	if info.RestoredFrom < 12 || info.Generation < 2 {
+		t.Fatalf("resumed run: generation %d restored step %d; want a new generation from a step ≥ 12", info.Generation, info.RestoredFrom)
+	}
+	check("3 workers, resumed on 2", info, 2)
+}

@@ -89,6 +89,20 @@ const (
 	DefaultReduceDtype   = PrecisionFP32
 )
 
+// The values of determinism.
+const (
+	// DeterminismFast sums in float: the fastest, and its last bits
+	// depend on the world size (and so on every elastic event).
+	DeterminismFast = "fast"
+	// DeterminismBitwise trains the same bits at any world size, across
+	// failures and resumes: fixed groups of samples and fixed-point sums
+	// (trainer/bitwise.go).
+	DeterminismBitwise = "bitwise"
+	// MaxBitwiseWorkers bounds max_workers under bitwise: the fixed-point
+	// sums are exact for at most this many ranks (fixedpoint.MaxRanks).
+	MaxBitwiseWorkers = 255
+)
+
 // The values of precision and collective.reduce_dtype.
 const (
 	PrecisionFP32 = "fp32"
@@ -129,17 +143,25 @@ type Spec struct {
 	// PrecisionBF16 (bf16 parameters, gradients and activations, with
 	// fp32 master weights and Adam moments). Empty, in a spec stored
 	// before the key existed, means fp32 (see PrecisionOrDefault).
-	Precision  string     `yaml:"precision" json:"precision,omitempty"`
-	MinWorkers int        `yaml:"min_workers" json:"min_workers"`
-	MaxWorkers int        `yaml:"max_workers" json:"max_workers"`
-	Device     string     `yaml:"device" json:"device"` // cpu, cuda or auto
-	Data       Data       `yaml:"data" json:"data"`
-	Optim      Optim      `yaml:"optim" json:"optim,omitzero"`
-	Stage1     Stage1     `yaml:"stage1" json:"stage1,omitzero"`
-	Collective Collective `yaml:"collective" json:"collective"`
-	Checkpoint Checkpoint `yaml:"checkpoint" json:"checkpoint"`
-	Tokenizer  Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
-	Metrics    Metrics    `yaml:"metrics" json:"metrics"`
+	Precision string `yaml:"precision" json:"precision,omitempty"`
+	// Determinism is DeterminismFast (empty: a spec stored before the key
+	// existed) or DeterminismBitwise.
+	Determinism string `yaml:"determinism" json:"determinism,omitempty"`
+	// DeterminismGroup is the samples per group under bitwise: the global
+	// batch is cut into groups of this many, each its own forward/backward,
+	// and ranks take whole groups. Default: global_batch / max_workers
+	// (rounded down to a divisor of global_batch).
+	DeterminismGroup int        `yaml:"determinism_group" json:"determinism_group,omitempty"`
+	MinWorkers       int        `yaml:"min_workers" json:"min_workers"`
+	MaxWorkers       int        `yaml:"max_workers" json:"max_workers"`
+	Device           string     `yaml:"device" json:"device"` // cpu, cuda or auto
+	Data             Data       `yaml:"data" json:"data"`
+	Optim            Optim      `yaml:"optim" json:"optim,omitzero"`
+	Stage1           Stage1     `yaml:"stage1" json:"stage1,omitzero"`
+	Collective       Collective `yaml:"collective" json:"collective"`
+	Checkpoint       Checkpoint `yaml:"checkpoint" json:"checkpoint"`
+	Tokenizer        Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
+	Metrics          Metrics    `yaml:"metrics" json:"metrics"`
 
 	// origin maps a dotted key to where its value came from ("f.yaml:7"
 	// or "f.yaml: --set steps=9"); file is the spec's file name. Both are
@@ -495,6 +517,12 @@ func (s *Spec) setDefaults(present map[string]bool) {
 	if s.Precision == "" {
 		s.Precision = DefaultPrecision
 	}
+	if s.Determinism == "" {
+		s.Determinism = DeterminismFast
+	}
+	if s.Determinism == DeterminismBitwise && !present["determinism_group"] && s.MaxWorkers > 0 {
+		s.DeterminismGroup = DefaultGroup(s.GlobalBatch, s.MaxWorkers)
+	}
 	if !present["data.block_shards"] {
 		s.Data.BlockShards = DefaultBlockShards
 	}
@@ -707,6 +735,9 @@ func (s *Spec) validate(strictURLs bool) error {
 		return s.errorf("collective.bucket_mb", "collective.bucket_mb must be a size in MiB ≥ 0 (0: reduce after backward in one call), got %v", b)
 	} else if b > MaxBucketMB {
 		return s.errorf("collective.bucket_mb", "collective.bucket_mb is %v; the limit is %d", b, MaxBucketMB)
+	}
+	if err := s.validateDeterminism(); err != nil {
+		return err
 	}
 
 	c := s.Checkpoint
@@ -1107,4 +1138,68 @@ func (s *Spec) Locations() []Location {
 		}
 	}
 	return out
+}
+
+// DefaultGroup is determinism_group's default: global_batch / max_workers,
+// rounded down to a divisor of global_batch (so every group is whole).
+func DefaultGroup(globalBatch, maxWorkers int) int {
+	g := max(globalBatch/max(maxWorkers, 1), 1)
+	for globalBatch%g != 0 {
+		g--
+	}
+	return g
+}
+
+// validateDeterminism checks determinism and determinism_group, and what
+// bitwise mode does not cover yet.
+func (s *Spec) validateDeterminism() error {
+	switch s.Determinism {
+	case "", DeterminismFast:
+		if s.DeterminismGroup != 0 {
+			return s.errorf("determinism_group", "determinism_group is for determinism: %s only (determinism is %s)", DeterminismBitwise, s.DeterminismOrDefault())
+		}
+		return nil
+	case DeterminismBitwise:
+	default:
+		return s.errorf("determinism", "determinism must be %s or %s, got %q", DeterminismFast, DeterminismBitwise, s.Determinism)
+	}
+	g := s.DeterminismGroup
+	switch {
+	case g < 1:
+		return s.errorf("determinism_group", "determinism_group must be at least 1 sample, got %d", g)
+	case s.GlobalBatch%g != 0:
+		return s.errorf("determinism_group", "determinism_group %d does not divide global_batch %d into whole groups", g, s.GlobalBatch)
+	case s.GlobalBatch/g < s.MaxWorkers:
+		return s.errorf("determinism_group", "determinism_group %d makes %d groups, fewer than max_workers %d: every rank needs a whole group", g, s.GlobalBatch/g, s.MaxWorkers)
+	case s.MicroBatch != 0 && s.MicroBatch != g:
+		return s.errorf("micro_batch", "under determinism: %s each group is one micro-batch: leave micro_batch out or set it to determinism_group (%d), got %d", DeterminismBitwise, g, s.MicroBatch)
+	case s.MaxWorkers > MaxBitwiseWorkers:
+		return s.errorf("max_workers", "determinism: %s sums exactly over at most %d ranks, max_workers is %d", DeterminismBitwise, MaxBitwiseWorkers, s.MaxWorkers)
+	case s.Device == "cuda":
+		return s.errorf("device", "determinism: %s runs on CPU workers only so far (device: cpu or auto)", DeterminismBitwise)
+	case s.Collective.Backend == "nccl":
+		return s.errorf("collective.backend", "determinism: %s runs on the ring only so far (NCCL is for GPU workers)", DeterminismBitwise)
+	case s.PrecisionOrDefault() != PrecisionFP32:
+		return s.errorf("precision", "determinism: %s needs precision %s so far, got %s", DeterminismBitwise, PrecisionFP32, s.PrecisionOrDefault())
+	case s.Optim.Zero > 1:
+		return s.errorf("optim.zero", "determinism: %s works with optim.zero 0 or 1 so far, got %d", DeterminismBitwise, s.Optim.Zero)
+	case s.Collective.BucketMB > 0:
+		return s.errorf("collective.bucket_mb", "determinism: %s sums the gradients after the step's groups: leave collective.bucket_mb out", DeterminismBitwise)
+	}
+	return nil
+}
+
+// DeterminismOrDefault is determinism, DeterminismFast when empty (a spec
+// stored before the key existed).
+func (s *Spec) DeterminismOrDefault() string {
+	if s.Determinism == "" {
+		return DeterminismFast
+	}
+	return s.Determinism
+}
+
+// Bitwise reports whether the run trains bitwise-reproducibly, and its
+// group size.
+func (s *Spec) Bitwise() (group int, ok bool) {
+	return s.DeterminismGroup, s.Determinism == DeterminismBitwise
 }

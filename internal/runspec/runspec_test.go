@@ -208,6 +208,19 @@ func TestParseErrors(t *testing.T) {
 		{"reduce_dtype bf16 in fp32", base, []string{"collective.reduce_dtype=bf16"}, "collective.reduce_dtype", "x.yaml: --set collective.reduce_dtype=bf16: collective.reduce_dtype bf16 needs precision bf16 (precision is fp32"},
 		{"reduce_dtype bf16 with precision fp32 set", base + "precision: fp32\ncollective:\n  reduce_dtype: bf16\n", nil, "collective.reduce_dtype", "x.yaml:15: collective.reduce_dtype bf16 needs precision bf16"},
 
+		// Determinism.
+		{"determinism unknown", base, []string{"determinism=exact"}, "determinism", `determinism must be fast or bitwise, got "exact"`},
+		{"group without bitwise", base, []string{"determinism_group=2"}, "determinism_group", "determinism_group is for determinism: bitwise only (determinism is fast)"},
+		{"group not dividing", base, []string{"determinism=bitwise", "determinism_group=3"}, "determinism_group", "determinism_group 3 does not divide global_batch 8 into whole groups"},
+		{"too few groups", base, []string{"determinism=bitwise", "determinism_group=8"}, "determinism_group", "determinism_group 8 makes 1 groups, fewer than max_workers 2"},
+		{"group zero", base, []string{"determinism=bitwise", "determinism_group=0"}, "determinism_group", "determinism_group must be at least 1 sample, got 0"},
+		{"micro_batch other than the group", base, []string{"determinism=bitwise", "micro_batch=1"}, "micro_batch", "leave micro_batch out or set it to determinism_group (4), got 1"},
+		{"bitwise on cuda", base, []string{"determinism=bitwise", "device=cuda"}, "device", "CPU workers only"},
+		{"bitwise bf16", base, []string{"determinism=bitwise", "precision=bf16"}, "precision", "needs precision fp32"},
+		{"bitwise zero 2", base, []string{"determinism=bitwise", "optim.zero=2"}, "optim.zero", "optim.zero 0 or 1"},
+		{"bitwise buckets", base, []string{"determinism=bitwise", "collective.bucket_mb=4"}, "collective.bucket_mb", "leave collective.bucket_mb out"},
+		{"bitwise too many workers", base, []string{"determinism=bitwise", "global_batch=1024", "max_workers=300", "determinism_group=1"}, "max_workers", "at most 255 ranks"},
+
 		// Stage rules.
 		{"phase_a_steps >= steps", base + "stage1:\n  phase_a_steps: 600\n", nil, "stage1.phase_a_steps", "x.yaml:14: stage1.phase_a_steps 600 must be less than steps 600"},
 		{"phase_a_steps negative", base, []string{"stage1.phase_a_steps=-1"}, "stage1.phase_a_steps", "stage1.phase_a_steps must not be negative"},
@@ -270,7 +283,7 @@ func TestParseErrors(t *testing.T) {
 		{"model control", base, []string{"model=\"m\\t.json\""}, "model", `model "m\t.json" has control characters`},
 
 		// --set.
-		{"set unknown key", base, []string{"stepz=1"}, "", `x.yaml: --set stepz=1: unknown key "stepz"; valid keys here: activation_checkpointing, checkpoint, collective, data, device, epochs,`},
+		{"set unknown key", base, []string{"stepz=1"}, "", `x.yaml: --set stepz=1: unknown key "stepz"; valid keys here: activation_checkpointing, checkpoint, collective, data, determinism, determinism_group, device, epochs,`},
 		{"set unknown nested key", base, []string{"data.urll=x"}, "", `--set data.urll=x: unknown key "data.urll"; valid keys here: data.block_shards, data.eval_url, data.manifest, data.url`},
 		{"set unknown section", base, []string{"optimizer.lr=1"}, "", `--set optimizer.lr=1: unknown key "optimizer"`},
 		{"set wrong type", base, []string{"steps=abc"}, "", `x.yaml: --set steps=abc: steps: want an integer, got "abc"`},
@@ -656,5 +669,31 @@ func TestConfigs(t *testing.T) {
 	}
 	if _, err := configs.Example("models/tiny-stage1"); err == nil {
 		t.Error("Example reached into models/")
+	}
+}
+
+// TestDefaultGroup: global_batch / max_workers, down to a divisor of
+// global_batch; parsed specs get it under bitwise.
+func TestDefaultGroup(t *testing.T) {
+	for _, tc := range []struct{ batch, workers, want int }{
+		{8, 2, 4}, {8, 3, 2}, {8, 8, 1}, {12, 5, 2}, {7, 2, 1}, {64, 1, 64},
+	} {
+		if got := DefaultGroup(tc.batch, tc.workers); got != tc.want {
+			t.Errorf("DefaultGroup(%d, %d) = %d, want %d", tc.batch, tc.workers, got, tc.want)
+		}
+	}
+	s, err := Parse("x.yaml", []byte(base), []string{"determinism=bitwise", "max_workers=3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, ok := s.Bitwise(); !ok || g != 2 {
+		t.Fatalf("Bitwise() = %d, %v; want groups of 2", g, ok)
+	}
+	s, err = Parse("x.yaml", []byte(base), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Bitwise(); ok || s.Determinism != DeterminismFast {
+		t.Fatalf("default determinism %q, want %q", s.Determinism, DeterminismFast)
 	}
 }

@@ -147,6 +147,15 @@ func RankSlice(batch, world, rank int) (from, to int) {
 	return rank * batch / world, (rank + 1) * batch / world
 }
 
+// GroupSlice is rank r's share of a global batch of B samples cut into
+// groups of g (g divides B) over W ranks: whole groups, ⌊G/W⌋ or ⌈G/W⌉
+// of the G = B/g, in order (bitwise-reproducible runs: a group's samples
+// share a forward/backward whatever the world size).
+func GroupSlice(batch, group, world, rank int) (from, to int) {
+	groups := batch / group
+	return rank * groups / world * group, (rank + 1) * groups / world * group
+}
+
 // Cursor is all a checkpoint needs to resume the stream: the next global
 // step (the epoch and position follow from it and the batch size).
 type Cursor struct {

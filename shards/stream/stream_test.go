@@ -179,3 +179,25 @@ func TestStreamErrors(t *testing.T) {
 		t.Error("position past the epoch accepted")
 	}
 }
+
+// TestGroupSlice: for every world the ranks' slices are whole groups,
+// cover the batch once in order, and differ in size by at most a group.
+func TestGroupSlice(t *testing.T) {
+	for _, tc := range []struct{ batch, group int }{{8, 2}, {12, 3}, {10, 1}, {64, 16}} {
+		groups := tc.batch / tc.group
+		for world := 1; world <= groups; world++ {
+			next, least, most := 0, tc.batch, 0
+			for rank := range world {
+				from, to := GroupSlice(tc.batch, tc.group, world, rank)
+				if from != next || from%tc.group != 0 || to%tc.group != 0 || to < from {
+					t.Fatalf("batch %d group %d world %d rank %d: [%d,%d) after %d", tc.batch, tc.group, world, rank, from, to, next)
+				}
+				next = to
+				least, most = min(least, to-from), max(most, to-from)
+			}
+			if next != tc.batch || most-least > tc.group {
+				t.Fatalf("batch %d group %d world %d: covers %d, sizes %d..%d", tc.batch, tc.group, world, next, least, most)
+			}
+		}
+	}
+}
