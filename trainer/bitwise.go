@@ -89,18 +89,38 @@ func (m *Model) tensorSegments() []segment {
 	return segs
 }
 
+// bitwiseScratch holds a bitwise step's buffers from step to step (the
+// step loop is the hot path): each group's gradients, and the fixed-point
+// sums and their words.
+type bitwiseScratch struct {
+	grads [][]float32
+	acc   []int64
+	words []float32
+}
+
+// groupGrads returns n buffers of size values each, reused.
+func (s *bitwiseScratch) groupGrads(n, size int) [][]float32 {
+	for len(s.grads) < n {
+		s.grads = append(s.grads, nil)
+	}
+	for i := range n {
+		s.grads[i] = resize(s.grads[i], size)
+	}
+	return s.grads[:n]
+}
+
 // exactSum leaves in out the sum over every rank's groups of each value,
 // in fixed point: one scale per segment from the all-reduced largest
 // magnitude, for addends groups in all. The same bits on every rank and
 // at any world size.
-func exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segment, addends int, out []float32) error {
+func (s *bitwiseScratch) exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segment, addends int, out []float32) error {
 	if red.Max == nil || red.Words == nil {
 		return errors.New("bitwise: the collective has no exact reductions (Reduce.Max, Reduce.Words)")
 	}
 	maxes := make([]float32, len(segs))
-	for i, s := range segs {
+	for i, seg := range segs {
 		for _, g := range groups {
-			for _, v := range g[s.off : s.off+s.n] {
+			for _, v := range g[seg.off : seg.off+seg.n] {
 				if v != v {
 					// +Inf, not NaN: NCCL's max (fmaxf) drops NaNs, an
 					// infinity survives every backend, and ScaleFor refuses
@@ -116,28 +136,31 @@ func exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segmen
 	}
 	scales := make([]fixedpoint.Scale, len(segs))
 	for i, mx := range maxes {
-		s, err := fixedpoint.ScaleFor(mx, addends)
+		sc, err := fixedpoint.ScaleFor(mx, addends)
 		if err != nil {
 			return fmt.Errorf("values %d..%d: %w (NaN or Inf in this step)", segs[i].off, segs[i].off+segs[i].n, err)
 		}
-		scales[i] = s
+		scales[i] = sc
 	}
-	acc := make([]int64, len(out))
-	for i, s := range segs {
+	if cap(s.acc) < len(out) {
+		s.acc = make([]int64, len(out))
+	}
+	acc := s.acc[:len(out)]
+	clear(acc)
+	for i, seg := range segs {
 		for _, g := range groups {
-			scales[i].Accumulate(acc[s.off:s.off+s.n], g[s.off:s.off+s.n])
+			scales[i].Accumulate(acc[seg.off:seg.off+seg.n], g[seg.off:seg.off+seg.n])
 		}
 	}
-	words := make([]float32, 2*len(out))
+	words := resize(s.words, 2*len(out))
+	s.words = words
 	fixedpoint.Split(words, acc)
 	if err := red.Words(ctx, words); err != nil {
 		return fmt.Errorf("all-reduce the fixed-point sums: %w", err)
 	}
 	fixedpoint.Join(acc, words)
-	for i, s := range segs {
-		for j := s.off; j < s.off+s.n; j++ {
-			out[j] = scales[i].Value(acc[j])
-		}
+	for i, seg := range segs {
+		scales[i].Values(out[seg.off:seg.off+seg.n], acc[seg.off:seg.off+seg.n])
 	}
 	return nil
 }
@@ -173,7 +196,7 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 	}
 	globalPre := make([]float32, m.info.PreStats)
 	if len(globalPre) > 0 {
-		if err := exactSum(ctx, red, pres, eachValue(len(globalPre)), groups, globalPre); err != nil {
+		if err := m.bw.exactSum(ctx, red, pres, eachValue(len(globalPre)), groups, globalPre); err != nil {
 			return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
 		}
 	}
@@ -184,7 +207,7 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 		return StepResult{}, fmt.Errorf("bitwise: the gradient buffer holds %d floats, want %d", len(grads), m.info.GradWords)
 	}
 	nPost := int(m.info.PostStats)
-	groupGrads := make([][]float32, len(micro))
+	groupGrads := m.bw.groupGrads(len(micro), len(grads))
 	tails := make([][]float32, len(micro)) // [post statistics | loss]
 	var loss float64
 	for i := range micro {
@@ -193,15 +216,15 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 		if err != nil {
 			return StepResult{}, err
 		}
-		groupGrads[i] = slices.Clone(grads)
+		copy(groupGrads[i], grads)
 		tails[i] = append(slices.Clone(post), float32(l))
 		loss += l
 	}
-	if err := exactSum(ctx, red, groupGrads, m.tensorSegments(), groups, grads); err != nil {
+	if err := m.bw.exactSum(ctx, red, groupGrads, m.tensorSegments(), groups, grads); err != nil {
 		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
 	}
 	tail := make([]float32, nPost+1)
-	if err := exactSum(ctx, red, tails, eachValue(nPost+1), groups, tail); err != nil {
+	if err := m.bw.exactSum(ctx, red, tails, eachValue(nPost+1), groups, tail); err != nil {
 		return StepResult{}, fmt.Errorf("reduce codebook statistics and loss: %w", err)
 	}
 	if len(ride) > 0 {

@@ -122,6 +122,7 @@ type Model struct {
 	// bitwiseGroup, when positive, is the samples per group of a
 	// bitwise-reproducible step (SetBitwise, bitwise.go).
 	bitwiseGroup int
+	bw           bitwiseScratch
 }
 
 // NewModel creates a model from a validated config on a device ("cpu",

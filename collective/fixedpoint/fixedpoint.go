@@ -71,28 +71,36 @@ func ScaleFor(maxAbs float32, addends int) (Scale, error) {
 	return Scale{Exp: min(max(TotalBits-k, minExp), maxExp)}, nil
 }
 
-// quantize is round(x·2^e), ties to even: x·2^e is exact in float64 (a
-// float32 times a power of two), so this is the one rounding an addend
-// gets. ScaleFor's bound keeps it below 2^TotalBits.
-func (s Scale) quantize(x float32) int64 {
-	return int64(math.RoundToEven(math.Ldexp(float64(x), s.Exp)))
-}
-
-// Accumulate adds round(x[i]·2^e) to acc[i]: one group's values into a
-// rank's running sums. Any order of groups gives the same acc.
+// Accumulate adds round(x[i]·2^e) to acc[i], ties to even: one group's
+// values into a rank's running sums. x·2^e is exact in float64 (a float32
+// times a power of two within float64's range), so the rounding to an
+// integer is the one rounding an addend gets; ScaleFor's bound keeps the
+// result below 2^TotalBits. Any order of groups gives the same acc.
 func (s Scale) Accumulate(acc []int64, x []float32) {
 	if len(acc) != len(x) {
 		panic(fmt.Sprintf("fixedpoint.Accumulate: %d sums, %d values", len(acc), len(x)))
 	}
+	mul := math.Ldexp(1, s.Exp)
 	x = x[:len(acc)]
 	for i, v := range x {
-		acc[i] += s.quantize(v)
+		acc[i] += int64(math.RoundToEven(float64(v) * mul))
 	}
 }
 
 // Value converts a total back to float32: total·2^-e, rounded once.
 func (s Scale) Value(total int64) float32 {
-	return float32(math.Ldexp(float64(total), -s.Exp)) // exact in float64: |total| < 2^53
+	return float32(float64(total) * math.Ldexp(1, -s.Exp)) // exact in float64: |total| < 2^53
+}
+
+// Values is Value for every total: out[i] = Value(totals[i]).
+func (s Scale) Values(out []float32, totals []int64) {
+	if len(out) != len(totals) {
+		panic(fmt.Sprintf("fixedpoint.Values: %d outputs, %d totals", len(out), len(totals)))
+	}
+	inv := math.Ldexp(1, -s.Exp)
+	for i, t := range totals {
+		out[i] = float32(float64(t) * inv)
+	}
 }
 
 // Split writes each sum as two words for collective.SumUint32: words[2i]

@@ -25,6 +25,7 @@ go test -run '^$' -bench 'BenchmarkFailover' -benchtime 10x -timeout 10m ./coord
 go test -run '^$' -bench 'BenchmarkLeaderCPU' -benchtime 1x -timeout 10m ./internal/e2e/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkStepOverhead' -benchtime 1x -timeout 10m ./trainer/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkOverlap' -benchtime 3x -timeout 10m ./trainer/ | tee -a "$raw" >&2
+go test -run '^$' -bench 'BenchmarkBitwiseStep' -benchtime 3x -timeout 10m ./trainer/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkRead' -benchtime 3x -timeout 10m ./shards/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkCheckpointTiny' -benchtime 20x ./worker/ | tee -a "$raw" >&2
 go test -run '^$' -bench 'BenchmarkCheckpoint1GiB' -benchtime 2x -timeout 15m ./checkpoint/ | tee -a "$raw" >&2
