@@ -29,9 +29,10 @@ import (
 //     parameter tensor; the statistics and the loss one per value.
 //
 // What stays: the optimizer step runs on the same reduced gradients on
-// every rank, so it gives the same bits (the gradient norm for clipping
-// is summed here in one fixed order: the shim sums it by world blocks);
-// randomness is keyed by global sample position already. Runs must match in libtorch build and thread
+// every rank (at ZeRO-2 each rank sums only its shard: the words are
+// reduce-scattered), so it gives the same bits; the gradient norm for
+// clipping is a fixed-point sum of squares too (the shim sums it by world
+// blocks); randomness is keyed by global sample position already. Runs must match in libtorch build and thread
 // count, as any bitwise promise of libtorch's kernels needs.
 //
 // The cost: every group is a forward/backward of its own; each rank keeps
@@ -40,8 +41,8 @@ import (
 
 // SetBitwise turns bitwise-reproducible steps on, with groups of group
 // samples (0 turns them off). The model must be a fresh CPU model with
-// float32 gradients, at ZeRO stage 0 or 1, without gradient buckets;
-// the local batch of every step must be whole groups.
+// float32 gradients, without gradient buckets; the local batch of every
+// step must be whole groups.
 func (m *Model) SetBitwise(group int) error {
 	switch {
 	case group < 0:
@@ -53,8 +54,6 @@ func (m *Model) SetBitwise(group int) error {
 		return errors.New("bitwise: not yet on a GPU (CPU models only)")
 	case m.info.Precision != "fp32":
 		return fmt.Errorf("bitwise: precision %s: not yet (fp32 only)", m.info.Precision)
-	case m.info.Zero > 1:
-		return fmt.Errorf("bitwise: ZeRO stage %d: not yet (0 or 1)", m.info.Zero)
 	case len(m.info.Buckets) > 0:
 		return errors.New("bitwise: gradient buckets (collective.bucket_mb) do not apply: the gradients are summed in fixed point after the step's groups")
 	}
@@ -112,10 +111,16 @@ func (s *bitwiseScratch) groupGrads(n, size int) [][]float32 {
 // exactSum leaves in out the sum over every rank's groups of each value,
 // in fixed point: one scale per segment from the all-reduced largest
 // magnitude, for addends groups in all. The same bits on every rank and
-// at any world size.
-func (s *bitwiseScratch) exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segment, addends int, out []float32) error {
-	if red.Max == nil || red.Words == nil {
-		return errors.New("bitwise: the collective has no exact reductions (Reduce.Max, Reduce.Words)")
+// at any world size. With a block (ZeRO-2: rank r of w, len(out) a
+// multiple of w) the words are reduce-scattered and only this rank's
+// block of out is summed; the rest of out is left as it was.
+func (s *bitwiseScratch) exactSum(ctx context.Context, red Reduce, groups [][]float32, segs []segment, addends int, out []float32, block *rankBlock) error {
+	words := red.Words
+	if block != nil {
+		words = red.WordsScatter
+	}
+	if red.Max == nil || words == nil {
+		return errors.New("bitwise: the collective has no exact reductions (Reduce.Max, Reduce.Words, at ZeRO-2 Reduce.WordsScatter)")
 	}
 	maxes := make([]float32, len(segs))
 	for i, seg := range segs {
@@ -152,17 +157,73 @@ func (s *bitwiseScratch) exactSum(ctx context.Context, red Reduce, groups [][]fl
 			scales[i].Accumulate(acc[seg.off:seg.off+seg.n], g[seg.off:seg.off+seg.n])
 		}
 	}
-	words := resize(s.words, 2*len(out))
-	s.words = words
-	fixedpoint.Split(words, acc)
-	if err := red.Words(ctx, words); err != nil {
+	buf := resize(s.words, 2*len(out))
+	s.words = buf
+	fixedpoint.Split(buf, acc)
+	if err := words(ctx, buf); err != nil {
 		return fmt.Errorf("all-reduce the fixed-point sums: %w", err)
 	}
-	fixedpoint.Join(acc, words)
+	lo, hi := 0, len(out)
+	if block != nil {
+		lo, hi = block.of(len(out))
+	}
+	fixedpoint.Join(acc[lo:hi], buf[2*lo:2*hi])
 	for i, seg := range segs {
-		scales[i].Values(out[seg.off:seg.off+seg.n], acc[seg.off:seg.off+seg.n])
+		a, b := max(seg.off, lo), min(seg.off+seg.n, hi)
+		if a < b {
+			scales[i].Values(out[a:b], acc[a:b])
+		}
 	}
 	return nil
+}
+
+// rankBlock is rank r's block of w equal blocks (ZeRO-2's shard of the
+// gradients).
+type rankBlock struct{ rank, world int }
+
+// of is the block's range in a buffer of n values (n a multiple of world).
+func (b rankBlock) of(n int) (lo, hi int) { return b.rank * n / b.world, (b.rank + 1) * n / b.world }
+
+// sumSquares is Σv² over vals on every rank (only this rank's block at
+// ZeRO-2, where reduce sums the ranks' parts), in fixed point: the
+// squares are exact in float64, rounded once at a scale from the largest
+// magnitude (all-reduced when reduce) for addends values in all, summed
+// as integers. The clipping norm, the same bits at any world size and
+// ZeRO stage (the shim sums it by world blocks in float).
+func (s *bitwiseScratch) sumSquares(ctx context.Context, red Reduce, vals []float32, addends int, reduce bool) (float64, error) {
+	peak := []float32{0}
+	for _, v := range vals {
+		if v != v {
+			peak[0] = float32(math.Inf(1))
+			break
+		}
+		peak[0] = max(peak[0], float32(math.Abs(float64(v))))
+	}
+	if reduce {
+		if err := red.Max(ctx, peak); err != nil {
+			return 0, fmt.Errorf("all-reduce the largest gradient: %w", err)
+		}
+	}
+	sc, err := fixedpoint.ScaleFor64(float64(peak[0])*float64(peak[0]), addends)
+	if err != nil {
+		return 0, fmt.Errorf("gradient norm: %w (NaN or Inf in the gradients)", err)
+	}
+	mul := math.Ldexp(1, sc.Exp)
+	var acc int64
+	for _, v := range vals {
+		acc += int64(math.RoundToEven(float64(v) * float64(v) * mul))
+	}
+	if reduce {
+		w := []float32{0, 0}
+		fixedpoint.Split(w, []int64{acc})
+		if err := red.Words(ctx, w); err != nil {
+			return 0, fmt.Errorf("all-reduce the gradient norm: %w", err)
+		}
+		t := []int64{0}
+		fixedpoint.Join(t, w)
+		acc = t[0]
+	}
+	return float64(acc) * math.Ldexp(1, -sc.Exp), nil
 }
 
 // stepBitwise is Step in bitwise mode (see the top of this file).
@@ -196,7 +257,7 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 	}
 	globalPre := make([]float32, m.info.PreStats)
 	if len(globalPre) > 0 {
-		if err := m.bw.exactSum(ctx, red, pres, eachValue(len(globalPre)), groups, globalPre); err != nil {
+		if err := m.bw.exactSum(ctx, red, pres, eachValue(len(globalPre)), groups, globalPre, nil); err != nil {
 			return StepResult{}, fmt.Errorf("reduce batch statistics: %w", err)
 		}
 	}
@@ -220,11 +281,19 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 		tails[i] = append(slices.Clone(post), float32(l))
 		loss += l
 	}
-	if err := m.bw.exactSum(ctx, red, groupGrads, m.tensorSegments(), groups, grads); err != nil {
+	zero2 := m.info.Zero == 2 && m.info.World > 1
+	var block *rankBlock
+	shard := grads
+	if zero2 { // each rank sums only its block: the shard it updates
+		block = &rankBlock{m.info.Rank, m.info.World}
+		lo, hi := block.of(len(grads))
+		shard = grads[lo:hi]
+	}
+	if err := m.bw.exactSum(ctx, red, groupGrads, m.tensorSegments(), groups, grads, block); err != nil {
 		return StepResult{}, fmt.Errorf("reduce gradients: %w", err)
 	}
 	tail := make([]float32, nPost+1)
-	if err := m.bw.exactSum(ctx, red, tails, eachValue(nPost+1), groups, tail); err != nil {
+	if err := m.bw.exactSum(ctx, red, tails, eachValue(nPost+1), groups, tail, nil); err != nil {
 		return StepResult{}, fmt.Errorf("reduce codebook statistics and loss: %w", err)
 	}
 	if len(ride) > 0 {
@@ -232,11 +301,9 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 			return StepResult{}, fmt.Errorf("reduce step counters: %w", err)
 		}
 	}
-	// The norm for clipping, summed in one fixed order (the shim sums it
-	// by world blocks, which would bring the world size back in).
-	var gradSq float64
-	for _, v := range grads {
-		gradSq += float64(v) * float64(v)
+	gradSq, err := m.bw.sumSquares(ctx, red, shard, int(m.info.ParamCount), zero2)
+	if err != nil {
+		return StepResult{}, err
 	}
 	if err := m.applyGrads(b.GlobalBatch, tail[:nPost], gradSq); err != nil {
 		return StepResult{}, err

@@ -470,13 +470,16 @@ type Reduce struct {
 	// sum of words as uint32s modulo 2^32 (collective.SumUint32).
 	Max   Reducer
 	Words Reducer
+	// WordsScatter reduce-scatters words with collective.SumUint32 (a
+	// bitwise step at ZeRO-2: rank r keeps block r's sums).
+	WordsScatter Reducer
 }
 
 // LocalReducer is the reducer of a world of one: nothing to add.
 func LocalReducer(context.Context, []float32) error { return nil }
 
 // Local is the Reduce of a world of one.
-var Local = Reduce{Host: LocalReducer, Scatter: LocalReducer, Gather: LocalReducer, Max: LocalReducer, Words: LocalReducer}
+var Local = Reduce{Host: LocalReducer, Scatter: LocalReducer, Gather: LocalReducer, Max: LocalReducer, Words: LocalReducer, WordsScatter: LocalReducer}
 
 // StepResult is what one full step reports. Metrics (a JSON round trip)
 // are fetched separately with Model.Metrics, when a caller logs them.

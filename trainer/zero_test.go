@@ -60,6 +60,9 @@ func ringReduceFor(c collective.Communicator, gradsBF16 bool) Reduce {
 		Gather:  func(ctx context.Context, buf []float32) error { return c.AllGather(ctx, buf) },
 		Max:     func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, collective.Max) },
 		Words:   func(ctx context.Context, buf []float32) error { return c.AllReduce(ctx, buf, collective.SumUint32) },
+		WordsScatter: func(ctx context.Context, buf []float32) error {
+			return c.ReduceScatter(ctx, buf, collective.SumUint32)
+		},
 	}
 	if p, ok := c.(collective.PartReducer); ok {
 		red.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {

@@ -85,6 +85,12 @@ func (c *stepComm) exact(op collective.Op) trainer.Reducer {
 	}
 }
 
+// exactScatter reduce-scatters words with collective.SumUint32 (a bitwise
+// step at ZeRO-2).
+func (c *stepComm) exactScatter(ctx context.Context, buf []float32) error {
+	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, collective.SumUint32) })
+}
+
 // gather all-gathers buf (block r from rank r).
 func (c *stepComm) gather(ctx context.Context, buf []float32) error {
 	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllGather(ctx, buf) })
@@ -115,7 +121,7 @@ func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) 
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
 	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather,
-		Max: c.exact(collective.Max), Words: c.exact(collective.SumUint32)}
+		Max: c.exact(collective.Max), Words: c.exact(collective.SumUint32), WordsScatter: c.exactScatter}
 	if c.parts != nil { // the ring: gradient buckets with the bits of one call
 		r.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {
 			return c.timed(ctx, func(ctx context.Context) error { return c.parts.AllReducePart(ctx, buf, c.gradOp, off, total) })

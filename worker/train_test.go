@@ -330,7 +330,8 @@ func relDiff(got, want []float32) (rel, maxAbs float64) {
 // init; groups of 2 of a global batch of 6) trained by 1, 2 and 3 workers
 // through the coordinator ends with the same final state, tensor for
 // tensor and bit for bit, and run show reports the same loss. So does the
-// run trained by 3 workers to a checkpoint past step 12, cancelled, and
+// run trained by 3 workers over the fake NCCL with ZeRO-2, and the run
+// trained by 3 workers to a checkpoint past step 12, cancelled, and
 // resumed from its newest checkpoint by 2.
 func TestBitwiseRunAtAnyWorldSize(t *testing.T) {
 	lib := loadLib(t)
@@ -387,6 +388,15 @@ func TestBitwiseRunAtAnyWorldSize(t *testing.T) {
 		stop()
 		check(fmt.Sprintf("world %d", world), info, world)
 	}
+
+	// Over NCCL (the fake, CPU models) with a sharded optimizer and
+	// gradients (ZeRO-2): the same bits.
+	ncclLib := fakeNCCL(t)
+	stopN := f.startTrainersWith(lib, "n3", 3, func(tr *worker.Trainer) { tr.NCCL = ncclLib })
+	idN := f.submit("tiny-stage1", append(spec(3, 3, "0"), "collective.backend=nccl", "device=auto", "optim.zero=2")...)
+	infoN := f.waitDone(idN, 3*time.Minute)
+	stopN()
+	check("3 workers over NCCL at ZeRO-2", infoN, 3)
 
 	// 3 workers to a checkpoint past the VQ switch, then 2 from it.
 	stop := f.startTrainers(lib, "r3", 3)

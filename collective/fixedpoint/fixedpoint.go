@@ -54,12 +54,17 @@ type Scale struct{ Exp int }
 // fixed-point sum: the step is bad). A zero maxAbs gives the largest
 // scale (every value is zero anyway).
 func ScaleFor(maxAbs float32, addends int) (Scale, error) {
-	m := float64(maxAbs)
+	return ScaleFor64(float64(maxAbs), addends)
+}
+
+// ScaleFor64 is ScaleFor for float64 magnitudes (squares of float32
+// values, which are exact in float64).
+func ScaleFor64(m float64, addends int) (Scale, error) {
 	switch {
 	case math.IsNaN(m) || math.IsInf(m, 0):
-		return Scale{}, fmt.Errorf("fixed point: the largest magnitude is %v: no finite scale", maxAbs)
+		return Scale{}, fmt.Errorf("fixed point: the largest magnitude is %v: no finite scale", m)
 	case m < 0:
-		return Scale{}, fmt.Errorf("fixed point: the largest magnitude is negative (%v)", maxAbs)
+		return Scale{}, fmt.Errorf("fixed point: the largest magnitude is negative (%v)", m)
 	case addends < 1:
 		return Scale{}, fmt.Errorf("fixed point: %d addends", addends)
 	case m == 0:

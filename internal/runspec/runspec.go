@@ -1177,12 +1177,8 @@ func (s *Spec) validateDeterminism() error {
 		return s.errorf("max_workers", "determinism: %s sums exactly over at most %d ranks, max_workers is %d", DeterminismBitwise, MaxBitwiseWorkers, s.MaxWorkers)
 	case s.Device == "cuda":
 		return s.errorf("device", "determinism: %s runs on CPU workers only so far (device: cpu or auto)", DeterminismBitwise)
-	case s.Collective.Backend == "nccl":
-		return s.errorf("collective.backend", "determinism: %s runs on the ring only so far (NCCL is for GPU workers)", DeterminismBitwise)
 	case s.PrecisionOrDefault() != PrecisionFP32:
 		return s.errorf("precision", "determinism: %s needs precision %s so far, got %s", DeterminismBitwise, PrecisionFP32, s.PrecisionOrDefault())
-	case s.Optim.Zero > 1:
-		return s.errorf("optim.zero", "determinism: %s works with optim.zero 0 or 1 so far, got %d", DeterminismBitwise, s.Optim.Zero)
 	case s.Collective.BucketMB > 0:
 		return s.errorf("collective.bucket_mb", "determinism: %s sums the gradients after the step's groups: leave collective.bucket_mb out", DeterminismBitwise)
 	}

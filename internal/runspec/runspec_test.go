@@ -217,7 +217,6 @@ func TestParseErrors(t *testing.T) {
 		{"micro_batch other than the group", base, []string{"determinism=bitwise", "micro_batch=1"}, "micro_batch", "leave micro_batch out or set it to determinism_group (4), got 1"},
 		{"bitwise on cuda", base, []string{"determinism=bitwise", "device=cuda"}, "device", "CPU workers only"},
 		{"bitwise bf16", base, []string{"determinism=bitwise", "precision=bf16"}, "precision", "needs precision fp32"},
-		{"bitwise zero 2", base, []string{"determinism=bitwise", "optim.zero=2"}, "optim.zero", "optim.zero 0 or 1"},
 		{"bitwise buckets", base, []string{"determinism=bitwise", "collective.bucket_mb=4"}, "collective.bucket_mb", "leave collective.bucket_mb out"},
 		{"bitwise too many workers", base, []string{"determinism=bitwise", "global_batch=1024", "max_workers=300", "determinism_group=1"}, "max_workers", "at most 255 ranks"},
 
