@@ -40,8 +40,10 @@ import (
 // travel as two words per value plus one maximum per tensor.
 
 // SetBitwise turns bitwise-reproducible steps on, with groups of group
-// samples (0 turns them off). The model must be a fresh CPU model with
-// float32 gradients, without gradient buckets; the local batch of every
+// samples (0 turns them off). The model must be a fresh CPU model whose
+// gradients are summed in float32 (precision fp32, or bf16 with
+// reduce_dtype fp32: each group's bf16 gradients land exactly in the
+// float32 buffer), without gradient buckets; the local batch of every
 // step must be whole groups.
 func (m *Model) SetBitwise(group int) error {
 	switch {
@@ -52,8 +54,8 @@ func (m *Model) SetBitwise(group int) error {
 		return nil
 	case m.onDevice():
 		return errors.New("bitwise: not yet on a GPU (CPU models only)")
-	case m.info.Precision != "fp32":
-		return fmt.Errorf("bitwise: precision %s: not yet (fp32 only)", m.info.Precision)
+	case m.GradsBF16():
+		return errors.New("bitwise: collective.reduce_dtype bf16: not yet (the fixed-point sums start from float32 gradients: reduce_dtype fp32)")
 	case len(m.info.Buckets) > 0:
 		return errors.New("bitwise: gradient buckets (collective.bucket_mb) do not apply: the gradients are summed in fixed point after the step's groups")
 	}

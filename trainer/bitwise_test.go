@@ -39,6 +39,24 @@ func TestBitwiseAtAnyWorldSize(t *testing.T) {
 					}
 				}
 			}
+			// bf16 (float32 master weights, moments and sums): the same
+			// bits at every world, ZeRO 0 and 2.
+			var bf []byte
+			for _, zero := range []int{0, 2} {
+				for world := 1; world <= 4; world++ {
+					rr := tc.run(world, zero, 16)
+					rr.group, rr.precision, rr.reduce = 2, "bf16", "fp32"
+					blobs := gatheredBlobs(t, rr.run(t))
+					if bf == nil {
+						bf = blobs[0]
+					}
+					for r, b := range blobs {
+						if !bytes.Equal(b, bf) {
+							t.Fatalf("bf16, world %d zero %d rank %d: state differs from world 1's", world, zero, r)
+						}
+					}
+				}
+			}
 			// The float path at worlds 1 and 3: not the same bits.
 			one := gatheredBlobs(t, tc.run(1, 0, 16).run(t))[0]
 			three := gatheredBlobs(t, tc.run(3, 0, 16).run(t))[0]
@@ -60,7 +78,7 @@ func TestSetBitwiseRefuses(t *testing.T) {
 		want    string
 	}{
 		{"negative group", nil, -1, "group of -1"},
-		{"bf16", func(m *Model) error { return m.SetPrecision("bf16", "") }, 2, "precision bf16"},
+		{"bf16 sums", func(m *Model) error { return m.SetPrecision("bf16", "bf16") }, 2, "reduce_dtype bf16"},
 		{"buckets", func(m *Model) error { return m.SetBuckets(1 << 16) }, 2, "buckets"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

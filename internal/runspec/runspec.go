@@ -1177,8 +1177,8 @@ func (s *Spec) validateDeterminism() error {
 		return s.errorf("max_workers", "determinism: %s sums exactly over at most %d ranks, max_workers is %d", DeterminismBitwise, MaxBitwiseWorkers, s.MaxWorkers)
 	case s.Device == "cuda":
 		return s.errorf("device", "determinism: %s runs on CPU workers only so far (device: cpu or auto)", DeterminismBitwise)
-	case s.PrecisionOrDefault() != PrecisionFP32:
-		return s.errorf("precision", "determinism: %s needs precision %s so far, got %s", DeterminismBitwise, PrecisionFP32, s.PrecisionOrDefault())
+	case s.Collective.ReduceDtypeOrDefault() != PrecisionFP32:
+		return s.errorf("collective.reduce_dtype", "determinism: %s sums the gradients in fixed point from float32: collective.reduce_dtype must be %s, got %s", DeterminismBitwise, PrecisionFP32, s.Collective.ReduceDtypeOrDefault())
 	case s.Collective.BucketMB > 0:
 		return s.errorf("collective.bucket_mb", "determinism: %s sums the gradients after the step's groups: leave collective.bucket_mb out", DeterminismBitwise)
 	}
