@@ -40,8 +40,8 @@ import (
 // travel as two words per value plus one maximum per tensor.
 
 // SetBitwise turns bitwise-reproducible steps on, with groups of group
-// samples (0 turns them off). The model must be a fresh CPU model whose
-// gradients are summed in float32 (precision fp32, or bf16 with
+// samples (0 turns them off), and libtorch's deterministic algorithms for
+// the process. The model's gradients must be summed in float32 (precision fp32, or bf16 with
 // reduce_dtype fp32: each group's bf16 gradients land exactly in the
 // float32 buffer), without gradient buckets; the local batch of every
 // step must be whole groups.
@@ -52,12 +52,16 @@ func (m *Model) SetBitwise(group int) error {
 	case group == 0:
 		m.bitwiseGroup = 0
 		return nil
-	case m.onDevice():
-		return errors.New("bitwise: not yet on a GPU (CPU models only)")
 	case m.GradsBF16():
 		return errors.New("bitwise: collective.reduce_dtype bf16: not yet (the fixed-point sums start from float32 gradients: reduce_dtype fp32)")
 	case len(m.info.Buckets) > 0:
 		return errors.New("bitwise: gradient buckets (collective.bucket_mb) do not apply: the gradients are summed in fixed point after the step's groups")
+	}
+	// On a GPU some kernels add in an order that changes from run to run
+	// unless libtorch is told to use deterministic ones (on the CPU
+	// this changes nothing lavit uses).
+	if err := m.lib.SetDeterministic(true); err != nil {
+		return fmt.Errorf("bitwise: %w", err)
 	}
 	m.bitwiseGroup = group
 	return nil
@@ -228,6 +232,59 @@ func (s *bitwiseScratch) sumSquares(ctx context.Context, red Reduce, vals []floa
 	return float64(acc) * math.Ldexp(1, -sc.Exp), nil
 }
 
+// gradIO is where a bitwise step sees the gradients on the host: the
+// buffer itself on a CPU model, the staging buffer on a GPU model (or a
+// CPU model with forceStaging, as tests run that path).
+type gradIO struct {
+	m      *Model
+	host   []float32
+	staged bool
+	took   time.Duration // copying between the device and the host
+}
+
+func (m *Model) bitwiseGrads() (*gradIO, error) {
+	io := &gradIO{m: m, staged: m.onDevice() || m.forceStaging}
+	want := int(m.info.GradWords)
+	if io.staged {
+		buf, err := m.gradStaging()
+		if err != nil {
+			return nil, err
+		}
+		if len(buf) < want {
+			return nil, fmt.Errorf("bitwise: the staging buffer holds %d words, the gradients %d", len(buf), want)
+		}
+		io.host = buf[:want]
+	} else {
+		io.host = m.Grads()
+	}
+	if len(io.host) != want {
+		return nil, fmt.Errorf("bitwise: the gradient buffer holds %d floats, want %d", len(io.host), want)
+	}
+	return io, nil
+}
+
+// clear zeroes the gradients before a group's backward.
+func (io *gradIO) clear() error {
+	clear(io.host)
+	return io.stage(false)
+}
+
+// read makes the host buffer hold the gradients after a group's backward.
+func (io *gradIO) read() error { return io.stage(true) }
+
+// write puts the summed gradients where the optimizer reads them.
+func (io *gradIO) write() error { return io.stage(false) }
+
+func (io *gradIO) stage(toHost bool) error {
+	if !io.staged {
+		return nil
+	}
+	began := time.Now()
+	err := io.m.stageGrads(toHost)
+	io.took += time.Since(began)
+	return err
+}
+
 // stepBitwise is Step in bitwise mode (see the top of this file).
 func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []float32) (StepResult, error) {
 	g := m.bitwiseGroup
@@ -264,19 +321,27 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 		}
 	}
 	// Finish each group on zeroed gradients, keeping its gradients, post
-	// statistics and loss.
-	grads := m.Grads()
-	if int64(len(grads)) != m.info.GradWords {
-		return StepResult{}, fmt.Errorf("bitwise: the gradient buffer holds %d floats, want %d", len(grads), m.info.GradWords)
+	// statistics and loss. A GPU model's gradients go through the host
+	// staging buffer: cleared and copied to the device before a group,
+	// copied back after it, and the sums copied to the device at the end.
+	io, err := m.bitwiseGrads()
+	if err != nil {
+		return StepResult{}, err
 	}
+	grads := io.host
 	nPost := int(m.info.PostStats)
 	groupGrads := m.bw.groupGrads(len(micro), len(grads))
 	tails := make([][]float32, len(micro)) // [post statistics | loss]
 	var loss float64
 	for i := range micro {
-		clear(grads)
+		if err := io.clear(); err != nil {
+			return StepResult{}, err
+		}
 		post, l, err := m.StepFinish(globalPre)
 		if err != nil {
+			return StepResult{}, err
+		}
+		if err := io.read(); err != nil {
 			return StepResult{}, err
 		}
 		copy(groupGrads[i], grads)
@@ -303,6 +368,9 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 			return StepResult{}, fmt.Errorf("reduce step counters: %w", err)
 		}
 	}
+	if err := io.write(); err != nil {
+		return StepResult{}, err
+	}
 	gradSq, err := m.bw.sumSquares(ctx, red, shard, int(m.info.ParamCount), zero2)
 	if err != nil {
 		return StepResult{}, err
@@ -310,7 +378,7 @@ func (m *Model) stepBitwise(ctx context.Context, b *Batch, red Reduce, ride []fl
 	if err := m.applyGrads(b.GlobalBatch, tail[:nPost], gradSq); err != nil {
 		return StepResult{}, err
 	}
-	var staged time.Duration
+	staged := io.took
 	if m.info.Zero >= 1 && m.info.World > 1 {
 		copied, err := m.gatherParams(ctx, red)
 		staged += copied

@@ -39,6 +39,19 @@ func TestBitwiseAtAnyWorldSize(t *testing.T) {
 					}
 				}
 			}
+			// Through the host staging buffer, as a GPU model does it: the
+			// same bits.
+			for _, zero := range []int{0, 2} {
+				for _, world := range []int{1, 3} {
+					rr := tc.run(world, zero, 16)
+					rr.group, rr.staged = 2, true
+					for r, b := range gatheredBlobs(t, rr.run(t)) {
+						if !bytes.Equal(b, want[16]) {
+							t.Fatalf("staged, world %d zero %d rank %d: state differs from world 1's", world, zero, r)
+						}
+					}
+				}
+			}
 			// bf16 (float32 master weights, moments and sums): the same
 			// bits at every world, ZeRO 0 and 2.
 			var bf []byte

@@ -158,6 +158,19 @@ func (l *Lib) SetThreads(n int) error {
 	})
 }
 
+// SetDeterministic turns libtorch's deterministic algorithms on or off
+// for the process (lavit_set_deterministic): bitwise-reproducible runs
+// need them on a GPU, where some kernels otherwise add in a different
+// order from run to run.
+func (l *Lib) SetDeterministic(on bool) error {
+	return withThread(func() error {
+		if C.c_set_deterministic(&l.api, cFlag(on)) != 0 {
+			return l.lastError("set deterministic algorithms")
+		}
+		return nil
+	})
+}
+
 // trimHeap returns the C heap's free memory to the system (malloc_trim):
 // a measurement of a step's peak memory starts from a heap holding no
 // freed pages the step could reuse unseen.

@@ -8,7 +8,7 @@ int shim_load(const char* path, lavit_api* api, const char** missing) {
 	void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (!h) { *missing = dlerror(); return -1; }
 	api->handle = h;
-	LOAD(abi_version) LOAD(last_error) LOAD(build_info) LOAD(free_string) LOAD(set_threads)
+	LOAD(abi_version) LOAD(last_error) LOAD(build_info) LOAD(free_string) LOAD(set_threads) LOAD(set_deterministic)
 	LOAD(model_create) LOAD(model_free) LOAD(model_info) LOAD(grad_numel) LOAD(grad_data) LOAD(param_data) LOAD(param_grad)
 	LOAD(sync) LOAD(grad_staging) LOAD(grads_stage)
 	LOAD(pre_stats_numel) LOAD(post_stats_numel) LOAD(step_begin) LOAD(step_finish) LOAD(step_apply)
@@ -24,6 +24,7 @@ const char* c_last_error(lavit_api* a) { return a->last_error(); }
 char* c_build_info(lavit_api* a) { return a->build_info(); }
 void c_free_string(lavit_api* a, char* s) { a->free_string(s); }
 int c_set_threads(lavit_api* a, int n) { return a->set_threads(n); }
+int c_set_deterministic(lavit_api* a, int on) { return a->set_deterministic(on); }
 lavit_model* c_model_create(lavit_api* a, const char* cfg, const char* dev, uint64_t seed) { return a->model_create(cfg, dev, seed); }
 void c_model_free(lavit_api* a, lavit_model* m) { a->model_free(m); }
 char* c_model_info(lavit_api* a, lavit_model* m) { return a->model_info(m); }

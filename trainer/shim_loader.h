@@ -11,6 +11,7 @@ typedef struct {
 	char* (*build_info)(void);
 	void (*free_string)(char*);
 	int (*set_threads)(int);
+	int (*set_deterministic)(int);
 	lavit_model* (*model_create)(const char*, const char*, uint64_t);
 	void (*model_free)(lavit_model*);
 	char* (*model_info)(lavit_model*);
@@ -55,6 +56,7 @@ const char* c_last_error(lavit_api* a);
 char* c_build_info(lavit_api* a);
 void c_free_string(lavit_api* a, char* s);
 int c_set_threads(lavit_api* a, int n);
+int c_set_deterministic(lavit_api* a, int on);
 lavit_model* c_model_create(lavit_api* a, const char* cfg, const char* dev, uint64_t seed);
 void c_model_free(lavit_api* a, lavit_model* m);
 char* c_model_info(lavit_api* a, lavit_model* m);

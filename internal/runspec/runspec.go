@@ -1175,8 +1175,6 @@ func (s *Spec) validateDeterminism() error {
 		return s.errorf("micro_batch", "under determinism: %s each group is one micro-batch: leave micro_batch out or set it to determinism_group (%d), got %d", DeterminismBitwise, g, s.MicroBatch)
 	case s.MaxWorkers > MaxBitwiseWorkers:
 		return s.errorf("max_workers", "determinism: %s sums exactly over at most %d ranks, max_workers is %d", DeterminismBitwise, MaxBitwiseWorkers, s.MaxWorkers)
-	case s.Device == "cuda":
-		return s.errorf("device", "determinism: %s runs on CPU workers only so far (device: cpu or auto)", DeterminismBitwise)
 	case s.Collective.ReduceDtypeOrDefault() != PrecisionFP32:
 		return s.errorf("collective.reduce_dtype", "determinism: %s sums the gradients in fixed point from float32: collective.reduce_dtype must be %s, got %s", DeterminismBitwise, PrecisionFP32, s.Collective.ReduceDtypeOrDefault())
 	case s.Collective.BucketMB > 0:

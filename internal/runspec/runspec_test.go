@@ -215,7 +215,6 @@ func TestParseErrors(t *testing.T) {
 		{"too few groups", base, []string{"determinism=bitwise", "determinism_group=8"}, "determinism_group", "determinism_group 8 makes 1 groups, fewer than max_workers 2"},
 		{"group zero", base, []string{"determinism=bitwise", "determinism_group=0"}, "determinism_group", "determinism_group must be at least 1 sample, got 0"},
 		{"micro_batch other than the group", base, []string{"determinism=bitwise", "micro_batch=1"}, "micro_batch", "leave micro_batch out or set it to determinism_group (4), got 1"},
-		{"bitwise on cuda", base, []string{"determinism=bitwise", "device=cuda"}, "device", "CPU workers only"},
 		{"bitwise bf16 sums", base, []string{"determinism=bitwise", "precision=bf16", "collective.reduce_dtype=bf16"}, "collective.reduce_dtype", "collective.reduce_dtype must be fp32, got bf16"},
 		{"bitwise buckets", base, []string{"determinism=bitwise", "collective.bucket_mb=4"}, "collective.bucket_mb", "leave collective.bucket_mb out"},
 		{"bitwise too many workers", base, []string{"determinism=bitwise", "global_batch=1024", "max_workers=300", "determinism_group=1"}, "max_workers", "at most 255 ranks"},

@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define LAVIT_ABI_VERSION 5
+#define LAVIT_ABI_VERSION 6
 
 /* The layout version written into every state blob (lavit_state_save). It
  * is not the ABI version: adding a function changes the ABI but not the
@@ -57,6 +57,13 @@ char* lavit_build_info(void);
 void lavit_free_string(char* s);
 /* Sets intra-op threads (libtorch) for the process. */
 int lavit_set_threads(int n);
+/* Deterministic algorithms (ABI 6), for the process: on = 1 makes libtorch
+ * use deterministic kernels only (an op without one is an error), cuDNN
+ * deterministic and not benchmarking, and sets CUBLAS_WORKSPACE_CONFIG to
+ * ":4096:8" unless already set (cuBLAS's condition for reproducible
+ * results; call before the first CUDA matmul). Bitwise-reproducible runs
+ * turn it on. */
+int lavit_set_deterministic(int on);
 
 /* Creates a model from a JSON config on a device ("cpu", "cuda:0") with a seed. */
 lavit_model* lavit_model_create(const char* config_json, const char* device, uint64_t seed);

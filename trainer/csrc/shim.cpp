@@ -1516,6 +1516,15 @@ int lavit_set_threads(int n) {
   });
 }
 
+int lavit_set_deterministic(int on) {
+  return guard([&] {
+    if (on) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", 0);
+    at::globalContext().setDeterministicAlgorithms(on != 0, false);
+    at::globalContext().setDeterministicCuDNN(on != 0);
+    if (on) at::globalContext().setBenchmarkCuDNN(false);
+  });
+}
+
 lavit_model* lavit_model_create(const char* config_json, const char* device, uint64_t seed) {
   lavit_model* out = nullptr;
   guard([&] { out = create(config_json, device, seed); });
