@@ -9,7 +9,8 @@ import (
 )
 
 // BenchmarkBitwiseStep is a step's time in bitwise mode against the fast
-// path, on the tiny stage-1 and stage-2 models at worlds 1 and 2 (ranks
+// path, on the tiny stage-1 and stage-2 models and a medium stage-2 model
+// (midLM: 3.4M parameters; the GPU check's 254M medium LM would take about 13 s a step here) at worlds 1 and 2 (ranks
 // in this process over a loopback ring, one libtorch thread each), with
 // the global batch of 8 in groups of 2. Three modes: fast (the rank's
 // share in one forward/backward), fast-groups (the fast path with
@@ -34,10 +35,10 @@ func BenchmarkBitwiseStep(b *testing.B) {
 		b.Fatal(err)
 	}
 	const group, steps = 2, 12
-	for _, stage := range []int{1, 2} {
+	for _, stage := range []string{"stage1", "stage2", "stage2-mid"} {
 		for _, world := range []int{1, 2} {
 			for _, mode := range []string{"fast", "fast-groups", "bitwise"} {
-				b.Run(fmt.Sprintf("stage%d/world=%d/%s", stage, world, mode), func(b *testing.B) {
+				b.Run(fmt.Sprintf("%s/world=%d/%s", stage, world, mode), func(b *testing.B) {
 					for range b.N {
 						ms, bytes := benchSteps(b, lib, tok, stage, world, mode, group, steps)
 						b.ReportMetric(ms, "ms/step")
@@ -51,15 +52,18 @@ func BenchmarkBitwiseStep(b *testing.B) {
 
 // benchSteps trains steps steps on world ranks and returns the mean time
 // of the steps after the first two, and the gradient bytes per step.
-func benchSteps(b *testing.B, lib *Lib, tok *Model, stage, world int, mode string, group, steps int) (float64, float64) {
+func benchSteps(b *testing.B, lib *Lib, tok *Model, stage string, world int, mode string, group, steps int) (float64, float64) {
 	b.StopTimer()
 	comms := rings(b, world)
 	models := make([]*Model, world)
 	batches := make([][]*Batch, world)
 	for r := range world {
 		cfg := TinyStage1()
-		if stage == 2 {
+		switch stage {
+		case "stage2":
 			cfg = TinyStage2()
+		case "stage2-mid":
+			cfg = midLM()
 		}
 		m, err := lib.NewModel(cfg, "cpu", 21)
 		if err != nil {
@@ -82,7 +86,7 @@ func benchSteps(b *testing.B, lib *Lib, tok *Model, stage, world int, mode strin
 		groups := 8 / group
 		from, to := r*groups/world*group, (r+1)*groups/world*group
 		for s := range steps {
-			if stage == 1 {
+			if stage == "stage1" {
 				_, bt := SyntheticBatch(0, int64(s), 8, from, to)
 				batches[r] = append(batches[r], bt)
 			} else {
@@ -140,4 +144,14 @@ func benchSteps(b *testing.B, lib *Lib, tok *Model, stage, world int, mode strin
 		bytes = 0
 	}
 	return float64(took.Milliseconds()) / float64(steps-2), bytes
+}
+
+// midLM is the tiny LM widened and deepened (d_model 256, 4 layers,
+// MLP 1024: 3.4M parameters), for costs that grow with the parameters.
+func midLM() Config {
+	cfg := TinyStage2()
+	lm := *cfg.LM
+	lm.DModel, lm.Layers, lm.Heads, lm.MLP = 256, 4, 4, 1024
+	cfg.LM = &lm
+	return cfg
 }
