@@ -72,8 +72,14 @@ func (m *Model) forwardBackward(ctx context.Context, b *Batch, red Reduce) ([]fl
 		if err != nil {
 			return nil, 0, err
 		}
-		if err := red.Host(ctx, pre); err != nil {
-			return nil, 0, fmt.Errorf("reduce batch statistics: %w", err)
+		// Nothing to reduce without pre statistics (stage 2): a rank with
+		// several micro-batches makes no call either, so neither may this
+		// one (ranks' micro-batch counts differ when W does not divide
+		// the batch).
+		if len(pre) > 0 {
+			if err := red.Host(ctx, pre); err != nil {
+				return nil, 0, fmt.Errorf("reduce batch statistics: %w", err)
+			}
 		}
 		return m.finishLast(ctx, pre, red)
 	}

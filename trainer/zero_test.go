@@ -40,6 +40,9 @@ type replicaRun struct {
 	// group, when positive, trains in bitwise mode (SetBitwise) with
 	// groups of that many samples, each rank taking whole groups.
 	group int
+	// slices, when positive, deals ranks whole groups of that many
+	// samples without bitwise mode (the float path on the same groups).
+	slices int
 }
 
 // ringReduce is the Reduce a worker builds from a communicator for a
@@ -149,9 +152,9 @@ func (rr replicaRun) run(t *testing.T) []*Model {
 	for r := range rr.world {
 		for s := range rr.steps {
 			from, to := r*8/rr.world, (r+1)*8/rr.world
-			if rr.group > 0 { // whole groups, as the worker's data feed deals them
-				groups := 8 / rr.group
-				from, to = r*groups/rr.world*rr.group, (r+1)*groups/rr.world*rr.group
+			if g := max(rr.group, rr.slices); g > 0 { // whole groups, as the worker's data feed deals them
+				groups := 8 / g
+				from, to = r*groups/rr.world*g, (r+1)*groups/rr.world*g
 			}
 			batches[r] = append(batches[r], rr.batch(t, int64(s), from, to))
 		}
