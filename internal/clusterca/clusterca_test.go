@@ -49,30 +49,7 @@ func TestMutualTLS(t *testing.T) {
 		{"another cluster's CA", other.MutualTLS(leaf(other, "x")), false},
 		{"no certificate", &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}, false},
 	} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srvErr := make(chan error, 1)
-		go func() {
-			conn, err := ln.Accept()
-			if err != nil {
-				srvErr <- err
-				return
-			}
-			s := tls.Server(conn, server)
-			srvErr <- s.Handshake()
-			s.Close()
-		}()
-		conn, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := tls.Client(conn, tc.client)
-		c.Handshake()
-		serr := <-srvErr
-		c.Close()
-		ln.Close()
+		_, serr := handshake(t, server, tc.client)
 		if tc.ok && serr != nil {
 			t.Errorf("%s: server refused: %v", tc.name, serr)
 		}
