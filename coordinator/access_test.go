@@ -274,3 +274,45 @@ func TestIssuedTokens(t *testing.T) {
 		t.Error("an admin-style token was taken for an issued one")
 	}
 }
+
+// TestPlaintextNATS: with --plaintext-nats the embedded NATS serves
+// clients without TLS (a network that encrypts for them): a plaintext
+// client with a token is served, one without a token is still refused,
+// and a client that insists on TLS is told the server does not speak it.
+func TestPlaintextNATS(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NodeID, cfg.DataDir = "c1", t.TempDir()
+	cfg.RaftAddr, cfg.HTTPAddr, cfg.NATSAddr, cfg.NATSClusterAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.PlaintextNATS = true
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	testutil.WaitFor(t, 10*time.Second, "leader ready", func() bool { return s.Ready() == "" })
+	url := s.NATSURL()
+	if !strings.HasPrefix(url, "nats://") {
+		t.Fatalf("client URL %s, want nats:// without TLS", url)
+	}
+	nc, err := nats.Connect(url, wire.PlaintextConnectOptions(s.Token())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := &wire.Client{NC: nc, Token: s.Token(), From: "test"}
+	if _, err := wire.GetStatus.Call(context.Background(), c, &wire.StatusRequest{}); err != nil {
+		t.Fatalf("status over plaintext: %v", err)
+	}
+	if c, err := nats.Connect(url, nats.MaxReconnects(0)); err == nil || !errors.Is(err, nats.ErrAuthorization) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("plaintext without a token: %v, want an authorization violation", err)
+	}
+	if c, err := nats.Connect(url, append(wire.ConnectOptions(s.Token()), nats.MaxReconnects(0))...); !errors.Is(err, nats.ErrSecureConnWanted) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("a TLS client: %v, want nats.ErrSecureConnWanted", err)
+	}
+}
