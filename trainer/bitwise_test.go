@@ -114,3 +114,32 @@ func TestSetBitwiseRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestSetDeterministic: libtorch's deterministic algorithms follow the
+// switch (a bitwise model turns them on; a worker turns them off for a
+// fast run), as the shim's build info reports them.
+func TestSetDeterministic(t *testing.T) {
+	lib := loadLib(t)
+	for _, on := range []bool{true, false, true, false} {
+		if err := lib.SetDeterministic(on); err != nil {
+			t.Fatal(err)
+		}
+		bi, err := lib.BuildInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bi.Deterministic != on {
+			t.Fatalf("SetDeterministic(%v): build info says %v", on, bi.Deterministic)
+		}
+	}
+	m := newModel(t, lib, TinyStage1(), 3)
+	if err := m.SetBitwise(2); err != nil {
+		t.Fatal(err)
+	}
+	if bi, _ := lib.BuildInfo(); !bi.Deterministic {
+		t.Fatal("SetBitwise left deterministic algorithms off")
+	}
+	if err := lib.SetDeterministic(false); err != nil {
+		t.Fatal(err)
+	}
+}

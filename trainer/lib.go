@@ -52,6 +52,9 @@ type BuildInfo struct {
 	CUDA    bool   `json:"cuda"`
 	Threads int    `json:"threads"`
 	ABI     int    `json:"abi"`
+	// Deterministic reports whether libtorch's deterministic algorithms
+	// are on for the process (SetDeterministic).
+	Deterministic bool `json:"deterministic"`
 }
 
 var (

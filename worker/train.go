@@ -108,6 +108,10 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		if err := r.model.SetBitwise(group); err != nil {
 			return r, fmt.Errorf("determinism %s: %w", spec.Determinism, err)
 		}
+	} else if err := t.Lib.SetDeterministic(false); err != nil {
+		// libtorch's switch is per process: a bitwise run before this
+		// one left it on, and a fast run wants the fastest kernels.
+		return r, fmt.Errorf("determinism %s: %w", spec.DeterminismOrDefault(), err)
 	}
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err

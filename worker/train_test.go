@@ -332,7 +332,8 @@ func relDiff(got, want []float32) (rel, maxAbs float64) {
 // tensor and bit for bit, and run show reports the same loss. So does the
 // run trained by 3 workers over the fake NCCL with ZeRO-2, and the run
 // trained by 3 workers to a checkpoint past step 12, cancelled, and
-// resumed from its newest checkpoint by 2.
+// resumed from its newest checkpoint by 2. A fast run afterwards turns
+// libtorch's deterministic algorithms off again.
 func TestBitwiseRunAtAnyWorldSize(t *testing.T) {
 	lib := loadLib(t)
 	f := startFleet(t)
@@ -436,4 +437,21 @@ func TestBitwiseRunAtAnyWorldSize(t *testing.T) {
 		t.Fatalf("resumed run: generation %d restored step %d; want a new generation from a step ≥ 12", info.Generation, info.RestoredFrom)
 	}
 	check("3 workers, resumed on 2", info, 2)
+
+	// libtorch's deterministic algorithms are a per-process switch: on
+	// after the bitwise runs, off again for a fast run on the same lib.
+	if bi, err := lib.BuildInfo(); err != nil || !bi.Deterministic {
+		t.Fatalf("after bitwise runs: deterministic algorithms %v (%v), want on", bi.Deterministic, err)
+	}
+	stopF := f.startTrainers(lib, "f1", 1)
+	idF := f.submit("tiny-stage1", "steps=6", "stage1.phase_a_steps=3", "stage1.kmeans_batches=2", "global_batch=6", "min_workers=1", "max_workers=1",
+		"data.url="+data, "data.eval_url=", "checkpoint.url=file://"+filepath.Join(dir, "ckpt"), "checkpoint.every_steps=0")
+	infoF := f.waitDone(idF, 3*time.Minute)
+	stopF()
+	if infoF.State != wire.RunCompleted {
+		t.Fatalf("fast run %s is %s: %s", idF, infoF.State, infoF.Reason)
+	}
+	if bi, err := lib.BuildInfo(); err != nil || bi.Deterministic {
+		t.Fatalf("after a fast run: deterministic algorithms %v (%v), want off", bi.Deterministic, err)
+	}
 }

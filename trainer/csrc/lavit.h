@@ -52,7 +52,8 @@ typedef struct {
 int lavit_abi_version(void);
 /* Thread-local message of the last failure on this thread. */
 const char* lavit_last_error(void);
-/* JSON: torch version, cuda availability, threads. Caller frees with lavit_free_string. */
+/* JSON: torch version, cuda availability, threads, ABI, whether
+ * deterministic algorithms are on. Caller frees with lavit_free_string. */
 char* lavit_build_info(void);
 void lavit_free_string(char* s);
 /* Sets intra-op threads (libtorch) for the process. */

@@ -1501,7 +1501,7 @@ char* lavit_build_info(void) {
   char* out = nullptr;
   guard([&] {
     json j = {{"torch", TORCH_VERSION}, {"cuda", torch::cuda::is_available()}, {"threads", torch::get_num_threads()},
-              {"abi", LAVIT_ABI_VERSION}};
+              {"abi", LAVIT_ABI_VERSION}, {"deterministic", at::globalContext().deterministicAlgorithms()}};
     out = dup_string(j.dump());
   });
   return out;
