@@ -6,7 +6,7 @@ BIN     := bin
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # The race detector needs cgo; the coordinator itself is built without it.
-TESTFLAGS ?= -race -count=1 -timeout 20m
+TESTFLAGS ?= -race -count=1 -timeout 30m
 
 # The libtorch shim. Default: Debian's libtorch-dev (CPU). For CUDA give a
 # libtorch (e.g. PyTorch's bundled one): make torch TORCH_DIR=/path/to/torch

