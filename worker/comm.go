@@ -62,33 +62,33 @@ func newStepComm(comm collective.Communicator, timeout time.Duration, gradsBF16 
 
 // reduce sums buf over the ranks in place (a trainer.Reducer).
 func (c *stepComm) reduce(ctx context.Context, buf []float32) error {
-	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, collective.Sum) })
+	return c.allReduce(collective.Sum)(ctx, buf)
 }
 
 // reduceGrads sums the gradient buffer over the ranks in place, with the
 // gradients' sum (gradOp).
 func (c *stepComm) reduceGrads(ctx context.Context, buf []float32) error {
-	return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, c.gradOp) })
+	return c.allReduce(c.gradOp)(ctx, buf)
 }
 
 // scatter reduce-scatters the gradient buffer (rank r keeps the sum of
 // block r), with the gradients' sum.
 func (c *stepComm) scatter(ctx context.Context, buf []float32) error {
-	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, c.gradOp) })
+	return c.reduceScatter(c.gradOp)(ctx, buf)
 }
 
-// exact is an all-reduce of buf with an exact op (collective.Max,
-// collective.SumUint32): a bitwise step's reductions.
-func (c *stepComm) exact(op collective.Op) trainer.Reducer {
+// allReduce is a timed all-reduce with op, as a trainer.Reducer.
+func (c *stepComm) allReduce(op collective.Op) trainer.Reducer {
 	return func(ctx context.Context, buf []float32) error {
 		return c.timed(ctx, func(ctx context.Context) error { return c.comm.AllReduce(ctx, buf, op) })
 	}
 }
 
-// exactScatter reduce-scatters words with collective.SumUint32 (a bitwise
-// step at ZeRO-2).
-func (c *stepComm) exactScatter(ctx context.Context, buf []float32) error {
-	return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, collective.SumUint32) })
+// reduceScatter is a timed reduce-scatter with op, as a trainer.Reducer.
+func (c *stepComm) reduceScatter(op collective.Op) trainer.Reducer {
+	return func(ctx context.Context, buf []float32) error {
+		return c.timed(ctx, func(ctx context.Context) error { return c.comm.ReduceScatter(ctx, buf, op) })
+	}
 }
 
 // gather all-gathers buf (block r from rank r).
@@ -121,7 +121,8 @@ func (c *stepComm) timed(ctx context.Context, call func(context.Context) error) 
 // the collective can (NCCL), else staged through the host.
 func (c *stepComm) reduction() trainer.Reduce {
 	r := trainer.Reduce{Host: c.reduce, Grads: c.reduceGrads, Scatter: c.scatter, Gather: c.gather,
-		Max: c.exact(collective.Max), Words: c.exact(collective.SumUint32), WordsScatter: c.exactScatter}
+		// A bitwise step's exact reductions (trainer/bitwise.go).
+		Max: c.allReduce(collective.Max), Words: c.allReduce(collective.SumUint32), WordsScatter: c.reduceScatter(collective.SumUint32)}
 	if c.parts != nil { // the ring: gradient buckets with the bits of one call
 		r.GradsPart = func(ctx context.Context, buf []float32, off, total int) error {
 			return c.timed(ctx, func(ctx context.Context) error { return c.parts.AllReducePart(ctx, buf, c.gradOp, off, total) })
