@@ -2,8 +2,6 @@ package coordinator
 
 import (
 	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -60,7 +58,8 @@ func (s *Server) tokenRole(token string) (Role, string, error) {
 	var role Role
 	var id string
 	var err error
-	s.fsm.Read(func(st *State, _ uint64) { role, id, err = roleIn(st, token, s.token, time.Now()) })
+	own := s.adminToken()
+	s.fsm.Read(func(st *State, _ uint64) { role, id, err = roleIn(st, token, own, time.Now()) })
 	return role, id, err
 }
 
@@ -80,6 +79,9 @@ func roleIn(st *State, token, ownToken string, now time.Time) (Role, string, err
 	if tokenMatches(token, hash) {
 		return RoleAdmin, "admin", nil
 	}
+	if r := st.AdminRotation; r != nil && tokenMatches(token, hashToken(r.NewToken)) {
+		return RoleAdmin, "admin", nil // the next admin token, during a rotation
+	}
 	return "", "", errBadToken
 }
 
@@ -94,29 +96,13 @@ func actsAs(rec *WorkerRecord, role Role, tokenID string) string {
 	return fmt.Sprintf("worker %q was registered with another token", rec.ID)
 }
 
-// The coordinators' own NATS credentials, derived from the admin token
-// that every coordinator holds: a user that may serve the control
-// subjects (which no token may), and the routes' user. Whoever holds the
-// admin token may derive them, as they may add a coordinator.
-const (
-	coordinatorNATSUser = "lavit-coordinator"
-	routeNATSUser       = "lavit-route"
-)
-
-// derivedSecret is HMAC-SHA256(admin token, label), hex.
-func derivedSecret(adminToken, label string) string {
-	m := hmac.New(sha256.New, []byte(adminToken))
-	m.Write([]byte(label))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-func coordinatorNATSPassword(adminToken string) string {
-	return derivedSecret(adminToken, "lavit nats coordinator")
-}
-
-func routeNATSPassword(adminToken string) string {
-	return derivedSecret(adminToken, "lavit nats route")
-}
+// coordinatorNATSUser is the user of a coordinator's own connection to
+// its embedded NATS server (in process), the one client that may serve
+// the control subjects (which no token may). Its password is random per
+// process (Server.natsPassword): nothing else ever needs it. Routes
+// between the servers need no password: mutual TLS with the cluster CA
+// admits coordinators only, and follows a rotation of the CA.
+const coordinatorNATSUser = "lavit-coordinator"
 
 // natsGrant is the embedded NATS server's authenticator: coordinators may
 // do anything; a token's holder may publish requests on the control
@@ -124,7 +110,7 @@ func routeNATSPassword(adminToken string) string {
 // read others' requests and replies nor answer them as a fake leader).
 func (s *Server) natsGrant(c natsembed.Credentials) (natsembed.Grant, error) {
 	if c.User != "" {
-		if c.User == coordinatorNATSUser && hmac.Equal([]byte(c.Password), []byte(coordinatorNATSPassword(s.token))) {
+		if c.User == coordinatorNATSUser && hmac.Equal([]byte(c.Password), []byte(s.natsPassword)) {
 			return natsembed.Grant{Name: "coordinator"}, nil
 		}
 		return natsembed.Grant{}, errors.New("unknown NATS user or wrong password")

@@ -27,6 +27,7 @@ const (
 	CmdRequestCheckpoint CommandType = 12
 	CmdCreateToken       CommandType = 13
 	CmdRevokeToken       CommandType = 14
+	CmdRotateAdmin       CommandType = 15
 )
 
 // IgnorableCommandFlag marks a command that an older coordinator may skip
@@ -83,6 +84,8 @@ func (t CommandType) String() string {
 		return "CreateToken"
 	case CmdRevokeToken:
 		return "RevokeToken"
+	case CmdRotateAdmin:
+		return "RotateAdmin"
 	}
 	return fmt.Sprintf("Command(%d)", uint8(t))
 }

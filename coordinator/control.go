@@ -49,6 +49,7 @@ func (s *Server) routes() []route {
 		serve(s, wire.CreateToken, s.handleTokenCreate),
 		serve(s, wire.ListTokens, s.handleTokenList),
 		serve(s, wire.RevokeToken, s.handleTokenRevoke),
+		serve(s, wire.RotateToken, s.handleTokenRotate),
 	}
 }
 
@@ -108,9 +109,10 @@ func (s *Server) authorize(a wire.Auth, subject string) *wire.Error {
 	var role Role
 	var err error
 	var why string // a worker token acting as a worker it did not register
+	own := s.adminToken()
 	s.fsm.Read(func(st *State, _ uint64) {
 		var id string
-		if role, id, err = roleIn(st, a.Token, s.token, time.Now()); err == nil {
+		if role, id, err = roleIn(st, a.Token, own, time.Now()); err == nil {
 			why = actsAs(st.Workers[a.From], role, id)
 		}
 	})

@@ -110,6 +110,8 @@ func (f *FSM) applyCommand(index uint64, data []byte) applyResponse {
 		err = applyBody(t, body, f.state.applyCreateToken)
 	case CmdRevokeToken:
 		err = applyBody(t, body, f.state.applyRevokeToken)
+	case CmdRotateAdmin:
+		err = applyBody(t, body, f.state.applyRotateAdmin)
 	default:
 		if t&IgnorableCommandFlag != 0 {
 			f.log.Warn("skipping unknown ignorable command", "index", index, "type", uint8(t))

@@ -51,9 +51,19 @@ type cluster struct {
 // startCluster starts n coordinators: the first bootstraps, the others
 // join it over HTTP, as `lavit-coord up --join` does.
 func startCluster(t testing.TB, n int) *cluster {
+	return startClusterWith(t, n, nil)
+}
+
+// startClusterWith is startCluster with each node's configuration
+// adjusted by adjust (nil: as is) before it starts.
+func startClusterWith(t testing.TB, n int, adjust func(*coordinator.Config)) *cluster {
 	t.Helper()
+	if adjust == nil {
+		adjust = func(*coordinator.Config) {}
+	}
 	c := &cluster{t: t, nodes: map[string]*coordinator.Server{}}
 	first := nodeConfig(t, "c1")
+	adjust(&first)
 	s1, err := coordinator.New(first)
 	if err != nil {
 		t.Fatalf("start c1: %v", err)
@@ -67,6 +77,7 @@ func startCluster(t testing.TB, n int) *cluster {
 		cfg := nodeConfig(t, id)
 		cfg.Join = s1.HTTPAddr()
 		cfg.Token = c.token
+		adjust(&cfg)
 		s, err := coordinator.New(cfg)
 		if err != nil {
 			t.Fatalf("start %s: %v", id, err)

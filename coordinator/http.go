@@ -35,7 +35,7 @@ func (s *Server) startHTTP() error {
 	s.httpAddr = ln.Addr().String()
 	// HTTPS only, with this node's certificate: clients pin the cluster
 	// CA (probes, which cannot, skip verification and learn nothing).
-	ln = tls.NewListener(ln, s.ca.ServerTLS(s.leaf))
+	ln = tls.NewListener(ln, s.keys.ServerTLS())
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")

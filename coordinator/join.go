@@ -51,7 +51,7 @@ func joinURL(addr string) (string, error) {
 // joinTimeout.
 func (s *Server) joinCluster() ([]string, error) {
 	req := wire.RaftJoinRequest{
-		Auth:     wire.Auth{V: wire.Version, Token: s.token, From: s.cfg.NodeID},
+		Auth:     wire.Auth{V: wire.Version, Token: s.adminToken(), From: s.cfg.NodeID},
 		ID:       s.cfg.NodeID,
 		RaftAddr: s.RaftAddr(),
 		HTTPAddr: s.httpAddr,
@@ -62,7 +62,7 @@ func (s *Server) joinCluster() ([]string, error) {
 		return nil, err
 	}
 	client := &http.Client{Timeout: 10 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: s.ca.ClientTLS()}}
+		Transport: &http.Transport{TLSClientConfig: s.keys.Current().ClientTLS()}}
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel)
@@ -93,7 +93,7 @@ func (s *Server) joinCluster() ([]string, error) {
 // postJoin makes one join attempt; retry says whether trying again may help.
 func (s *Server) postJoin(client *http.Client, url string, body []byte) (*wire.RaftJoinReply, error, bool) {
 	hreq, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
-	hreq.Header.Set("Authorization", "Bearer "+s.token)
+	hreq.Header.Set("Authorization", "Bearer "+s.adminToken())
 	hreq.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(hreq)
 	if errors.Is(err, clusterca.ErrWrongCluster) {

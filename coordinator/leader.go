@@ -160,7 +160,7 @@ func (s *Server) establishLeadership() ([]*nats.Subscription, error) {
 	if clusterID == "" {
 		b := make([]byte, 8)
 		rand.Read(b)
-		cmd := InitClusterCmd{ClusterID: "lavit-" + hex.EncodeToString(b), TokenHash: hashToken(s.token), At: time.Now().UTC()}
+		cmd := InitClusterCmd{ClusterID: "lavit-" + hex.EncodeToString(b), TokenHash: hashToken(s.adminToken()), At: time.Now().UTC()}
 		if err := s.raftApply(CmdInitCluster, cmd); err != nil && !errors.Is(err, ErrAlreadyInitialized) {
 			return nil, fmt.Errorf("initialise cluster: %w", err)
 		}

@@ -32,14 +32,20 @@ import (
 // NATS server (unless an external one is used), the HTTP API, and, while
 // it leads, the control service.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	token string
-	// ca is the cluster CA derived from the admin token, and leaf this
-	// node's certificate from it: raft and NATS routes use them for
-	// mutual TLS, NATS clients and the HTTP API for TLS.
-	ca   *clusterca.CA
-	leaf tls.Certificate
+	cfg Config
+	log *slog.Logger
+	// token is the admin token this node uses, nextToken a rotation's
+	// next one (rotate.go); both change when a rotation does.
+	tokenMu          sync.Mutex
+	token, nextToken string
+	staleTokenLogged bool      // syncAdminKeys said once that the token is stale
+	keyTokens        [2]string // the tokens keys was last set from
+	// keys holds this node's certificate from the cluster CA (derived
+	// from the admin token) and the CAs it trusts: raft and NATS routes
+	// use them for mutual TLS, NATS clients and the HTTP API for TLS.
+	keys *clusterca.Keyring
+	// natsPassword is this process's own NATS connection's password.
+	natsPassword string
 
 	tokenGenerated bool
 
@@ -118,10 +124,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.token, s.tokenGenerated = tok, generated
-	if s.ca, err = clusterca.Derive(s.token); err != nil {
-		return nil, err
-	}
-	if s.leaf, err = s.ca.Issue(cfg.NodeID); err != nil {
+	if err = s.openKeys(); err != nil {
 		return nil, err
 	}
 	if err = s.startRaft(snaps, hasState); err != nil {
@@ -152,6 +155,35 @@ func New(cfg Config) (*Server, error) {
 	started = true
 	s.log.Info("coordinator started", "raft", s.transport.LocalAddr(), "http", s.httpAddr, "nats", s.NATSURL(), "data_dir", cfg.DataDir)
 	return s, nil
+}
+
+// openKeys derives the cluster CA from the admin token and issues this
+// node's certificate. A rotation's next token saved in the data dir
+// (rotate.go) is trusted too until the replicated state says how the
+// rotation went, so a node restarted mid-rotation reaches peers that
+// finished it.
+func (s *Server) openKeys() error {
+	ca, err := clusterca.Derive(s.token)
+	if err != nil {
+		return err
+	}
+	if s.keys, err = clusterca.NewKeyring(s.cfg.NodeID, ca); err != nil {
+		return err
+	}
+	if s.nextToken, err = datadir.ReadNextToken(s.cfg.DataDir); err != nil {
+		return err
+	}
+	if s.nextToken != "" {
+		if err := s.setKeys(s.token, s.nextToken); err != nil {
+			return fmt.Errorf("the saved next admin token: %w", err)
+		}
+	} else {
+		s.keyTokens = [2]string{s.token, ""}
+	}
+	if s.natsPassword, err = datadir.NewToken(); err != nil {
+		return err
+	}
+	return nil
 }
 
 // openRaftStores opens the raft log store, snapshots and transport, and
@@ -194,7 +226,7 @@ func (s *Server) openRaftTransport(hl hclog.Logger) error {
 			return fmt.Errorf("--raft-advertise %q: %w", cfg.RaftAdvertise, err)
 		}
 	}
-	stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, s.ca.MutualTLS(s.leaf))
+	stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, s.keys.MutualTLS())
 	if err != nil {
 		return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 	}
@@ -261,11 +293,9 @@ func (s *Server) startNATS(joinRoutes []string) error {
 		nats.ReconnectWait(250 * time.Millisecond),
 	}
 	if url == "" {
-		// The embedded servers know the coordinators by credentials
-		// derived from the admin token (access.go).
-		opts = append(opts, nats.UserInfo(coordinatorNATSUser, coordinatorNATSPassword(s.token)))
-	}
-	if url == "" {
+		// The embedded server knows its coordinator by a password only
+		// this process holds (access.go).
+		opts = append(opts, nats.UserInfo(coordinatorNATSUser, s.natsPassword))
 		saved, err := datadir.ReadRoutes(cfg.DataDir)
 		if err != nil {
 			s.log.Warn("ignoring saved NATS routes", "err", err)
@@ -280,13 +310,11 @@ func (s *Server) startNATS(joinRoutes []string) error {
 			MaxPayload:  1 << 20,
 			// Nothing connects without a valid token, and each token's
 			// role bounds what it may publish and subscribe to.
-			Authenticate:  s.natsGrant,
-			RouteUser:     routeNATSUser,
-			RoutePassword: routeNATSPassword(s.token),
+			Authenticate: s.natsGrant,
 			// Clients over TLS with this node's certificate (they pin
 			// the CA); routes over mutual TLS, coordinators only.
 			TLS:      s.clientTLS(),
-			RouteTLS: s.ca.MutualTLS(s.leaf),
+			RouteTLS: s.keys.MutualTLS(),
 			Logger:   s.log.With("component", "nats"),
 		})
 		if err != nil {
@@ -311,7 +339,7 @@ func (s *Server) clientTLS() *tls.Config {
 		s.log.Warn("serving NATS clients without TLS (--plaintext-nats): tokens travel in clear")
 		return nil
 	}
-	return s.ca.ServerTLS(s.leaf)
+	return s.keys.ServerTLS()
 }
 
 // mergeRoutes joins route lists without duplicates, in order.
@@ -353,7 +381,7 @@ func (s *Server) HTTPAddr() string { return s.httpAddr }
 func (s *Server) ID() string { return s.cfg.NodeID }
 
 // Token is the join token this node uses.
-func (s *Server) Token() string { return s.token }
+func (s *Server) Token() string { return s.adminToken() }
 
 // TokenGenerated reports whether this start generated the token (the CLI
 // prints it once).
@@ -399,8 +427,15 @@ func (s *Server) watchState() {
 		var mine *CoordinatorRecord
 		var tokens []string
 		var nextExpiry time.Time
+		var adminHash string
+		var rotation *AdminRotation
 		now := time.Now()
 		s.fsm.Read(func(st *State, _ uint64) {
+			adminHash = st.TokenHash
+			if st.AdminRotation != nil {
+				r := *st.AdminRotation
+				rotation = &r
+			}
 			for id, c := range st.Coordinators {
 				if id == s.cfg.NodeID {
 					cc := *c
@@ -416,6 +451,13 @@ func (s *Server) watchState() {
 				}
 			}
 		})
+		s.syncAdminKeys(adminHash, rotation)
+		// The admin tokens count among the tokens whose change rechecks
+		// the connections (a finished rotation retires the old one).
+		tokens = append(tokens, adminHash)
+		if rotation != nil {
+			tokens = append(tokens, hashToken(rotation.NewToken))
+		}
 		slices.Sort(tokens)
 		if ids := strings.Join(tokens, ","); s.natsSrv != nil && (ids != checkedTokens || (!recheckAt.IsZero() && !now.Before(recheckAt))) {
 			if n := s.natsSrv.Recheck(); n > 0 {
@@ -453,7 +495,7 @@ func (s *Server) announce(self CoordinatorRecord) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 	defer cancel()
-	c := &wire.Client{NC: s.nc, Token: s.token, From: s.cfg.NodeID}
+	c := &wire.Client{NC: s.nc, Token: s.adminToken(), From: s.cfg.NodeID}
 	req := &wire.AnnounceRequest{Coordinator: recordToWire(self)}
 	if _, err := wire.Announce.Call(ctx, c, req); err != nil {
 		s.log.Debug("announce to leader", "err", err)

@@ -128,6 +128,9 @@ type State struct {
 	// Tokens are the issued tokens by id (tokens.go); nil until the
 	// first is made.
 	Tokens map[string]*TokenRecord `json:"tokens,omitempty"`
+	// AdminRotation is a rotation of the admin token in progress
+	// (rotate.go); nil when there is none.
+	AdminRotation *AdminRotation `json:"admin_rotation,omitempty"`
 }
 
 func newState() *State {

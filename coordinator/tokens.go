@@ -149,7 +149,7 @@ func (s *Server) handleTokenCreate(req *wire.TokenCreateRequest) (*wire.TokenCre
 	}
 	now := time.Now().UTC()
 	rec := TokenRecord{ID: id, Role: role, Hash: hashToken(token), Created: now, Note: req.Note}
-	token += "." + s.ca.Fingerprint()
+	token += "." + s.keys.Signer().Fingerprint()
 	if req.TTLSeconds > 0 {
 		rec.Expires = now.Add(time.Duration(req.TTLSeconds) * time.Second)
 	}

@@ -183,7 +183,11 @@ func verifyPinned(certs []*x509.Certificate, want []byte) error {
 		}
 		pool := x509.NewCertPool()
 		pool.AddCert(c)
-		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: ServerName}); err != nil {
+		// The other certificates may link the leaf to the pinned CA: during
+		// a rotation the leaf is the next CA's, cross-signed by the
+		// current one (Keyring).
+		opts := x509.VerifyOptions{Roots: pool, Intermediates: intermediates(certs[1:]), DNSName: ServerName}
+		if _, err := certs[0].Verify(opts); err != nil {
 			return fmt.Errorf("%w: %w", ErrWrongCluster, err)
 		}
 		return nil

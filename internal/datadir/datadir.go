@@ -9,6 +9,7 @@
 //
 //	LOCK               flock held while a lavit-coord uses the dir
 //	token              the join token (mode 0600)
+//	token.next         the next admin token while a rotation is in progress (mode 0600)
 //	nats-routes.json   the other coordinators' NATS route URLs, for restarts
 //	raft/              raft-wal log and stable store, file snapshots (coordinator)
 //	nats/              the embedded NATS server's store (coordinator)
@@ -35,6 +36,7 @@ const Default = "./lavit-data"
 const (
 	lockFileName   = "LOCK"
 	tokenFileName  = "token"
+	nextTokenName  = "token.next"
 	routesFileName = "nats-routes.json"
 )
 
@@ -127,11 +129,10 @@ func ResolveToken(dir, flagToken string, mayGenerate bool) (token string, genera
 		if !mayGenerate {
 			return "", false, errors.New("no join token: pass --token (or LAVIT_TOKEN)")
 		}
-		b := make([]byte, 24)
-		if _, err := rand.Read(b); err != nil {
-			return "", false, fmt.Errorf("generate join token: %w", err)
+		if token, err = NewToken(); err != nil {
+			return "", false, err
 		}
-		token, generated = hex.EncodeToString(b), true
+		generated = true
 	}
 	if err := os.WriteFile(TokenPath(dir), []byte(token+"\n"), 0o600); err != nil {
 		return "", false, fmt.Errorf("save join token: %w", err)
@@ -166,4 +167,75 @@ func WriteRoutes(dir string, routes []string) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, routesFileName))
+}
+
+// NewToken makes a random admin token (48 hex digits).
+func NewToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate a token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// WriteToken replaces the saved token (a finished rotation), atomically:
+// a crash leaves the old token or the new one, never a torn file.
+func WriteToken(dir, token string) error {
+	return writeSecret(TokenPath(dir), token)
+}
+
+// ReadNextToken reads the next admin token a rotation in progress saved
+// ("" when there is none).
+func ReadNextToken(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, nextTokenName))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the next admin token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// WriteNextToken saves a rotation's next admin token, so that a node
+// restarted before it learns that the rotation finished can still reach
+// the coordinators that finished it.
+func WriteNextToken(dir, token string) error {
+	return writeSecret(filepath.Join(dir, nextTokenName), token)
+}
+
+// RemoveNextToken forgets the next admin token (the rotation finished
+// or was abandoned).
+func RemoveNextToken(dir string) error {
+	err := os.Remove(filepath.Join(dir, nextTokenName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// writeSecret writes a one-line secret to path, mode 0600, atomically.
+func writeSecret(path, secret string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".token-*")
+	if err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename there is nothing to remove
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.WriteString(secret + "\n")
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
+	}
+	return nil
 }

@@ -59,6 +59,6 @@ func Subjects() []string {
 		SubjectRegister, SubjectHeartbeat, SubjectDeregister, SubjectRendezvous, SubjectProgress, SubjectRunFinish, SubjectCkptPart,
 		SubjectStatus, SubjectRunSubmit, SubjectRunList, SubjectRunShow, SubjectRunCancel, SubjectRunResume, SubjectRunCkpt,
 		SubjectCkptList, SubjectWorkers, SubjectRaftPeers, SubjectRaftJoin, SubjectRaftRemove, SubjectRaftTransfer, SubjectAnnounce,
-		SubjectTokenCreate, SubjectTokenList, SubjectTokenRevoke,
+		SubjectTokenCreate, SubjectTokenList, SubjectTokenRevoke, SubjectTokenRotate,
 	}
 }

@@ -35,6 +35,7 @@ var requestTypes = map[string]func() any{
 	SubjectTokenCreate:  func() any { return new(TokenCreateRequest) },
 	SubjectTokenList:    func() any { return new(TokenListRequest) },
 	SubjectTokenRevoke:  func() any { return new(TokenRevokeRequest) },
+	SubjectTokenRotate:  func() any { return new(TokenRotateRequest) },
 }
 
 // replyTypes makes a fresh value of every reply body type a client
@@ -48,6 +49,7 @@ var replyTypes = []func() any{
 	func() any { return new(WorkersReply) }, func() any { return new(RaftPeersReply) },
 	func() any { return new(RaftJoinReply) },
 	func() any { return new(TokenCreateReply) }, func() any { return new(TokenListReply) },
+	func() any { return new(TokenRotateReply) },
 }
 
 func TestFuzzTablesCoverEverySubject(t *testing.T) {
