@@ -117,6 +117,7 @@ func tokenCommand() *cli.Command {
 					return cliutil.Table(os.Stdout, []string{"ID", "ROLE", "CREATED", "EXPIRES", "NOTE"}, rows)
 				},
 			},
+			tokenRotateCommand(),
 			{
 				Name:      "revoke",
 				Usage:     "revoke a token: every coordinator refuses it, and its connections are closed within seconds",
@@ -135,4 +136,66 @@ func tokenCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// tokenRotateCommand replaces the admin token, and with it the cluster
+// CA, without stopping the cluster: start, move clients to the new token,
+// finish (or abort).
+func tokenRotateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "rotate",
+		Usage: "replace the admin token and the cluster CA live: start (prints the new token once), move clients and worker tokens over, then --finish with the new token (or --abort)",
+		Flags: append(clientFlags(true),
+			&cli.BoolFlag{Name: "finish", Usage: "end the rotation: the old token and CA stop working (call it with the new token)"},
+			&cli.BoolFlag{Name: "abort", Usage: "abandon the rotation: the new token and CA stop working"},
+			&cli.BoolFlag{Name: "force", Usage: "with --finish: finish even though some coordinators are unreachable (copy the new token into their data dirs by hand)"},
+		),
+		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			action, err := rotateAction(c.Bool("finish"), c.Bool("abort"), c.Bool("force"))
+			if err != nil {
+				return err
+			}
+			reply, err := callCluster(c, wire.RotateToken, &wire.TokenRotateRequest{Action: action, Force: c.Bool("force")})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return cliutil.PrintJSON(os.Stdout, reply)
+			}
+			switch action {
+			case wire.RotateStart:
+				fmt.Println(reply.Token)
+				fmt.Fprintf(os.Stderr, `new admin token above: shown only now. Both tokens and both CAs work until the rotation ends.
+  1. Save it where operators and scripts read the admin token (--token-file); every coordinator's <data-dir>/token.next has it too.
+  2. Worker tokens pin the CA: give workers tokens re-pinned to %s
+     (replace the last field of each lavit.* token with it, or make new ones with token create).
+  3. lavit-coord token rotate --finish --token-file NEW   (the old token and CA stop working)
+     or lavit-coord token rotate --abort                  (the new ones do)
+`, reply.CAFingerprint)
+			case wire.RotateFinish:
+				fmt.Printf("rotation finished: the old admin token and CA no longer work; tokens pin CA %s\n", reply.CAFingerprint)
+			case wire.RotateAbort:
+				fmt.Printf("rotation aborted: the new admin token and CA no longer work; tokens pin CA %s\n", reply.CAFingerprint)
+			}
+			return nil
+		},
+	}
+}
+
+// rotateAction maps token rotate's flags to the step they ask for.
+func rotateAction(finish, abort, force bool) (string, error) {
+	switch {
+	case finish && abort:
+		return "", cliutil.Usagef("token rotate: --finish and --abort are exclusive")
+	case force && !finish:
+		return "", cliutil.Usagef("token rotate: --force goes with --finish")
+	case finish:
+		return wire.RotateFinish, nil
+	case abort:
+		return wire.RotateAbort, nil
+	}
+	return wire.RotateStart, nil
 }

@@ -199,6 +199,9 @@ func TestCLIBadInput(t *testing.T) {
 		{"checkpoints outside the file roots", coordBin, []string{"run", "submit", "-f", filepath.Join(testutil.RepoRoot(), "configs", "tiny-stage1.yaml"),
 			"--set", "data.url=" + data, "--set", "data.eval_url=", "--set", "checkpoint.url=file:///etc/lavit-checkpoints",
 			"--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 1, "checkpoint.url: /etc/lavit-checkpoints lies outside the allowed file roots"},
+		{"rotate: finish and abort", coordBin, []string{"token", "rotate", "--finish", "--abort", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 2, "--finish and --abort are exclusive"},
+		{"rotate: force without finish", coordBin, []string{"token", "rotate", "--force", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 2, "--force goes with --finish"},
+		{"rotate: finish with no rotation", coordBin, []string{"token", "rotate", "--finish", "--coord", "nats://" + c1.nats, "--data-dir", c1.dataDir}, 1, "no admin token rotation is in progress"},
 		{"a bad file root", coordBin, []string{"up", "--data-dir", t.TempDir(), "--file-root", "/nonexistent/root"}, 2, "--file-root \"/nonexistent/root\""},
 	}
 	for _, tc := range tests {
