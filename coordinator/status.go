@@ -90,6 +90,9 @@ func (s *Server) Status() (wire.Status, error) {
 	s.fsm.Read(func(fs *State, _ uint64) {
 		st.ClusterID = fs.ClusterID
 		st.Runs = len(fs.Runs)
+		if fs.AdminRotation != nil {
+			st.AdminRotationSince = fs.AdminRotation.Started
+		}
 		for _, w := range fs.Workers {
 			st.Workers.Total++
 			switch w.State {

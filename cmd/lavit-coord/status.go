@@ -30,6 +30,9 @@ func statusCommand() *cli.Command {
 			fmt.Printf("cluster   %s\nleader    %s (%s)\nterm      %d\ncommit    %d\nworkers   %d (%d idle, %d training, %d lost)\nruns      %d\n\n",
 				st.ClusterID, st.Leader, st.LeaderAddr, st.Term, st.CommitIndex,
 				st.Workers.Total, st.Workers.Idle, st.Workers.Training, st.Workers.Lost, st.Runs)
+			if !st.AdminRotationSince.IsZero() {
+				fmt.Printf("an admin token rotation is in progress since %s: finish it (token rotate --finish, with the new token) or abort it (--abort)\n\n", st.AdminRotationSince.Format(time.RFC3339))
+			}
 			return printCoordinators(st.Coordinators)
 		},
 	}

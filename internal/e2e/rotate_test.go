@@ -43,9 +43,13 @@ func TestTokenRotateCLI(t *testing.T) {
 	if got := readTrimmed(t, filepath.Join(c1.dataDir, "token.next")); got != rot.Token {
 		t.Fatal("token.next in the data dir is not the new token")
 	}
-	// During the rotation both tokens work, each pinning its own CA.
+	// During the rotation both tokens work, each pinning its own CA, and
+	// status says a rotation is in progress.
 	for _, f := range []string{oldFile, newFile} {
-		mustJSON[statusDoc](t, coordBin, nil, withToken(f, "status", "--json")...)
+		st := mustJSON[wire.Status](t, coordBin, nil, withToken(f, "status", "--json")...)
+		if !st.AdminRotationSince.Equal(rot.Started) {
+			t.Fatalf("status during the rotation: admin_rotation_since %v, want %v", st.AdminRotationSince, rot.Started)
+		}
 	}
 	if _, stderr, code := run(t, coordBin, nil, withToken(oldFile, "token", "rotate")...); code != 1 || !strings.Contains(stderr, "in progress") {
 		t.Fatalf("a second start: exit %d, %s", code, stderr)
@@ -63,7 +67,9 @@ func TestTokenRotateCLI(t *testing.T) {
 		_, nextErr := os.Stat(filepath.Join(c1.dataDir, "token.next"))
 		return err == nil && strings.TrimSpace(string(b)) == rot.Token && os.IsNotExist(nextErr)
 	})
-	mustJSON[statusDoc](t, coordBin, nil, withToken(newFile, "status", "--json")...)
+	if st := mustJSON[wire.Status](t, coordBin, nil, withToken(newFile, "status", "--json")...); !st.AdminRotationSince.IsZero() {
+		t.Fatalf("status after the rotation still reports one since %v", st.AdminRotationSince)
+	}
 	mustJSON[statusDoc](t, coordBin, nil, append([]string{"status", "--json", "--data-dir", c1.dataDir}, coord...)...)
 	// The old token, and the old CA it pins, are refused.
 	if _, stderr, code := run(t, coordBin, nil, withToken(oldFile, "status")...); code != 1 || !strings.Contains(stderr, "not a coordinator of this token's cluster") {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -135,7 +136,11 @@ func Start(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
 	if opts.Logger != nil {
-		srv.SetLoggerV2(logging.NATSLogger{L: opts.Logger}, false, false, false)
+		var logger server.Logger = logging.NATSLogger{L: opts.Logger}
+		if rt := opts.RouteTLS; rt != nil && rt.InsecureSkipVerify && rt.VerifyConnection != nil {
+			logger = routesVerifiedLogger{logging.NATSLogger{L: opts.Logger}}
+		}
+		srv.SetLoggerV2(logger, false, false, false)
 	}
 	srv.Start()
 	wait := opts.ReadyTimeout
@@ -172,4 +177,23 @@ func (s *Server) Inner() *server.Server { return s.srv }
 func (s *Server) Shutdown() {
 	s.srv.Shutdown()
 	s.srv.WaitForShutdown()
+}
+
+// routeInsecureWarning is what the NATS server warns when RouteTLS skips
+// the standard verification.
+const routeInsecureWarning = "TLS certificate chain and hostname of solicited routes will not be verified"
+
+// routesVerifiedLogger turns that warning into a debug line when
+// RouteTLS verifies peers itself (VerifyConnection, as
+// clusterca.Keyring does: its trust changes during a CA rotation, which
+// a static RootCAs cannot follow), so operators are not told routes go
+// unverified when they do not.
+type routesVerifiedLogger struct{ logging.NATSLogger }
+
+func (l routesVerifiedLogger) Warnf(format string, v ...any) {
+	if strings.HasPrefix(format, routeInsecureWarning) {
+		l.L.Debug("routes' certificates are verified by the route TLS configuration's VerifyConnection, not by NATS")
+		return
+	}
+	l.NATSLogger.Warnf(format, v...)
 }

@@ -497,6 +497,9 @@ type Status struct {
 	Workers      WorkerCounts  `json:"workers"`
 	Runs         int           `json:"runs"`
 	Build        string        `json:"build,omitempty"`
+	// AdminRotationSince is when the admin token rotation in progress
+	// started (zero when none is).
+	AdminRotationSince time.Time `json:"admin_rotation_since,omitzero"`
 }
 
 // WorkerCounts summarises the registry by state.
