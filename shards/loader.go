@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/lavit-org/lavit/internal/objstore"
+	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -266,9 +267,16 @@ type Decoded struct {
 	Errors   []error
 }
 
-// DecodeBatch decodes samples in parallel (workers ≤ 0: one per core).
-// Bad samples are masked, not dropped, so positions never shift.
+// DecodeBatch decodes samples in parallel (workers ≤ 0: one per core)
+// with the tiny configs' preprocessing at size×size. Bad samples are
+// masked, not dropped, so positions never shift.
 func DecodeBatch(samples []wds.Sample, size, workers int) Decoded {
+	return DecodeBatchWith(samples, decode.Tiny(size), workers)
+}
+
+// DecodeBatchWith is DecodeBatch with the preprocessing p.
+func DecodeBatchWith(samples []wds.Sample, p decode.Preprocess, workers int) Decoded {
+	size := p.Size
 	n, per := len(samples), 3*size*size
 	d := Decoded{Images: make([]float32, n*per), Captions: make([]string, n), Valid: make([]bool, n), Errors: make([]error, n)}
 	if workers <= 0 {
@@ -281,7 +289,7 @@ func DecodeBatch(samples []wds.Sample, size, workers int) Decoded {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				d.Errors[i] = decodeOne(samples[i], size, d.Images[i*per:(i+1)*per], &d.Captions[i])
+				d.Errors[i] = decodeOne(samples[i], p, d.Images[i*per:(i+1)*per], &d.Captions[i])
 				d.Valid[i] = d.Errors[i] == nil
 			}
 		}()
@@ -294,8 +302,8 @@ func DecodeBatch(samples []wds.Sample, size, workers int) Decoded {
 	return d
 }
 
-func decodeOne(s wds.Sample, size int, dst []float32, caption *string) error {
-	img, c, err := decodeSample(s, size)
+func decodeOne(s wds.Sample, p decode.Preprocess, dst []float32, caption *string) error {
+	img, c, err := decodeSample(s, p)
 	if err != nil {
 		return err
 	}

@@ -359,7 +359,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // imageField is the sample's image field and its bytes ("" if none).
 func imageField(s wds.Sample) (string, []byte) {
-	for _, f := range []string{"png", "jpg", "jpeg"} {
+	for _, f := range decode.ImageFields {
 		if data, ok := s.Field(f); ok {
 			return f, data
 		}
@@ -374,7 +374,7 @@ func CheckSampleFields(s wds.Sample) error {
 		return s.Err
 	}
 	if field, _ := imageField(s); field == "" {
-		return fmt.Errorf("sample %s in %s: missing field: no png, jpg or jpeg image", s.Key, s.Shard)
+		return fmt.Errorf("sample %s in %s: missing field: no png, jpg, jpeg or webp image", s.Key, s.Shard)
 	}
 	if _, ok := s.Field("txt"); !ok {
 		return fmt.Errorf("sample %s in %s: missing field: no txt caption", s.Key, s.Shard)
@@ -385,18 +385,18 @@ func CheckSampleFields(s wds.Sample) error {
 // CheckSample validates a sample the way training will use it: the fields
 // are there, the image decodes and the caption is UTF-8.
 func CheckSample(s wds.Sample) error {
-	_, _, err := decodeSample(s, 8)
+	_, _, err := decodeSample(s, decode.Tiny(8))
 	return err
 }
 
-// decodeSample turns a sample into model inputs: its image at size×size
-// and its caption, or why it is bad (naming the sample and its shard).
-func decodeSample(s wds.Sample, size int) ([]float32, string, error) {
+// decodeSample turns a sample into model inputs: its image preprocessed
+// by p and its caption, or why it is bad (naming the sample and its shard).
+func decodeSample(s wds.Sample, p decode.Preprocess) ([]float32, string, error) {
 	if err := CheckSampleFields(s); err != nil {
 		return nil, "", err
 	}
 	field, data := imageField(s)
-	img, err := decode.Image(data, field, size)
+	img, err := decode.ImageWith(data, field, p)
 	if err != nil {
 		return nil, "", fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}

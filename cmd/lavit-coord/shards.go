@@ -39,7 +39,7 @@ func shardsCommand() *cli.Command {
 			},
 			{
 				Name:      "pack",
-				Usage:     "pack a directory of image + caption pairs (NAME.jpg|png + NAME.txt) into shards",
+				Usage:     "pack a directory of image + caption pairs (NAME.jpg|jpeg|png|webp + NAME.txt, and NAME.json if there) into shards",
 				ArgsUsage: "DIR (flags go before it)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "out", Required: true, Usage: "data set URL"},
@@ -130,12 +130,12 @@ func runShardsPack(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cliutil.Usagef("shards pack needs one directory")
 	}
-	pairs, orphans, err := shards.FindPairs(c.Args().First())
+	pairs, skipped, err := shards.FindPairs(c.Args().First())
 	if err != nil {
 		return err
 	}
-	for _, o := range orphans {
-		fmt.Fprintf(os.Stderr, "skipped %s: no caption (.txt) beside it, or a dot in its base name\n", o)
+	for _, why := range skipped {
+		fmt.Fprintf(os.Stderr, "skipped %s\n", why)
 	}
 	if len(pairs) == 0 {
 		return fmt.Errorf("no image + caption pairs in %s", c.Args().First())
@@ -150,7 +150,7 @@ func runShardsPack(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("packed %d samples (%d skipped) into %d shards at %s\n", len(pairs), len(orphans), len(names), src.URL())
+	fmt.Printf("packed %d samples (%d skipped) into %d shards at %s\n", len(pairs), len(skipped), len(names), src.URL())
 	return indexAndWrite(c, src, names, false)
 }
 

@@ -19,12 +19,13 @@ fi
 # libtorch shim), curl (the demo's health checks), CPU libtorch with OpenBLAS
 # (without libopenblas0-pthread Debian's libtorch runs matrix products in the
 # reference BLAS: 6 instead of 88 GFLOP/s for a 1024² matmul here), and the
-# JSON header the shim parses configs with.
+# JSON header the shim parses configs with, and Pillow (python3-pil: the
+# independent reference the image decoding tests compare with).
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-for pkg in libtorch-dev libopenblas0-pthread nlohmann-json3-dev; do
+for pkg in libtorch-dev libopenblas0-pthread nlohmann-json3-dev python3-pil; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

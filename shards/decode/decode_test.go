@@ -218,7 +218,7 @@ func TestImageErrors(t *testing.T) {
 		{"truncated png", pngData[:len(pngData)/2], "png", 16, []string{"png"}},
 		{"not an image", []byte("hello"), "png", 16, []string{"png"}},
 		{"png bytes named jpg", pngData, "jpg", 16, []string{"jpg"}},
-		{"webp", []byte("RIFF....WEBPVP8 "), "webp", 16, []string{"webp", "not supported"}},
+		{"truncated webp", []byte("RIFF....WEBPVP8 "), "webp", 16, []string{"webp"}},
 		{"unknown field", pngData, "gif", 16, []string{`"gif"`, "not a supported"}},
 		{"zero size", pngData, "png", 0, []string{"png", "size"}},
 	}
