@@ -233,7 +233,8 @@ type Batch struct {
 	// Valid marks real samples; nil means all are real. Masked samples keep
 	// their place but add nothing to the loss or the statistics.
 	Valid []bool
-	// Images (stage 1): len(Positions) × channels × image × image floats in [0,1].
+	// Images (stage 1): len(Positions) × channels × image × image floats
+	// (in [0,1], or CLIP-normalised for the EVA-CLIP encoder).
 	Images []float32
 	// Tokens and Targets (stage 2): len(Positions) × SeqLen ids; target -1 = no loss.
 	Tokens  []int64
@@ -245,6 +246,9 @@ type Batch struct {
 	ImageFeats []float32
 	ImageKeep  []bool
 	ImageSlots []bool
+	// CutCaptions counts the rows whose caption was cut to fit SeqLen
+	// (Stage2Builder; Go only, for the run's metrics).
+	CutCaptions int
 }
 
 func (m *Model) checkBatch(b *Batch) error {

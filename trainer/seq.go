@@ -12,9 +12,15 @@ import (
 //
 //	text→image: BOS caption [IMG] v… [/IMG] EOS
 //	image→text: BOS [IMG] v… [/IMG] caption EOS
+//	text only:  BOS caption EOS
 //
 // Inputs are the sequence without its last token, targets without its first;
 // padding (PAD in, -1 out) carries no loss. Every other target is trained.
+//
+// A row that does not fit is cut, never refused: the caption keeps at most
+// what leaves the image min(its ids, half the row) (captionRoom), and the
+// visual ids that still do not fit are dropped from the end. Fit says what
+// was left out.
 
 // Vocab lays out the stage-2 vocabulary.
 type Vocab struct {
@@ -43,32 +49,61 @@ type Direction int
 const (
 	TextToImage Direction = iota
 	ImageToText
+	TextOnly // a sample without an image (stage 2 trains on its caption)
 )
 
-// Sequence builds one training row of length seqLen (inputs and targets).
-// Visual ids that do not fit are dropped from the end; it reports how many.
-func (v Vocab) Sequence(dir Direction, caption []int, codes []int64, seqLen int) (tokens, targets []int64, dropped int, err error) {
+// Fit is what one row left out to fit its sequence.
+type Fit struct {
+	DroppedCodes int // visual ids (or continuous slots) dropped from the end
+	CutCaption   int // caption ids cut from the end
+}
+
+// fixedTokens are BOS, [IMG], [/IMG] and EOS.
+const fixedTokens = 4
+
+// captionRoom is how many caption ids a row of seqLen keeps beside an
+// image of visual ids: all the room but what the image needs, up to half
+// of it (so a long caption never pushes a whole image out, nor a long
+// image a whole caption).
+func captionRoom(seqLen, visual int) int {
+	room := seqLen + 1 - fixedTokens
+	return room - min(visual, room/2)
+}
+
+// Sequence builds one training row of length seqLen (inputs and targets),
+// cut to fit as the package comment says.
+func (v Vocab) Sequence(dir Direction, caption []int, codes []int64, seqLen int) (tokens, targets []int64, fit Fit, err error) {
+	if seqLen+1 < fixedTokens {
+		return nil, nil, fit, fmt.Errorf("a sequence of %d has no room for BOS, [IMG], [/IMG] and EOS", seqLen)
+	}
 	text := make([]int64, len(caption))
 	for i, id := range caption {
 		if id < 0 || id >= v.TextVocab {
-			return nil, nil, 0, fmt.Errorf("caption id %d out of range 0..%d", id, v.TextVocab-1)
+			return nil, nil, fit, fmt.Errorf("caption id %d out of range 0..%d", id, v.TextVocab-1)
 		}
 		text[i] = int64(id)
 	}
-	// Fixed tokens: BOS, [IMG], [/IMG], EOS, plus the caption.
-	room := seqLen + 1 - 4 - len(text)
-	if room < 0 {
-		return nil, nil, 0, fmt.Errorf("caption of %d words does not fit a sequence of %d", len(text), seqLen)
+	if dir == TextOnly {
+		if keep := seqLen - 1; len(text) > keep { // BOS, caption, EOS
+			fit.CutCaption, text = len(text)-keep, text[:keep]
+		}
+		seq := append(append([]int64{int64(v.BOSID)}, text...), int64(v.EOSID))
+		tokens, targets = v.shift(seq, seqLen)
+		return tokens, targets, fit, nil
 	}
+	if keep := captionRoom(seqLen, len(codes)); len(text) > keep {
+		fit.CutCaption, text = len(text)-keep, text[:keep]
+	}
+	room := seqLen + 1 - fixedTokens - len(text)
 	vis := make([]int64, 0, len(codes))
 	for _, c := range codes {
 		if c < 0 || int(c) >= v.Codes {
-			return nil, nil, 0, fmt.Errorf("visual code %d out of range 0..%d", c, v.Codes-1)
+			return nil, nil, fit, fmt.Errorf("visual code %d out of range 0..%d", c, v.Codes-1)
 		}
 		vis = append(vis, v.Visual(c))
 	}
 	if len(vis) > room {
-		dropped = len(vis) - room
+		fit.DroppedCodes = len(vis) - room
 		vis = vis[:room]
 	}
 	seq := []int64{int64(v.BOSID)}
@@ -79,13 +114,20 @@ func (v Vocab) Sequence(dir Direction, caption []int, codes []int64, seqLen int)
 		seq = append(append(seq, image...), text...)
 	}
 	seq = append(seq, int64(v.EOSID))
+	tokens, targets = v.shift(seq, seqLen)
+	return tokens, targets, fit, nil
+}
+
+// shift makes a row of seqLen from a whole sequence: inputs without its
+// last token, targets without its first, padded (PAD in, -1 out).
+func (v Vocab) shift(seq []int64, seqLen int) (tokens, targets []int64) {
 	tokens, targets = make([]int64, seqLen), make([]int64, seqLen)
 	for i := range tokens {
 		tokens[i], targets[i] = int64(v.PadID), -1
 	}
 	copy(tokens, seq[:len(seq)-1])
 	copy(targets, seq[1:])
-	return tokens, targets, dropped, nil
+	return tokens, targets
 }
 
 // DirectionFor is the per-sample coin for the direction, keyed by the
@@ -104,18 +146,21 @@ func DirectionFor(seed uint64, position int64) Direction {
 // Slots hold PAD as a placeholder (the model replaces their embeddings with
 // merged image features); slots marks them. The image part has no targets:
 // only the caption and EOS are trained, as in LaVIT's understanding path.
-func (v Vocab) SequenceContinuous(caption []int, kept, seqLen int) (tokens, targets []int64, slots []bool, dropped int, err error) {
+func (v Vocab) SequenceContinuous(caption []int, kept, seqLen int) (tokens, targets []int64, slots []bool, fit Fit, err error) {
+	if seqLen+1 < fixedTokens {
+		return nil, nil, nil, fit, fmt.Errorf("a sequence of %d has no room for BOS, [IMG], [/IMG] and EOS", seqLen)
+	}
 	for _, id := range caption {
 		if id < 0 || id >= v.TextVocab {
-			return nil, nil, nil, 0, fmt.Errorf("caption id %d out of range 0..%d", id, v.TextVocab-1)
+			return nil, nil, nil, fit, fmt.Errorf("caption id %d out of range 0..%d", id, v.TextVocab-1)
 		}
 	}
-	room := seqLen + 1 - 4 - len(caption)
-	if room < 0 {
-		return nil, nil, nil, 0, fmt.Errorf("caption of %d words does not fit a sequence of %d", len(caption), seqLen)
+	if keep := captionRoom(seqLen, kept); len(caption) > keep {
+		fit.CutCaption, caption = len(caption)-keep, caption[:keep]
 	}
+	room := seqLen + 1 - fixedTokens - len(caption)
 	if kept > room {
-		dropped, kept = kept-room, room
+		fit.DroppedCodes, kept = kept-room, room
 	}
 	seq := []int64{int64(v.BOSID), v.IMG()}
 	isSlot := []bool{false, false}
@@ -138,5 +183,5 @@ func (v Vocab) SequenceContinuous(caption []int, kept, seqLen int) (tokens, targ
 			targets[i] = seq[i+1]
 		}
 	}
-	return tokens, targets, slots, dropped, nil
+	return tokens, targets, slots, fit, nil
 }

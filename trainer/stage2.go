@@ -47,14 +47,18 @@ func (s Stage2Builder) Batch(step, globalBatch int64, positions []int64, images 
 		}
 		dir := DirectionFor(s.Seed, positions[i])
 		var toks, tgts []int64
+		var fit Fit
 		slots := make([]bool, seqLen)
 		if s.Continuous && dir == ImageToText {
-			toks, tgts, slots, _, err = v.SequenceContinuous(captions[i], len(codes[i]), seqLen)
+			toks, tgts, slots, fit, err = v.SequenceContinuous(captions[i], len(codes[i]), seqLen)
 		} else {
-			toks, tgts, _, err = v.Sequence(dir, captions[i], codes[i], seqLen)
+			toks, tgts, fit, err = v.Sequence(dir, captions[i], codes[i], seqLen)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("sample at position %d: %w", positions[i], err)
+		}
+		if fit.CutCaption > 0 {
+			b.CutCaptions++
 		}
 		b.Tokens, b.Targets = append(b.Tokens, toks...), append(b.Targets, tgts...)
 		if s.Continuous {

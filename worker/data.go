@@ -9,6 +9,7 @@ import (
 	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/shards"
+	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/trainer"
 )
@@ -23,7 +24,7 @@ type dataFeed struct {
 	batch    int // the global batch B
 	from, to int // this rank's slice of every global batch
 	total    int64
-	image    int // the image side the model takes
+	image    decode.Preprocess // how images become the model's input
 	log      *slog.Logger
 
 	// next is the refs prefetched for the next step, reused when it comes.
@@ -83,7 +84,7 @@ func (d *dataFeed) samples(ctx context.Context, step int64, from, to int) (shard
 	if err != nil {
 		return shards.Decoded{}, nil, err
 	}
-	decoded := shards.DecodeBatch(samples, d.image, 0)
+	decoded := shards.DecodeBatchWith(samples, d.image, 0)
 	positions := make([]int64, to-from)
 	for i := range positions {
 		positions[i] = step*int64(d.batch) + int64(from+i)

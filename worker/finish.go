@@ -14,6 +14,7 @@ import (
 	"github.com/lavit-org/lavit/internal/runspec"
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
+	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/trainer"
@@ -124,7 +125,7 @@ func (r *training) evaluate(ctx context.Context) ([]wire.Check, error) {
 		r.log.Info("no evaluation: the model config names none (eval)", "eval_url", url)
 		return nil, nil
 	}
-	set, err := loadSyntheticEvalSet(ctx, url, r.stage.imageSize())
+	set, err := loadSyntheticEvalSet(ctx, url, stagePreprocess(r.stage))
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func (r *training) evaluate(ctx context.Context) ([]wire.Check, error) {
 // loadSyntheticEvalSet reads every sample of a synthetic eval data set in
 // manifest order: images, captions, and the objects from each sample's
 // JSON (the checks need them).
-func loadSyntheticEvalSet(ctx context.Context, u string, image int) (*trainer.EvalSet, error) {
+func loadSyntheticEvalSet(ctx context.Context, u string, prep decode.Preprocess) (*trainer.EvalSet, error) {
 	src, err := objstore.Open(ctx, u)
 	if err != nil {
 		return nil, err
@@ -163,8 +164,8 @@ func loadSyntheticEvalSet(ctx context.Context, u string, image int) (*trainer.Ev
 		if err != nil {
 			return nil, err
 		}
-		d := shards.DecodeBatch(samples, image, 0)
-		per := 3 * image * image
+		d := shards.DecodeBatchWith(samples, prep, 0)
+		per := 3 * prep.Size * prep.Size
 		for i, s := range samples {
 			if !d.Valid[i] {
 				continue

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lavit-org/lavit/internal/wire"
+	"github.com/lavit-org/lavit/trainer"
 )
 
 // progress accumulates the step time split between reports and sends rank
@@ -18,6 +19,7 @@ type progress struct {
 	steps        int
 	since        time.Time // the last report
 	bad          int       // masked samples so far in this generation
+	cutCaptions  int       // captions cut to fit the sequence so far in this generation
 	restoreNote  string
 	restoredFrom int64
 }
@@ -37,6 +39,13 @@ func newProgress(r *training, restoredFrom int64, note string) *progress {
 }
 
 func (p *progress) addBad(n int) { p.bad += n }
+
+// addCutCaptions counts a batch's captions cut to fit the sequence (stage 2).
+func (p *progress) addCutCaptions(b *trainer.Batch) {
+	if b != nil {
+		p.cutCaptions += b.CutCaptions
+	}
+}
 
 // addStaged records what copying the gradients through host memory cost
 // (a GPU model on the ring).
@@ -71,6 +80,9 @@ func (p *progress) report(ctx context.Context, step int64, lossSum float64) erro
 		rate = float64(p.steps*batch) / el
 	}
 	metrics := map[string]float64{"bad_samples": float64(p.bad)}
+	if r.spec.Stage == 2 {
+		metrics["cut_captions"] = float64(p.cutCaptions)
+	}
 	if p.staged > 0 {
 		metrics["grad_stage_ms"] = ms(p.staged) // per step, part of the compute time
 	}

@@ -116,7 +116,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err
 	}
-	r.data.image = r.stage.imageSize()
+	r.data.image = stagePreprocess(r.stage)
 	comm, err := t.joinCollective(ctx, j, spec.CollectiveTimeout())
 	if err != nil {
 		return r, err
@@ -274,6 +274,7 @@ func (r *training) train(ctx context.Context) error {
 		otherStart := time.Now()
 		act := r.policy.after(step, ride[0] > 0)
 		r.prog.addBad(it.bad)
+		r.prog.addCutCaptions(it.batch)
 		r.prog.addStaged(res.StageTime)
 		if act.report {
 			if err := r.prog.report(ctx, step, res.GlobalLossSum); err != nil {
