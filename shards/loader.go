@@ -3,6 +3,7 @@ package shards
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -264,7 +265,24 @@ type Decoded struct {
 	Images   []float32 // n × 3 × size × size
 	Captions []string
 	Valid    []bool // false: bad sample, masked (zeros in Images)
+	// TextOnly marks valid samples without an image (zeros in Images):
+	// stage 2 trains on their captions, stage 1 cannot use them
+	// (MaskTextOnly).
+	TextOnly []bool
 	Errors   []error
+}
+
+// ErrNoImage masks a text-only sample where images are needed.
+var ErrNoImage = errors.New("no image (a text-only sample: only stage 2 trains on those)")
+
+// MaskTextOnly marks the text-only samples invalid, with ErrNoImage, for
+// a stage that needs images.
+func (d *Decoded) MaskTextOnly() {
+	for i, t := range d.TextOnly {
+		if t {
+			d.Valid[i], d.TextOnly[i], d.Errors[i] = false, false, ErrNoImage
+		}
+	}
 }
 
 // DecodeBatch decodes samples in parallel (workers ≤ 0: one per core)
@@ -278,7 +296,7 @@ func DecodeBatch(samples []wds.Sample, size, workers int) Decoded {
 func DecodeBatchWith(samples []wds.Sample, p decode.Preprocess, workers int) Decoded {
 	size := p.Size
 	n, per := len(samples), 3*size*size
-	d := Decoded{Images: make([]float32, n*per), Captions: make([]string, n), Valid: make([]bool, n), Errors: make([]error, n)}
+	d := Decoded{Images: make([]float32, n*per), Captions: make([]string, n), Valid: make([]bool, n), TextOnly: make([]bool, n), Errors: make([]error, n)}
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -289,7 +307,7 @@ func DecodeBatchWith(samples []wds.Sample, p decode.Preprocess, workers int) Dec
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				d.Errors[i] = decodeOne(samples[i], p, d.Images[i*per:(i+1)*per], &d.Captions[i])
+				d.TextOnly[i], d.Errors[i] = decodeOne(samples[i], p, d.Images[i*per:(i+1)*per], &d.Captions[i])
 				d.Valid[i] = d.Errors[i] == nil
 			}
 		}()
@@ -302,12 +320,14 @@ func DecodeBatchWith(samples []wds.Sample, p decode.Preprocess, workers int) Dec
 	return d
 }
 
-func decodeOne(s wds.Sample, p decode.Preprocess, dst []float32, caption *string) error {
+// decodeOne decodes one sample into dst and caption, and reports whether
+// it has no image.
+func decodeOne(s wds.Sample, p decode.Preprocess, dst []float32, caption *string) (textOnly bool, err error) {
 	img, c, err := decodeSample(s, p)
 	if err != nil {
-		return err
+		return false, err
 	}
 	copy(dst, img)
 	*caption = c
-	return nil
+	return img == nil, nil
 }

@@ -368,40 +368,45 @@ func imageField(s wds.Sample) (string, []byte) {
 }
 
 // CheckSampleFields checks a sample has what training needs, without
-// decoding: no reader error, an image field (png, jpg or jpeg), a caption.
+// decoding: no reader error and a caption (txt); an image field (png, jpg,
+// jpeg or webp) is optional (a text-only sample, which stage 2 trains on).
 func CheckSampleFields(s wds.Sample) error {
 	if s.Err != nil {
 		return s.Err
 	}
-	if field, _ := imageField(s); field == "" {
-		return fmt.Errorf("sample %s in %s: missing field: no png, jpg, jpeg or webp image", s.Key, s.Shard)
-	}
 	if _, ok := s.Field("txt"); !ok {
+		if field, _ := imageField(s); field == "" {
+			return fmt.Errorf("sample %s in %s: missing field: no txt caption and no png, jpg, jpeg or webp image", s.Key, s.Shard)
+		}
 		return fmt.Errorf("sample %s in %s: missing field: no txt caption", s.Key, s.Shard)
 	}
 	return nil
 }
 
 // CheckSample validates a sample the way training will use it: the fields
-// are there, the image decodes and the caption is UTF-8.
+// are there, the image (if any) decodes and the caption is UTF-8.
 func CheckSample(s wds.Sample) error {
 	_, _, err := decodeSample(s, decode.Tiny(8))
 	return err
 }
 
 // decodeSample turns a sample into model inputs: its image preprocessed
-// by p and its caption, or why it is bad (naming the sample and its shard).
+// by p (nil for a text-only sample) and its caption, or why it is bad
+// (naming the sample and its shard).
 func decodeSample(s wds.Sample, p decode.Preprocess) ([]float32, string, error) {
 	if err := CheckSampleFields(s); err != nil {
 		return nil, "", err
 	}
-	field, data := imageField(s)
-	img, err := decode.ImageWith(data, field, p)
+	txt, _ := s.Field("txt")
+	caption, err := decode.Caption(txt, MaxCaptionBytes)
 	if err != nil {
 		return nil, "", fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}
-	txt, _ := s.Field("txt")
-	caption, err := decode.Caption(txt, MaxCaptionBytes)
+	field, data := imageField(s)
+	if field == "" {
+		return nil, caption, nil
+	}
+	img, err := decode.ImageWith(data, field, p)
 	if err != nil {
 		return nil, "", fmt.Errorf("sample %s in %s: %w", s.Key, s.Shard, err)
 	}

@@ -3,6 +3,7 @@ package shards
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -93,7 +94,8 @@ func TestCheckSampleBadInput(t *testing.T) {
 		{"corrupt png", map[string][]byte{"png": append(png[:40:40], []byte("garbage")...), "txt": []byte("x")}, "png"},
 		{"caption not UTF-8", map[string][]byte{"png": png, "txt": {0xff, 0xfe, 'a'}}, "UTF-8"},
 		{"missing caption", map[string][]byte{"png": png}, "missing field"},
-		{"missing image", map[string][]byte{"txt": []byte("a caption")}, "missing field"},
+		{"neither image nor caption", map[string][]byte{"json": []byte("{}")}, "no txt caption and no png"},
+		{"text-only, caption not UTF-8", map[string][]byte{"txt": {'a', 0xff}}, "UTF-8"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -145,5 +147,33 @@ func TestTruncatedShardKeepsPositions(t *testing.T) {
 	y, _ := after.Batch(0, 30, 0, 30)
 	if fmt.Sprint(x) != fmt.Sprint(y) {
 		t.Fatal("a damaged shard shifted the stream")
+	}
+}
+
+// TestTextOnlySamples: a sample with a caption and no image decodes as a
+// valid text-only sample (zeros for its image), which a stage that needs
+// images masks with ErrNoImage.
+func TestTextOnlySamples(t *testing.T) {
+	good := synth.Generate(0, synth.Train, 0)
+	png, _ := good.PNG()
+	samples := []wds.Sample{
+		{Key: "img", Shard: "s.tar", Fields: []wds.Field{{Name: "png", Data: png}, {Name: "txt", Data: []byte(good.Caption)}}},
+		{Key: "text", Shard: "s.tar", Fields: []wds.Field{{Name: "txt", Data: []byte("  Only words here.  ")}}},
+	}
+	d := DecodeBatch(samples, 8, 1)
+	if !d.Valid[0] || !d.Valid[1] || d.TextOnly[0] || !d.TextOnly[1] {
+		t.Fatalf("valid %v, text only %v (errors %v)", d.Valid, d.TextOnly, d.Errors)
+	}
+	if d.Captions[1] != "Only words here." {
+		t.Errorf("caption %q", d.Captions[1])
+	}
+	for _, v := range d.Images[3*8*8:] {
+		if v != 0 {
+			t.Fatal("a text-only sample's image is not zeros")
+		}
+	}
+	d.MaskTextOnly()
+	if !d.Valid[0] || d.Valid[1] || d.TextOnly[1] || !errors.Is(d.Errors[1], ErrNoImage) {
+		t.Fatalf("after MaskTextOnly: valid %v, text only %v, errors %v", d.Valid, d.TextOnly, d.Errors)
 	}
 }

@@ -86,7 +86,7 @@ func Stage2Batch(tok *Model, v Vocab, seqLen int, seed uint64, step int64, globa
 		captions[i] = ids
 	}
 	b := Stage2Builder{Tokenizer: tok, Vocab: v, SeqLen: seqLen, Seed: seed, Continuous: continuous}
-	return b.Batch(step, int64(globalBatch), ib.Positions, ib.Images, captions, nil)
+	return b.Batch(step, int64(globalBatch), ib.Positions, ib.Images, captions, nil, nil)
 }
 
 // TrainStage2 trains the LM for steps on tokens made on the fly.

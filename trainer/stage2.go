@@ -25,8 +25,13 @@ type Stage2Builder struct {
 // positions, images (n × 3 × image × image) and encoded captions. valid
 // (nil: all valid) masks bad samples: they keep their place with padding
 // and no targets, so they add nothing to the loss; their captions may be
-// nil.
-func (s Stage2Builder) Batch(step, globalBatch int64, positions []int64, images []float32, captions [][]int, valid []bool) (*Batch, error) {
+// nil. textOnly (nil: none) marks samples without an image: their rows
+// are BOS caption EOS (their images, zeros, are tokenized with the rest
+// and unused).
+func (s Stage2Builder) Batch(step, globalBatch int64, positions []int64, images []float32, captions [][]int, valid, textOnly []bool) (*Batch, error) {
+	if textOnly != nil && len(textOnly) != len(positions) {
+		return nil, fmt.Errorf("batch: %d text-only flags for %d samples", len(textOnly), len(positions))
+	}
 	v, seqLen := s.Vocab, s.SeqLen
 	b := &Batch{Step: step, GlobalBatch: globalBatch, Positions: positions, SeqLen: seqLen, Valid: valid}
 	codes, err := visualInputs(s.Tokenizer, images, positions, step, s.Continuous, b)
@@ -46,6 +51,9 @@ func (s Stage2Builder) Batch(step, globalBatch int64, positions []int64, images 
 			continue
 		}
 		dir := DirectionFor(s.Seed, positions[i])
+		if textOnly != nil && textOnly[i] {
+			dir = TextOnly
+		}
 		var toks, tgts []int64
 		var fit Fit
 		slots := make([]bool, seqLen)

@@ -25,6 +25,8 @@ type dataFeed struct {
 	from, to int // this rank's slice of every global batch
 	total    int64
 	image    decode.Preprocess // how images become the model's input
+	// imagesOnly masks text-only samples (stage 1 cannot use them).
+	imagesOnly bool
 	log      *slog.Logger
 
 	// next is the refs prefetched for the next step, reused when it comes.
@@ -85,6 +87,9 @@ func (d *dataFeed) samples(ctx context.Context, step int64, from, to int) (shard
 		return shards.Decoded{}, nil, err
 	}
 	decoded := shards.DecodeBatchWith(samples, d.image, 0)
+	if d.imagesOnly {
+		decoded.MaskTextOnly()
+	}
 	positions := make([]int64, to-from)
 	for i := range positions {
 		positions[i] = step*int64(d.batch) + int64(from+i)

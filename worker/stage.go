@@ -144,7 +144,7 @@ func (s *stage2) batch(step, globalBatch int64, positions []int64, d shards.Deco
 		}
 		captions[i] = ids
 	}
-	return s.builder.Batch(step, globalBatch, positions, d.Images, captions, valid)
+	return s.builder.Batch(step, globalBatch, positions, d.Images, captions, valid, d.TextOnly)
 }
 
 func (s *stage2) phaseSwitch() (int64, int) { return 0, 0 }

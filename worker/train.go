@@ -116,7 +116,7 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err
 	}
-	r.data.image = stagePreprocess(r.stage)
+	r.data.image, r.data.imagesOnly = stagePreprocess(r.stage), spec.Stage == 1
 	comm, err := t.joinCollective(ctx, j, spec.CollectiveTimeout())
 	if err != nil {
 		return r, err
