@@ -25,6 +25,7 @@ type TextConfig = modelcfg.TextConfig
 const (
 	EvalNone      = modelcfg.EvalNone
 	EvalSynthetic = modelcfg.EvalSynthetic
+	EvalHeldOut   = modelcfg.EvalHeldOut
 )
 
 // TextWords names the synthetic data set's word vocabulary as a caption

@@ -27,7 +27,7 @@ type dataFeed struct {
 	image    decode.Preprocess // how images become the model's input
 	// imagesOnly masks text-only samples (stage 1 cannot use them).
 	imagesOnly bool
-	log      *slog.Logger
+	log        *slog.Logger
 
 	// next is the refs prefetched for the next step, reused when it comes.
 	next nextRefs

@@ -114,24 +114,34 @@ func (r *training) saveFinal(ctx context.Context, step int64, lastCheckpoint wir
 }
 
 // evaluate runs the evaluation the model config names on data.eval_url:
-// none, or the synthetic data set's "it learned" checks.
+// none, the synthetic data set's "it learned" checks, or held-out
+// measurements on any data set.
 func (r *training) evaluate(ctx context.Context) ([]wire.Check, error) {
 	url := r.spec.Data.EvalURL
 	kind := r.model.Config().Eval
+	var checks []trainer.Check
 	switch {
 	case url == "":
 		return nil, nil
-	case kind != trainer.EvalSynthetic:
+	case kind == trainer.EvalHeldOut:
+		set, err := loadHeldOutSet(ctx, url, stagePreprocess(r.stage), r.spec.Stage == 1)
+		if err != nil {
+			return nil, err
+		}
+		if checks, err = heldOutChecks(r.stage, set); err != nil {
+			return nil, err
+		}
+	case kind == trainer.EvalSynthetic:
+		set, err := loadSyntheticEvalSet(ctx, url, stagePreprocess(r.stage))
+		if err != nil {
+			return nil, err
+		}
+		if checks, err = r.stage.evaluate(set); err != nil {
+			return nil, err
+		}
+	default:
 		r.log.Info("no evaluation: the model config names none (eval)", "eval_url", url)
 		return nil, nil
-	}
-	set, err := loadSyntheticEvalSet(ctx, url, stagePreprocess(r.stage))
-	if err != nil {
-		return nil, err
-	}
-	checks, err := r.stage.evaluate(set)
-	if err != nil {
-		return nil, err
 	}
 	out := make([]wire.Check, len(checks))
 	for i, c := range checks {

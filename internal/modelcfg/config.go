@@ -36,7 +36,9 @@ type Config struct {
 	Text *TextConfig `json:"text,omitempty"`
 	// Eval names the checks measured on data.eval_url when a run
 	// completes: EvalSynthetic for the "it learned" checks of MODEL.md on
-	// the synthetic data set, EvalNone ("" too) for none.
+	// the synthetic data set, EvalHeldOut for measurements on any data set
+	// (reconstruction, keep ratio and code use for stage 1; loss and
+	// perplexity for stage 2), EvalNone ("" too) for none.
 	Eval string `json:"eval,omitempty"`
 }
 
@@ -44,6 +46,7 @@ type Config struct {
 const (
 	EvalNone      = "none"
 	EvalSynthetic = "synthetic"
+	EvalHeldOut   = "heldout"
 )
 
 // TextConfig is how captions become token ids (stage 2).
@@ -185,9 +188,9 @@ func (c Config) Validate() error {
 		}
 	}
 	switch c.Eval {
-	case "", EvalNone, EvalSynthetic:
+	case "", EvalNone, EvalSynthetic, EvalHeldOut:
 	default:
-		return fmt.Errorf("model config: eval must be %q or %q, got %q", EvalSynthetic, EvalNone, c.Eval)
+		return fmt.Errorf("model config: eval must be %q, %q or %q, got %q", EvalSynthetic, EvalHeldOut, EvalNone, c.Eval)
 	}
 	if c.Stage == 2 && c.Eval == EvalSynthetic && (c.Text == nil || c.Text.Tokenizer != TextWords) {
 		return fmt.Errorf("model config: eval %q on stage 2 needs text.tokenizer %q (the checks read the synthetic captions' words)", EvalSynthetic, TextWords)
