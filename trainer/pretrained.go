@@ -42,8 +42,8 @@ func (m *Model) InitFromURL(ctx context.Context, module, url string) error {
 // arrived yet, never the checkpoint. A tensor that fills only the first
 // rows of a parameter (Llama's 32000-row embedding and head in lavit's
 // enlarged vocabulary) keeps the parameter's other rows as the model
-// initialised them; that needs the model's values on the host (a CPU
-// model's trainable parameter), which is checked before reading too. An
+// initialised them (a device model's are read through its host staging
+// buffer). An
 // error while reading (a shard cut short, a NaN) can leave earlier blocks
 // loaded: the model should then be discarded.
 func (m *Model) InitFrom(ctx context.Context, ck *hf.Checkpoint, mp hf.Mapping) error {
@@ -158,30 +158,47 @@ func writeGroup(path string, ts []Tensor) error {
 	return nil
 }
 
-// hostValues copies a trainable parameter's values from a CPU model (a
-// bf16 model's values widened exactly).
+// hostValues copies a trainable parameter's values to the host (a bf16
+// model's values widened exactly). A device model's parameters go through
+// its host staging buffer (the one a host collective uses; allocated on
+// first use, the flat buffer's size).
 func (m *Model) hostValues(name string) ([]float32, error) {
-	params := m.Params()
-	if params == nil {
-		return nil, fmt.Errorf("the model's own values are not in host memory (device %s)", m.info.Device)
+	var info *ParamInfo
+	for i := range m.info.Params {
+		if m.info.Params[i].Name == name {
+			info = &m.info.Params[i]
+		}
 	}
-	for _, p := range m.info.Params {
-		if p.Name != name {
-			continue
-		}
-		if m.info.Precision != PrecisionBF16 {
-			return append([]float32(nil), params[p.Offset:p.Offset+p.Numel]...), nil
-		}
-		out := make([]float32, p.Numel)
-		for i := range out {
-			w := math.Float32bits(params[(p.Offset+int64(i))/2])
-			if (p.Offset+int64(i))%2 == 0 {
-				out[i] = math.Float32frombits(w << 16)
-			} else {
-				out[i] = math.Float32frombits(w &^ 0xffff)
-			}
-		}
-		return out, nil
+	if info == nil {
+		return nil, fmt.Errorf("parameter %q is not trainable, so its values are not readable", name)
 	}
-	return nil, fmt.Errorf("parameter %q is not trainable, so its values are not readable", name)
+	words := m.Params()
+	if words == nil || m.forceStaging {
+		if err := m.Sync(); err != nil {
+			return nil, err
+		}
+		buf, err := m.gradStaging()
+		if err != nil {
+			return nil, err
+		}
+		if err := m.stageParams(true); err != nil {
+			return nil, err
+		}
+		words = buf[:m.info.ParamWords]
+	}
+	p := *info
+	if m.info.Precision != PrecisionBF16 {
+		return append([]float32(nil), words[p.Offset:p.Offset+p.Numel]...), nil
+	}
+	out := make([]float32, p.Numel)
+	for i := range out {
+		at := p.Offset + int64(i)
+		w := math.Float32bits(words[at/2])
+		if at%2 == 0 {
+			out[i] = math.Float32frombits(w << 16)
+		} else {
+			out[i] = math.Float32frombits(w &^ 0xffff)
+		}
+	}
+	return out, nil
 }

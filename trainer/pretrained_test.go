@@ -151,7 +151,7 @@ func llamaCheckpoint(t *testing.T, m *Model, dir, dtype string, seed uint64) map
 	r := rand.New(rand.NewPCG(seed, 1))
 	want := map[string][]float32{}
 	var ts []Tensor
-	params := m.Params()
+	params := values(m)
 	for _, p := range m.Info().Params {
 		shape := p.Shape
 		if p.Name == "tok.weight" || p.Name == "head.weight" {
@@ -169,10 +169,18 @@ func llamaCheckpoint(t *testing.T, m *Model, dir, dtype string, seed uint64) map
 	return want
 }
 
+// values are m's parameter values (a bf16 model's widened).
+func values(m *Model) []float32 {
+	if m.Info().Precision == PrecisionBF16 {
+		return unpackBF16(m.Params())
+	}
+	return append([]float32(nil), m.Params()...)
+}
+
 // checkParams compares every trainable parameter with want, bitwise.
 func checkParams(t *testing.T, m *Model, want map[string][]float32) {
 	t.Helper()
-	params := m.Params()
+	params := values(m)
 	if len(want) != len(m.Info().Params) {
 		t.Fatalf("%d expected tensors for %d parameters", len(want), len(m.Info().Params))
 	}
@@ -198,6 +206,22 @@ func TestInitFromLlama2(t *testing.T) {
 			checkParams(t, m, want)
 		})
 	}
+
+	// A bf16 model whose fresh vocabulary rows are read through the host
+	// staging buffer, as on a GPU.
+	t.Run("bf16 staged", func(t *testing.T) {
+		m := newModel(t, lib, tinyLlama(), 15)
+		if err := m.SetPrecision(PrecisionBF16, PrecisionFP32); err != nil {
+			t.Fatal(err)
+		}
+		m.forceStaging = true
+		dir := t.TempDir()
+		want := llamaCheckpoint(t, m, dir, "BF16", 7)
+		if err := m.InitFromURL(ctx, "lm", "file://"+dir); err != nil {
+			t.Fatal(err)
+		}
+		checkParams(t, m, want)
+	})
 
 	t.Run("S3", func(t *testing.T) {
 		srv := testutil.StartS3(t)
