@@ -16,12 +16,16 @@
 //	checkpoint:
 //	  url: ./demo-out/checkpoints
 //	  every_steps: 200
+//	init_from:                # optional released weights, per module
+//	  encoder: s3://weights/eva-clip-g14/   # stage 1: EVA-CLIP ViT (frozen encoder)
+//	  # lm: file:///w/llama-2-7b/           # stage 2: Llama-2, Hugging Face format
 //
 // Parsing is strict: unknown keys, duplicate keys, wrong types and
 // impossible values are errors that name the file, the dotted field and the
 // line (or the --set that gave the value). Keys left out take documented
 // defaults (the Default* constants). Where a URL goes (data.url,
-// data.manifest, data.eval_url, checkpoint.url, tokenizer.from) a spec
+// data.manifest, data.eval_url, checkpoint.url, tokenizer.from,
+// init_from.encoder, init_from.lm) a spec
 // file may give a plain local path; Resolve, run by the CLI at submit
 // time, turns those into file:///abs URLs against the working directory
 // and inlines the model config, so the stored spec is self-contained and

@@ -32,7 +32,8 @@ const MaxModelConfigBytes = 32 << 10
 const MaxNameLen = 128
 
 // MaxPathLen bounds model and every URL or path a spec names (data.url,
-// data.manifest, data.eval_url, checkpoint.url, tokenizer.from).
+// data.manifest, data.eval_url, checkpoint.url, tokenizer.from,
+// init_from.encoder, init_from.lm).
 const MaxPathLen = 4096
 
 // Upper bounds on a spec's numbers. A spec comes from outside (a file, a
@@ -162,6 +163,7 @@ type Spec struct {
 	Checkpoint       Checkpoint `yaml:"checkpoint" json:"checkpoint"`
 	Tokenizer        Tokenizer  `yaml:"tokenizer" json:"tokenizer,omitzero"`
 	Metrics          Metrics    `yaml:"metrics" json:"metrics"`
+	InitFrom         InitFrom   `yaml:"init_from" json:"init_from,omitzero"`
 
 	// origin maps a dotted key to where its value came from ("f.yaml:7"
 	// or "f.yaml: --set steps=9"); file is the spec's file name. Both are
@@ -248,6 +250,22 @@ type Tokenizer struct {
 	// (file:///… or s3://…). A local path is turned into a file:// URL
 	// by Resolve.
 	From string `yaml:"from" json:"from,omitempty"`
+}
+
+// InitFrom names released pretrained weights a run's model starts from,
+// per module: a Hugging Face–style safetensors checkpoint (a directory or
+// prefix holding model.safetensors.index.json and its shards, or
+// model.safetensors; or one such file), file:///… or s3://…, read with
+// the name mappings of checkpoint/hf. It is a section of its own because
+// model is the config's name.
+type InitFrom struct {
+	// Encoder is an EVA-CLIP ViT checkpoint for the frozen visual encoder
+	// (stage 1; the model's tokenizer.encoder must be "vit").
+	Encoder string `yaml:"encoder" json:"encoder,omitempty"`
+	// LM is a Llama-2 checkpoint in Hugging Face's format for the language
+	// model (stage 2; lm.arch llama). Its 32000 text rows fill the first
+	// rows of the enlarged vocabulary; the others keep their initialisation.
+	LM string `yaml:"lm" json:"lm,omitempty"`
 }
 
 // Metrics says how often workers report.
@@ -778,11 +796,35 @@ func (s *Spec) validate(strictURLs bool) error {
 		}
 	}
 
+	if err := s.validateInitFrom(strictURLs); err != nil {
+		return err
+	}
+
 	if s.Metrics.EverySteps < 1 {
 		return s.errorf("metrics.every_steps", "metrics.every_steps must be at least 1, got %d", s.Metrics.EverySteps)
 	}
 	if s.Metrics.EverySteps > MaxSteps {
 		return s.errorf("metrics.every_steps", "metrics.every_steps is %d; the limit is %d", s.Metrics.EverySteps, int64(MaxSteps))
+	}
+	return nil
+}
+
+// validateInitFrom checks init_from's locations like the other URLs, and
+// that each module belongs to the spec's stage.
+func (s *Spec) validateInitFrom(strictURLs bool) error {
+	for _, u := range []struct {
+		key, url string
+		stage    int
+	}{{"init_from.encoder", s.InitFrom.Encoder, 1}, {"init_from.lm", s.InitFrom.LM, 2}} {
+		if u.url == "" {
+			continue
+		}
+		if s.Stage != u.stage {
+			return s.errorf(u.key, "%s is for stage-%d runs only (this is stage %d)", u.key, u.stage, s.Stage)
+		}
+		if err := s.checkURL(u.key, u.url, strictURLs); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -883,8 +925,9 @@ func (s *Spec) errorf(key, format string, args ...any) error {
 }
 
 // Resolve makes the spec self-contained: plain local paths in data.url,
-// data.manifest, data.eval_url, checkpoint.url and tokenizer.from (when it
-// is not a run id, see IsRunID) become file:// URLs against cwd, and the
+// data.manifest, data.eval_url, checkpoint.url, init_from.encoder,
+// init_from.lm and tokenizer.from (when it is not a run id, see IsRunID)
+// become file:// URLs against cwd, and the
 // model is read into ModelConfig (a built-in name through configs.Model,
 // anything else as a file path against cwd). Then it runs Validate.
 func (s *Spec) Resolve(cwd string, readFile func(string) ([]byte, error)) error {
@@ -897,7 +940,7 @@ func (s *Spec) Resolve(cwd string, readFile func(string) ([]byte, error)) error 
 		}
 		return filepath.Clean(p)
 	}
-	for _, u := range []*string{&s.Data.URL, &s.Data.Manifest, &s.Data.EvalURL, &s.Checkpoint.URL} {
+	for _, u := range []*string{&s.Data.URL, &s.Data.Manifest, &s.Data.EvalURL, &s.Checkpoint.URL, &s.InitFrom.Encoder, &s.InitFrom.LM} {
 		if *u != "" && !strings.Contains(*u, "://") {
 			*u = "file://" + filepath.ToSlash(abs(*u))
 		}
@@ -1124,7 +1167,7 @@ type Location struct {
 	URL string
 }
 
-// Locations are every data, checkpoint and tokenizer location the spec
+// Locations are every data, checkpoint, tokenizer and init_from location the spec
 // names (those set), in a fixed order: what an operator's allowed roots
 // are checked against.
 func (s *Spec) Locations() []Location {
@@ -1132,6 +1175,7 @@ func (s *Spec) Locations() []Location {
 	for _, l := range []Location{
 		{"data.url", s.Data.URL}, {"data.manifest", s.Data.Manifest}, {"data.eval_url", s.Data.EvalURL},
 		{"checkpoint.url", s.Checkpoint.URL}, {"tokenizer.from", s.Tokenizer.From},
+		{"init_from.encoder", s.InitFrom.Encoder}, {"init_from.lm", s.InitFrom.LM},
 	} {
 		if l.URL != "" && (l.Key != "tokenizer.from" || !IsRunID(l.URL)) {
 			out = append(out, l)

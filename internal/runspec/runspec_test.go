@@ -228,6 +228,11 @@ func TestParseErrors(t *testing.T) {
 		{"stage 2 without tokenizer.from", edit(t, edit(t, base2, "tokenizer:", ""), "  from: r-0001", ""), nil, "tokenizer.from", "x.yaml: tokenizer.from is required for stage 2"},
 		{"stage 2 with empty tokenizer.from", base2, []string{"tokenizer.from="}, "tokenizer.from", "x.yaml: --set tokenizer.from=: tokenizer.from is required for stage 2"},
 		{"stage 1 with tokenizer.from", base + "tokenizer:\n  from: r-0001\n", nil, "tokenizer.from", "x.yaml:14: tokenizer.from is for stage-2 runs only (this is stage 1)"},
+		{"init_from.lm in stage 1", base + "init_from:\n  lm: s3://w/llama-2-7b\n", nil, "init_from.lm", "x.yaml:14: init_from.lm is for stage-2 runs only (this is stage 1)"},
+		{"init_from.encoder in stage 2", base2, []string{"init_from.encoder=s3://w/eva"}, "init_from.encoder", "--set init_from.encoder=s3://w/eva: init_from.encoder is for stage-1 runs only (this is stage 2)"},
+		{"init_from.lm scheme", base2, []string{"init_from.lm=https://hf.co/llama"}, "init_from.lm", "init_from.lm: want file:///absolute/path or s3://bucket[/prefix]"},
+		{"init_from.encoder bucket", base + "init_from:\n  encoder: s3://Bad_Bucket/eva\n", nil, "init_from.encoder", `bad bucket name "Bad_Bucket"`},
+		{"init_from unknown module", base + "init_from:\n  vit: s3://w/eva\n", nil, "", `x.yaml:14: unknown field "init_from.vit"; valid keys here: init_from.encoder, init_from.lm`},
 
 		// Collective.
 		{"backend", base + "collective:\n  backend: mpi\n", nil, "collective.backend", `x.yaml:14: collective.backend must be ring or nccl, got "mpi"`},
@@ -507,6 +512,12 @@ func TestResolve(t *testing.T) {
 		{"tokenizer.from run id", base2, nil, "", func(s *Spec) bool { return s.Tokenizer.From == "r-0001" }},
 		{"tokenizer.from path", base2, []string{"tokenizer.from=states/final"}, "", func(s *Spec) bool { return s.Tokenizer.From == "file://"+cwd+"/states/final" }},
 		{"tokenizer.from URL", base2, []string{"tokenizer.from=s3://b/final"}, "", func(s *Spec) bool { return s.Tokenizer.From == "s3://b/final" }},
+		{"init_from paths and URLs", base, []string{"init_from.encoder=weights/eva-clip-g14"}, "", func(s *Spec) bool {
+			return s.InitFrom.Encoder == "file://"+cwd+"/weights/eva-clip-g14"
+		}},
+		{"init_from.lm URL", base2, []string{"init_from.lm=s3://w/llama-2-7b/"}, "", func(s *Spec) bool {
+			return s.InitFrom.LM == "s3://w/llama-2-7b/" && slices.Contains(s.Locations(), Location{"init_from.lm", "s3://w/llama-2-7b/"})
+		}},
 		{"built-in model", base2, nil, "", func(s *Spec) bool {
 			var c struct{ Stage int }
 			return json.Unmarshal(s.ModelConfig, &c) == nil && c.Stage == 2 && bytes.Contains(s.ModelConfig, []byte(`"vocab":278`))
