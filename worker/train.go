@@ -113,6 +113,9 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		// one left it on, and a fast run wants the fastest kernels.
 		return r, fmt.Errorf("determinism %s: %w", spec.DeterminismOrDefault(), err)
 	}
+	if err := initFrom(ctx, r.model, spec, j.Log); err != nil {
+		return r, err
+	}
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
 		return r, err
 	}
@@ -133,6 +136,24 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		"determinism", spec.DeterminismOrDefault(), "determinism_group", spec.DeterminismGroup,
 		"slice", fmt.Sprintf("[%d,%d)", r.data.from, r.data.to), "samples", r.data.stream.Total())
 	return r, nil
+}
+
+// initFrom loads the spec's released weights (init_from) into the model,
+// after its precision and sharding are set. A resumed run loads them too:
+// frozen parameters (the ViT encoder) are not in the model's state, and
+// the state then overwrites the trained ones.
+func initFrom(ctx context.Context, m *trainer.Model, spec *runspec.Spec, log *slog.Logger) error {
+	for _, w := range []struct{ module, url string }{{"encoder", spec.InitFrom.Encoder}, {"lm", spec.InitFrom.LM}} {
+		if w.url == "" {
+			continue
+		}
+		began := time.Now()
+		if err := m.InitFromURL(ctx, w.module, w.url); err != nil {
+			return fmt.Errorf("init_from.%s: %w", w.module, err)
+		}
+		log.Info("loaded pretrained weights", "module", w.module, "url", w.url, "took", time.Since(began).Round(time.Millisecond))
+	}
+	return nil
 }
 
 // newStage builds the run's stage around the model: stage 1 switches VQ

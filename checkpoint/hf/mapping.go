@@ -57,8 +57,15 @@ type Load struct {
 // together, in name order.
 func Plan(tensors []TensorInfo, params []Param, m Mapping) ([]Load, error) {
 	byName := map[string]Param{}
+	owned := 0
 	for _, p := range params {
 		byName[p.Name] = p
+		if m.Owns(p.Name) {
+			owned++
+		}
+	}
+	if owned == 0 {
+		return nil, fmt.Errorf("%s weights: the model has no parameter they initialise (is the module in its config?)", m.Name)
 	}
 	var loads []Load
 	var problems []string

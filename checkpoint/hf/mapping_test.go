@@ -150,6 +150,13 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+func TestPlanWithoutTheModule(t *testing.T) {
+	_, err := Plan([]TensorInfo{{Name: "cls_token", DType: "F32"}}, []Param{{Name: "tok.weight", Shape: []int64{4, 2}}}, EVACLIP())
+	if err == nil || !strings.Contains(err.Error(), "EVA-CLIP ViT weights: the model has no parameter they initialise") {
+		t.Fatalf("got %v", err)
+	}
+}
+
 func TestGroups(t *testing.T) {
 	p := func(name string) Load { return Load{Param: Param{Name: name}} }
 	loads := []Load{p("encoder.blocks.1.qkv.weight"), p("encoder.cls_token"), p("encoder.blocks.1.q_bias"), p("encoder.blocks.10.q_bias")}
