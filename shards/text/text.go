@@ -1,13 +1,14 @@
 // Package text turns captions into token ids: the tiny word vocabulary of
-// the synthetic data set, or a SentencePiece model file (LLaMA-style BPE
-// vocabularies) read with github.com/eliben/go-sentencepiece.
+// the synthetic data set, a Hugging Face tokenizer.json of Llama-2's kind
+// (HF, a pure-Go BPE encoder), or a SentencePiece model file (LLaMA-style
+// BPE vocabularies) read with github.com/eliben/go-sentencepiece. Open
+// picks one from a model config's text.tokenizer value.
 package text
 
 import (
 	"bytes"
 	"fmt"
-	"os"
-
+	
 	sentencepiece "github.com/eliben/go-sentencepiece"
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -52,28 +53,33 @@ type SentencePiece struct {
 // LoadSentencePiece reads a SentencePiece model file. Only BPE models
 // without dummy-prefix or whitespace-collapsing normalisation are
 // supported (what the library supports; LLaMA's model is one).
-func LoadSentencePiece(path string) (tok *SentencePiece, err error) {
-	st, err := os.Stat(path)
+func LoadSentencePiece(path string) (*SentencePiece, error) {
+	data, err := readBounded(path, MaxModelBytes, "sentencepiece model")
 	if err != nil {
-		return nil, fmt.Errorf("sentencepiece model: %w", err)
+		return nil, err
 	}
-	if st.Size() > MaxModelBytes {
-		return nil, fmt.Errorf("sentencepiece model %s: %d bytes, over the %d-byte limit", path, st.Size(), MaxModelBytes)
+	tok, err := ParseSentencePiece(data)
+	if err != nil {
+		return nil, fmt.Errorf("sentencepiece model %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// ParseSentencePiece builds the tokenizer from a model file's bytes.
+func ParseSentencePiece(data []byte) (tok *SentencePiece, err error) {
+	if len(data) > MaxModelBytes {
+		return nil, fmt.Errorf("%d bytes, over the %d-byte limit", len(data), MaxModelBytes)
 	}
 	// The library dereferences optional proto fields; a model without them
 	// must be an error, not a crash.
 	defer func() {
 		if r := recover(); r != nil {
-			tok, err = nil, fmt.Errorf("sentencepiece model %s: malformed or unsupported: %v", path, r)
+			tok, err = nil, fmt.Errorf("malformed or unsupported: %v", r)
 		}
 	}()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("sentencepiece model: %w", err)
-	}
 	proc, err := sentencepiece.NewProcessor(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("sentencepiece model %s: %w", path, err)
+		return nil, err
 	}
 	tok = &SentencePiece{proc: proc, info: *proc.ModelInfo()}
 	// The special ids come from the trainer spec (LLaMA: <s> = 1, </s> = 2);
@@ -172,5 +178,11 @@ func (s *SentencePiece) VocabSize() int { return s.info.VocabularySize }
 func (s *SentencePiece) BOS() int       { return s.bos }
 func (s *SentencePiece) EOS() int       { return s.eos }
 
-// Pad is the padding id, or -1 when the model has none (LLaMA's has none).
-func (s *SentencePiece) Pad() int { return s.pad }
+// Pad is the model's padding id, or <unk> when it has none (LLaMA's has
+// none; see HF for why <unk>).
+func (s *SentencePiece) Pad() int {
+	if s.pad < 0 {
+		return s.unk
+	}
+	return s.pad
+}

@@ -90,7 +90,7 @@ func TestSentencePieceRoundTrip(t *testing.T) {
 	if err != nil || text != "red red" {
 		t.Fatalf("decode: %q, %v", text, err)
 	}
-	if tok.VocabSize() != len(testPieces) || tok.BOS() != 1 || tok.EOS() != 2 || tok.Pad() != -1 {
+	if tok.VocabSize() != len(testPieces) || tok.BOS() != 1 || tok.EOS() != 2 || tok.Pad() != 0 {
 		t.Fatalf("vocab %d, bos %d, eos %d, pad %d", tok.VocabSize(), tok.BOS(), tok.EOS(), tok.Pad())
 	}
 	if _, err := tok.Decode([]int{99}); err == nil {
