@@ -31,6 +31,7 @@ func newApp() *cli.App {
 			runCommand(),
 			evalCommand(),
 			ckptCommand(),
+			textCommand(),
 		},
 	}
 }

@@ -8,7 +8,7 @@ package text
 import (
 	"bytes"
 	"fmt"
-	
+
 	sentencepiece "github.com/eliben/go-sentencepiece"
 	"google.golang.org/protobuf/encoding/protowire"
 
