@@ -3,11 +3,15 @@ package trainer
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 
+	"github.com/lavit-org/lavit/checkpoint"
 	"github.com/lavit-org/lavit/checkpoint/hf"
 )
 
@@ -35,15 +39,16 @@ func (m *Model) InitFromURL(ctx context.Context, module, url string) error {
 // owns. Everything is checked before any data is read (hf.Plan): a missing,
 // unexpected or mis-shaped tensor, or one of another dtype than F32, F16 or
 // BF16, is an error naming it, and the model is untouched. The tensors are
-// then streamed in file order and moved into the model one block at a time
-// (hf.Groups), each block through a float32 safetensors file in a
-// temporary directory that the shim copies from (its only entry for
-// weights); the host holds at most the blocks whose tensors have not all
-// arrived yet, never the checkpoint. A tensor that fills only the first
-// rows of a parameter (Llama's 32000-row embedding and head in lavit's
-// enlarged vocabulary) keeps the parameter's other rows as the model
-// initialised them (a device model's are read through its host staging
-// buffer). An
+// then streamed in file order, converted to float32 as they are read, and
+// written straight into a float32 safetensors file per block (hf.Groups;
+// its header is known from the plan) in a temporary directory; when a
+// block's file is whole the shim copies it into the model (its only entry
+// for weights) and it is deleted. The host holds no tensor, only read
+// buffers (the disk holds the blocks not yet whole: tensors of a block are
+// usually adjacent). A tensor that fills only the first rows of a
+// parameter (Llama's 32000-row embedding and head in lavit's enlarged
+// vocabulary) keeps the parameter's other rows as the model initialised
+// them (a device model's are read through its host staging buffer). An
 // error while reading (a shard cut short, a NaN) can leave earlier blocks
 // loaded: the model should then be discarded.
 func (m *Model) InitFrom(ctx context.Context, ck *hf.Checkpoint, mp hf.Mapping) error {
@@ -62,14 +67,18 @@ func (m *Model) InitFrom(ctx context.Context, ck *hf.Checkpoint, mp hf.Mapping) 
 		return err
 	}
 	// The rows a partial tensor leaves are the model's own: read them now.
-	keep := map[string][]float32{}
+	tails := map[string][]byte{}
 	for _, l := range loads {
 		if len(l.Param.Shape) > 0 && l.Rows < l.Param.Shape[0] {
-			vals, err := m.hostValues(l.Param.Name)
+			numel := int64(1)
+			for _, d := range l.Param.Shape {
+				numel *= d
+			}
+			vals, err := m.hostValues(l.Param.Name, numel/l.Param.Shape[0]*l.Rows)
 			if err != nil {
 				return fmt.Errorf("tensor %q fills %d of parameter %q's %d rows: %w", l.Tensor.Name, l.Rows, l.Param.Name, l.Param.Shape[0], err)
 			}
-			keep[l.Param.Name] = vals
+			tails[l.Param.Name] = f32Bytes(vals)
 		}
 	}
 	dir, err := os.MkdirTemp("", "lavit-init-")
@@ -78,91 +87,154 @@ func (m *Model) InitFrom(ctx context.Context, ck *hf.Checkpoint, mp hf.Mapping) 
 	}
 	defer os.RemoveAll(dir)
 
-	type pending struct {
-		group   hf.Group
-		tensors []Tensor
-	}
-	byTensor := map[string]*pending{}
+	files := make([]*groupFile, len(groups))
+	byTensor := map[string]*groupFile{}
 	loadOf := map[string]hf.Load{}
 	var order []hf.TensorInfo
-	for i := range groups {
-		p := &pending{group: groups[i]}
-		for _, l := range groups[i].Loads {
-			byTensor[l.Tensor.Name] = p
+	for i, g := range groups {
+		files[i] = &groupFile{group: g, path: filepath.Join(dir, fmt.Sprintf("group-%06d.safetensors", i))}
+		for _, l := range g.Loads {
+			byTensor[l.Tensor.Name] = files[i]
 			loadOf[l.Tensor.Name] = l
 			order = append(order, l.Tensor)
 		}
 	}
-	flushed := 0
-	err = ck.Stream(ctx, order, func(t hf.TensorInfo, vals []float32) error {
-		l, p := loadOf[t.Name], byTensor[t.Name]
-		for i, v := range vals {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return fmt.Errorf("%s: tensor %q holds %v at element %d", t.File, t.Name, v, i)
-			}
+	defer func() {
+		for _, f := range files {
+			f.close()
 		}
-		if base, ok := keep[l.Param.Name]; ok {
-			full := append([]float32(nil), base...)
-			copy(full, vals)
-			vals = full
-			delete(keep, l.Param.Name)
-		}
-		p.tensors = append(p.tensors, f32Tensor(l.Param.Name, l.Param.Shape, vals))
-		if len(p.tensors) < len(p.group.Loads) {
-			return nil
-		}
-		path := filepath.Join(dir, fmt.Sprintf("group-%06d.safetensors", flushed))
-		flushed++
-		if err := writeGroup(path, p.tensors); err != nil {
+	}()
+	buf := make([]byte, 1<<20)
+	loaded := 0
+	err = ck.StreamF32(ctx, order, func(t hf.TensorInfo, r io.Reader) error {
+		l, g := loadOf[t.Name], byTensor[t.Name]
+		if err := g.write(l, r, tails[l.Param.Name], buf); err != nil {
 			return err
 		}
-		p.tensors = nil
-		err := m.LoadSafetensors(path, p.group.Prefix, nil)
-		os.Remove(path)
-		if err != nil {
-			return fmt.Errorf("loading %q (from %s): %w", p.group.Prefix, t.File, err)
+		if g.left > 0 {
+			return nil
 		}
+		if err := g.close(); err != nil {
+			return err
+		}
+		err := m.LoadSafetensors(g.path, g.group.Prefix, nil)
+		os.Remove(g.path)
+		if err != nil {
+			return fmt.Errorf("loading %q (from %s): %w", g.group.Prefix, t.File, err)
+		}
+		loaded++
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if flushed != len(groups) {
-		return fmt.Errorf("init: %d of %d parameter groups loaded", flushed, len(groups))
+	if loaded != len(groups) {
+		return fmt.Errorf("init: %d of %d parameter groups loaded", loaded, len(groups))
 	}
 	return nil
 }
 
-// f32Tensor packs vals as a float32 safetensors tensor.
-func f32Tensor(name string, shape []int64, vals []float32) Tensor {
+// groupFile is one block's float32 safetensors file, written tensor by
+// tensor at offsets fixed by its header.
+type groupFile struct {
+	group  hf.Group
+	path   string
+	f      *os.File
+	offset map[string]int64 // parameter → absolute byte offset
+	left   int              // tensors not yet written
+}
+
+// open creates the file and writes its header (parameters by name, float32,
+// the model's shapes).
+func (g *groupFile) open() error {
+	ts := make([]Tensor, len(g.group.Loads))
+	for i, l := range g.group.Loads {
+		ts[i] = Tensor{Name: l.Param.Name, DType: "F32", Shape: l.Param.Shape}
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+	header := map[string]checkpoint.SafetensorsEntry{}
+	var off int64
+	for _, t := range ts {
+		n := int64(4)
+		for _, d := range t.Shape {
+			n *= d
+		}
+		header[t.Name] = checkpoint.SafetensorsEntry{DType: "F32", Shape: t.Shape, DataOffsets: [2]int64{off, off + n}}
+		off += n
+	}
+	h, err := json.Marshal(header)
+	if err != nil {
+		return err
+	}
+	for len(h)%8 != 0 {
+		h = append(h, ' ')
+	}
+	g.offset = map[string]int64{}
+	for name, e := range header {
+		g.offset[name] = 8 + int64(len(h)) + e.DataOffsets[0]
+	}
+	if g.f, err = os.OpenFile(g.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(h)))
+	if _, err := g.f.Write(append(n[:], h...)); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	g.left = len(g.group.Loads)
+	return nil
+}
+
+// write copies one tensor's float32 bytes (and the parameter's own tail
+// rows after them) to its place in the file.
+func (g *groupFile) write(l hf.Load, r io.Reader, tail, buf []byte) error {
+	if g.f == nil {
+		if err := g.open(); err != nil {
+			return err
+		}
+	}
+	w := io.NewOffsetWriter(g.f, g.offset[l.Param.Name])
+	n, err := io.CopyBuffer(w, r, buf)
+	if err != nil {
+		return err
+	}
+	if want := l.Tensor.Numel() * 4; n != want {
+		return fmt.Errorf("%s: tensor %q gave %d bytes, want %d", l.Tensor.File, l.Tensor.Name, n, want)
+	}
+	if _, err := w.Write(tail); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	g.left--
+	return nil
+}
+
+// close closes the file (once).
+func (g *groupFile) close() error {
+	if g.f == nil {
+		return nil
+	}
+	err := g.f.Close()
+	g.f = nil
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	return nil
+}
+
+// f32Bytes packs vals as little-endian float32 bytes.
+func f32Bytes(vals []float32) []byte {
 	b := make([]byte, 4*len(vals))
 	for i, v := range vals {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
 	}
-	return Tensor{Name: name, DType: "F32", Shape: shape, Data: b}
+	return b
 }
 
-// writeGroup writes one group's tensors as a safetensors file.
-func writeGroup(path string, ts []Tensor) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("init: %w", err)
-	}
-	if err := WriteSafetensors(f, ts, nil); err != nil {
-		f.Close()
-		return fmt.Errorf("init: writing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("init: %w", err)
-	}
-	return nil
-}
-
-// hostValues copies a trainable parameter's values to the host (a bf16
-// model's values widened exactly). A device model's parameters go through
+// hostValues copies a trainable parameter's values from element `from` on
+// to the host (a bf16 model's values widened exactly). A device model's parameters go through
 // its host staging buffer (the one a host collective uses; allocated on
 // first use, the flat buffer's size).
-func (m *Model) hostValues(name string) ([]float32, error) {
+func (m *Model) hostValues(name string, from int64) ([]float32, error) {
 	var info *ParamInfo
 	for i := range m.info.Params {
 		if m.info.Params[i].Name == name {
@@ -187,12 +259,15 @@ func (m *Model) hostValues(name string) ([]float32, error) {
 		words = buf[:m.info.ParamWords]
 	}
 	p := *info
-	if m.info.Precision != PrecisionBF16 {
-		return append([]float32(nil), words[p.Offset:p.Offset+p.Numel]...), nil
+	if from < 0 || from > p.Numel {
+		return nil, fmt.Errorf("element %d of parameter %q (%d values)", from, name, p.Numel)
 	}
-	out := make([]float32, p.Numel)
+	if m.info.Precision != PrecisionBF16 {
+		return append([]float32(nil), words[p.Offset+from:p.Offset+p.Numel]...), nil
+	}
+	out := make([]float32, p.Numel-from)
 	for i := range out {
-		at := p.Offset + int64(i)
+		at := p.Offset + from + int64(i)
 		w := math.Float32bits(words[at/2])
 		if at%2 == 0 {
 			out[i] = math.Float32frombits(w << 16)

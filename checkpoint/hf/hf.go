@@ -382,6 +382,29 @@ func CheckDType(t TensorInfo) error {
 // memory at a time (plus fn's). The dtypes are checked before any data is
 // read.
 func (c *Checkpoint) Stream(ctx context.Context, tensors []TensorInfo, fn func(t TensorInfo, vals []float32) error) error {
+	return c.walk(ctx, tensors, func(t TensorInfo, r io.Reader) error {
+		vals := make([]float32, t.Numel())
+		if err := decode(r, t.DType, vals); err != nil {
+			return fmt.Errorf("%s: reading tensor %q: %w", t.File, t.Name, err)
+		}
+		return fn(t, vals)
+	})
+}
+
+// StreamF32 is Stream without holding a tensor: fn reads the tensor's
+// values from r as little-endian float32 bytes (4 × numel), converted as
+// they are read, so nothing of the checkpoint is held beyond a read
+// buffer. A NaN or an infinity is a read error naming the tensor and the
+// element. What fn leaves unread is skipped.
+func (c *Checkpoint) StreamF32(ctx context.Context, tensors []TensorInfo, fn func(t TensorInfo, r io.Reader) error) error {
+	return c.walk(ctx, tensors, func(t TensorInfo, r io.Reader) error {
+		return fn(t, &f32Reader{t: t, src: r, left: t.Numel()})
+	})
+}
+
+// walk calls fn for each tensor (in reading order) with a reader of its
+// bytes, one ranged read per shard; what fn leaves unread is skipped.
+func (c *Checkpoint) walk(ctx context.Context, tensors []TensorInfo, fn func(TensorInfo, io.Reader) error) error {
 	ts := append([]TensorInfo(nil), tensors...)
 	for _, t := range ts {
 		if err := CheckDType(t); err != nil {
@@ -399,7 +422,7 @@ func (c *Checkpoint) Stream(ctx context.Context, tensors []TensorInfo, fn func(t
 		for j < len(ts) && ts[j].File == ts[i].File {
 			j++
 		}
-		if err := c.streamFile(ctx, ts[i:j], fn); err != nil {
+		if err := c.walkFile(ctx, ts[i:j], fn); err != nil {
 			return err
 		}
 		i = j
@@ -407,8 +430,8 @@ func (c *Checkpoint) Stream(ctx context.Context, tensors []TensorInfo, fn func(t
 	return nil
 }
 
-// streamFile reads ts (one file's, by offset) through one ranged read.
-func (c *Checkpoint) streamFile(ctx context.Context, ts []TensorInfo, fn func(TensorInfo, []float32) error) error {
+// walkFile reads ts (one file's, by offset) through one ranged read.
+func (c *Checkpoint) walkFile(ctx context.Context, ts []TensorInfo, fn func(TensorInfo, io.Reader) error) error {
 	file, start, end := ts[0].File, ts[0].Begin, ts[len(ts)-1].End
 	rc, err := c.src.Open(ctx, file, start, end-start)
 	if err != nil {
@@ -424,16 +447,71 @@ func (c *Checkpoint) streamFile(ctx context.Context, ts []TensorInfo, fn func(Te
 		if _, err := br.Discard(int(t.Begin - pos)); err != nil {
 			return fmt.Errorf("%s: skipping to tensor %q: %w", file, t.Name, err)
 		}
-		vals := make([]float32, t.Numel())
-		if err := decode(br, t.DType, vals); err != nil {
-			return fmt.Errorf("%s: reading tensor %q: %w", file, t.Name, err)
-		}
-		pos = t.End
-		if err := fn(t, vals); err != nil {
+		lr := &io.LimitedReader{R: br, N: t.End - t.Begin}
+		if err := fn(t, lr); err != nil {
 			return err
 		}
+		if _, err := io.Copy(io.Discard, lr); err != nil {
+			return fmt.Errorf("%s: reading tensor %q: %w", file, t.Name, err)
+		}
+		if lr.N != 0 {
+			return fmt.Errorf("%s: tensor %q: %w", file, t.Name, io.ErrUnexpectedEOF)
+		}
+		pos = t.End
 	}
 	return nil
+}
+
+// f32Reader converts a tensor's bytes to little-endian float32 bytes as
+// they are read, refusing NaN and infinities.
+type f32Reader struct {
+	t    TensorInfo
+	src  io.Reader
+	left int64 // values not yet read
+	done int64
+	buf  []byte
+}
+
+func (r *f32Reader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)/4), r.left, 1<<16)
+	if n == 0 {
+		return 0, io.ErrShortBuffer
+	}
+	size := int64(4)
+	if r.t.DType != "F32" {
+		size = 2
+	}
+	if int64(cap(r.buf)) < n*size {
+		r.buf = make([]byte, n*size)
+	}
+	in := r.buf[:n*size]
+	if _, err := io.ReadFull(r.src, in); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, fmt.Errorf("%s: reading tensor %q: %w", r.t.File, r.t.Name, err)
+	}
+	for i := int64(0); i < n; i++ {
+		var bits uint32
+		switch r.t.DType {
+		case "F32":
+			bits = binary.LittleEndian.Uint32(in[4*i:])
+		case "BF16":
+			bits = uint32(binary.LittleEndian.Uint16(in[2*i:])) << 16
+		default:
+			bits = math.Float32bits(HalfToFloat32(binary.LittleEndian.Uint16(in[2*i:])))
+		}
+		if bits&0x7f800000 == 0x7f800000 {
+			return 0, fmt.Errorf("%s: tensor %q holds %v at element %d", r.t.File, r.t.Name, math.Float32frombits(bits), r.done+i)
+		}
+		binary.LittleEndian.PutUint32(p[4*i:], bits)
+	}
+	r.left -= n
+	r.done += n
+	return int(4 * n), nil
 }
 
 // decode reads len(dst) values of dtype from r into dst, exactly.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -177,6 +178,33 @@ func TestOpenAndStream(t *testing.T) {
 			}
 		}
 	}
+	// StreamF32 gives the same values as float32 bytes, read in small pieces.
+	err = ck.StreamF32(ctx, ts, func(x TensorInfo, r io.Reader) error {
+		var out []byte
+		buf := make([]byte, 4)
+		for {
+			n, err := r.Read(buf)
+			out = append(out, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for i, w := range want[x.Name] {
+			if got := binary.LittleEndian.Uint32(out[4*i:]); got != math.Float32bits(w) {
+				t.Errorf("StreamF32 %s[%d] = %#x, want %#x", x.Name, i, got, math.Float32bits(w))
+			}
+		}
+		if len(out) != 4*len(want[x.Name]) {
+			t.Errorf("StreamF32 %s: %d bytes", x.Name, len(out))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	err = ck.Stream(ctx, ck.Tensors(), func(TensorInfo, []float32) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), `tensor "i" has dtype I8`) {
 		t.Fatalf("got %v, want a refusal naming the I8 tensor", err)
@@ -193,6 +221,26 @@ func TestOpenAndStream(t *testing.T) {
 		if n := len(ck.Tensors()); n != 1 {
 			t.Fatalf("%s: %d tensors, want 1", u, n)
 		}
+	}
+}
+
+func TestStreamF32RefusesNaN(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	writeFile(t, dir, SingleFile, []checkpoint.Tensor{
+		checkpoint.F32Tensor("ok", []int64{2}, []float32{1, 2}),
+		halfTensor("inf", "F16", []int64{3}, []uint16{0x3c00, 0x3c00, 0x7c00}),
+	})
+	ck, err := Open(ctx, "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ck.StreamF32(ctx, ck.Tensors(), func(x TensorInfo, r io.Reader) error {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), `tensor "inf" holds +Inf at element 2`) {
+		t.Fatalf("got %v, want a refusal naming the tensor and element", err)
 	}
 }
 
