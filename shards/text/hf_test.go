@@ -95,13 +95,21 @@ func testCaptions() []string {
 	return caps
 }
 
-// referenceIDs encodes captions with the JavaScript reference.
+// referenceIDs encodes captions with the @lenml/tokenizers reference.
 func referenceIDs(t *testing.T, caps []string) [][]int {
 	t.Helper()
 	modules, tokJSON, tokConfig := llama2Package(t)
+	return runReference(t, "encode.js", caps, modules, tokJSON, tokConfig)
+}
+
+// runReference runs a testdata script with node, the captions' file (one
+// JSON string per line) as its last argument, and reads one JSON array of
+// ids per caption from its stdout.
+func runReference(t *testing.T, script string, caps []string, args ...string) [][]int {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Fatalf("node (the JavaScript reference tokenizer's runtime) is not installed: run `make deps`: %v", err)
+		t.Fatalf("node (the JavaScript reference tokenizers' runtime) is not installed: run `make deps`: %v", err)
 	}
 	in := filepath.Join(t.TempDir(), "captions.jsonl")
 	var buf bytes.Buffer
@@ -112,12 +120,12 @@ func referenceIDs(t *testing.T, caps []string) [][]int {
 	if err := os.WriteFile(in, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(node, filepath.Join("testdata", "encode.js"), modules, tokJSON, tokConfig, in)
+	cmd := exec.Command(node, append(append([]string{filepath.Join("testdata", script)}, args...), in)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("reference encoder: %v\n%s", err, stderr.String())
+		t.Fatalf("reference encoder %s: %v\n%s", script, err, stderr.String())
 	}
 	var ids [][]int
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -148,7 +156,42 @@ func TestHFMatchesReference(t *testing.T) {
 		t.Fatalf("vocab %d, bos %d, eos %d, pad %d; want 32000, 1, 2, 0", tok.VocabSize(), tok.BOS(), tok.EOS(), tok.Pad())
 	}
 	caps := testCaptions()
-	want := referenceIDs(t, caps)
+	compareWithReference(t, tok, caps, referenceIDs(t, caps))
+}
+
+// TestHFMatchesLlama2: on Llama-2's own vocabulary and merges (taken from
+// llama-tokenizer-js, an independent JavaScript Llama tokenizer, and
+// written out as a tokenizer.json), the Go encoder's ids equal that
+// tokenizer's. It has no added tokens to match in the text, and encodes ""
+// as a lone "▁", so those captions are left out.
+func TestHFMatchesLlama2(t *testing.T) {
+	modules, _, _ := llama2Package(t)
+	if _, err := os.Stat(filepath.Join(modules, "llama-tokenizer-js", "llama-tokenizer.js")); err != nil {
+		t.Fatalf("llama-tokenizer-js is missing (run `make deps`: it installs llama-tokenizer-js@1.2.2 into third_party/npm): %v", err)
+	}
+	var caps []string
+	for _, c := range testCaptions() {
+		if c != "" && !strings.Contains(c, "<s>") && !strings.Contains(c, "</s>") && !strings.Contains(c, "<unk>") {
+			caps = append(caps, c)
+		}
+	}
+	tokJSON := filepath.Join(t.TempDir(), "tokenizer.json")
+	want := runReference(t, "llama2.mjs", caps, modules, tokJSON)
+	tok, err := LoadHF(tokJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, _ := tok.Encode("Hello")
+	if tok.VocabSize() != 32000 || len(hello) != 1 || tok.pieces[hello[0]] != "▁Hello" {
+		t.Fatalf("vocab %d, Hello → %v", tok.VocabSize(), hello)
+	}
+	compareWithReference(t, tok, caps, want)
+}
+
+// compareWithReference checks the Go encoder's ids for every caption
+// against the reference's, and that Decode inverts Encode.
+func compareWithReference(t *testing.T, tok *HF, caps []string, want [][]int) {
+	t.Helper()
 	bytePieces, mismatches := 0, 0
 	for i, c := range caps {
 		got, err := tok.Encode(c)
