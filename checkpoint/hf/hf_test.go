@@ -18,7 +18,7 @@ import (
 	"github.com/lavit-org/lavit/internal/testutil"
 )
 
-// header builds a safetensors file from a raw JSON header and n data bytes.
+// rawFile builds a safetensors file from a raw JSON header and n data bytes.
 func rawFile(header string, n int) []byte {
 	var b bytes.Buffer
 	binary.Write(&b, binary.LittleEndian, uint64(len(header)))
