@@ -343,9 +343,14 @@ func TestOpenS3(t *testing.T) {
 	a := checkpoint.F32Tensor("a", []int64{3}, []float32{1, 2, 3})
 	b := halfTensor("b", "BF16", []int64{2}, []uint16{0x3f80, 0x4000})
 	c := checkpoint.F32Tensor("c", []int64{1}, []float32{-7})
-	writeFile(t, dir, "s1.safetensors", []checkpoint.Tensor{a, b})
+	bigVals := make([]float32, 100_000)
+	for i := range bigVals {
+		bigVals[i] = float32(i) * 0.5
+	}
+	big := checkpoint.F32Tensor("big", []int64{100, 1000}, bigVals)
+	writeFile(t, dir, "s1.safetensors", []checkpoint.Tensor{a, b, big})
 	writeFile(t, dir, "s2.safetensors", []checkpoint.Tensor{c})
-	writeIndex(t, dir, map[string]string{"a": "s1.safetensors", "b": "s1.safetensors", "c": "s2.safetensors"})
+	writeIndex(t, dir, map[string]string{"a": "s1.safetensors", "b": "s1.safetensors", "big": "s1.safetensors", "c": "s2.safetensors"})
 	dst, err := objstore.OpenForWrite(ctx, "s3://weights/llama")
 	if err != nil {
 		t.Fatal(err)
@@ -368,7 +373,36 @@ func TestOpenS3(t *testing.T) {
 		return got
 	}
 	fromS3, fromFile := read("s3://weights/llama/"), read("file://"+dir)
-	if len(fromS3) != 3 || !reflect.DeepEqual(fromS3, fromFile) {
+	if len(fromS3) != 4 || !reflect.DeepEqual(fromS3, fromFile) {
 		t.Fatalf("S3 read %v, the directory %v", fromS3, fromFile)
+	}
+
+	// Through a proxy that cuts every connection after 64 KiB: the source
+	// resumes where it was, and the values are the same.
+	proxy := testutil.StartProxy(t, srv.Addr)
+	t.Setenv("AWS_ENDPOINT_URL", proxy.Endpoint)
+	proxy.CutAfter(64 << 10)
+	if got := read("s3://weights/llama"); !reflect.DeepEqual(got, fromFile) {
+		t.Fatal("a resumed S3 read gave other values")
+	}
+	if proxy.Cuts() == 0 {
+		t.Fatal("the proxy cut no connection; the test did not exercise resuming")
+	}
+
+	// The server going away mid-shard is an error naming the object.
+	ck, err := Open(ctx, "s3://weights/llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := true
+	err = ck.Stream(ctx, ck.Tensors(), func(TensorInfo, []float32) error {
+		if first {
+			proxy.SetDown(true)
+			first = false
+		}
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "s1.safetensors") {
+		t.Fatalf("got %v, want an error naming the shard", err)
 	}
 }
