@@ -60,8 +60,10 @@ func (m *Model) LoadSafetensors(path, prefix string, mapping map[string]string) 
 }
 
 // LoadPretrained loads the parameters under prefix (e.g. "encoder." for the
-// frozen ViT) from a file that names them without the prefix, as a
-// pretrained checkpoint of that module alone would.
+// frozen ViT) from a local file that names them without the prefix, as a
+// pretrained checkpoint of that module alone would. Released checkpoints
+// under their own names (EVA-CLIP, Llama-2), sharded, on S3 or in half
+// precision, load through InitFrom (pretrained.go).
 func (m *Model) LoadPretrained(path, prefix string) error {
 	mapping := map[string]string{}
 	for _, p := range append(append([]ParamInfo(nil), m.info.Params...), m.info.Frozen...) {
