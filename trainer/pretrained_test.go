@@ -200,10 +200,15 @@ func TestInitFromLlama2(t *testing.T) {
 			m := newModel(t, lib, tinyLlama(), uint64(10+i))
 			dir := t.TempDir()
 			want := llamaCheckpoint(t, m, dir, dtype, uint64(i))
+			tmp := t.TempDir()
+			t.Setenv("TMPDIR", tmp)
 			if err := m.InitFromURL(ctx, "lm", "file://"+dir); err != nil {
 				t.Fatal(err)
 			}
 			checkParams(t, m, want)
+			if left, _ := os.ReadDir(tmp); len(left) != 0 {
+				t.Fatalf("the load left %d temporary files", len(left))
+			}
 		})
 	}
 
@@ -424,7 +429,13 @@ func TestInitFromRefuses(t *testing.T) {
 		}, `tensor "model.norm.weight" holds NaN at element 3`}, // last: it may have loaded earlier blocks
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := m.InitFromURL(ctx, "lm", tc.url(t))
+			url := tc.url(t)
+			tmp := t.TempDir()
+			t.Setenv("TMPDIR", tmp)
+			err := m.InitFromURL(ctx, "lm", url)
+			if left, _ := os.ReadDir(tmp); len(left) != 0 {
+				t.Errorf("the refused load left %d temporary files", len(left))
+			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
