@@ -113,7 +113,10 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 		// one left it on, and a fast run wants the fastest kernels.
 		return r, fmt.Errorf("determinism %s: %w", spec.DeterminismOrDefault(), err)
 	}
-	if err := initFrom(ctx, r.model, spec, j.Log); err != nil {
+	// The frozen encoder is not in the model's state: its released
+	// weights load on every start. The LM's are all in the state, so they
+	// load only when the run starts from step 0 (train).
+	if err := initFrom(ctx, r.model, "encoder", spec.InitFrom.Encoder, j.Log); err != nil {
 		return r, err
 	}
 	if r.stage, err = t.newStage(ctx, j, spec, r.model, total, device); err != nil {
@@ -138,21 +141,17 @@ func (t *Trainer) prepare(ctx context.Context, j *Job, spec *runspec.Spec) (*tra
 	return r, nil
 }
 
-// initFrom loads the spec's released weights (init_from) into the model,
-// after its precision and sharding are set. A resumed run loads them too:
-// frozen parameters (the ViT encoder) are not in the model's state, and
-// the state then overwrites the trained ones.
-func initFrom(ctx context.Context, m *trainer.Model, spec *runspec.Spec, log *slog.Logger) error {
-	for _, w := range []struct{ module, url string }{{"encoder", spec.InitFrom.Encoder}, {"lm", spec.InitFrom.LM}} {
-		if w.url == "" {
-			continue
-		}
-		began := time.Now()
-		if err := m.InitFromURL(ctx, w.module, w.url); err != nil {
-			return fmt.Errorf("init_from.%s: %w", w.module, err)
-		}
-		log.Info("loaded pretrained weights", "module", w.module, "url", w.url, "took", time.Since(began).Round(time.Millisecond))
+// initFrom loads released weights (the spec's init_from.<module>, "" for
+// none) into the model, after its precision and sharding are set.
+func initFrom(ctx context.Context, m *trainer.Model, module, url string, log *slog.Logger) error {
+	if url == "" {
+		return nil
 	}
+	began := time.Now()
+	if err := m.InitFromURL(ctx, module, url); err != nil {
+		return fmt.Errorf("init_from.%s: %w", module, err)
+	}
+	log.Info("loaded pretrained weights", "module", module, "url", url, "took", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -238,6 +237,11 @@ func (r *training) train(ctx context.Context) error {
 	start, note, err := r.ckpt.restore(ctx, r.j.Desired.StartStep)
 	if err != nil {
 		return err
+	}
+	if start == 0 {
+		if err := initFrom(ctx, r.model, "lm", r.spec.InitFrom.LM, r.log); err != nil {
+			return err
+		}
 	}
 	if err := r.comm.agreeOnStep(ctx, r.rank, r.j.Desired.World, start); err != nil {
 		return err
