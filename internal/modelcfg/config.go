@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // Config is a model config: which stage, the architecture, the optimizer,
@@ -183,8 +184,8 @@ func (c Config) Validate() error {
 		if c.Stage != 2 {
 			return errors.New("model config: \"text\" is for stage 2 (how captions become token ids)")
 		}
-		if c.Text.Tokenizer != TextWords {
-			return fmt.Errorf("model config: text.tokenizer must be %q (the synthetic data set's words; the only caption tokenizer built in so far), got %q", TextWords, c.Text.Tokenizer)
+		if tk := c.Text.Tokenizer; tk != TextWords && tk != "tiny" && !strings.HasSuffix(tk, ".json") && !strings.HasSuffix(tk, ".model") {
+			return fmt.Errorf("model config: text.tokenizer must be %q (the synthetic data set's words), a Hugging Face tokenizer.json or a SentencePiece .model (a path, file:// or s3:// URL), got %q", TextWords, tk)
 		}
 	}
 	switch c.Eval {
