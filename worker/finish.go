@@ -15,8 +15,8 @@ import (
 	"github.com/lavit-org/lavit/internal/wire"
 	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/decode"
-	"github.com/lavit-org/lavit/shards/stream"
 	"github.com/lavit-org/lavit/shards/synth"
+	"github.com/lavit-org/lavit/shards/wds"
 	"github.com/lavit-org/lavit/trainer"
 )
 
@@ -155,27 +155,9 @@ func (r *training) evaluate(ctx context.Context) ([]wire.Check, error) {
 // manifest order: images, captions, and the objects from each sample's
 // JSON (the checks need them).
 func loadSyntheticEvalSet(ctx context.Context, u string, prep decode.Preprocess) (*trainer.EvalSet, error) {
-	src, err := objstore.Open(ctx, u)
-	if err != nil {
-		return nil, err
-	}
-	m, err := shards.LoadManifest(ctx, src)
-	if err != nil {
-		return nil, err
-	}
-	l := shards.NewLoader(src, m, 0)
 	set := &trainer.EvalSet{}
-	for si, e := range m.Shards {
-		refs := make([]stream.Ref, e.Samples)
-		for i := range refs {
-			refs[i] = stream.Ref{Shard: si, Index: i}
-		}
-		samples, err := l.Samples(ctx, refs)
-		if err != nil {
-			return nil, err
-		}
-		d := shards.DecodeBatchWith(samples, prep, 0)
-		per := 3 * prep.Size * prep.Size
+	per := 3 * prep.Size * prep.Size
+	_, err := readEvalSet(ctx, u, prep, 0, func(samples []wds.Sample, d shards.Decoded) error {
 		for i, s := range samples {
 			if !d.Valid[i] {
 				continue
@@ -183,12 +165,16 @@ func loadSyntheticEvalSet(ctx context.Context, u string, prep decode.Preprocess)
 			var objects []synth.Object
 			js, _ := s.Field("json")
 			if err := json.Unmarshal(js, &objects); err != nil {
-				return nil, fmt.Errorf("eval sample %s in %s: objects (the synthetic checks need the synthetic data set's json): %w", s.Key, s.Shard, err)
+				return fmt.Errorf("eval sample %s in %s: objects (the synthetic checks need the synthetic data set's json): %w", s.Key, s.Shard, err)
 			}
 			set.Samples = append(set.Samples, synth.Sample{Key: s.Key, Caption: d.Captions[i], Objects: objects})
 			set.Images = append(set.Images, d.Images[i*per:(i+1)*per]...)
 			set.Positions = append(set.Positions, int64(len(set.Positions)))
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(set.Samples) == 0 {
 		return nil, errors.New("the eval data set has no usable samples")

@@ -8,6 +8,7 @@ import (
 	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/decode"
 	"github.com/lavit-org/lavit/shards/stream"
+	"github.com/lavit-org/lavit/shards/wds"
 	"github.com/lavit-org/lavit/trainer"
 )
 
@@ -27,32 +28,9 @@ type heldOutSet struct {
 // any data set (a manifest of image/caption shards, text-only samples
 // allowed unless imagesOnly), keeping the valid ones.
 func loadHeldOutSet(ctx context.Context, u string, prep decode.Preprocess, imagesOnly bool) (*heldOutSet, error) {
-	src, err := objstore.Open(ctx, u)
-	if err != nil {
-		return nil, err
-	}
-	m, err := shards.LoadManifest(ctx, src)
-	if err != nil {
-		return nil, err
-	}
-	l := shards.NewLoader(src, m, 0)
 	set := &heldOutSet{}
 	per := 3 * prep.Size * prep.Size
-	read := 0
-	for si, e := range m.Shards {
-		if read >= MaxHeldOutSamples {
-			break
-		}
-		refs := make([]stream.Ref, min(int(e.Samples), MaxHeldOutSamples-read))
-		for i := range refs {
-			refs[i] = stream.Ref{Shard: si, Index: i}
-		}
-		read += len(refs)
-		samples, err := l.Samples(ctx, refs)
-		if err != nil {
-			return nil, err
-		}
-		d := shards.DecodeBatchWith(samples, prep, 0)
+	read, err := readEvalSet(ctx, u, prep, MaxHeldOutSamples, func(samples []wds.Sample, d shards.Decoded) error {
 		if imagesOnly {
 			d.MaskTextOnly()
 		}
@@ -67,11 +45,53 @@ func loadHeldOutSet(ctx context.Context, u string, prep decode.Preprocess, image
 			set.decoded.Valid = append(set.decoded.Valid, true)
 			set.positions = append(set.positions, int64(len(set.positions)))
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(set.positions) == 0 {
 		return nil, fmt.Errorf("the eval data set has no usable samples (%d read, all bad)", read)
 	}
 	return set, nil
+}
+
+// readEvalSet reads an eval data set's samples in manifest order, at most
+// limit of them (0: all), and hands each shard's samples, decoded with
+// prep, to use. It returns how many samples it read.
+func readEvalSet(ctx context.Context, u string, prep decode.Preprocess, limit int, use func([]wds.Sample, shards.Decoded) error) (int, error) {
+	src, err := objstore.Open(ctx, u)
+	if err != nil {
+		return 0, err
+	}
+	m, err := shards.LoadManifest(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	l := shards.NewLoader(src, m, 0)
+	read := 0
+	for si, e := range m.Shards {
+		if limit > 0 && read >= limit {
+			break
+		}
+		n := int(e.Samples)
+		if limit > 0 {
+			n = min(n, limit-read)
+		}
+		refs := make([]stream.Ref, n)
+		for i := range refs {
+			refs[i] = stream.Ref{Shard: si, Index: i}
+		}
+		read += n
+		samples, err := l.Samples(ctx, refs)
+		if err != nil {
+			return read, err
+		}
+		if err := use(samples, shards.DecodeBatchWith(samples, prep, 0)); err != nil {
+			return read, err
+		}
+	}
+	return read, nil
 }
 
 // heldOutChecks measures the trained model of stage st on set: the

@@ -20,7 +20,6 @@ import (
 	"github.com/lavit-org/lavit/configs"
 	"github.com/lavit-org/lavit/internal/objstore"
 	"github.com/lavit-org/lavit/internal/wire"
-	"github.com/lavit-org/lavit/shards"
 	"github.com/lavit-org/lavit/shards/synth"
 	"github.com/lavit-org/lavit/shards/wds"
 )
@@ -65,13 +64,7 @@ func writeShard(t *testing.T, dir string, samples map[string]map[string][]byte) 
 	if err := src.Put(ctx, "heldout-000000.tar", bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
 		t.Fatal(err)
 	}
-	m, err := shards.Index(ctx, src, nil, wds.DefaultLimits(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := shards.WriteManifest(ctx, src, m); err != nil {
-		t.Fatal(err)
-	}
+	indexData(t, src)
 	return u
 }
 
@@ -207,11 +200,5 @@ func copyShard(t *testing.T, dir, shard string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := shards.Index(ctx, src, nil, wds.DefaultLimits(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := shards.WriteManifest(ctx, src, m); err != nil {
-		t.Fatal(err)
-	}
+	indexData(t, src)
 }

@@ -167,6 +167,14 @@ func synthData(t *testing.T, dir string, split synth.Split, n, perShard int) str
 	if _, err := shards.WriteSynth(ctx, src, 0, split, n, perShard, nil); err != nil {
 		t.Fatal(err)
 	}
+	indexData(t, src)
+	return u
+}
+
+// indexData indexes the shards in src and writes their manifest.
+func indexData(t *testing.T, src objstore.Source) {
+	t.Helper()
+	ctx := context.Background()
 	m, err := shards.Index(ctx, src, nil, wds.DefaultLimits(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +182,6 @@ func synthData(t *testing.T, dir string, split synth.Split, n, perShard int) str
 	if err := shards.WriteManifest(ctx, src, m); err != nil {
 		t.Fatal(err)
 	}
-	return u
 }
 
 // finalParams loads a completed run's final state into a model and returns
