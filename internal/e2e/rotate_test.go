@@ -40,9 +40,12 @@ func TestTokenRotateCLI(t *testing.T) {
 	if err := os.WriteFile(newFile, []byte(rot.Token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := readTrimmed(t, filepath.Join(c1.dataDir, "token.next")); got != rot.Token {
-		t.Fatal("token.next in the data dir is not the new token")
-	}
+	// The coordinator saves the new token as it applies the start, which
+	// may come after its reply.
+	testutil.WaitFor(t, time.Minute, "token.next in the data dir to hold the new token", func() bool {
+		b, err := os.ReadFile(filepath.Join(c1.dataDir, "token.next"))
+		return err == nil && strings.TrimSpace(string(b)) == rot.Token
+	})
 	// During the rotation both tokens work, each pinning its own CA, and
 	// status says a rotation is in progress.
 	for _, f := range []string{oldFile, newFile} {
